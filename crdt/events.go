@@ -1,0 +1,170 @@
+package crdt
+
+import (
+	"strings"
+	"sync"
+
+	ds "github.com/ipfs/go-datastore"
+)
+
+// rawEvent is what a hook enqueues: nothing is decoded or read under the
+// CRDT's merge lock.
+type rawEvent struct {
+	typ   EventType
+	key   string
+	value []byte
+}
+
+// eventQueue is an unbounded FIFO between the CRDT hooks (which must never
+// block) and the dispatcher goroutine.
+type eventQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	items  []rawEvent
+	closed bool
+}
+
+func newEventQueue() *eventQueue {
+	q := &eventQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+func (q *eventQueue) push(e rawEvent) {
+	q.mu.Lock()
+	if !q.closed {
+		q.items = append(q.items, e)
+		q.cond.Signal()
+	}
+	q.mu.Unlock()
+}
+
+// pop blocks until an event is available; ok is false once closed.
+func (q *eventQueue) pop() (rawEvent, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.items) == 0 && !q.closed {
+		q.cond.Wait()
+	}
+	if q.closed {
+		return rawEvent{}, false
+	}
+	e := q.items[0]
+	q.items[0] = rawEvent{}
+	q.items = q.items[1:]
+	return e, true
+}
+
+func (q *eventQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// Subscription delivers the events under one key prefix.
+type Subscription struct {
+	r      *Replica
+	prefix string
+	ch     chan Event
+	done   chan struct{}
+	once   sync.Once
+}
+
+// C returns the channel events arrive on. It is never closed: select on
+// Done (or your own context) as well.
+func (s *Subscription) C() <-chan Event { return s.ch }
+
+// Done is closed when the subscription or the replica closes.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Close ends the subscription.
+func (s *Subscription) Close() {
+	s.r.subMu.Lock()
+	delete(s.r.subs, s)
+	s.r.subMu.Unlock()
+	s.closeDone()
+}
+
+func (s *Subscription) closeDone() { s.once.Do(func() { close(s.done) }) }
+
+// Subscribe delivers every later event whose key starts with prefix, in
+// the order the replica applied them. Hooks are not replayed on restart:
+// a subscriber builds its initial state from List and then follows events.
+// A subscriber that stops reading stalls delivery to all subscribers (the
+// queue in front of them grows), so subscribers hand work off quickly.
+func (r *Replica) Subscribe(prefix string, buffer int) *Subscription {
+	if buffer <= 0 {
+		buffer = 64
+	}
+	s := &Subscription{r: r, prefix: prefix, ch: make(chan Event, buffer), done: make(chan struct{})}
+	r.subMu.Lock()
+	r.subs[s] = struct{}{}
+	r.subMu.Unlock()
+	return s
+}
+
+// putHook runs under go-ds-crdt's merge lock: only enqueue.
+func (r *Replica) putHook(k ds.Key, v []byte) {
+	r.queue.push(rawEvent{typ: EventPut, key: k.String(), value: append([]byte(nil), v...)})
+}
+
+// deleteHook runs under go-ds-crdt's merge lock: only enqueue.
+func (r *Replica) deleteHook(k ds.Key) {
+	r.queue.push(rawEvent{typ: EventDelete, key: k.String()})
+}
+
+// dispatch turns raw hook calls into Events. A delete hook may fire while
+// the key still holds a value (a concurrent re-add, or a delete that
+// uncovered an older surviving value, for which no put hook fires): the
+// dispatcher reads the key back once the batch has landed and reports what
+// the state really is.
+func (r *Replica) dispatch() {
+	defer r.wg.Done()
+	for {
+		raw, ok := r.queue.pop()
+		if !ok {
+			return
+		}
+		ev := Event{Type: raw.typ, Key: raw.key}
+		switch raw.typ {
+		case EventPut:
+			rec, err := DecodeRecord(raw.value)
+			if err != nil {
+				r.count(func(c *Counters) { c.BadRecords++ })
+				r.log.Warn("ignoring undecodable record", "key", raw.key, "err", err)
+				continue
+			}
+			r.clock.Observe(rec.HLC, r.cfg.MaxClockSkew)
+			ev.Record = rec
+			r.count(func(c *Counters) { c.Puts++ })
+		case EventDelete:
+			if rec, err := r.Get(r.ctx, raw.key); err == nil {
+				ev = Event{Type: EventPut, Key: raw.key, Record: rec}
+				r.count(func(c *Counters) { c.Puts++ })
+			} else {
+				r.count(func(c *Counters) { c.Deletes++ })
+			}
+		}
+		r.deliver(ev)
+	}
+}
+
+func (r *Replica) deliver(ev Event) {
+	r.subMu.Lock()
+	var targets []*Subscription
+	for s := range r.subs {
+		if strings.HasPrefix(ev.Key, s.prefix) {
+			targets = append(targets, s)
+		}
+	}
+	r.subMu.Unlock()
+	for _, s := range targets {
+		select {
+		case s.ch <- ev:
+		case <-s.done:
+		case <-r.ctx.Done():
+			return
+		}
+	}
+}

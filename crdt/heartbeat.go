@@ -1,0 +1,120 @@
+package crdt
+
+import (
+	"encoding/json"
+	"time"
+
+	cid "github.com/ipfs/go-cid"
+)
+
+// reinjectAfter is how long a head learned from a heartbeat may stay
+// unprocessed before it is handed to the CRDT again.
+const reinjectAfter = 10 * time.Second
+
+func (r *Replica) heartbeatLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer t.Stop()
+	// Evaluating freshness more often than heartbeats arrive keeps the
+	// reported staleness close to the truth between heartbeats.
+	eval := time.NewTicker(r.cfg.HeartbeatInterval / 4)
+	defer eval.Stop()
+	r.sendHeartbeat()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+			r.sendHeartbeat()
+		case <-eval.C:
+			r.tracker.Evaluate(r.ctx)
+			r.injectMissing()
+		}
+	}
+}
+
+func (r *Replica) sendHeartbeat() {
+	st := r.ds.InternalStats(r.ctx)
+	hb := Heartbeat{V: 1, Peer: r.cfg.Self.String(), HLC: r.clock.Now(), Height: st.MaxHeight}
+	if r.cfg.Addrs != nil {
+		hb.Addrs = r.cfg.Addrs()
+		if len(hb.Addrs) > maxHeartbeatAddrs {
+			hb.Addrs = hb.Addrs[:maxHeartbeatAddrs]
+		}
+	}
+	for i, c := range st.Heads {
+		if i == maxHeartbeatHeads {
+			break
+		}
+		hb.Heads = append(hb.Heads, c.String())
+	}
+	b, err := json.Marshal(hb)
+	if err != nil {
+		return
+	}
+	if err := r.hbTopic.Publish(r.ctx, b); err != nil {
+		if r.ctx.Err() == nil {
+			r.log.Debug("heartbeat publish failed", "err", err)
+		}
+		return
+	}
+	r.count(func(c *Counters) { c.HeartbeatsOut++ })
+}
+
+// maxHeartbeatSize bounds a heartbeat message we are willing to parse.
+const maxHeartbeatSize = 16 << 10
+
+func (r *Replica) receiveHeartbeats() {
+	defer r.wg.Done()
+	for {
+		msg, err := r.hbSub.Next(r.ctx)
+		if err != nil {
+			return
+		}
+		if msg.ReceivedFrom == r.cfg.Self || len(msg.Data) > maxHeartbeatSize {
+			continue
+		}
+		var hb Heartbeat
+		if err := json.Unmarshal(msg.Data, &hb); err != nil || hb.V != 1 {
+			continue
+		}
+		// A heartbeat speaks for its author only: pubsub signs messages
+		// with the sender's libp2p key.
+		if from := msg.GetFrom(); from.String() != hb.Peer || hb.HLC.Peer != hb.Peer {
+			continue
+		}
+		r.clock.Observe(hb.HLC, r.cfg.MaxClockSkew)
+		r.tracker.Observe(hb)
+		r.count(func(c *Counters) { c.HeartbeatsIn++ })
+		r.tracker.Evaluate(r.ctx)
+	}
+}
+
+// injectMissing hands the CRDT the heads that peers announced and this
+// replica has not processed, so a missed broadcast is repaired within a
+// heartbeat rather than at the next rebroadcast.
+func (r *Replica) injectMissing() {
+	missing := r.tracker.Unprocessed(r.ctx)
+	if len(missing) == 0 {
+		return
+	}
+	now := time.Now()
+	var fresh []cid.Cid
+	r.cntMu.Lock()
+	for c, at := range r.injected {
+		if now.Sub(at) > time.Minute {
+			delete(r.injected, c)
+		}
+	}
+	for _, c := range missing {
+		if at, ok := r.injected[c]; ok && now.Sub(at) < reinjectAfter {
+			continue
+		}
+		r.injected[c] = now
+		fresh = append(fresh, c)
+	}
+	r.cntMu.Unlock()
+	if len(fresh) > 0 && r.bc.Inject(fresh) {
+		r.count(func(c *Counters) { c.InjectedHeads += uint64(len(fresh)) })
+	}
+}

@@ -1,0 +1,490 @@
+// Package crdt is Shoal's replicated state: a typed record layer over a
+// go-ds-crdt Merkle-CRDT datastore that gossips over go-libp2p-pubsub.
+//
+// go-ds-crdt resolves concurrent writes by DAG height, which is
+// deterministic but not "latest", and its hooks fire under the merge lock
+// before the batch is written. So this package keeps the CRDT at arm's
+// length: every value is a versioned Record carrying a hybrid logical clock
+// (HLC) and its writer, the hooks only enqueue, and subscribers receive
+// typed Events from one dispatcher goroutine after the write has landed.
+// Deciding which record is *effective* (trusted publishers, largest HLC) is
+// left to the packages that own each key space.
+//
+// Besides the data topic, each replica announces a heartbeat {peer, HLC,
+// heads, height} on a side topic every second; the Tracker turns those into
+// the staleness bound that the rest of Shoal promises callers.
+package crdt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	dshelp "github.com/ipfs/boxo/datastore/dshelp"
+	cid "github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	dscrdt "github.com/ipfs/go-ds-crdt"
+	ipld "github.com/ipfs/go-ipld-format"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Namespace is where the CRDT keeps its own bookkeeping inside the peer's
+// datastore (heads, set, processed blocks, dirty bit).
+var Namespace = ds.NewKey("/crdt")
+
+// Config configures a Replica. Zero values take the documented defaults.
+type Config struct {
+	// Mesh names the replication group; peers of different meshes never
+	// exchange records. Topics are derived from it. Required.
+	Mesh string
+	// Self is this peer's libp2p id. Required.
+	Self peer.ID
+	// PubSub is the gossipsub router of the peer's host. Required.
+	PubSub *pubsub.PubSub
+	// Datastore is the peer's persistent datastore (Badger). Required.
+	Datastore ds.Batching
+	// DAG fetches and stores delta blocks (bitswap-backed). Required; it
+	// should apply per-call timeouts of its own (see store.Blocks).
+	DAG ipld.DAGService
+	// Local reads blocks from the local blockstore only; Adder stores and
+	// announces blocks. Both required (store.Blocks provides them).
+	Local LocalBlocks
+	Adder BlockAdder
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+
+	// RebroadcastInterval is how often unchanged heads are announced again.
+	// Default 10s (go-ds-crdt: 1 min, too slow for an edge mesh; heartbeats
+	// also carry heads, so this is a second line of defence).
+	RebroadcastInterval time.Duration
+	// RepairInterval is how often a dirty DAG is walked again. Default 10m.
+	RepairInterval time.Duration
+	// Workers walking DAG branches. Default 16.
+	Workers int
+	// DAGTimeout bounds one branch walk step waiting for a block (go-ds-crdt's
+	// DAGSyncerTimeout; 0 there fails every fetch). Default 2m, as
+	// ipfs-cluster uses.
+	DAGTimeout time.Duration
+	// MaxInlineBlock is the largest head block attached to a broadcast.
+	// Default 512 KiB.
+	MaxInlineBlock int
+	// Unclean says the previous run did not shut down cleanly: the DAG is
+	// marked dirty and repaired on start (go-ds-crdt #279).
+	Unclean bool
+
+	// HeartbeatInterval between heartbeats. Default 1s.
+	HeartbeatInterval time.Duration
+	// PeerTimeout after which a silent peer is unreachable. Default 5s.
+	PeerTimeout time.Duration
+	// ForgetAfter after which a silent peer is no longer listed. Default 1h.
+	ForgetAfter time.Duration
+	// StartupGrace during which a peer that has heard of no other peer
+	// reports its uptime as staleness. Default 10s.
+	StartupGrace time.Duration
+	// Addrs, when set, returns the multiaddrs this peer announces in its
+	// heartbeats, so mesh peers can dial each other directly.
+	Addrs func() []string
+	// MaxClockSkew bounds how far ahead of the local clock a remote HLC may
+	// be and still advance the local clock. Default 1m.
+	MaxClockSkew time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	switch {
+	case c.Mesh == "":
+		return errors.New("crdt: Config.Mesh is required")
+	case c.Self == "":
+		return errors.New("crdt: Config.Self is required")
+	case c.PubSub == nil || c.Datastore == nil || c.DAG == nil || c.Local == nil || c.Adder == nil:
+		return errors.New("crdt: Config.PubSub, Datastore, DAG, Local and Adder are required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.RebroadcastInterval, 10*time.Second)
+	def(&c.RepairInterval, 10*time.Minute)
+	def(&c.DAGTimeout, 2*time.Minute)
+	def(&c.HeartbeatInterval, time.Second)
+	def(&c.PeerTimeout, 5*time.Second)
+	def(&c.ForgetAfter, time.Hour)
+	def(&c.StartupGrace, 10*time.Second)
+	def(&c.MaxClockSkew, time.Minute)
+	if c.Workers <= 0 {
+		c.Workers = 16
+	}
+	if c.MaxInlineBlock <= 0 {
+		c.MaxInlineBlock = 512 << 10
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// DataTopic and HeartbeatTopic name the gossipsub topics of a mesh.
+func DataTopic(mesh string) string      { return "/shoal/" + mesh + "/crdt/v1" }
+func HeartbeatTopic(mesh string) string { return "/shoal/" + mesh + "/heartbeat/v1" }
+
+// EventType says what happened to a key.
+type EventType int
+
+const (
+	// EventPut: the key has a new effective value (local or remote write).
+	EventPut EventType = iota + 1
+	// EventDelete: the key has no value any more.
+	EventDelete
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventPut:
+		return "put"
+	case EventDelete:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// Event is a change to the replicated state, delivered after it landed.
+type Event struct {
+	Type   EventType
+	Key    string
+	Record Record // zero for EventDelete
+}
+
+// Write describes an acknowledged local write: the HLC it was stamped with,
+// its writer and the heads of this replica right after it. It is the
+// material of a read-your-writes token.
+type Write struct {
+	HLC   HLC
+	Peer  string
+	Heads []cid.Cid
+}
+
+// Entry is one key and its current record.
+type Entry struct {
+	Key    string
+	Record Record
+}
+
+// Stats are the CRDT's internal figures.
+type Stats struct {
+	Heads      []cid.Cid
+	Height     uint64
+	QueuedJobs int
+}
+
+// Counters are monotonically increasing event counts, for metrics.
+type Counters struct {
+	Puts, Deletes, BadRecords, HeartbeatsIn, HeartbeatsOut, InjectedHeads, InlineBlocks, InlineRejected uint64
+}
+
+// Replica is one peer's copy of the mesh's replicated state.
+type Replica struct {
+	cfg     Config
+	log     *slog.Logger
+	ds      *dscrdt.Datastore
+	bc      *broadcaster
+	clock   *Clock
+	tracker *Tracker
+	hbTopic *pubsub.Topic
+	hbSub   *pubsub.Subscription
+	dataTop *pubsub.Topic
+
+	writeMu sync.Mutex // one writer: go-ds-crdt batches share one delta
+
+	subMu sync.Mutex
+	subs  map[*Subscription]struct{}
+	queue *eventQueue
+
+	cntMu    sync.Mutex
+	counters Counters
+	injected map[cid.Cid]time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Open starts a replica: it joins the mesh's topics, opens the CRDT over
+// the datastore and starts heartbeats.
+func Open(ctx context.Context, cfg Config) (*Replica, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	r := &Replica{
+		cfg: cfg, log: cfg.Logger.With("component", "crdt"),
+		clock:    NewClock(cfg.Self.String(), nil),
+		subs:     make(map[*Subscription]struct{}),
+		queue:    newEventQueue(),
+		injected: make(map[cid.Cid]time.Time),
+		ctx:      rctx, cancel: cancel,
+	}
+	fail := func(err error) (*Replica, error) {
+		r.teardown()
+		return nil, err
+	}
+
+	var err error
+	if r.dataTop, err = cfg.PubSub.Join(DataTopic(cfg.Mesh)); err != nil {
+		return fail(fmt.Errorf("join data topic: %w", err))
+	}
+	if r.bc, err = newBroadcaster(rctx, cfg.Self, r.dataTop, cfg.Local, cfg.Adder, cfg.MaxInlineBlock, r.log); err != nil {
+		return fail(err)
+	}
+	if r.hbTopic, err = cfg.PubSub.Join(HeartbeatTopic(cfg.Mesh)); err != nil {
+		return fail(fmt.Errorf("join heartbeat topic: %w", err))
+	}
+	if r.hbSub, err = r.hbTopic.Subscribe(pubsub.WithBufferSize(subscriptionBuffer)); err != nil {
+		return fail(fmt.Errorf("subscribe heartbeat topic: %w", err))
+	}
+
+	opts := dscrdt.DefaultOptions()
+	opts.Logger = slogAdapter{r.log}
+	opts.RebroadcastInterval = cfg.RebroadcastInterval
+	opts.RepairInterval = cfg.RepairInterval
+	opts.NumWorkers = cfg.Workers
+	opts.DAGSyncerTimeout = cfg.DAGTimeout
+	opts.PutHook = r.putHook
+	opts.DeleteHook = r.deleteHook
+	if r.ds, err = dscrdt.New(cfg.Datastore, Namespace, cfg.DAG, r.bc, opts); err != nil {
+		return fail(fmt.Errorf("open crdt datastore: %w", err))
+	}
+	if cfg.Unclean {
+		r.log.Warn("previous shutdown was unclean: marking the DAG dirty and repairing")
+		r.ds.MarkDirty(ctx)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := r.ds.Repair(rctx); err != nil && rctx.Err() == nil {
+				r.log.Error("dag repair failed", "err", err)
+			}
+		}()
+	}
+
+	r.tracker = NewTracker(TrackerConfig{
+		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Processed,
+		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
+	})
+	r.wg.Add(3)
+	go r.dispatch()
+	go r.heartbeatLoop()
+	go r.receiveHeartbeats()
+	return r, nil
+}
+
+// Clock returns the replica's hybrid logical clock.
+func (r *Replica) Clock() *Clock { return r.clock }
+
+// Self returns the replica's peer id.
+func (r *Replica) Self() peer.ID { return r.cfg.Self }
+
+// Put writes body as a record of the given kind under key.
+func (r *Replica) Put(ctx context.Context, key, kind string, body any) (Write, error) {
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return Write{}, fmt.Errorf("encode %s body: %w", kind, err)
+	}
+	if err := checkKey(key); err != nil {
+		return Write{}, err
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	rec := Record{V: RecordVersion, Kind: kind, HLC: r.clock.Now(), Writer: r.cfg.Self.String(), Body: raw}
+	val, err := rec.Encode()
+	if err != nil {
+		return Write{}, err
+	}
+	if err := r.ds.Put(ctx, ds.NewKey(key), val); err != nil {
+		return Write{}, fmt.Errorf("crdt put %s: %w", key, err)
+	}
+	return r.written(ctx, rec.HLC), nil
+}
+
+// Delete removes key. Deleting a key this replica has never seen is
+// ErrNotFound: go-ds-crdt would silently publish nothing (#62).
+func (r *Replica) Delete(ctx context.Context, key string) (Write, error) {
+	if err := checkKey(key); err != nil {
+		return Write{}, err
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	ok, err := r.ds.Has(ctx, ds.NewKey(key))
+	if err != nil {
+		return Write{}, fmt.Errorf("crdt has %s: %w", key, err)
+	}
+	if !ok {
+		return Write{}, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	h := r.clock.Now()
+	if err := r.ds.Delete(ctx, ds.NewKey(key)); err != nil {
+		return Write{}, fmt.Errorf("crdt delete %s: %w", key, err)
+	}
+	return r.written(ctx, h), nil
+}
+
+func (r *Replica) written(ctx context.Context, h HLC) Write {
+	st := r.ds.InternalStats(ctx)
+	return Write{HLC: h, Peer: r.cfg.Self.String(), Heads: st.Heads}
+}
+
+func checkKey(key string) error {
+	if !strings.HasPrefix(key, "/") || strings.Contains(key, "//") || len(key) > 1024 {
+		return fmt.Errorf("%w: bad key %q", ErrBadRecord, key)
+	}
+	return nil
+}
+
+// Get returns the current record under key, or ErrNotFound.
+func (r *Replica) Get(ctx context.Context, key string) (Record, error) {
+	b, err := r.ds.Get(ctx, ds.NewKey(key))
+	if errors.Is(err, ds.ErrNotFound) {
+		return Record{}, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("crdt get %s: %w", key, err)
+	}
+	return DecodeRecord(b)
+}
+
+// List returns every valid record under prefix, ordered by key. Values that
+// do not decode are skipped (and counted): they never enter the state.
+func (r *Replica) List(ctx context.Context, prefix string) ([]Entry, error) {
+	res, err := r.ds.Query(ctx, query.Query{Prefix: prefix})
+	if err != nil {
+		return nil, fmt.Errorf("crdt query %s: %w", prefix, err)
+	}
+	defer res.Close()
+	var out []Entry
+	for e := range res.Next() {
+		if e.Error != nil {
+			return nil, fmt.Errorf("crdt query %s: %w", prefix, e.Error)
+		}
+		rec, err := DecodeRecord(e.Value)
+		if err != nil {
+			continue
+		}
+		out = append(out, Entry{Key: e.Key, Record: rec})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+// StateHash is a digest of the replicated key/value state: equal on two
+// peers exactly when they hold the same keys with the same record bytes.
+func (r *Replica) StateHash(ctx context.Context) (string, error) {
+	res, err := r.ds.Query(ctx, query.Query{})
+	if err != nil {
+		return "", fmt.Errorf("crdt query: %w", err)
+	}
+	defer res.Close()
+	type kv struct {
+		k string
+		v []byte
+	}
+	var all []kv
+	for e := range res.Next() {
+		if e.Error != nil {
+			return "", e.Error
+		}
+		all = append(all, kv{e.Key, e.Value})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].k < all[j].k })
+	h := sha256.New()
+	var n [8]byte
+	for _, e := range all {
+		binary.BigEndian.PutUint64(n[:], uint64(len(e.k)))
+		h.Write(n[:])
+		h.Write([]byte(e.k))
+		binary.BigEndian.PutUint64(n[:], uint64(len(e.v)))
+		h.Write(n[:])
+		h.Write(e.v)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Stats returns the CRDT's heads, max height and queued jobs. Max height
+// jumps before data arrives, and heads may include non-tips (#357): use
+// Staleness for freshness, these only for diagnostics.
+func (r *Replica) Stats(ctx context.Context) Stats {
+	st := r.ds.InternalStats(ctx)
+	return Stats{Heads: st.Heads, Height: st.MaxHeight, QueuedJobs: st.QueuedJobs}
+}
+
+// Processed reports whether this replica has merged the delta block c.
+//
+// go-ds-crdt records processed blocks under <namespace>/b/<multihash key>;
+// that layout is internal to the pinned version (v0.6.5) and is read here
+// and nowhere else (TestProcessedLayout guards it).
+func (r *Replica) Processed(ctx context.Context, c cid.Cid) (bool, error) {
+	key := Namespace.ChildString("b").ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
+	return r.cfg.Datastore.Has(ctx, key)
+}
+
+// Staleness reports how fresh this replica's view is.
+func (r *Replica) Staleness() Staleness { return r.tracker.Staleness() }
+
+// Counters returns event counts since start.
+func (r *Replica) Counters() Counters {
+	r.cntMu.Lock()
+	c := r.counters
+	r.cntMu.Unlock()
+	c.InlineBlocks = r.bc.attached.Load()
+	c.InlineRejected = r.bc.rejected.Load()
+	return c
+}
+
+func (r *Replica) count(f func(*Counters)) {
+	r.cntMu.Lock()
+	f(&r.counters)
+	r.cntMu.Unlock()
+}
+
+// Close stops the replica. The datastore is left open for its owner.
+func (r *Replica) Close() error {
+	r.cancel()
+	var err error
+	if r.ds != nil {
+		err = r.ds.Close()
+	}
+	r.teardown()
+	return err
+}
+
+func (r *Replica) teardown() {
+	r.cancel()
+	if r.bc != nil {
+		r.bc.close()
+	}
+	if r.hbSub != nil {
+		r.hbSub.Cancel()
+	}
+	r.queue.close()
+	r.wg.Wait()
+	if r.hbTopic != nil {
+		r.hbTopic.Close()
+	}
+	if r.dataTop != nil {
+		r.dataTop.Close()
+	}
+	r.subMu.Lock()
+	for s := range r.subs {
+		s.closeDone()
+	}
+	r.subs = map[*Subscription]struct{}{}
+	r.subMu.Unlock()
+}

@@ -1,0 +1,300 @@
+package crdt
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	cid "github.com/ipfs/go-cid"
+)
+
+// Heartbeat is what every peer announces on the mesh's side topic once per
+// HeartbeatInterval: who it is, its clock, and the CRDT heads it has
+// processed. Another peer that has processed all of those heads holds
+// everything the sender held at that HLC.
+type Heartbeat struct {
+	V      int      `json:"v"`
+	Peer   string   `json:"peer"`
+	HLC    HLC      `json:"hlc"`
+	Heads  []string `json:"heads"`
+	Height uint64   `json:"height"`
+	Addrs  []string `json:"addrs,omitempty"`
+}
+
+// maxHeartbeatHeads bounds how many heads one heartbeat carries; a peer
+// with more heads than this is mid-merge and announces a sample (the rest
+// will show up in later heartbeats or broadcasts).
+const maxHeartbeatHeads = 64
+
+// maxHeartbeatAddrs bounds the addresses one heartbeat carries.
+const maxHeartbeatAddrs = 16
+
+// maxPending bounds the announcements kept per peer while this peer
+// catches up; when it overflows the oldest are dropped, which can only make
+// the reported staleness larger (more honest), never smaller.
+const maxPending = 256
+
+type announcement struct {
+	at    HLC
+	heads []cid.Cid
+}
+
+type peerView struct {
+	id        string
+	lastHeard time.Time // local monotonic reading
+	lastHLC   HLC
+	height    uint64
+	heads     int
+	addrs     []string
+	fresh     HLC // newest announcement whose heads are all processed here
+	pending   []announcement
+}
+
+// PeerStatus is one remote peer as this peer's staleness tracker sees it.
+type PeerStatus struct {
+	ID        string    `json:"id"`
+	LastHeard time.Time `json:"last_heard"`
+	Reachable bool      `json:"reachable"`
+	// FreshUpTo is the sender's HLC of the newest heartbeat whose heads this
+	// peer has processed: everything that peer held then, this peer holds.
+	FreshUpTo time.Time `json:"fresh_up_to"`
+	// LagSeconds is this peer's staleness with respect to that peer alone.
+	LagSeconds float64 `json:"lag_seconds"`
+	Height     uint64  `json:"height"`
+	Heads      int     `json:"heads"`
+	// Addrs are the multiaddrs the peer announced.
+	Addrs []string `json:"addrs,omitempty"`
+}
+
+// Staleness is the freshness of this peer's replicated view.
+type Staleness struct {
+	// Seconds is how far behind the freshest state this peer can prove it
+	// has seen: now − min over reachable peers of FreshUpTo (see Tracker).
+	Seconds float64      `json:"staleness_seconds"`
+	Peers   []PeerStatus `json:"peers"`
+}
+
+// Duration returns Seconds as a time.Duration.
+func (s Staleness) Duration() time.Duration { return time.Duration(s.Seconds * float64(time.Second)) }
+
+// Tracker turns heartbeats into a staleness figure.
+//
+// Peer A's view is fresh up to T with respect to B when A has processed every
+// head B announced at time T (B's HLC). A's staleness is now − min over
+// reachable peers B of that T. Peers not heard from for PeerTimeout are
+// unreachable: they stay listed and stop counting in the minimum, except
+// when no peer at all is reachable, where the staleness is measured from the
+// freshest view any peer ever gave (an isolated peer grows stale; it never
+// reports itself fresh). Peers silent for ForgetAfter are forgotten. A peer
+// that has heard of no other peer is fresh once StartupGrace has passed
+// (it is alone), and reports its uptime as staleness before that.
+type Tracker struct {
+	self         string
+	clock        *Clock
+	processed    func(context.Context, cid.Cid) (bool, error)
+	peerTimeout  time.Duration
+	forgetAfter  time.Duration
+	startupGrace time.Duration
+	started      time.Time
+	startHLC     HLC
+	now          func() time.Time
+
+	mu    sync.Mutex
+	peers map[string]*peerView
+}
+
+// TrackerConfig configures a Tracker.
+type TrackerConfig struct {
+	Self         string
+	Clock        *Clock
+	Processed    func(context.Context, cid.Cid) (bool, error)
+	PeerTimeout  time.Duration
+	ForgetAfter  time.Duration
+	StartupGrace time.Duration
+	Now          func() time.Time // defaults to time.Now
+}
+
+// NewTracker returns a tracker.
+func NewTracker(cfg TrackerConfig) *Tracker {
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Tracker{
+		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed,
+		peerTimeout: cfg.PeerTimeout, forgetAfter: cfg.ForgetAfter, startupGrace: cfg.StartupGrace,
+		started: now(), startHLC: cfg.Clock.Peek(), now: now,
+		peers: make(map[string]*peerView),
+	}
+}
+
+// Observe records a heartbeat. It returns the announced heads, parsed.
+func (t *Tracker) Observe(hb Heartbeat) []cid.Cid {
+	heads := make([]cid.Cid, 0, len(hb.Heads))
+	for _, s := range hb.Heads {
+		if c, err := cid.Decode(s); err == nil {
+			heads = append(heads, c)
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.peers[hb.Peer]
+	if p == nil {
+		p = &peerView{id: hb.Peer}
+		t.peers[hb.Peer] = p
+	}
+	if hb.HLC.Compare(p.lastHLC) <= 0 {
+		return heads // replayed or reordered heartbeat
+	}
+	p.lastHeard = t.now()
+	p.lastHLC = hb.HLC
+	p.height = hb.Height
+	p.heads = len(hb.Heads)
+	if len(hb.Addrs) <= maxHeartbeatAddrs {
+		p.addrs = hb.Addrs
+	}
+	p.pending = append(p.pending, announcement{at: hb.HLC, heads: heads})
+	if len(p.pending) > maxPending {
+		p.pending = append(p.pending[:0:0], p.pending[len(p.pending)-maxPending:]...)
+	}
+	return heads
+}
+
+// Evaluate advances each peer's FreshUpTo over the announcements whose heads
+// have all been processed locally. It does datastore reads, outside the lock.
+func (t *Tracker) Evaluate(ctx context.Context) {
+	t.mu.Lock()
+	work := make(map[string][]announcement, len(t.peers))
+	for id, p := range t.peers {
+		if len(p.pending) > 0 {
+			work[id] = append([]announcement(nil), p.pending...)
+		}
+	}
+	t.mu.Unlock()
+
+	for id, anns := range work {
+		// Newest first: the first fully processed announcement settles it.
+		best := -1
+		for i := len(anns) - 1; i >= 0; i-- {
+			if t.allProcessed(ctx, anns[i].heads) {
+				best = i
+				break
+			}
+		}
+		if best < 0 {
+			continue
+		}
+		t.mu.Lock()
+		if p := t.peers[id]; p != nil {
+			if anns[best].at.Compare(p.fresh) > 0 {
+				p.fresh = anns[best].at
+			}
+			// Drop what is settled; keep what arrived meanwhile.
+			keep := p.pending[:0]
+			for _, a := range p.pending {
+				if a.at.Compare(p.fresh) > 0 {
+					keep = append(keep, a)
+				}
+			}
+			p.pending = keep
+		}
+		t.mu.Unlock()
+	}
+}
+
+func (t *Tracker) allProcessed(ctx context.Context, heads []cid.Cid) bool {
+	for _, c := range heads {
+		ok, err := t.processed(ctx, c)
+		if err != nil || !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Unprocessed returns the heads of the newest announcement of every
+// reachable peer that this peer has not processed yet.
+func (t *Tracker) Unprocessed(ctx context.Context) []cid.Cid {
+	t.mu.Lock()
+	var cand []cid.Cid
+	for _, p := range t.peers {
+		if len(p.pending) > 0 {
+			cand = append(cand, p.pending[len(p.pending)-1].heads...)
+		}
+	}
+	t.mu.Unlock()
+	var out []cid.Cid
+	seen := make(map[cid.Cid]bool)
+	for _, c := range cand {
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		if ok, err := t.processed(ctx, c); err == nil && !ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Staleness computes the current staleness report.
+func (t *Tracker) Staleness() Staleness {
+	now := t.clock.Peek()
+	mono := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+
+	lag := func(fresh HLC) float64 {
+		if fresh.IsZero() || fresh.Wall < t.startHLC.Wall {
+			// Never caught up with this peer since start: no fresher
+			// than the moment this process started.
+			fresh = t.startHLC
+		}
+		d := time.Duration(now.Wall - fresh.Wall).Seconds()
+		if d < 0 {
+			return 0
+		}
+		return d
+	}
+
+	var out Staleness
+	var worstReachable, bestKnown = -1.0, -1.0
+	reachable := 0
+	for id, p := range t.peers {
+		silent := mono.Sub(p.lastHeard)
+		if t.forgetAfter > 0 && silent > t.forgetAfter {
+			delete(t.peers, id)
+			continue
+		}
+		ps := PeerStatus{
+			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.peerTimeout,
+			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs,
+		}
+		if !p.fresh.IsZero() {
+			ps.FreshUpTo = p.fresh.Time()
+		}
+		out.Peers = append(out.Peers, ps)
+		if ps.Reachable {
+			reachable++
+			if ps.LagSeconds > worstReachable {
+				worstReachable = ps.LagSeconds
+			}
+		}
+		if bestKnown < 0 || ps.LagSeconds < bestKnown {
+			bestKnown = ps.LagSeconds
+		}
+	}
+	sort.Slice(out.Peers, func(i, j int) bool { return out.Peers[i].ID < out.Peers[j].ID })
+	switch {
+	case reachable > 0:
+		out.Seconds = worstReachable // the largest lag = the oldest FreshUpTo
+	case len(out.Peers) > 0:
+		out.Seconds = bestKnown // isolated: the freshest evidence anyone gave
+	default:
+		if up := mono.Sub(t.started); up < t.startupGrace {
+			out.Seconds = up.Seconds()
+		}
+	}
+	return out
+}

@@ -1,0 +1,105 @@
+// Package inference runs ONNX models through onnxruntime
+// (github.com/yalue/onnxruntime_go). onnxruntime allows one environment per
+// process, so the runtime here is a process-wide singleton that every peer
+// in the process shares; sessions (added with the model lifecycle) are per
+// model version.
+//
+// The onnxruntime shared library is not a Go module: `make setup` fetches a
+// pinned build into deps/ and FindLibrary looks for it there.
+package inference
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// LibraryEnv names the environment variable that points at the library.
+const LibraryEnv = "SHOAL_ORT_LIB"
+
+// DefaultLibraryPath is where `make setup` puts the CPU library, relative to
+// the repository root (or the directory holding the binary).
+const DefaultLibraryPath = "deps/onnxruntime/libonnxruntime.so"
+
+// ErrNoLibrary means no onnxruntime shared library was found.
+var ErrNoLibrary = errors.New("onnxruntime library not found")
+
+// FindLibrary resolves the onnxruntime library: explicit path, then
+// $SHOAL_ORT_LIB, then DefaultLibraryPath under the working directory, the
+// binary's directory and its parent.
+func FindLibrary(explicit string) (string, error) {
+	if explicit != "" {
+		if _, err := os.Stat(explicit); err != nil {
+			return "", fmt.Errorf("%w: %s: %v", ErrNoLibrary, explicit, err)
+		}
+		return explicit, nil
+	}
+	if env := os.Getenv(LibraryEnv); env != "" {
+		if _, err := os.Stat(env); err != nil {
+			return "", fmt.Errorf("%w: $%s=%s: %v", ErrNoLibrary, LibraryEnv, env, err)
+		}
+		return env, nil
+	}
+	var tried []string
+	candidates := []string{DefaultLibraryPath}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		candidates = append(candidates, filepath.Join(dir, DefaultLibraryPath), filepath.Join(dir, "..", DefaultLibraryPath))
+	}
+	for _, c := range candidates {
+		if _, err := os.Stat(c); err == nil {
+			return filepath.Abs(c)
+		}
+		tried = append(tried, c)
+	}
+	return "", fmt.Errorf("%w (tried %v; run `make setup` or set --ort-lib / $%s)", ErrNoLibrary, tried, LibraryEnv)
+}
+
+var (
+	rtMu      sync.Mutex
+	rtRefs    int
+	rtLibrary string
+)
+
+// Acquire initialises the process's onnxruntime environment from the given
+// library (first caller wins) and returns its version. Every successful
+// Acquire must be paired with a Release.
+func Acquire(library string) (string, error) {
+	rtMu.Lock()
+	defer rtMu.Unlock()
+	if rtRefs == 0 {
+		ort.SetSharedLibraryPath(library)
+		if err := ort.InitializeEnvironment(); err != nil {
+			return "", fmt.Errorf("initialise onnxruntime from %s: %w", library, err)
+		}
+		rtLibrary = library
+	}
+	rtRefs++
+	return ort.GetVersion(), nil
+}
+
+// Release drops one reference; the last one destroys the environment.
+func Release() error {
+	rtMu.Lock()
+	defer rtMu.Unlock()
+	if rtRefs == 0 {
+		return nil
+	}
+	rtRefs--
+	if rtRefs == 0 {
+		rtLibrary = ""
+		return ort.DestroyEnvironment()
+	}
+	return nil
+}
+
+// Library returns the path the environment was initialised from, or "".
+func Library() string {
+	rtMu.Lock()
+	defer rtMu.Unlock()
+	return rtLibrary
+}

@@ -1,0 +1,185 @@
+package peer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	libp2ppeer "github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shoal-mesh/shoal/crdt"
+)
+
+// Response headers of the consistency promises (design §2).
+const (
+	HeaderStaleness = "Shoal-Staleness"
+)
+
+// MaxBodyBytes bounds request bodies unless a route sets its own limit.
+const MaxBodyBytes = 1 << 20
+
+// Status is the JSON of GET /v1/status and of `shoal status --json`.
+type Status struct {
+	PeerID           string        `json:"peer_id"`
+	Addrs            []string      `json:"addrs"`
+	Mesh             string        `json:"mesh"`
+	Version          string        `json:"version"`
+	StartedAt        time.Time     `json:"started_at"`
+	StalenessSeconds float64       `json:"staleness_seconds"`
+	Peers            []PeerInfo    `json:"peers"`
+	Connected        int           `json:"connected"`
+	Heads            []string      `json:"heads"`
+	Height           uint64        `json:"height"`
+	QueuedJobs       int           `json:"queued_jobs"`
+	StateHash        string        `json:"state_hash"`
+	Runtime          RuntimeStatus `json:"runtime"`
+}
+
+// PeerInfo is one mesh peer in Status.
+type PeerInfo struct {
+	ID         string    `json:"id"`
+	LastHeard  time.Time `json:"last_heard"`
+	Reachable  bool      `json:"reachable"`
+	Connected  bool      `json:"connected"`
+	FreshUpTo  time.Time `json:"fresh_up_to,omitzero"`
+	LagSeconds float64   `json:"lag_seconds"`
+	Height     uint64    `json:"height"`
+}
+
+// RuntimeStatus says whether onnxruntime is available.
+type RuntimeStatus struct {
+	ONNXRuntime string `json:"onnxruntime,omitempty"`
+	Library     string `json:"library,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+// Status gathers the peer's status.
+func (n *Node) Status(ctx context.Context) (Status, error) {
+	st := n.replica.Stats(ctx)
+	hash, err := n.replica.StateHash(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	stale := n.replica.Staleness()
+	s := Status{
+		PeerID: n.host.ID().String(), Addrs: n.Addrs(), Mesh: n.cfg.Mesh, Version: n.cfg.Version,
+		StartedAt: n.started.UTC(), StalenessSeconds: stale.Seconds,
+		Connected: len(n.host.Network().Peers()), Height: st.Height, QueuedJobs: st.QueuedJobs,
+		StateHash: hash, Heads: []string{}, Peers: []PeerInfo{},
+	}
+	for _, h := range st.Heads {
+		s.Heads = append(s.Heads, h.String())
+	}
+	for _, p := range stale.Peers {
+		pi := PeerInfo{ID: p.ID, LastHeard: p.LastHeard.UTC(), Reachable: p.Reachable, FreshUpTo: p.FreshUpTo.UTC(),
+			LagSeconds: p.LagSeconds, Height: p.Height}
+		if id, err := libp2ppeer.Decode(p.ID); err == nil {
+			pi.Connected = n.host.Network().Connectedness(id) == network.Connected
+		}
+		s.Peers = append(s.Peers, pi)
+	}
+	if n.ortVersion != "" {
+		s.Runtime = RuntimeStatus{ONNXRuntime: n.ortVersion, Library: inferenceLibrary()}
+	} else if n.ortErr != nil {
+		s.Runtime.Error = n.ortErr.Error()
+	}
+	return s, nil
+}
+
+func (n *Node) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", n.handleHealth)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}))
+	mux.HandleFunc("GET /v1/status", n.handleStatus)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+	})
+	return n.middleware(mux)
+}
+
+func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "peer_id": n.host.ID().String()})
+}
+
+func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
+	s, err := n.Status(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+// middleware applies to every route: panics become a logged 500 JSON
+// error, bodies are size-limited, the staleness header is set, and the
+// request is counted.
+func (n *Node) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				n.log.Error("panic in API handler", "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				if !rec.wrote {
+					writeError(rec, http.StatusInternalServerError, "internal error")
+				}
+			}
+			route := r.Pattern
+			if route == "" {
+				route = "unmatched"
+			}
+			n.metrics.observe(route, rec.code, time.Since(start))
+		}()
+		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+		rec.Header().Set(HeaderStaleness, FormatStaleness(n.replica.Staleness()))
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// FormatStaleness renders a staleness as the Shoal-Staleness header value
+// (seconds, e.g. "0.412s").
+func FormatStaleness(s crdt.Staleness) string {
+	return strconv.FormatFloat(s.Seconds, 'f', 3, 64) + "s"
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code  int
+	wrote bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if !s.wrote {
+		s.code, s.wrote = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	s.wrote = true
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// writeError writes the API's error shape: {"error": "..."}.
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

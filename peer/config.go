@@ -1,0 +1,148 @@
+package peer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	libp2ppeer "github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// ErrBadConfig wraps every configuration error, so callers can tell a
+// mistake of the operator's from a failure of the machine.
+var ErrBadConfig = errors.New("bad configuration")
+
+// Config configures a Node. DefaultConfig returns the documented defaults;
+// a zero field in a Config passed to New takes its default too, except the
+// booleans, which are taken as given.
+type Config struct {
+	// DataDir holds the identity key, Badger and everything else this
+	// peer persists. Default "./shoal-data".
+	DataDir string
+	// APIAddr is the HTTP API's listen address. Default "127.0.0.1:7480";
+	// port 0 picks a free port (see Node.APIAddr).
+	APIAddr string
+	// ListenAddrs are libp2p multiaddrs. Default TCP and QUIC on port 4010
+	// on every interface.
+	ListenAddrs []string
+	// Bootstrap peers, as multiaddrs ending in /p2p/<peer id>. The node
+	// keeps redialling them while they are disconnected.
+	Bootstrap []string
+	// MDNS turns on LAN discovery. DefaultConfig turns it on.
+	MDNS bool
+	// Mesh names the replication group; it derives the gossipsub topics and
+	// the mDNS service name. Default "shoal".
+	Mesh string
+	// ORTLibrary is the onnxruntime shared library. Empty: look in the
+	// default places (see inference.FindLibrary).
+	ORTLibrary string
+	// NoSync turns off fsync on every write (tests and benchmarks only: an
+	// acknowledged write can be lost on power failure).
+	NoSync bool
+	// Gater, when set, vets every libp2p connection (allow lists, or tests
+	// that cut a peer off).
+	Gater connmgr.ConnectionGater
+	// HeartbeatInterval and PeerTimeout tune the staleness tracker
+	// (defaults 1s and 5s; see crdt.Config).
+	HeartbeatInterval time.Duration
+	PeerTimeout       time.Duration
+	// RedialInterval between attempts to reconnect bootstrap and known
+	// mesh peers. Default 5s.
+	RedialInterval time.Duration
+	// Version is reported in status and metrics.
+	Version string
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultDataDir = "./shoal-data"
+	DefaultAPIAddr = "127.0.0.1:7480"
+	DefaultMesh    = "shoal"
+	DefaultP2PPort = 4010
+)
+
+// DefaultListenAddrs are TCP and QUIC on DefaultP2PPort.
+func DefaultListenAddrs() []string {
+	return []string{
+		fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", DefaultP2PPort),
+		fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", DefaultP2PPort),
+	}
+}
+
+// DefaultConfig returns the configuration `shoal run` uses with no flags.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:     DefaultDataDir,
+		APIAddr:     DefaultAPIAddr,
+		ListenAddrs: DefaultListenAddrs(),
+		MDNS:        true,
+		Mesh:        DefaultMesh,
+	}
+}
+
+func (c *Config) fill() {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.APIAddr == "" {
+		c.APIAddr = DefaultAPIAddr
+	}
+	if len(c.ListenAddrs) == 0 {
+		c.ListenAddrs = DefaultListenAddrs()
+	}
+	if c.Mesh == "" {
+		c.Mesh = DefaultMesh
+	}
+	if c.RedialInterval <= 0 {
+		c.RedialInterval = 5 * time.Second
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// parsed holds the validated forms of the config's strings.
+type parsed struct {
+	listen    []ma.Multiaddr
+	bootstrap []libp2ppeer.AddrInfo
+}
+
+func (c *Config) validate() (parsed, error) {
+	var p parsed
+	for _, s := range c.ListenAddrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return p, fmt.Errorf("%w: listen address %q: %v", ErrBadConfig, s, err)
+		}
+		p.listen = append(p.listen, a)
+	}
+	for _, s := range c.Bootstrap {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return p, fmt.Errorf("%w: bootstrap address %q: %v", ErrBadConfig, s, err)
+		}
+		ai, err := libp2ppeer.AddrInfoFromP2pAddr(a)
+		if err != nil {
+			return p, fmt.Errorf("%w: bootstrap address %q must end in /p2p/<peer id>: %v", ErrBadConfig, s, err)
+		}
+		p.bootstrap = append(p.bootstrap, *ai)
+	}
+	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
+		return p, fmt.Errorf("%w: API address %q: %v", ErrBadConfig, c.APIAddr, err)
+	}
+	for _, r := range c.Mesh {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return p, fmt.Errorf("%w: mesh name %q: use letters, digits, '-', '_' and '.'", ErrBadConfig, c.Mesh)
+		}
+	}
+	return p, nil
+}

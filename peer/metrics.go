@@ -1,0 +1,129 @@
+package peer
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/shoal-mesh/shoal/inference"
+)
+
+func inferenceLibrary() string { return inference.Library() }
+
+// httpMetrics are the API's own request counters.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func (m *httpMetrics) observe(route string, code int, d time.Duration) {
+	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// registerMetrics puts every metric of the node on reg. Each node has its
+// own registry, so several peers can live in one process (tests).
+func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(&nodeCollector{n: n})
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_http_requests_total", Help: "HTTP API requests by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "shoal_http_request_duration_seconds", Help: "HTTP API request latency by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	return m
+}
+
+var (
+	descBuild       = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
+	descStaleness   = prometheus.NewDesc("shoal_staleness_seconds", "How far behind the freshest replicated state this peer can prove it has seen.", nil, nil)
+	descPeerLag     = prometheus.NewDesc("shoal_peer_staleness_seconds", "This peer's staleness with respect to one mesh peer.", []string{"peer"}, nil)
+	descPeers       = prometheus.NewDesc("shoal_peers", "Mesh peers known from heartbeats, by state.", []string{"state"}, nil)
+	descConnected   = prometheus.NewDesc("shoal_peers_connected", "libp2p connections open.", nil, nil)
+	descHeads       = prometheus.NewDesc("shoal_crdt_heads", "Heads of the local Merkle-CRDT DAG.", nil, nil)
+	descHeight      = prometheus.NewDesc("shoal_crdt_height", "Max height of the local Merkle-CRDT DAG.", nil, nil)
+	descQueued      = prometheus.NewDesc("shoal_crdt_queued_jobs", "DAG-walking jobs waiting for a worker.", nil, nil)
+	descEvents      = prometheus.NewDesc("shoal_crdt_events_total", "Replicated state changes applied, by type.", []string{"type"}, nil)
+	descRejected    = prometheus.NewDesc("shoal_rejected_records_total", "Replicated records kept out of the state, by reason.", []string{"reason"}, nil)
+	descHeartbeats  = prometheus.NewDesc("shoal_heartbeats_total", "Heartbeats sent and received.", []string{"direction"}, nil)
+	descInjected    = prometheus.NewDesc("shoal_crdt_injected_heads_total", "Heads learned from heartbeats and handed to the CRDT.", nil, nil)
+	descInline      = prometheus.NewDesc("shoal_crdt_inline_blocks_total", "Head blocks received inside broadcasts, by result.", []string{"result"}, nil)
+	descBlocks      = prometheus.NewDesc("shoal_bitswap_blocks_total", "Blocks moved by bitswap.", []string{"direction"}, nil)
+	descBlockBytes  = prometheus.NewDesc("shoal_bitswap_bytes_total", "Bytes moved by bitswap.", []string{"direction"}, nil)
+	descUptime      = prometheus.NewDesc("shoal_uptime_seconds", "Seconds since this peer started.", nil, nil)
+	descRuntimeInfo = prometheus.NewDesc("shoal_onnxruntime_available", "1 when the onnxruntime library loaded.", []string{"version"}, nil)
+)
+
+// nodeCollector reads the node's state at scrape time, so metrics never
+// drift from what /v1/status shows.
+type nodeCollector struct{ n *Node }
+
+func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBuild, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
+		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo} {
+		ch <- d
+	}
+}
+
+func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	gauge := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+	}
+	gauge(descBuild, 1, n.cfg.Version, runtime.Version(), n.cfg.Mesh, n.host.ID().String())
+	gauge(descUptime, time.Since(n.started).Seconds())
+
+	stale := n.replica.Staleness()
+	gauge(descStaleness, stale.Seconds)
+	reachable := 0
+	for _, p := range stale.Peers {
+		gauge(descPeerLag, p.LagSeconds, p.ID)
+		if p.Reachable {
+			reachable++
+		}
+	}
+	gauge(descPeers, float64(reachable), "reachable")
+	gauge(descPeers, float64(len(stale.Peers)-reachable), "unreachable")
+	gauge(descConnected, float64(len(n.host.Network().Peers())))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st := n.replica.Stats(ctx)
+	gauge(descHeads, float64(len(st.Heads)))
+	gauge(descHeight, float64(st.Height))
+	gauge(descQueued, float64(st.QueuedJobs))
+
+	cnt := n.replica.Counters()
+	counter(descEvents, cnt.Puts, "put")
+	counter(descEvents, cnt.Deletes, "delete")
+	counter(descRejected, cnt.BadRecords, "malformed")
+	counter(descHeartbeats, cnt.HeartbeatsIn, "in")
+	counter(descHeartbeats, cnt.HeartbeatsOut, "out")
+	counter(descInjected, cnt.InjectedHeads)
+	counter(descInline, cnt.InlineBlocks, "stored")
+	counter(descInline, cnt.InlineRejected, "rejected")
+
+	bs := n.blocks.Stats()
+	counter(descBlocks, bs.BlocksReceived, "in")
+	counter(descBlocks, bs.BlocksSent, "out")
+	counter(descBlockBytes, bs.BytesReceived, "in")
+	counter(descBlockBytes, bs.BytesSent, "out")
+
+	if n.ortVersion != "" {
+		gauge(descRuntimeInfo, 1, n.ortVersion)
+	} else {
+		gauge(descRuntimeInfo, 0, "")
+	}
+}

@@ -1,0 +1,327 @@
+// Package peer assembles a Shoal peer: the libp2p host (TCP and QUIC with
+// Noise), discovery (mDNS, bootstrap peers, addresses learned from
+// heartbeats), the Badger store and bitswap, the replicated state, and the
+// local HTTP API. Everything a peer does is reachable from Node; the
+// packages it assembles know nothing of each other beyond the interfaces
+// they consume.
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	libp2ppeer "github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/inference"
+	"github.com/shoal-mesh/shoal/store"
+)
+
+// Sentinel start-up errors.
+var (
+	// ErrAddrInUse: a listen address (API or libp2p) is taken.
+	ErrAddrInUse = errors.New("address already in use")
+)
+
+// Node is a running Shoal peer.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+
+	store   *store.Store
+	host    host.Host
+	ps      *pubsub.PubSub
+	blocks  *store.Blocks
+	replica *crdt.Replica
+	mdns    mdns.Service
+
+	ortVersion string
+	ortErr     error
+
+	reg     *prometheus.Registry
+	metrics *httpMetrics
+	apiLn   net.Listener
+	api     *http.Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New starts a peer. It returns once the peer is listening and has joined
+// the mesh; discovery continues in the background. Close it to stop.
+func New(ctx context.Context, cfg Config) (n *Node, err error) {
+	cfg.fill()
+	p, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	nctx, cancel := context.WithCancel(context.Background())
+	n = &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), ctx: nctx, cancel: cancel}
+	defer func() {
+		if err != nil {
+			n.Close()
+			n = nil
+		}
+	}()
+
+	// The store first: a data dir held by another peer must fail before
+	// this one takes any port.
+	if n.store, err = store.Open(store.Config{Dir: cfg.DataDir, NoSync: cfg.NoSync, Logger: cfg.Logger}); err != nil {
+		return n, err
+	}
+	if n.store.Unclean() {
+		n.log.Warn("previous run did not shut down cleanly", "data", cfg.DataDir)
+	}
+	if n.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+		return n, listenErr("API", cfg.APIAddr, err)
+	}
+	key, err := loadIdentity(cfg.DataDir)
+	if err != nil {
+		return n, err
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(key),
+		libp2p.ListenAddrs(p.listen...),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.DefaultMuxers,
+	}
+	if cfg.Gater != nil {
+		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
+	}
+	if n.host, err = libp2p.New(opts...); err != nil {
+		return n, listenErr("libp2p", fmt.Sprint(cfg.ListenAddrs), err)
+	}
+	n.log = n.log.With("peer", n.host.ID().String())
+
+	if n.ps, err = pubsub.NewGossipSub(nctx, n.host,
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		pubsub.WithPeerOutboundQueueSize(256),
+		pubsub.WithFloodPublish(true),
+	); err != nil {
+		return n, fmt.Errorf("start gossipsub: %w", err)
+	}
+	n.blocks = store.NewBlocks(nctx, n.host, n.store.Blockstore(), store.BlocksConfig{})
+	if n.replica, err = crdt.Open(ctx, crdt.Config{
+		Mesh: cfg.Mesh, Self: n.host.ID(), PubSub: n.ps,
+		Datastore: n.store.Datastore(), DAG: n.blocks.DAG(),
+		Local: n.blocks.Local(), Adder: n.blocks.Service(),
+		Logger: n.log, Unclean: n.store.Unclean(),
+		HeartbeatInterval: cfg.HeartbeatInterval, PeerTimeout: cfg.PeerTimeout,
+		Addrs: n.shareableAddrs,
+	}); err != nil {
+		return n, err
+	}
+
+	n.initRuntime()
+	n.reg = prometheus.NewRegistry()
+	n.metrics = registerMetrics(n.reg, n)
+	n.api = &http.Server{
+		Handler:           n.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.api.Serve(n.apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("API server stopped", "err", err)
+		}
+	}()
+
+	if cfg.MDNS {
+		n.mdns = mdns.NewMdnsService(n.host, "shoal-"+cfg.Mesh, mdnsNotifee{n})
+		if err := n.mdns.Start(); err != nil {
+			n.log.Warn("mDNS discovery unavailable", "err", err)
+			n.mdns = nil
+		}
+	}
+	n.wg.Add(1)
+	go n.redialLoop(p.bootstrap)
+
+	n.log.Info("peer started", "mesh", cfg.Mesh, "api", n.APIAddr(), "addrs", n.Addrs(), "data", cfg.DataDir)
+	return n, nil
+}
+
+func listenErr(what, addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) || errorsContain(err, "address already in use") {
+		return fmt.Errorf("%s listen on %s: %w", what, addr, ErrAddrInUse)
+	}
+	return fmt.Errorf("%s listen on %s: %w", what, addr, err)
+}
+
+func (n *Node) initRuntime() {
+	lib, err := inference.FindLibrary(n.cfg.ORTLibrary)
+	if err == nil {
+		n.ortVersion, err = inference.Acquire(lib)
+	}
+	if err != nil {
+		n.ortErr = err
+		n.log.Warn("onnxruntime unavailable: inference disabled", "err", err)
+		return
+	}
+	n.log.Info("onnxruntime ready", "version", n.ortVersion, "library", lib)
+}
+
+// ID returns the peer's libp2p id.
+func (n *Node) ID() libp2ppeer.ID { return n.host.ID() }
+
+// Host returns the libp2p host.
+func (n *Node) Host() host.Host { return n.host }
+
+// Replica returns the replicated state.
+func (n *Node) Replica() *crdt.Replica { return n.replica }
+
+// Blocks returns the block exchange.
+func (n *Node) Blocks() *store.Blocks { return n.blocks }
+
+// APIAddr returns the address the HTTP API listens on.
+func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
+
+// Addrs returns the peer's full multiaddrs (with /p2p/<id>).
+func (n *Node) Addrs() []string {
+	var out []string
+	for _, a := range n.host.Addrs() {
+		out = append(out, a.Encapsulate(ma.StringCast("/p2p/"+n.host.ID().String())).String())
+	}
+	return out
+}
+
+// shareableAddrs are announced in heartbeats so mesh peers can dial each
+// other directly rather than only through whoever they bootstrapped from.
+func (n *Node) shareableAddrs() []string {
+	var out []string
+	for _, a := range n.host.Addrs() {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// redialLoop keeps bootstrap peers connected and dials mesh peers learned
+// from heartbeats that this peer is not connected to.
+func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
+	defer n.wg.Done()
+	for _, ai := range bootstrap {
+		n.host.ConnManager().Protect(ai.ID, "bootstrap")
+	}
+	t := time.NewTicker(n.cfg.RedialInterval)
+	defer t.Stop()
+	for {
+		for _, ai := range bootstrap {
+			n.dial(ai)
+		}
+		for _, ps := range n.replica.Staleness().Peers {
+			id, err := libp2ppeer.Decode(ps.ID)
+			if err != nil || id == n.host.ID() {
+				continue
+			}
+			var addrs []ma.Multiaddr
+			for _, s := range ps.Addrs {
+				if a, err := ma.NewMultiaddr(s); err == nil {
+					addrs = append(addrs, a)
+				}
+			}
+			n.dial(libp2ppeer.AddrInfo{ID: id, Addrs: addrs})
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) dial(ai libp2ppeer.AddrInfo) {
+	if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected {
+		return
+	}
+	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	if err := n.host.Connect(ctx, ai); err != nil && n.ctx.Err() == nil {
+		n.log.Debug("dial failed", "to", ai.ID.String(), "err", err)
+	}
+}
+
+type mdnsNotifee struct{ n *Node }
+
+func (m mdnsNotifee) HandlePeerFound(ai libp2ppeer.AddrInfo) {
+	if ai.ID == m.n.host.ID() {
+		return
+	}
+	m.n.wg.Add(1)
+	go func() {
+		defer m.n.wg.Done()
+		m.n.dial(ai)
+	}()
+}
+
+// Close stops the peer: API, discovery, replication, exchange, host and
+// finally the store, which is synced and closed so Badger opens cleanly
+// next time.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.api != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := n.api.Shutdown(sctx); err != nil {
+				errs = append(errs, err)
+			}
+			cancel()
+		} else if n.apiLn != nil {
+			n.apiLn.Close()
+		}
+		if n.mdns != nil {
+			n.mdns.Close()
+		}
+		n.cancel()
+		if n.replica != nil {
+			if err := n.replica.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close replica: %w", err))
+			}
+		}
+		if n.blocks != nil {
+			n.blocks.Close()
+		}
+		if n.host != nil {
+			n.host.Close()
+		}
+		n.wg.Wait()
+		if n.ortVersion != "" {
+			inference.Release()
+		}
+		if n.store != nil {
+			if err := n.store.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close store: %w", err))
+			}
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
