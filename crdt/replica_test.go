@@ -1,0 +1,123 @@
+package crdt
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+
+	"github.com/shoal-mesh/shoal/store"
+)
+
+// openReplica starts a single replica on a real host and a real Badger.
+func openReplica(t *testing.T) *Replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	st, err := store.Open(store.Config{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := pubsub.NewGossipSub(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := store.NewBlocks(ctx, h, st.Blockstore(), store.BlocksConfig{})
+	r, err := Open(ctx, Config{
+		Mesh: "unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
+		DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
+		StartupGrace: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("close replica: %v", err)
+		}
+		blocks.Close()
+		if err := st.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	return r
+}
+
+// TestProcessedLayout guards the one place that reads go-ds-crdt's internal
+// key layout: a head this replica wrote is processed, a foreign CID is not.
+func TestProcessedLayout(t *testing.T) {
+	r := openReplica(t)
+	ctx := context.Background()
+	w, err := r.Put(ctx, "/unit/a", "unit.kv", map[string]int{"n": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Heads) != 1 {
+		t.Fatalf("heads after one write = %v", w.Heads)
+	}
+	ok, err := r.Processed(ctx, w.Heads[0])
+	if err != nil || !ok {
+		t.Fatalf("own head processed = %v, %v; go-ds-crdt's processed-block layout changed?", ok, err)
+	}
+	ok, err = r.Processed(ctx, testCID(t, "never written"))
+	if err != nil || ok {
+		t.Fatalf("foreign cid processed = %v, %v", ok, err)
+	}
+}
+
+func TestReplicaWritesAndErrors(t *testing.T) {
+	r := openReplica(t)
+	ctx := context.Background()
+	if _, err := r.Delete(ctx, "/unit/never"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete of an unseen key: err = %v, want ErrNotFound", err)
+	}
+	if _, err := r.Get(ctx, "/unit/never"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("get of an unseen key: err = %v, want ErrNotFound", err)
+	}
+	for _, k := range []string{"", "relative", "/a//b"} {
+		if _, err := r.Put(ctx, k, "unit.kv", 1); !errors.Is(err, ErrBadRecord) {
+			t.Errorf("Put(%q): err = %v, want ErrBadRecord", k, err)
+		}
+	}
+	h0, _ := r.StateHash(ctx)
+	w1, err := r.Put(ctx, "/unit/x", "unit.kv", "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1, _ := r.StateHash(ctx)
+	if h1 == h0 {
+		t.Error("state hash unchanged by a write")
+	}
+	w2, err := r.Put(ctx, "/unit/x", "unit.kv", "two")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w2.HLC.Compare(w1.HLC) <= 0 {
+		t.Errorf("second write's HLC %v not after first %v", w2.HLC, w1.HLC)
+	}
+	rec, err := r.Get(ctx, "/unit/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s string
+	if err := rec.DecodeBody(&s); err != nil || s != "two" {
+		t.Errorf("value = %q, %v", s, err)
+	}
+	if _, err := r.Delete(ctx, "/unit/x"); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := r.StateHash(ctx); h != h0 {
+		t.Errorf("state hash after deleting the only key = %s, want the empty state's %s", h, h0)
+	}
+	if st := r.Staleness(); st.Seconds != 0 || len(st.Peers) != 0 {
+		t.Errorf("a lone replica past its grace period: %+v", st)
+	}
+}

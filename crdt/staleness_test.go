@@ -1,0 +1,129 @@
+package crdt
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	cid "github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
+)
+
+type fakeProcessed struct {
+	mu  sync.Mutex
+	set map[cid.Cid]bool
+}
+
+func (f *fakeProcessed) has(_ context.Context, c cid.Cid) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.set[c], nil
+}
+
+func (f *fakeProcessed) add(c cid.Cid) {
+	f.mu.Lock()
+	f.set[c] = true
+	f.mu.Unlock()
+}
+
+func testCID(t *testing.T, s string) cid.Cid {
+	t.Helper()
+	h, err := mh.Sum([]byte(s), mh.SHA2_256, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cid.NewCidV1(cid.DagProtobuf, h)
+}
+
+type fakeTime struct{ t time.Time }
+
+func (f *fakeTime) now() time.Time          { return f.t }
+func (f *fakeTime) advance(d time.Duration) { f.t = f.t.Add(d) }
+
+func approx(t *testing.T, what string, got, want float64) {
+	t.Helper()
+	if math.Abs(got-want) > 0.001 {
+		t.Errorf("%s = %.3f, want %.3f", what, got, want)
+	}
+}
+
+func TestTrackerStaleness(t *testing.T) {
+	ft := &fakeTime{t: time.Unix(10000, 0)}
+	clock := NewClock("self", ft.now)
+	proc := &fakeProcessed{set: map[cid.Cid]bool{}}
+	tr := NewTracker(TrackerConfig{
+		Self: "self", Clock: clock, Processed: proc.has, Now: ft.now,
+		PeerTimeout: 5 * time.Second, ForgetAfter: time.Hour, StartupGrace: 10 * time.Second,
+	})
+	ctx := context.Background()
+
+	// Alone and young: uptime; alone after the grace period: fresh.
+	ft.advance(3 * time.Second)
+	approx(t, "alone at 3s", tr.Staleness().Seconds, 3)
+	ft.advance(8 * time.Second)
+	approx(t, "alone at 11s", tr.Staleness().Seconds, 0)
+
+	hb := func(peer string, heads ...cid.Cid) {
+		h := Heartbeat{V: 1, Peer: peer, HLC: HLC{Wall: ft.t.UnixNano(), Peer: peer}}
+		for _, c := range heads {
+			h.Heads = append(h.Heads, c.String())
+		}
+		tr.Observe(h)
+		tr.Evaluate(ctx)
+	}
+	c1, c2 := testCID(t, "one"), testCID(t, "two")
+
+	// B announces c1 which we have processed: fresh up to that heartbeat.
+	proc.add(c1)
+	hb("B", c1)
+	ft.advance(500 * time.Millisecond)
+	approx(t, "fresh w.r.t. B", tr.Staleness().Seconds, 0.5)
+
+	// B moves to c2, which we lack: staleness grows from the last heartbeat
+	// we could match, however many heartbeats B sends meanwhile.
+	for i := 0; i < 4; i++ {
+		ft.advance(time.Second)
+		hb("B", c2)
+	}
+	approx(t, "behind B", tr.Staleness().Seconds, 4.5)
+	if got := tr.Unprocessed(ctx); len(got) != 1 || got[0] != c2 {
+		t.Errorf("Unprocessed = %v, want [%v]", got, c2)
+	}
+
+	// Once c2 is processed, the newest heartbeat announcing it counts.
+	proc.add(c2)
+	tr.Evaluate(ctx)
+	approx(t, "caught up with B", tr.Staleness().Seconds, 0)
+
+	// B falls silent: unreachable after PeerTimeout, and since B was the
+	// only peer, this peer is isolated and its staleness keeps growing.
+	ft.advance(6 * time.Second)
+	s := tr.Staleness()
+	if len(s.Peers) != 1 || s.Peers[0].Reachable {
+		t.Fatalf("peers = %+v, want B unreachable", s.Peers)
+	}
+	approx(t, "isolated", s.Seconds, 6)
+
+	// C appears and is current: the unreachable B no longer counts.
+	hb("C")
+	approx(t, "fresh w.r.t. C", tr.Staleness().Seconds, 0)
+	if n := len(tr.Staleness().Peers); n != 2 {
+		t.Errorf("%d peers listed, want 2 (B unreachable, C reachable)", n)
+	}
+
+	// A replayed (older) heartbeat changes nothing.
+	tr.Observe(Heartbeat{V: 1, Peer: "C", HLC: HLC{Wall: ft.t.Add(-time.Minute).UnixNano(), Peer: "C"}, Heads: []string{testCID(t, "old").String()}})
+	tr.Evaluate(ctx)
+	approx(t, "after replay", tr.Staleness().Seconds, 0)
+
+	// After ForgetAfter, B is no longer listed.
+	for i := 0; i < 61; i++ {
+		ft.advance(time.Minute)
+		hb("C")
+	}
+	if ps := tr.Staleness().Peers; len(ps) != 1 || ps[0].ID != "C" {
+		t.Errorf("peers after an hour = %+v, want only C", ps)
+	}
+}

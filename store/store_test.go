@@ -1,0 +1,81 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	blocks "github.com/ipfs/go-block-format"
+	ds "github.com/ipfs/go-datastore"
+)
+
+func TestOpenLockedAndUnclean(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Unclean() {
+		t.Error("a fresh directory reported an unclean shutdown")
+	}
+	if _, err := Open(Config{Dir: dir}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open of a held directory: err = %v, want ErrLocked", err)
+	}
+	ctx := context.Background()
+	if err := s.Datastore().Put(ctx, ds.NewKey("/k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	blk := blocks.NewBlock([]byte("block bytes"))
+	if err := s.Blockstore().Put(ctx, blk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Unclean() {
+		t.Error("clean Close reported as unclean")
+	}
+	if v, err := s.Datastore().Get(ctx, ds.NewKey("/k")); err != nil || string(v) != "v" {
+		t.Errorf("value after reopen = %q, %v", v, err)
+	}
+	if got, err := s.Blockstore().Get(ctx, blk.Cid()); err != nil || string(got.RawData()) != "block bytes" {
+		t.Errorf("block after reopen: %v", err)
+	}
+	// Simulate a crash: the marker stays behind.
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.Unclean() {
+		t.Error("a run that ended without Close was not reported unclean")
+	}
+}
+
+func TestOpenUnwritable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		// root ignores permission bits; use a path under a regular file.
+		f := filepath.Join(t.TempDir(), "file")
+		os.WriteFile(f, nil, 0o600)
+		if _, err := Open(Config{Dir: filepath.Join(f, "data")}); !errors.Is(err, ErrUnwritable) {
+			t.Fatalf("err = %v, want ErrUnwritable", err)
+		}
+		return
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o500)
+	defer os.Chmod(dir, 0o700)
+	if _, err := Open(Config{Dir: filepath.Join(dir, "data")}); !errors.Is(err, ErrUnwritable) {
+		t.Fatalf("err = %v, want ErrUnwritable", err)
+	}
+}
