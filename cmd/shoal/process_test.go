@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shoal-mesh/shoal/peer"
+)
+
+// buildBinary compiles shoal once per test binary run.
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func shoalBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-bin-*")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "shoal")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// proc is a `shoal run` child process.
+type proc struct {
+	cmd    *exec.Cmd
+	api    string
+	addr   string // first libp2p multiaddr
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startPeer runs `shoal run` with args and waits for it to print its API
+// and libp2p addresses.
+func startPeer(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(shoalBinary(t), append([]string{"run"}, args...)...)
+	cmd.Env = append(os.Environ(), "SHOAL_LOG_FORMAT=json")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { p.stop(t) })
+	deadline := time.After(30 * time.Second)
+	for p.api == "" || p.addr == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("shoal run exited early:\n%s", p.stderr)
+			}
+			f := strings.Fields(l)
+			if len(f) == 2 && f[0] == "API" {
+				p.api = f[1]
+			}
+			if len(f) == 2 && f[0] == "libp2p" && p.addr == "" {
+				p.addr = f[1]
+			}
+		case <-deadline:
+			t.Fatalf("shoal run did not report its addresses:\n%s", p.stderr)
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	return p
+}
+
+func (p *proc) stop(t *testing.T) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("shoal run exited with %v after SIGTERM:\n%s", err, p.stderr)
+		}
+	case <-time.After(15 * time.Second):
+		p.cmd.Process.Kill()
+		t.Errorf("shoal run ignored SIGTERM")
+	}
+}
+
+// shoal runs a short CLI command and returns its stdout, stderr and exit code.
+func shoal(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(shoalBinary(t), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func loopbackArgs(dir string) []string {
+	return []string{"--data", dir, "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--mesh", "proctest"}
+}
+
+func TestTwoProcessesSeeEachOther(t *testing.T) {
+	a := startPeer(t, loopbackArgs(t.TempDir())...)
+	b := startPeer(t, append(loopbackArgs(t.TempDir()), "--bootstrap", a.addr)...)
+
+	statusOf := func(p *proc) peer.Status {
+		out, stderr, code := shoal(t, "status", "--api", p.api, "--json")
+		if code != 0 {
+			t.Fatalf("shoal status exited %d: %s", code, stderr)
+		}
+		var st peer.Status
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("status JSON: %v\n%s", err, out)
+		}
+		return st
+	}
+	sees := func(st peer.Status, id string) bool {
+		for _, p := range st.Peers {
+			if p.ID == id && p.Reachable {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sa, sb := statusOf(a), statusOf(b)
+		if sees(sa, sb.PeerID) && sees(sb, sa.PeerID) {
+			if sa.Mesh != "proctest" || sa.StateHash != sb.StateHash {
+				t.Errorf("mesh %q, state hashes %s vs %s", sa.Mesh, sa.StateHash, sb.StateHash)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peers never saw each other:\nA: %+v\nB: %+v", sa.Peers, sb.Peers)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The readable form names the other peer too.
+	out, _, code := shoal(t, "status", "--api", b.api)
+	if code != 0 || !strings.Contains(out, statusOf(a).PeerID) || !strings.Contains(out, "staleness") {
+		t.Errorf("human status (exit %d):\n%s", code, out)
+	}
+}
+
+func TestStartupErrorsAreOneClearLine(t *testing.T) {
+	dir := t.TempDir()
+	running := startPeer(t, loopbackArgs(dir)...)
+
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"data dir locked", loopbackArgs(dir), 1, "locked by another process"},
+		{"API port taken", append(loopbackArgs(t.TempDir()), "--api", strings.TrimPrefix(running.api, "http://")), 1, "address already in use"},
+		{"bad multiaddr", append(loopbackArgs(t.TempDir()), "--listen", "/ip4/nonsense"), 2, "listen address"},
+		{"bootstrap without id", append(loopbackArgs(t.TempDir()), "--bootstrap", "/ip4/127.0.0.1/tcp/4010"), 2, "/p2p/<peer id>"},
+		{"unknown flag", []string{"--no-such-flag"}, 2, "flag provided but not defined"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, stderr, code := shoal(t, append([]string{"run"}, c.args...)...)
+			if code != c.code {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, c.code, stderr)
+			}
+			if !strings.Contains(stderr, c.want) {
+				t.Errorf("stderr does not say %q:\n%s", c.want, stderr)
+			}
+			if c.code == 1 && strings.Count(strings.TrimSpace(lastLine(stderr)), "\n") != 0 {
+				t.Errorf("error not on one line:\n%s", stderr)
+			}
+		})
+	}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if i := strings.LastIndex(s, "\n"); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+func TestStatusWithoutPeerFails(t *testing.T) {
+	_, stderr, code := shoal(t, "status", "--api", "127.0.0.1:1")
+	if code == 0 || !strings.Contains(stderr, "cannot reach") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	out, _, code := shoal(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "shoal ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+	_, stderr, code := shoal(t, "frobnicate")
+	if code != 2 || !strings.Contains(stderr, "unknown command") {
+		t.Errorf("unknown command: exit %d, %q", code, stderr)
+	}
+}
