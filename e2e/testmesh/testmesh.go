@@ -221,9 +221,9 @@ func TempDir() (string, error) { return os.MkdirTemp("", "shoal-mesh-*") }
 // Gater refuses every connection while blocked.
 type Gater struct{ blocked atomic.Bool }
 
-func (g *Gater) InterceptPeerDial(libp2ppeer.ID) bool                 { return !g.blocked.Load() }
-func (g *Gater) InterceptAddrDial(libp2ppeer.ID, ma.Multiaddr) bool   { return !g.blocked.Load() }
-func (g *Gater) InterceptAccept(network.ConnMultiaddrs) bool          { return !g.blocked.Load() }
+func (g *Gater) InterceptPeerDial(libp2ppeer.ID) bool               { return !g.blocked.Load() }
+func (g *Gater) InterceptAddrDial(libp2ppeer.ID, ma.Multiaddr) bool { return !g.blocked.Load() }
+func (g *Gater) InterceptAccept(network.ConnMultiaddrs) bool        { return !g.blocked.Load() }
 func (g *Gater) InterceptSecured(network.Direction, libp2ppeer.ID, network.ConnMultiaddrs) bool {
 	return !g.blocked.Load()
 }

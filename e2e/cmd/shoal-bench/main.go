@@ -1,0 +1,139 @@
+// Command shoal-bench measures Shoal on this machine and prints a table:
+// for now, the propagation lag of a record from one writer to all peers
+// of in-process meshes on loopback. With -out it also writes the table,
+// with the machine it ran on, to a Markdown file (docs/benchmarks.md).
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
+)
+
+func main() {
+	var (
+		sizes  = flag.String("peers", "3,10", "mesh sizes to measure, comma-separated")
+		writes = flag.Int("writes", 200, "records written per mesh size")
+		gap    = flag.Duration("gap", 20*time.Millisecond, "pause between writes")
+		out    = flag.String("out", "", "also write the results to this Markdown file")
+	)
+	flag.Parse()
+	if err := run(*sizes, *writes, *gap, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "shoal-bench:", err)
+		os.Exit(1)
+	}
+}
+
+type row struct {
+	peers         int
+	p50, p99, max time.Duration
+	writes        int
+}
+
+func run(sizes string, writes int, gap time.Duration, out string) error {
+	var rows []row
+	for _, s := range strings.Split(sizes, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 2 {
+			return fmt.Errorf("bad mesh size %q", s)
+		}
+		fmt.Fprintf(os.Stderr, "measuring %d peers, %d writes...\n", n, writes)
+		r, err := measure(n, writes, gap)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, r)
+	}
+	table := render(rows, writes, gap)
+	fmt.Print(table)
+	if out == "" {
+		return nil
+	}
+	return writeSection(out, table)
+}
+
+func measure(n, writes int, gap time.Duration) (row, error) {
+	dir, err := testmesh.TempDir()
+	if err != nil {
+		return row{}, err
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m, err := testmesh.Start(ctx, testmesh.Options{N: n, Dir: dir, Sync: true})
+	if err != nil {
+		return row{}, err
+	}
+	defer m.Close()
+	// Warm up connections and gossip meshes before measuring.
+	if _, err := m.MeasurePropagation(ctx, 10, gap); err != nil {
+		return row{}, err
+	}
+	lags, err := m.MeasurePropagation(ctx, writes, gap)
+	if err != nil {
+		return row{}, err
+	}
+	return row{peers: n, writes: writes, p50: testmesh.Percentile(lags, 50), p99: testmesh.Percentile(lags, 99), max: lags[len(lags)-1]}, nil
+}
+
+func render(rows []row, writes int, gap time.Duration) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "### Record propagation, one writer to all peers (in-process, loopback)\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s. %d writes per mesh, one every %s, Badger fsync on; lag = write call start until the\n", time.Now().UTC().Format("2006-01-02"), machine(), writes, gap)
+	fmt.Fprintf(&b, "record's event was delivered on the last peer. All peers share the machine's cores.\n\n")
+	fmt.Fprintln(&b, "| peers | p50 | p99 | max |")
+	fmt.Fprintln(&b, "|---:|---:|---:|---:|")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %d | %s | %s | %s |\n", r.peers, ms(r.p50), ms(r.p99), ms(r.max))
+	}
+	return b.String() + "\n"
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				if _, v, ok := strings.Cut(l, ":"); ok {
+					cpu = strings.TrimSpace(v)
+				}
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s %s/%s", cpu, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+const (
+	beginMark = "<!-- shoal-bench:propagation:begin -->"
+	endMark   = "<!-- shoal-bench:propagation:end -->"
+)
+
+// writeSection replaces the propagation section of the file (between the
+// markers), creating the file or appending the section when needed.
+func writeSection(path, table string) error {
+	section := beginMark + "\n" + table + endMark + "\n"
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	s := string(old)
+	if i, j := strings.Index(s, beginMark), strings.Index(s, endMark); i >= 0 && j > i {
+		s = s[:i] + section + s[j+len(endMark)+1:]
+	} else {
+		if s == "" {
+			s = "# Benchmarks\n\nFigures are from `make bench` on the machine each section names; compare ratios, not absolutes.\n\n"
+		}
+		s += section
+	}
+	return os.WriteFile(path, []byte(s), 0o644)
+}
