@@ -5,8 +5,6 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
-# Packages with concurrency run under the race detector.
-RACE_PKGS := ./crdt/... ./store/... ./peer/... ./inference/...
 
 .PHONY: all setup build run test vet fuzz bench clean
 
@@ -30,8 +28,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime 10s ./crdt/
 
 test: setup vet
-	$(GO) test -race -count=1 $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 20m ./cmd/... ./e2e/...
+	$(GO) test -race -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 
 bench: setup
