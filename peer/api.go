@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -97,6 +98,13 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", n.handleHealth)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}))
 	mux.HandleFunc("GET /v1/status", n.handleStatus)
+	mux.HandleFunc("GET /v1/models", n.handleModels)
+	mux.HandleFunc("GET /v1/models/{model}", n.handleModel)
+	mux.HandleFunc("PUT /v1/models/{model}/versions/{version}", n.handlePush)
+	mux.HandleFunc("POST /v1/models/{model}/activate", n.handleActivate)
+	mux.HandleFunc("POST /v1/models/{model}/rollback", n.handleRollback)
+	mux.HandleFunc("GET /v1/models/{model}/artifact", n.handleArtifact)
+	mux.HandleFunc("GET /v1/models/{model}/versions/{version}/artifact", n.handleArtifact)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -139,7 +147,11 @@ func (n *Node) middleware(next http.Handler) http.Handler {
 			}
 			n.metrics.observe(route, rec.code, time.Since(start))
 		}()
-		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+		limit := int64(MaxBodyBytes)
+		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/models/") {
+			limit = MaxArtifactBytes
+		}
+		r.Body = http.MaxBytesReader(rec, r.Body, limit)
 		rec.Header().Set(HeaderStaleness, FormatStaleness(n.replica.Staleness()))
 		next.ServeHTTP(rec, r)
 	})

@@ -43,6 +43,12 @@ type Config struct {
 	// NoSync turns off fsync on every write (tests and benchmarks only: an
 	// acknowledged write can be lost on power failure).
 	NoSync bool
+	// Trusted publisher keys ("ed25519:<hex>") whose manifests and
+	// activations enter the effective state, besides this peer's own key.
+	Trusted []string
+	// KeepVersions is how many verified versions of each model stay on
+	// disk (the served one included). Default 2.
+	KeepVersions int
 	// Gater, when set, vets every libp2p connection (allow lists, or tests
 	// that cut a peer off).
 	Gater connmgr.ConnectionGater
@@ -50,8 +56,8 @@ type Config struct {
 	// (defaults 1s and 5s; see crdt.Config).
 	HeartbeatInterval time.Duration
 	PeerTimeout       time.Duration
-	// RedialInterval between attempts to reconnect bootstrap and known
-	// mesh peers. Default 5s.
+	// RedialInterval between checks that bootstrap and known mesh peers
+	// are connected (failed dials back off per peer). Default 1s.
 	RedialInterval time.Duration
 	// Version is reported in status and metrics.
 	Version string
@@ -99,8 +105,11 @@ func (c *Config) fill() {
 	if c.Mesh == "" {
 		c.Mesh = DefaultMesh
 	}
+	if c.KeepVersions <= 0 {
+		c.KeepVersions = 2
+	}
 	if c.RedialInterval <= 0 {
-		c.RedialInterval = 5 * time.Second
+		c.RedialInterval = time.Second
 	}
 	if c.Version == "" {
 		c.Version = "dev"

@@ -10,14 +10,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/shoal-mesh/shoal/inference"
+	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
 func inferenceLibrary() string { return inference.Library() }
 
 // httpMetrics are the API's own request counters.
 type httpMetrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
+	requests     *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	fetchSeconds prometheus.Histogram
 }
 
 func (m *httpMetrics) observe(route string, code int, d time.Duration) {
@@ -39,28 +41,37 @@ func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"route"}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	m.fetchSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "shoal_artifact_fetch_seconds", Help: "Time to fetch and verify one artifact from the mesh.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
+	})
+	reg.MustRegister(m.requests, m.duration, m.fetchSeconds)
 	return m
 }
 
 var (
-	descBuild       = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
-	descStaleness   = prometheus.NewDesc("shoal_staleness_seconds", "How far behind the freshest replicated state this peer can prove it has seen.", nil, nil)
-	descPeerLag     = prometheus.NewDesc("shoal_peer_staleness_seconds", "This peer's staleness with respect to one mesh peer.", []string{"peer"}, nil)
-	descPeers       = prometheus.NewDesc("shoal_peers", "Mesh peers known from heartbeats, by state.", []string{"state"}, nil)
-	descConnected   = prometheus.NewDesc("shoal_peers_connected", "libp2p connections open.", nil, nil)
-	descHeads       = prometheus.NewDesc("shoal_crdt_heads", "Heads of the local Merkle-CRDT DAG.", nil, nil)
-	descHeight      = prometheus.NewDesc("shoal_crdt_height", "Max height of the local Merkle-CRDT DAG.", nil, nil)
-	descQueued      = prometheus.NewDesc("shoal_crdt_queued_jobs", "DAG-walking jobs waiting for a worker.", nil, nil)
-	descEvents      = prometheus.NewDesc("shoal_crdt_events_total", "Replicated state changes applied, by type.", []string{"type"}, nil)
-	descRejected    = prometheus.NewDesc("shoal_rejected_records_total", "Replicated records kept out of the state, by reason.", []string{"reason"}, nil)
-	descHeartbeats  = prometheus.NewDesc("shoal_heartbeats_total", "Heartbeats sent and received.", []string{"direction"}, nil)
-	descInjected    = prometheus.NewDesc("shoal_crdt_injected_heads_total", "Heads learned from heartbeats and handed to the CRDT.", nil, nil)
-	descInline      = prometheus.NewDesc("shoal_crdt_inline_blocks_total", "Head blocks received inside broadcasts, by result.", []string{"result"}, nil)
-	descBlocks      = prometheus.NewDesc("shoal_bitswap_blocks_total", "Blocks moved by bitswap.", []string{"direction"}, nil)
-	descBlockBytes  = prometheus.NewDesc("shoal_bitswap_bytes_total", "Bytes moved by bitswap.", []string{"direction"}, nil)
-	descUptime      = prometheus.NewDesc("shoal_uptime_seconds", "Seconds since this peer started.", nil, nil)
-	descRuntimeInfo = prometheus.NewDesc("shoal_onnxruntime_available", "1 when the onnxruntime library loaded.", []string{"version"}, nil)
+	descBuild         = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
+	descStaleness     = prometheus.NewDesc("shoal_staleness_seconds", "How far behind the freshest replicated state this peer can prove it has seen.", nil, nil)
+	descPeerLag       = prometheus.NewDesc("shoal_peer_staleness_seconds", "This peer's staleness with respect to one mesh peer.", []string{"peer"}, nil)
+	descPeers         = prometheus.NewDesc("shoal_peers", "Mesh peers known from heartbeats, by state.", []string{"state"}, nil)
+	descConnected     = prometheus.NewDesc("shoal_peers_connected", "libp2p connections open.", nil, nil)
+	descHeads         = prometheus.NewDesc("shoal_crdt_heads", "Heads of the local Merkle-CRDT DAG.", nil, nil)
+	descHeight        = prometheus.NewDesc("shoal_crdt_height", "Max height of the local Merkle-CRDT DAG.", nil, nil)
+	descQueued        = prometheus.NewDesc("shoal_crdt_queued_jobs", "DAG-walking jobs waiting for a worker.", nil, nil)
+	descEvents        = prometheus.NewDesc("shoal_crdt_events_total", "Replicated state changes applied, by type.", []string{"type"}, nil)
+	descRejected      = prometheus.NewDesc("shoal_rejected_records_total", "Replicated records kept out of the state, by reason.", []string{"reason"}, nil)
+	descHeartbeats    = prometheus.NewDesc("shoal_heartbeats_total", "Heartbeats sent and received.", []string{"direction"}, nil)
+	descInjected      = prometheus.NewDesc("shoal_crdt_injected_heads_total", "Heads learned from heartbeats and handed to the CRDT.", nil, nil)
+	descInline        = prometheus.NewDesc("shoal_crdt_inline_blocks_total", "Head blocks received inside broadcasts, by result.", []string{"result"}, nil)
+	descBlocks        = prometheus.NewDesc("shoal_bitswap_blocks_total", "Blocks moved by bitswap.", []string{"direction"}, nil)
+	descBlockBytes    = prometheus.NewDesc("shoal_bitswap_bytes_total", "Bytes moved by bitswap.", []string{"direction"}, nil)
+	descUptime        = prometheus.NewDesc("shoal_uptime_seconds", "Seconds since this peer started.", nil, nil)
+	descModelsLocal   = prometheus.NewDesc("shoal_models_local", "Artifacts verified and stored on this peer.", nil, nil)
+	descModelLag      = prometheus.NewDesc("shoal_model_version_lag_seconds", "Time from a version's activation (its HLC) to this peer serving it.", []string{"model"}, nil)
+	descModelServing  = prometheus.NewDesc("shoal_model_serving", "The version of each model this peer serves (always 1).", []string{"model", "version"}, nil)
+	descConflicts     = prometheus.NewDesc("shoal_model_conflicts", "Versions published more than once with different content.", []string{"model"}, nil)
+	descArtifactBytes = prometheus.NewDesc("shoal_artifact_bytes_total", "Artifact bytes moved, by direction and source.", []string{"direction", "source"}, nil)
+	descRuntimeInfo   = prometheus.NewDesc("shoal_onnxruntime_available", "1 when the onnxruntime library loaded.", []string{"version"}, nil)
 )
 
 // nodeCollector reads the node's state at scrape time, so metrics never
@@ -69,7 +80,8 @@ type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
-		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo} {
+		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
+		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes} {
 		ch <- d
 	}
 }
@@ -108,7 +120,11 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt := n.replica.Counters()
 	counter(descEvents, cnt.Puts, "put")
 	counter(descEvents, cnt.Deletes, "delete")
-	counter(descRejected, cnt.BadRecords, "malformed")
+	rejected := n.registry.Rejected()
+	rejected["malformed"] += cnt.BadRecords
+	for _, reason := range []string{"malformed", "bad_signature", "untrusted", "key_mismatch"} {
+		counter(descRejected, rejected[reason], reason)
+	}
 	counter(descHeartbeats, cnt.HeartbeatsIn, "in")
 	counter(descHeartbeats, cnt.HeartbeatsOut, "out")
 	counter(descInjected, cnt.InjectedHeads)
@@ -120,6 +136,32 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBlocks, bs.BlocksSent, "out")
 	counter(descBlockBytes, bs.BytesReceived, "in")
 	counter(descBlockBytes, bs.BytesSent, "out")
+
+	counter(descArtifactBytes, n.artifacts.BytesFetched(), "in", "bitswap")
+	counter(descArtifactBytes, bs.BytesSent, "out", "bitswap")
+	counter(descArtifactBytes, n.artifactBytesOut.Load(), "out", "api")
+	local := 0
+	if all, err := n.artifacts.All(ctx); err == nil {
+		for _, st := range all {
+			if st.State == artifacts.StateVerified {
+				local++
+			}
+		}
+	}
+	gauge(descModelsLocal, float64(local))
+	for model, s := range n.life.all() {
+		gauge(descModelLag, s.LagSecond, model)
+		gauge(descModelServing, 1, model, s.Version)
+	}
+	if all, err := n.registry.Models(ctx); err == nil {
+		for _, st := range all {
+			conflicts := 0
+			for _, v := range st.Versions {
+				conflicts += len(v.Conflicts)
+			}
+			gauge(descConflicts, float64(conflicts), st.Name)
+		}
+	}
 
 	if n.ortVersion != "" {
 		gauge(descRuntimeInfo, 1, n.ortVersion)

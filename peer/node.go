@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,8 +32,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/store"
+	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
 // Sentinel start-up errors.
@@ -53,6 +56,12 @@ type Node struct {
 	blocks  *store.Blocks
 	replica *crdt.Replica
 	mdns    mdns.Service
+
+	registry  *models.Registry
+	artifacts *artifacts.Manager
+	life      *lifecycle
+
+	artifactBytesOut atomic.Uint64
 
 	ortVersion string
 	ortErr     error
@@ -137,9 +146,32 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		return n, err
 	}
 
-	n.initRuntime()
+	pub, err := models.LoadOrCreatePublisherKey(cfg.DataDir)
+	if err != nil {
+		return n, fmt.Errorf("publisher key: %w", err)
+	}
+	var trusted []models.PublisherID
+	for _, t := range cfg.Trusted {
+		_, id, err := models.ParsePublisherID(t)
+		if err != nil {
+			return n, fmt.Errorf("%w: --trust: %v", ErrBadConfig, err)
+		}
+		trusted = append(trusted, id)
+	}
+	if n.registry, err = models.New(models.Config{Replica: n.replica, Publisher: pub, Trusted: trusted, Logger: n.log}); err != nil {
+		return n, err
+	}
+	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Logger: n.log})
+	n.life = newLifecycle(n, cfg.KeepVersions)
 	n.reg = prometheus.NewRegistry()
 	n.metrics = registerMetrics(n.reg, n)
+	n.artifacts.OnFetch(n.metrics.fetchSeconds.Observe)
+	changes := n.registry.Subscribe()
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); n.registry.Run(nctx) }()
+	go func() { defer n.wg.Done(); n.life.run(nctx, changes) }()
+
+	n.initRuntime()
 	n.api = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -224,21 +256,61 @@ func (n *Node) shareableAddrs() []string {
 }
 
 // redialLoop keeps bootstrap peers connected and dials mesh peers learned
-// from heartbeats that this peer is not connected to.
+// from heartbeats that this peer is not connected to, so every peer of a
+// mesh ends up connected to every other (bitswap fetches only from
+// connected peers). Failed dials back off per peer, up to 30s.
 func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	defer n.wg.Done()
 	for _, ai := range bootstrap {
 		n.host.ConnManager().Protect(ai.ID, "bootstrap")
 	}
+	type backoff struct {
+		next  time.Time
+		delay time.Duration
+	}
+	var mu sync.Mutex
+	backoffs := map[libp2ppeer.ID]*backoff{}
+	inflight := map[libp2ppeer.ID]bool{}
+	try := func(ai libp2ppeer.AddrInfo) {
+		if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected {
+			return
+		}
+		mu.Lock()
+		b := backoffs[ai.ID]
+		if inflight[ai.ID] || (b != nil && time.Now().Before(b.next)) {
+			mu.Unlock()
+			return
+		}
+		inflight[ai.ID] = true
+		mu.Unlock()
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			err := n.dial(ai)
+			mu.Lock()
+			defer mu.Unlock()
+			delete(inflight, ai.ID)
+			if err == nil {
+				delete(backoffs, ai.ID)
+				return
+			}
+			if b := backoffs[ai.ID]; b != nil {
+				b.delay = min(2*b.delay, 30*time.Second)
+				b.next = time.Now().Add(b.delay)
+			} else {
+				backoffs[ai.ID] = &backoff{next: time.Now().Add(time.Second), delay: time.Second}
+			}
+		}()
+	}
 	t := time.NewTicker(n.cfg.RedialInterval)
 	defer t.Stop()
 	for {
 		for _, ai := range bootstrap {
-			n.dial(ai)
+			try(ai)
 		}
 		for _, ps := range n.replica.Staleness().Peers {
 			id, err := libp2ppeer.Decode(ps.ID)
-			if err != nil || id == n.host.ID() {
+			if err != nil {
 				continue
 			}
 			var addrs []ma.Multiaddr
@@ -247,7 +319,7 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 					addrs = append(addrs, a)
 				}
 			}
-			n.dial(libp2ppeer.AddrInfo{ID: id, Addrs: addrs})
+			try(libp2ppeer.AddrInfo{ID: id, Addrs: addrs})
 		}
 		select {
 		case <-n.ctx.Done():
@@ -257,16 +329,18 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	}
 }
 
-func (n *Node) dial(ai libp2ppeer.AddrInfo) {
+func (n *Node) dial(ai libp2ppeer.AddrInfo) error {
 	if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected {
-		return
+		return nil
 	}
 	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
-	if err := n.host.Connect(ctx, ai); err != nil && n.ctx.Err() == nil {
+	err := n.host.Connect(ctx, ai)
+	if err != nil && n.ctx.Err() == nil {
 		n.log.Debug("dial failed", "to", ai.ID.String(), "err", err)
 	}
+	return err
 }
 
 type mdnsNotifee struct{ n *Node }

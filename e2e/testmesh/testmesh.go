@@ -21,6 +21,7 @@ import (
 	libp2ppeer "github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -43,10 +44,11 @@ type Options struct {
 
 // Mesh is a running set of peers.
 type Mesh struct {
-	opts   Options
-	mu     sync.Mutex
-	nodes  []*peer.Node
-	gaters []*Gater
+	opts    Options
+	trusted []string
+	mu      sync.Mutex
+	nodes   []*peer.Node
+	gaters  []*Gater
 }
 
 // Start starts opts.N peers and returns once every peer has heard a
@@ -59,6 +61,15 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	m := &Mesh{opts: opts, nodes: make([]*peer.Node, opts.N), gaters: make([]*Gater, opts.N)}
+	// Every peer gets its publisher key up front and trusts everyone's, as
+	// an operator would configure a fleet.
+	for i := 0; i < opts.N; i++ {
+		pub, err := models.LoadOrCreatePublisherKey(m.DataDir(i))
+		if err != nil {
+			return nil, err
+		}
+		m.trusted = append(m.trusted, string(pub.ID()))
+	}
 	for i := 0; i < opts.N; i++ {
 		m.gaters[i] = &Gater{}
 		if err := m.Restart(ctx, i); err != nil {
@@ -84,6 +95,7 @@ func (m *Mesh) config(i int) peer.Config {
 		Mesh:        m.opts.Mesh,
 		NoSync:      !m.opts.Sync,
 		Gater:       m.gaters[i],
+		Trusted:     m.trusted,
 		Logger:      m.opts.Logger.With("node", i),
 		Version:     "test",
 	}
@@ -144,7 +156,7 @@ func (m *Mesh) Nodes() []*peer.Node {
 }
 
 // WaitConnected waits until every running peer lists every other running
-// peer as reachable.
+// peer as reachable and is connected to all of them.
 func (m *Mesh) WaitConnected(ctx context.Context) error {
 	return Eventually(ctx, 50*time.Millisecond, func() error {
 		nodes := m.Nodes()
@@ -157,6 +169,9 @@ func (m *Mesh) WaitConnected(ctx context.Context) error {
 			}
 			if reach < len(nodes)-1 {
 				return fmt.Errorf("peer %s hears %d of %d peers", n.ID(), reach, len(nodes)-1)
+			}
+			if c := len(n.Host().Network().Peers()); c < len(nodes)-1 {
+				return fmt.Errorf("peer %s is connected to %d of %d peers", n.ID(), c, len(nodes)-1)
 			}
 		}
 		return nil

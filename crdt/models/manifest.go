@@ -1,0 +1,120 @@
+package models
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/shoal-mesh/shoal/crdt"
+)
+
+// Record kinds.
+const (
+	KindVersion = "model.version"
+	KindCurrent = "model.current"
+)
+
+// Rejection reasons, the label values of shoal_rejected_records_total.
+const (
+	ReasonMalformed    = "malformed"
+	ReasonBadSignature = "bad_signature"
+	ReasonUntrusted    = "untrusted"
+	ReasonKeyMismatch  = "key_mismatch"
+)
+
+// Sentinel errors.
+var (
+	ErrBadName        = errors.New("bad model name or version")
+	ErrUnknownModel   = errors.New("unknown model")
+	ErrUnknownVersion = errors.New("unknown model version")
+	ErrDuplicate      = errors.New("version already published with other content")
+	ErrNoPrevious     = errors.New("no previous version to roll back to")
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// CheckName validates a model name or version string: they become key
+// segments, so no '/', and bounded.
+func CheckName(kind, s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%w: %s %q: use letters, digits, '.', '_' and '-' (at most 128)", ErrBadName, kind, s)
+	}
+	return nil
+}
+
+// Manifest names exact artifact bytes: model@version is the CID and the
+// sha256 below, signed by the publisher. Immutable once written.
+type Manifest struct {
+	Model     string      `json:"model"`
+	Version   string      `json:"version"`
+	CID       string      `json:"cid"`
+	SHA256    string      `json:"sha256"`
+	Size      int64       `json:"size"`
+	MediaType string      `json:"media_type"`
+	Publisher PublisherID `json:"publisher"`
+	HLC       crdt.HLC    `json:"hlc"`
+	// Prefetch asks peers to fetch and verify the artifact before it is
+	// activated.
+	Prefetch  bool   `json:"prefetch,omitempty"`
+	Signature string `json:"signature,omitempty"`
+}
+
+// Activation is one publisher's current-version register value.
+type Activation struct {
+	Model     string      `json:"model"`
+	Version   string      `json:"version"`
+	Publisher PublisherID `json:"publisher"`
+	HLC       crdt.HLC    `json:"hlc"`
+	// Previous is the effective version when this activation was written;
+	// rollback activates it again.
+	Previous  string `json:"previous,omitempty"`
+	Signature string `json:"signature,omitempty"`
+}
+
+func signingBytes(kind string, v any) []byte {
+	b, _ := json.Marshal(v)
+	return append([]byte("shoal/"+kind+"/v1\n"), b...)
+}
+
+func (m Manifest) unsigned() Manifest     { m.Signature = ""; return m }
+func (a Activation) unsigned() Activation { a.Signature = ""; return a }
+
+// Sign fills in the signature.
+func (m *Manifest) Sign(p *Publisher) {
+	m.Publisher = p.ID()
+	m.Signature = base64.StdEncoding.EncodeToString(p.sign(signingBytes(KindVersion, m.unsigned())))
+}
+
+// Sign fills in the signature.
+func (a *Activation) Sign(p *Publisher) {
+	a.Publisher = p.ID()
+	a.Signature = base64.StdEncoding.EncodeToString(p.sign(signingBytes(KindCurrent, a.unsigned())))
+}
+
+func verify(pub PublisherID, sig string, msg []byte) error {
+	key, _, err := ParsePublisherID(string(pub))
+	if err != nil {
+		return err
+	}
+	s, err := base64.StdEncoding.DecodeString(sig)
+	if err != nil || len(s) != ed25519.SignatureSize || !ed25519.Verify(key, msg, s) {
+		return errors.New("signature does not verify")
+	}
+	return nil
+}
+
+// Verify checks the manifest's signature against its publisher key.
+func (m Manifest) Verify() error {
+	return verify(m.Publisher, m.Signature, signingBytes(KindVersion, m.unsigned()))
+}
+
+// Verify checks the activation's signature against its publisher key.
+func (a Activation) Verify() error {
+	return verify(a.Publisher, a.Signature, signingBytes(KindCurrent, a.unsigned()))
+}
+
+// Ref returns "model@version".
+func (m Manifest) Ref() string { return m.Model + "@" + m.Version }

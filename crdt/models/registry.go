@@ -1,0 +1,460 @@
+// Package models is the replicated model registry: signed, immutable
+// model-version manifests and the per-publisher current-version registers,
+// stored as crdt records, and the rules that turn them into an effective
+// state every peer computes the same way.
+//
+// Keys (all under /shoal/models/<model>/):
+//
+//	versions/<version>/<publisher-id>   a Manifest (immutable)
+//	current/<publisher-id>              an Activation (single writer)
+//
+// go-ds-crdt would pick a winner by DAG height, which is not "latest", so
+// every publisher writes its own keys and the registry decides: the
+// effective current version is the valid, trusted activation with the
+// largest (HLC, publisher); the manifest of a version is the valid, trusted
+// one with the smallest (HLC, publisher) — first publication wins, later
+// ones with other content are conflicts, shown and counted.
+package models
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/shoal-mesh/shoal/crdt"
+)
+
+// Prefix is the key space of the registry.
+const Prefix = "/shoal/models/"
+
+// VersionKey and CurrentKey name the registry's records.
+func VersionKey(model, version string, pub PublisherID) string {
+	return Prefix + model + "/versions/" + version + "/" + string(pub)
+}
+
+func CurrentKey(model string, pub PublisherID) string {
+	return Prefix + model + "/current/" + string(pub)
+}
+
+// Config configures a Registry.
+type Config struct {
+	Replica *crdt.Replica
+	// Publisher signs this peer's manifests and activations. Required.
+	Publisher *Publisher
+	// Trusted publishers besides this peer's own key.
+	Trusted []PublisherID
+	Logger  *slog.Logger
+}
+
+// ChangeType says what changed in a model.
+type ChangeType int
+
+const (
+	// CurrentChanged: the effective current version of a model changed.
+	CurrentChanged ChangeType = iota + 1
+	// VersionAdded: a version became known (its manifest is valid).
+	VersionAdded
+)
+
+// Change is a typed registry event.
+type Change struct {
+	Type    ChangeType
+	Model   string
+	Version string
+	// Activation is set for CurrentChanged.
+	Activation *Activation
+	// Manifest is set for VersionAdded.
+	Manifest *Manifest
+}
+
+// VersionState is one version of a model.
+type VersionState struct {
+	Manifest Manifest `json:"manifest"`
+	// Conflicts are other valid publications of the same model@version
+	// with other content; they lost to Manifest.
+	Conflicts []Manifest `json:"conflicts,omitempty"`
+}
+
+// ModelState is the effective state of one model.
+type ModelState struct {
+	Name string `json:"name"`
+	// Current is the winning activation, nil if none. Its version may be
+	// unknown here yet (manifest not replicated): see CurrentKnown.
+	Current      *Activation    `json:"current,omitempty"`
+	CurrentKnown bool           `json:"current_known"`
+	Activations  []Activation   `json:"activations"`
+	Versions     []VersionState `json:"versions"`
+}
+
+// Version returns the state of one version.
+func (s ModelState) Version(v string) (VersionState, bool) {
+	for _, vs := range s.Versions {
+		if vs.Manifest.Version == v {
+			return vs, true
+		}
+	}
+	return VersionState{}, false
+}
+
+// Why explains the effective current version in one sentence.
+func (s ModelState) Why() string {
+	if s.Current == nil {
+		return "no trusted publisher has activated a version"
+	}
+	others := len(s.Activations) - 1
+	if others == 0 {
+		return fmt.Sprintf("%s is the only trusted activation (by %s at %s)", s.Current.Version, short(s.Current.Publisher), s.Current.HLC.Time().UTC().Format("2006-01-02T15:04:05.000Z"))
+	}
+	return fmt.Sprintf("%s has the largest (HLC, publisher) of %d trusted activations (by %s at %s)", s.Current.Version, others+1, short(s.Current.Publisher), s.Current.HLC.Time().UTC().Format("2006-01-02T15:04:05.000Z"))
+}
+
+func short(p PublisherID) string {
+	s := string(p)
+	if len(s) > 24 {
+		return s[:24] + "…"
+	}
+	return s
+}
+
+// Registry reads and writes the model registry of one replica.
+type Registry struct {
+	r       *crdt.Replica
+	pub     *Publisher
+	trusted map[PublisherID]bool
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	rejected map[string]string // record id → reason, each counted once
+	counts   map[string]uint64
+	last     map[string]ModelState
+	subs     []chan Change
+}
+
+// New returns a registry over cfg.Replica. Call Run to follow changes.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Replica == nil || cfg.Publisher == nil {
+		return nil, errors.New("models: Config.Replica and Config.Publisher are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	g := &Registry{
+		r: cfg.Replica, pub: cfg.Publisher, log: cfg.Logger.With("component", "registry"),
+		trusted:  map[PublisherID]bool{cfg.Publisher.ID(): true},
+		rejected: map[string]string{}, counts: map[string]uint64{}, last: map[string]ModelState{},
+	}
+	for _, t := range cfg.Trusted {
+		_, id, err := ParsePublisherID(string(t))
+		if err != nil {
+			return nil, err
+		}
+		g.trusted[id] = true
+	}
+	return g, nil
+}
+
+// Publisher returns this peer's publisher identity.
+func (g *Registry) Publisher() *Publisher { return g.pub }
+
+// Trusted lists the trusted publisher ids.
+func (g *Registry) Trusted() []PublisherID {
+	var out []PublisherID
+	for id := range g.trusted {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Subscribe returns a channel of changes. Subscribe before Run.
+func (g *Registry) Subscribe() <-chan Change {
+	ch := make(chan Change, 256)
+	g.mu.Lock()
+	g.subs = append(g.subs, ch)
+	g.mu.Unlock()
+	return ch
+}
+
+// Run emits the initial state (a CurrentChanged and VersionAdded for every
+// model, since hooks are not replayed after a restart) and then follows the
+// replica until ctx ends.
+func (g *Registry) Run(ctx context.Context) {
+	sub := g.r.Subscribe(Prefix, 256)
+	defer sub.Close()
+	if all, err := g.Models(ctx); err == nil {
+		for _, st := range all {
+			g.diff(st)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.Done():
+			return
+		case ev := <-sub.C():
+			model, _, ok := strings.Cut(strings.TrimPrefix(ev.Key, Prefix), "/")
+			if !ok {
+				continue
+			}
+			st, err := g.State(ctx, model)
+			if err != nil && !errors.Is(err, ErrUnknownModel) {
+				g.log.Warn("recomputing model state", "model", model, "err", err)
+				continue
+			}
+			st.Name = model
+			g.diff(st)
+		}
+	}
+}
+
+// diff compares st with the last state seen and emits changes.
+func (g *Registry) diff(st ModelState) {
+	g.mu.Lock()
+	prev, had := g.last[st.Name]
+	g.last[st.Name] = st
+	subs := append([]chan Change(nil), g.subs...)
+	g.mu.Unlock()
+	var out []Change
+	for _, vs := range st.Versions {
+		if !had {
+			m := vs.Manifest
+			out = append(out, Change{Type: VersionAdded, Model: st.Name, Version: m.Version, Manifest: &m})
+			continue
+		}
+		if _, ok := prev.Version(vs.Manifest.Version); !ok {
+			m := vs.Manifest
+			out = append(out, Change{Type: VersionAdded, Model: st.Name, Version: m.Version, Manifest: &m})
+		}
+	}
+	if st.Current != nil && st.CurrentKnown {
+		if !had || prev.Current == nil || !prev.CurrentKnown || prev.Current.HLC != st.Current.HLC || prev.Current.Version != st.Current.Version {
+			a := *st.Current
+			out = append(out, Change{Type: CurrentChanged, Model: st.Name, Version: a.Version, Activation: &a})
+		}
+	}
+	for _, c := range out {
+		for _, ch := range subs {
+			ch <- c
+		}
+	}
+}
+
+// Rejected returns counts of records kept out of the effective state, by
+// reason.
+func (g *Registry) Rejected() map[string]uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]uint64, len(g.counts))
+	for k, v := range g.counts {
+		out[k] = v
+	}
+	return out
+}
+
+func (g *Registry) reject(e crdt.Entry, reason string, err error) {
+	id := e.Key + "@" + e.Record.HLC.String()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, seen := g.rejected[id]; seen {
+		return
+	}
+	g.rejected[id] = reason
+	g.counts[reason]++
+	g.log.Warn("record kept out of the registry", "key", e.Key, "reason", reason, "err", err)
+}
+
+// Models returns the effective state of every model.
+func (g *Registry) Models(ctx context.Context) ([]ModelState, error) {
+	entries, err := g.r.List(ctx, Prefix)
+	if err != nil {
+		return nil, err
+	}
+	byModel := map[string][]crdt.Entry{}
+	for _, e := range entries {
+		model, _, _ := strings.Cut(strings.TrimPrefix(e.Key, Prefix), "/")
+		byModel[model] = append(byModel[model], e)
+	}
+	var out []ModelState
+	for model, es := range byModel {
+		st := g.evaluate(model, es)
+		if st.Current != nil || len(st.Versions) > 0 {
+			out = append(out, st)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// State returns the effective state of one model, or ErrUnknownModel.
+func (g *Registry) State(ctx context.Context, model string) (ModelState, error) {
+	if err := CheckName("model", model); err != nil {
+		return ModelState{}, err
+	}
+	entries, err := g.r.List(ctx, Prefix+model+"/")
+	if err != nil {
+		return ModelState{}, err
+	}
+	st := g.evaluate(model, entries)
+	if st.Current == nil && len(st.Versions) == 0 {
+		return st, fmt.Errorf("%w: %s", ErrUnknownModel, model)
+	}
+	return st, nil
+}
+
+// Manifest returns the effective manifest of model@version.
+func (g *Registry) Manifest(ctx context.Context, model, version string) (Manifest, error) {
+	st, err := g.State(ctx, model)
+	if err != nil {
+		return Manifest{}, err
+	}
+	vs, ok := st.Version(version)
+	if !ok {
+		return Manifest{}, fmt.Errorf("%w: %s@%s", ErrUnknownVersion, model, version)
+	}
+	return vs.Manifest, nil
+}
+
+// evaluate applies the registry's rules to the raw entries of one model.
+func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
+	st := ModelState{Name: model, Activations: []Activation{}, Versions: []VersionState{}}
+	versions := map[string][]Manifest{}
+	for _, e := range entries {
+		rest := strings.Split(strings.TrimPrefix(e.Key, Prefix+model+"/"), "/")
+		switch {
+		case len(rest) == 3 && rest[0] == "versions":
+			var m Manifest
+			if e.Record.Kind != KindVersion || e.Record.DecodeBody(&m) != nil {
+				g.reject(e, ReasonMalformed, errors.New("not a manifest"))
+				continue
+			}
+			if m.Model != model || m.Version != rest[1] || string(m.Publisher) != rest[2] {
+				g.reject(e, ReasonKeyMismatch, fmt.Errorf("manifest %s@%s by %s under %s", m.Model, m.Version, m.Publisher, e.Key))
+				continue
+			}
+			if err := m.Verify(); err != nil {
+				g.reject(e, ReasonBadSignature, err)
+				continue
+			}
+			if !g.trusted[m.Publisher] {
+				g.reject(e, ReasonUntrusted, fmt.Errorf("publisher %s", m.Publisher))
+				continue
+			}
+			versions[m.Version] = append(versions[m.Version], m)
+		case len(rest) == 2 && rest[0] == "current":
+			var a Activation
+			if e.Record.Kind != KindCurrent || e.Record.DecodeBody(&a) != nil {
+				g.reject(e, ReasonMalformed, errors.New("not an activation"))
+				continue
+			}
+			if a.Model != model || string(a.Publisher) != rest[1] {
+				g.reject(e, ReasonKeyMismatch, fmt.Errorf("activation of %s by %s under %s", a.Model, a.Publisher, e.Key))
+				continue
+			}
+			if err := a.Verify(); err != nil {
+				g.reject(e, ReasonBadSignature, err)
+				continue
+			}
+			if !g.trusted[a.Publisher] {
+				g.reject(e, ReasonUntrusted, fmt.Errorf("publisher %s", a.Publisher))
+				continue
+			}
+			st.Activations = append(st.Activations, a)
+		default:
+			g.reject(e, ReasonMalformed, errors.New("unexpected key"))
+		}
+	}
+	for _, ms := range versions {
+		sort.Slice(ms, func(i, j int) bool { return order(ms[i].HLC, ms[i].Publisher, ms[j].HLC, ms[j].Publisher) < 0 })
+		vs := VersionState{Manifest: ms[0]}
+		for _, m := range ms[1:] {
+			if m.CID != ms[0].CID || m.SHA256 != ms[0].SHA256 {
+				vs.Conflicts = append(vs.Conflicts, m)
+			}
+		}
+		st.Versions = append(st.Versions, vs)
+	}
+	sort.Slice(st.Versions, func(i, j int) bool {
+		a, b := st.Versions[i].Manifest, st.Versions[j].Manifest
+		return order(a.HLC, a.Publisher, b.HLC, b.Publisher) < 0
+	})
+	// Largest (HLC, publisher) first.
+	sort.Slice(st.Activations, func(i, j int) bool {
+		a, b := st.Activations[i], st.Activations[j]
+		return order(a.HLC, a.Publisher, b.HLC, b.Publisher) > 0
+	})
+	if len(st.Activations) > 0 {
+		cur := st.Activations[0]
+		st.Current = &cur
+		_, st.CurrentKnown = versions[cur.Version]
+	}
+	return st
+}
+
+func order(h1 crdt.HLC, p1 PublisherID, h2 crdt.HLC, p2 PublisherID) int {
+	if c := h1.Compare(h2); c != 0 {
+		return c
+	}
+	return strings.Compare(string(p1), string(p2))
+}
+
+// Publish signs and writes a manifest. Publishing the same content again
+// is a no-op; other content under an existing model@version is
+// ErrDuplicate and changes nothing.
+func (g *Registry) Publish(ctx context.Context, m Manifest) (Manifest, crdt.Write, error) {
+	if err := CheckName("model", m.Model); err != nil {
+		return m, crdt.Write{}, err
+	}
+	if err := CheckName("version", m.Version); err != nil {
+		return m, crdt.Write{}, err
+	}
+	if existing, err := g.Manifest(ctx, m.Model, m.Version); err == nil {
+		if existing.CID == m.CID && existing.SHA256 == m.SHA256 {
+			return existing, g.r.Position(ctx), nil
+		}
+		return existing, crdt.Write{}, fmt.Errorf("%w: %s@%s is %s (sha256 %s)", ErrDuplicate, m.Model, m.Version, existing.CID, existing.SHA256)
+	}
+	m.HLC = g.r.Clock().Now()
+	m.Sign(g.pub)
+	w, err := g.r.Put(ctx, VersionKey(m.Model, m.Version, m.Publisher), KindVersion, m)
+	return m, w, err
+}
+
+// Activate makes version the current version of model, as far as this
+// publisher is concerned. The version must be known here.
+func (g *Registry) Activate(ctx context.Context, model, version string) (Activation, crdt.Write, error) {
+	st, err := g.State(ctx, model)
+	if err != nil {
+		return Activation{}, crdt.Write{}, err
+	}
+	if _, ok := st.Version(version); !ok {
+		return Activation{}, crdt.Write{}, fmt.Errorf("%w: %s@%s", ErrUnknownVersion, model, version)
+	}
+	a := Activation{Model: model, Version: version, HLC: g.r.Clock().Now()}
+	if st.Current != nil {
+		a.Previous = st.Current.Version
+		if a.Previous == version {
+			a.Previous = st.Current.Previous
+		}
+	}
+	a.Sign(g.pub)
+	w, err := g.r.Put(ctx, CurrentKey(model, a.Publisher), KindCurrent, a)
+	return a, w, err
+}
+
+// Rollback activates the version that was effective before the current
+// activation.
+func (g *Registry) Rollback(ctx context.Context, model string) (Activation, crdt.Write, error) {
+	st, err := g.State(ctx, model)
+	if err != nil {
+		return Activation{}, crdt.Write{}, err
+	}
+	if st.Current == nil || st.Current.Previous == "" {
+		return Activation{}, crdt.Write{}, fmt.Errorf("%w: %s", ErrNoPrevious, model)
+	}
+	return g.Activate(ctx, model, st.Current.Previous)
+}

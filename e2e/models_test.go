@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
+	"github.com/shoal-mesh/shoal/peer"
+)
+
+type httpResult struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+func (h httpResult) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(h.body, v); err != nil {
+		t.Fatalf("response %d is not JSON: %v\n%s", h.code, err, h.body)
+	}
+}
+
+func (h httpResult) errMsg() string {
+	var e struct{ Error string }
+	json.Unmarshal(h.body, &e)
+	return e.Error
+}
+
+func do(t *testing.T, method, url string, body []byte, headers ...string) httpResult {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return httpResult{resp.StatusCode, resp.Header, b}
+}
+
+func api(n *peer.Node) string { return "http://" + n.APIAddr() }
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func sha(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// push uploads an artifact through the HTTP API and returns the token.
+func push(t *testing.T, n *peer.Node, model, version string, data []byte, query string) string {
+	t.Helper()
+	res := do(t, http.MethodPut, fmt.Sprintf("%s/v1/models/%s/versions/%s?%s", api(n), model, version, query), data)
+	if res.code != http.StatusCreated {
+		t.Fatalf("push %s@%s: %d %s", model, version, res.code, res.body)
+	}
+	tok := res.header.Get(peer.HeaderToken)
+	if tok == "" {
+		t.Fatal("push returned no token")
+	}
+	return tok
+}
+
+func TestArtifactFansOutToFivePeers(t *testing.T) {
+	m := startMesh(t, 5, nil)
+	data := randomBytes(t, 20<<20)
+	want := sha(data)
+	push(t, m.Node(0), "detector", "v1", data, "activate=true")
+
+	for i, n := range m.Nodes() {
+		eventually(t, fmt.Sprintf("peer %d serves detector@v1", i), func() error {
+			res := do(t, http.MethodGet, api(n)+"/v1/models/detector/artifact", nil)
+			if res.code != http.StatusOK {
+				return fmt.Errorf("%d %s", res.code, res.errMsg())
+			}
+			if got := res.header.Get(peer.HeaderModelVersion); got != "v1" {
+				return fmt.Errorf("Shoal-Model-Version %q", got)
+			}
+			if got := sha(res.body); got != want {
+				t.Fatalf("peer %d served bytes with sha256 %s, want %s", i, got, want)
+			}
+			return nil
+		})
+	}
+	sent := m.Node(0).Blocks().Stats().BytesSent
+	ratio := float64(sent) / float64(len(data))
+	t.Logf("origin uploaded %d bytes = %.2f× the artifact to 4 peers", sent, ratio)
+	if ratio >= 3 {
+		t.Errorf("origin uploaded %.2f× the artifact; bitswap should spread it (< 3×)", ratio)
+	}
+}
+
+func TestPinnedFetchAndErrors(t *testing.T) {
+	m := startMesh(t, 2, nil)
+	v1, v2 := randomBytes(t, 300<<10), randomBytes(t, 200<<10)
+	push(t, m.Node(0), "cls", "v1", v1, "activate=true")
+	tok := push(t, m.Node(0), "cls", "v2", v2, "")
+
+	// Peer 1 with the token: the manifest of v2 is there, and the pinned
+	// fetch waits for the bytes.
+	res := do(t, http.MethodGet, api(m.Node(1))+"/v1/models/cls/versions/v2/artifact", nil, peer.HeaderAfter, tok)
+	if res.code != http.StatusOK || sha(res.body) != sha(v2) || res.header.Get(peer.HeaderModelVersion) != "v2" {
+		t.Fatalf("pinned v2: %d, version %q", res.code, res.header.Get(peer.HeaderModelVersion))
+	}
+	if etag := res.header.Get("ETag"); !strings.HasPrefix(etag, `"`) || len(etag) < 10 {
+		t.Errorf("ETag %q", etag)
+	}
+	// The unpinned artifact is still v1: v2 was published, not activated.
+	eventually(t, "peer 1 serves v1", func() error {
+		res := do(t, http.MethodGet, api(m.Node(1))+"/v1/models/cls/artifact", nil)
+		if res.code != 200 || res.header.Get(peer.HeaderModelVersion) != "v1" || sha(res.body) != sha(v1) {
+			return fmt.Errorf("%d %q", res.code, res.header.Get(peer.HeaderModelVersion))
+		}
+		return nil
+	})
+
+	cases := []struct {
+		name, method, path string
+		body               []byte
+		headers            []string
+		code               int
+	}{
+		{"unknown version", "GET", "/v1/models/cls/versions/v9/artifact", nil, nil, 404},
+		{"unknown model", "GET", "/v1/models/nope/artifact", nil, nil, 404},
+		{"malformed token", "GET", "/v1/models/cls/artifact", nil, []string{peer.HeaderAfter, "!!not-a-token"}, 400},
+		{"bad staleness bound", "GET", "/v1/models", nil, []string{peer.HeaderMaxStaleness, "soon"}, 400},
+		{"duplicate version, other bytes", "PUT", "/v1/models/cls/versions/v1", []byte("different"), nil, 409},
+		{"bad model name", "PUT", "/v1/models/bad%2Fname/versions/v1", []byte("x"), nil, 400},
+		{"empty artifact", "PUT", "/v1/models/cls/versions/v3", nil, nil, 400},
+		{"activate unknown version", "POST", "/v1/models/cls/activate", []byte(`{"version":"v9"}`), nil, 404},
+		{"activate bad body", "POST", "/v1/models/cls/activate", []byte(`{`), nil, 400},
+		{"oversized JSON body", "POST", "/v1/models/cls/activate", bytes.Repeat([]byte(" "), 2<<20), nil, 400},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := do(t, "GET", api(m.Node(0))+"/v1/models/cls", nil)
+			res := do(t, c.method, api(m.Node(0))+c.path, c.body, c.headers...)
+			if res.code != c.code || res.errMsg() == "" {
+				t.Errorf("%d %s, want %d with a JSON error", res.code, res.body, c.code)
+			}
+			after := do(t, "GET", api(m.Node(0))+"/v1/models/cls", nil)
+			if !bytes.Equal(before.body, after.body) {
+				t.Errorf("the model changed:\nbefore %s\nafter %s", before.body, after.body)
+			}
+		})
+	}
+}
+
+func TestReadYourWritesAndStalenessBound(t *testing.T) {
+	m := startMesh(t, 4, func(i int, c *peer.Config) { c.PeerTimeout = 2 * time.Second })
+	push(t, m.Node(0), "det", "v1", randomBytes(t, 64<<10), "activate=true")
+	push(t, m.Node(0), "det", "v2", randomBytes(t, 64<<10), "")
+	res := do(t, http.MethodPost, api(m.Node(0))+"/v1/models/det/activate", []byte(`{"version":"v2"}`))
+	if res.code != 200 {
+		t.Fatalf("activate: %d %s", res.code, res.body)
+	}
+	tok := res.header.Get(peer.HeaderToken)
+
+	// Peer 3 with the token sees v2 as current, never v1.
+	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderAfter, tok)
+	var mi peer.ModelInfo
+	res.json(t, &mi)
+	if res.code != 200 || mi.Current == nil || mi.Current.Version != "v2" {
+		t.Fatalf("with token: %d current %+v", res.code, mi.Current)
+	}
+
+	// Isolate peer 3; a token from a write it cannot receive times out
+	// with 503 naming what is missing.
+	m.Isolate(3)
+	res = do(t, http.MethodPost, api(m.Node(0))+"/v1/models/det/rollback", nil)
+	if res.code != 200 {
+		t.Fatalf("rollback: %d %s", res.code, res.body)
+	}
+	tok = res.header.Get(peer.HeaderToken)
+	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderAfter, tok, peer.HeaderTimeout, "1s")
+	if res.code != http.StatusServiceUnavailable || !strings.Contains(res.errMsg(), "missing heads") || res.header.Get("Retry-After") == "" {
+		t.Fatalf("unsatisfiable token: %d %s", res.code, res.body)
+	}
+
+	// Staleness: the isolated peer refuses a 2s bound once it is stale…
+	eventually(t, "isolated peer refuses a 2s staleness bound", func() error {
+		res := do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s")
+		if res.code != http.StatusServiceUnavailable {
+			return fmt.Errorf("%d", res.code)
+		}
+		var body struct {
+			Staleness float64 `json:"staleness_seconds"`
+		}
+		res.json(t, &body)
+		if body.Staleness <= 2 {
+			t.Errorf("503 with measured staleness %.2f", body.Staleness)
+		}
+		return nil
+	})
+	// …serves and flags it when asked to…
+	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s", peer.HeaderStalenessPolicy, "flag")
+	if res.code != 200 || res.header.Get(peer.HeaderStale) != "true" {
+		t.Errorf("flag policy: %d stale=%q", res.code, res.header.Get(peer.HeaderStale))
+	}
+	// …and after rejoining answers 200 with the rolled-back version.
+	if err := m.Heal(t.Context(), 3); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "rejoined peer meets the bound", func() error {
+		res := do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s", peer.HeaderAfter, tok)
+		if res.code != 200 {
+			return fmt.Errorf("%d %s", res.code, res.errMsg())
+		}
+		var mi peer.ModelInfo
+		res.json(t, &mi)
+		if mi.Current == nil || mi.Current.Version != "v1" {
+			return fmt.Errorf("current %+v after rollback", mi.Current)
+		}
+		return nil
+	})
+	_ = testmesh.Percentile
+}

@@ -1,0 +1,218 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	cid "github.com/ipfs/go-cid"
+
+	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/store/artifacts"
+)
+
+// serving is the version of a model this peer serves: the effective
+// current version once it is verified here, and until then the last one
+// that was.
+type serving struct {
+	Version   string
+	CID       string
+	Since     time.Time
+	LagSecond float64 // activation HLC → serving here
+}
+
+// lifecycle follows the registry and keeps the effective current version
+// of every model fetched, verified and served (design §3).
+type lifecycle struct {
+	n    *Node
+	keep int
+
+	mu      sync.Mutex
+	serving map[string]serving
+	sem     chan struct{}
+}
+
+func newLifecycle(n *Node, keep int) *lifecycle {
+	return &lifecycle{n: n, keep: keep, serving: map[string]serving{}, sem: make(chan struct{}, 4)}
+}
+
+func specOf(m models.Manifest) (artifacts.Spec, error) {
+	c, err := cid.Decode(m.CID)
+	if err != nil {
+		return artifacts.Spec{}, fmt.Errorf("manifest %s has a bad CID: %w", m.Ref(), err)
+	}
+	return artifacts.Spec{Ref: m.Ref(), CID: c, SHA256: m.SHA256, Size: m.Size}, nil
+}
+
+// Serving returns the version this peer serves for model.
+func (l *lifecycle) Serving(model string) (serving, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.serving[model]
+	return s, ok
+}
+
+func (l *lifecycle) all() map[string]serving {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]serving, len(l.serving))
+	for k, v := range l.serving {
+		out[k] = v
+	}
+	return out
+}
+
+func (l *lifecycle) run(ctx context.Context, changes <-chan models.Change) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-changes:
+			switch {
+			case c.Type == models.CurrentChanged:
+				l.spawn(ctx, func() { l.activate(ctx, *c.Activation) })
+			case c.Type == models.VersionAdded && c.Manifest.Prefetch:
+				m := *c.Manifest
+				l.spawn(ctx, func() { l.prefetch(ctx, m) })
+			}
+		}
+	}
+}
+
+func (l *lifecycle) spawn(ctx context.Context, f func()) {
+	l.n.wg.Add(1)
+	go func() {
+		defer l.n.wg.Done()
+		select {
+		case l.sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-l.sem }()
+		f()
+	}()
+}
+
+func (l *lifecycle) prefetch(ctx context.Context, m models.Manifest) {
+	spec, err := specOf(m)
+	if err != nil {
+		return
+	}
+	if _, err := l.n.artifacts.Ensure(ctx, spec); err != nil && ctx.Err() == nil {
+		l.n.log.Warn("prefetch failed", "ref", m.Ref(), "err", err)
+	}
+}
+
+// activate brings the activated version into service on this peer. A
+// version that fails verification is left marked bad, and the last verified
+// version keeps serving.
+func (l *lifecycle) activate(ctx context.Context, a models.Activation) {
+	m, err := l.n.registry.Manifest(ctx, a.Model, a.Version)
+	if err != nil {
+		l.n.log.Warn("activation names an unknown version", "model", a.Model, "version", a.Version, "err", err)
+		return
+	}
+	spec, err := specOf(m)
+	if err != nil {
+		l.n.log.Error("cannot activate", "ref", m.Ref(), "err", err)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		_, err = l.n.artifacts.Ensure(ctx, spec)
+		if err == nil || errors.Is(err, artifacts.ErrBad) || ctx.Err() != nil {
+			break
+		}
+		// Nobody had the blocks yet (or the fetch timed out): try again
+		// while this activation is still the effective one.
+		l.n.log.Warn("artifact fetch incomplete, retrying", "ref", m.Ref(), "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(time.Duration(attempt+1)*2*time.Second, 30*time.Second)):
+		}
+		if st, serr := l.n.registry.State(ctx, a.Model); serr != nil || st.Current == nil || st.Current.HLC != a.HLC {
+			return
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			prev, _ := l.Serving(a.Model)
+			l.n.log.Error("activated version not served", "ref", m.Ref(), "err", err, "still_serving", prev.Version)
+		}
+		return
+	}
+	// Serve it only if it is still the effective current version: a newer
+	// activation may have won while this one was fetching.
+	st, err := l.n.registry.State(ctx, a.Model)
+	if err != nil || st.Current == nil || st.Current.Version != a.Version {
+		return
+	}
+	lag := time.Duration(l.n.replica.Clock().Peek().Wall - st.Current.HLC.Wall).Seconds()
+	if lag < 0 {
+		lag = 0
+	}
+	l.mu.Lock()
+	prev := l.serving[a.Model]
+	if prev.Version != a.Version {
+		l.serving[a.Model] = serving{Version: a.Version, CID: m.CID, Since: time.Now(), LagSecond: lag}
+	}
+	l.mu.Unlock()
+	if prev.Version != a.Version {
+		l.n.log.Info("serving model version", "model", a.Model, "version", a.Version, "previous", prev.Version, "lag_seconds", lag)
+	}
+	if err := l.gc(ctx); err != nil {
+		l.n.log.Warn("artifact GC failed", "err", err)
+	}
+}
+
+// gc keeps, per model, the served version plus the keep-1 most recently
+// verified other versions, and deletes the rest.
+func (l *lifecycle) gc(ctx context.Context) error {
+	all, err := l.n.artifacts.All(ctx)
+	if err != nil {
+		return err
+	}
+	servingNow := l.all()
+	byModel := map[string][]artifacts.Status{}
+	for _, st := range all {
+		if st.State != artifacts.StateVerified {
+			continue
+		}
+		model, _, _ := strings.Cut(st.Ref, "@")
+		byModel[model] = append(byModel[model], st)
+	}
+	var keep []cid.Cid
+	var drop []artifacts.Spec
+	for model, sts := range byModel {
+		sort.Slice(sts, func(i, j int) bool { return sts[i].VerifiedAt.After(sts[j].VerifiedAt) })
+		cur := servingNow[model]
+		kept := 0
+		if cur.Version != "" {
+			kept = 1
+		}
+		for _, st := range sts {
+			c, err := cid.Decode(st.CID)
+			if err != nil {
+				continue
+			}
+			_, version, _ := strings.Cut(st.Ref, "@")
+			if version == cur.Version || kept < l.keep {
+				if version != cur.Version {
+					kept++
+				}
+				keep = append(keep, c)
+				continue
+			}
+			drop = append(drop, artifacts.Spec{Ref: st.Ref, CID: c})
+		}
+	}
+	if len(drop) == 0 {
+		return nil
+	}
+	_, err = l.n.artifacts.Remove(ctx, drop, keep)
+	return err
+}

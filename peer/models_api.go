@@ -1,0 +1,280 @@
+package peer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	cid "github.com/ipfs/go-cid"
+
+	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/store/artifacts"
+)
+
+// MaxArtifactBytes bounds an artifact uploaded through the API.
+const MaxArtifactBytes = 4 << 30
+
+// ModelInfo is one model in GET /v1/models and `shoal model ls --json`.
+type ModelInfo struct {
+	Name        string              `json:"name"`
+	Current     *models.Activation  `json:"current,omitempty"`
+	Why         string              `json:"why"`
+	Serving     *ServingInfo        `json:"serving,omitempty"`
+	Versions    []VersionInfo       `json:"versions"`
+	Activations []models.Activation `json:"activations"`
+}
+
+// ServingInfo is the version this peer serves.
+type ServingInfo struct {
+	Version    string    `json:"version"`
+	CID        string    `json:"cid"`
+	Since      time.Time `json:"since"`
+	LagSeconds float64   `json:"lag_seconds"`
+}
+
+// VersionInfo is one version of a model with its local state here.
+type VersionInfo struct {
+	models.Manifest
+	Local     *artifacts.Status `json:"local,omitempty"`
+	Conflicts []models.Manifest `json:"conflicts,omitempty"`
+}
+
+func (n *Node) modelInfo(ctx context.Context, st models.ModelState) ModelInfo {
+	mi := ModelInfo{Name: st.Name, Current: st.Current, Why: st.Why(), Activations: st.Activations, Versions: []VersionInfo{}}
+	if s, ok := n.life.Serving(st.Name); ok {
+		mi.Serving = &ServingInfo{Version: s.Version, CID: s.CID, Since: s.Since.UTC(), LagSeconds: s.LagSecond}
+	}
+	for _, vs := range st.Versions {
+		vi := VersionInfo{Manifest: vs.Manifest, Conflicts: vs.Conflicts}
+		if ls, ok := n.artifacts.Status(ctx, vs.Manifest.Ref()); ok && ls.CID == vs.Manifest.CID {
+			vi.Local = &ls
+		}
+		mi.Versions = append(mi.Versions, vi)
+	}
+	return mi
+}
+
+// modelErr maps registry and artifact errors to API errors.
+func modelErr(err error) error {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, models.ErrBadName), errors.Is(err, crdt.ErrBadRecord):
+		code = http.StatusBadRequest
+	case errors.Is(err, models.ErrUnknownModel), errors.Is(err, models.ErrUnknownVersion):
+		code = http.StatusNotFound
+	case errors.Is(err, models.ErrDuplicate), errors.Is(err, models.ErrNoPrevious), errors.Is(err, artifacts.ErrBad):
+		code = http.StatusConflict
+	case errors.Is(err, artifacts.ErrIncomplete), errors.Is(err, artifacts.ErrNotLocal):
+		return &apiError{code: http.StatusServiceUnavailable, msg: err.Error(), retry: 5 * time.Second}
+	}
+	return &apiError{code: code, msg: err.Error()}
+}
+
+func (n *Node) handleModels(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel, err := n.consistent(w, r)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	defer cancel()
+	all, err := n.registry.Models(ctx)
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	out := []ModelInfo{}
+	for _, st := range all {
+		out = append(out, n.modelInfo(ctx, st))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"models": out, "publisher": n.registry.Publisher().ID(), "trusted": n.registry.Trusted()})
+}
+
+func (n *Node) handleModel(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel, err := n.consistent(w, r)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	defer cancel()
+	st, err := n.registry.State(ctx, r.PathValue("model"))
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, n.modelInfo(ctx, st))
+}
+
+// writeResult answers a write with its read-your-writes token.
+func writeResult(w http.ResponseWriter, code int, wr crdt.Write, body map[string]any) {
+	tok := wr.Token()
+	w.Header().Set(HeaderToken, tok)
+	body["token"] = tok
+	writeJSON(w, code, body)
+}
+
+// handlePush imports an uploaded artifact, publishes its signed manifest
+// and optionally activates it: PUT /v1/models/{model}/versions/{version}
+// [?activate=true][&prefetch=true][&media_type=...].
+func (n *Node) handlePush(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	model, version := r.PathValue("model"), r.PathValue("version")
+	for kind, s := range map[string]string{"model": model, "version": version} {
+		if err := models.CheckName(kind, s); err != nil {
+			writeAPIError(w, modelErr(err))
+			return
+		}
+	}
+	q := r.URL.Query()
+	activate, prefetch := q.Get("activate") == "true", q.Get("prefetch") == "true"
+	mediaType := q.Get("media_type")
+	if mediaType == "" {
+		mediaType = "application/octet-stream"
+	}
+	c, sum, size, err := n.artifacts.Import(ctx, r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("artifact larger than %d bytes", mbe.Limit))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "reading the artifact: "+err.Error())
+		return
+	}
+	if size == 0 {
+		n.discard(ctx, c)
+		writeError(w, http.StatusBadRequest, "empty artifact")
+		return
+	}
+	m := models.Manifest{Model: model, Version: version, CID: c.String(), SHA256: sum, Size: size, MediaType: mediaType, Prefetch: prefetch}
+	m, wr, err := n.registry.Publish(ctx, m)
+	if err != nil {
+		if errors.Is(err, models.ErrDuplicate) {
+			n.discard(ctx, c)
+		}
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	if err := n.artifacts.MarkVerified(ctx, artifacts.Spec{Ref: m.Ref(), CID: c, SHA256: sum, Size: size}); err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	body := map[string]any{"manifest": m}
+	if activate {
+		a, awr, err := n.registry.Activate(ctx, model, version)
+		if err != nil {
+			writeAPIError(w, modelErr(err))
+			return
+		}
+		body["activation"] = a
+		wr = awr
+	}
+	writeResult(w, http.StatusCreated, wr, body)
+}
+
+// discard drops the blocks of an import that was refused, keeping any
+// block shared with a verified artifact.
+func (n *Node) discard(ctx context.Context, c cid.Cid) {
+	var keep []cid.Cid
+	if all, err := n.artifacts.All(ctx); err == nil {
+		for _, st := range all {
+			if k, err := cid.Decode(st.CID); err == nil && st.State == artifacts.StateVerified {
+				keep = append(keep, k)
+			}
+		}
+	}
+	n.artifacts.Remove(ctx, []artifacts.Spec{{Ref: "refused@" + c.String(), CID: c}}, keep)
+}
+
+func (n *Node) handleActivate(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Version string `json:"version"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Version == "" {
+		writeError(w, http.StatusBadRequest, `body must be {"version": "..."}`)
+		return
+	}
+	a, wr, err := n.registry.Activate(r.Context(), r.PathValue("model"), req.Version)
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	writeResult(w, http.StatusOK, wr, map[string]any{"activation": a})
+}
+
+func (n *Node) handleRollback(w http.ResponseWriter, r *http.Request) {
+	a, wr, err := n.registry.Rollback(r.Context(), r.PathValue("model"))
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	writeResult(w, http.StatusOK, wr, map[string]any{"activation": a})
+}
+
+// handleArtifact serves exactly the bytes of a version: the pinned one in
+// the URL, or the version this peer serves for the model. It never serves
+// another version than the one it names in Shoal-Model-Version.
+func (n *Node) handleArtifact(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel, err := n.consistent(w, r)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	defer cancel()
+	model, version := r.PathValue("model"), r.PathValue("version")
+	if version == "" {
+		s, ok := n.life.Serving(model)
+		if !ok {
+			if _, err := n.registry.State(ctx, model); err != nil {
+				writeAPIError(w, modelErr(err))
+				return
+			}
+			writeAPIError(w, &apiError{code: http.StatusServiceUnavailable, retry: 5 * time.Second,
+				msg: fmt.Sprintf("no verified version of %s on this peer yet", model)})
+			return
+		}
+		version = s.Version
+	}
+	m, err := n.registry.Manifest(ctx, model, version)
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	spec, err := specOf(m)
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	// Known but not local: fetch it, bounded by the request's deadline.
+	if _, err := n.artifacts.Ensure(ctx, spec); err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	rd, err := n.artifacts.Open(r.Context(), spec)
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	defer rd.Close()
+	h := w.Header()
+	h.Set(HeaderModelVersion, m.Version)
+	h.Set("ETag", `"`+m.CID+`"`)
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Content-Length", strconv.FormatInt(m.Size, 10))
+	h.Set("Shoal-Artifact-Sha256", m.SHA256)
+	if match := r.Header.Get("If-None-Match"); match == `"`+m.CID+`"` {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+	written, _ := io.Copy(w, rd)
+	n.artifactBytesOut.Add(uint64(written))
+}
