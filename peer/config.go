@@ -84,11 +84,12 @@ func DefaultListenAddrs() []string {
 // DefaultConfig returns the configuration `shoal run` uses with no flags.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:     DefaultDataDir,
-		APIAddr:     DefaultAPIAddr,
-		ListenAddrs: DefaultListenAddrs(),
-		MDNS:        true,
-		Mesh:        DefaultMesh,
+		DataDir:      DefaultDataDir,
+		APIAddr:      DefaultAPIAddr,
+		ListenAddrs:  DefaultListenAddrs(),
+		MDNS:         true,
+		Mesh:         DefaultMesh,
+		KeepVersions: 2,
 	}
 }
 

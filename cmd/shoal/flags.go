@@ -47,6 +47,19 @@ func envBool(name string, def bool) (bool, error) {
 	return b, nil
 }
 
+// envInt returns $SHOAL_<name> parsed as a positive int, or def.
+func envInt(name string, def int) (int, error) {
+	v, ok := os.LookupEnv("SHOAL_" + name)
+	if !ok || v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return def, fmt.Errorf("SHOAL_%s=%q is not a positive number", name, v)
+	}
+	return n, nil
+}
+
 // envList returns $SHOAL_<name> split on commas, or def.
 func envList(name string, def []string) *listFlag {
 	if v, ok := os.LookupEnv("SHOAL_" + name); ok && v != "" {

@@ -47,6 +47,10 @@ Usage:
                                   libp2p TCP+QUIC on 4010, mDNS on)
   shoal status [--api URL] [--json]
                                   show a running peer's peers, staleness and state
+  shoal model push FILE --name M --version V [--activate] [--prefetch]
+  shoal model activate M V | rollback M | ls [--json]
+                                  publish, activate and inspect model versions
+  shoal key new|show [--data DIR] this peer's publisher identity (ed25519)
   shoal version                   print the version
 
 Run 'shoal COMMAND -h' for the flags of a command. Every flag of 'run' can also
@@ -68,6 +72,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(args[1:], stdout, stderr)
+	case "model":
+		err = cmdModel(args[1:], stdout, stderr)
+	case "key":
+		err = cmdKey(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "shoal", buildVersion())
 	case "help", "-h", "--help":

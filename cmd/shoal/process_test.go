@@ -240,3 +240,60 @@ func TestVersionAndUsage(t *testing.T) {
 		t.Errorf("unknown command: exit %d, %q", code, stderr)
 	}
 }
+
+func TestModelWorkflowAcrossProcesses(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	keyA, stderr, code := shoal(t, "key", "new", "--data", dirA)
+	if code != 0 || !strings.HasPrefix(keyA, "ed25519:") {
+		t.Fatalf("key new: exit %d %q %s", code, keyA, stderr)
+	}
+	keyA = strings.TrimSpace(keyA)
+	if _, stderr, code := shoal(t, "key", "new", "--data", dirA); code == 0 || !strings.Contains(stderr, "already exists") {
+		t.Errorf("key new over an existing key: exit %d, %s", code, stderr)
+	}
+	if out, _, _ := shoal(t, "key", "show", "--data", dirA); strings.TrimSpace(out) != keyA {
+		t.Errorf("key show = %q, want %q", out, keyA)
+	}
+
+	a := startPeer(t, loopbackArgs(dirA)...)
+	b := startPeer(t, append(loopbackArgs(dirB), "--bootstrap", a.addr, "--trust", keyA)...)
+
+	artifact := filepath.Join(t.TempDir(), "model.onnx")
+	os.WriteFile(artifact, bytes.Repeat([]byte("weights!"), 100000), 0o600)
+	out, stderr, code := shoal(t, "model", "push", artifact, "--name", "cls", "--version", "v1", "--activate", "--api", a.api)
+	if code != 0 || !strings.Contains(out, "published cls@v1") || !strings.Contains(out, "activated cls@v1") {
+		t.Fatalf("push: exit %d\n%s%s", code, out, stderr)
+	}
+	other := filepath.Join(t.TempDir(), "other.onnx")
+	os.WriteFile(other, []byte("other bytes"), 0o600)
+	if _, stderr, code := shoal(t, "model", "push", other, "--name", "cls", "--version", "v1", "--api", a.api); code != 1 || !strings.Contains(stderr, "already published") {
+		t.Errorf("duplicate push: exit %d, %s", code, stderr)
+	}
+	if _, stderr, code := shoal(t, "model", "push", "/no/such/file", "--name", "cls", "--version", "v2", "--api", a.api); code != 1 || !strings.Contains(stderr, "no such file") {
+		t.Errorf("missing file: exit %d, %s", code, stderr)
+	}
+
+	// Peer B trusts A's key: it fetches, verifies and serves v1.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ := shoal(t, "model", "ls", "--json", "--api", b.api)
+		var res struct {
+			Models []peer.ModelInfo `json:"models"`
+		}
+		json.Unmarshal([]byte(out), &res)
+		if len(res.Models) == 1 && res.Models[0].Serving != nil && res.Models[0].Serving.Version == "v1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peer B never served cls@v1:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out, _, code = shoal(t, "model", "ls", "--api", b.api)
+	if code != 0 || !strings.Contains(out, "only trusted activation") || !strings.Contains(out, "verified") {
+		t.Errorf("model ls:\n%s", out)
+	}
+	if _, stderr, code := shoal(t, "model", "rollback", "cls", "--api", a.api); code != 1 || !strings.Contains(stderr, "no previous version") {
+		t.Errorf("rollback with no previous: exit %d, %s", code, stderr)
+	}
+}

@@ -23,6 +23,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	keepDef, err := envInt("KEEP_VERSIONS", def.KeepVersions)
+	if err != nil {
+		return usageError("%v", err)
+	}
 	var (
 		dataDir   = fs.String("data", envString("DATA", def.DataDir), "data directory (env SHOAL_DATA)")
 		apiAddr   = fs.String("api", envString("API", def.APIAddr), "HTTP API listen address (env SHOAL_API)")
@@ -33,7 +37,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		logFormat = fs.String("log-format", envString("LOG_FORMAT", "auto"), "text, json, or auto: json when stderr is not a terminal (env SHOAL_LOG_FORMAT)")
 		listen    = envList("LISTEN", def.ListenAddrs)
 		bootstrap = envList("BOOTSTRAP", nil)
+		trust     = envList("TRUST", nil)
+		keep      = fs.Int("keep-versions", keepDef, "verified versions of each model kept on disk (env SHOAL_KEEP_VERSIONS)")
 	)
+	fs.Var(trust, "trust", "trusted publisher key ed25519:<hex> (see `shoal key show`), repeatable; this peer's own key is always trusted (env SHOAL_TRUST)")
 	fs.Var(listen, "listen", "libp2p listen multiaddr, repeatable (env SHOAL_LISTEN, comma-separated; default TCP and QUIC on port 4010)")
 	fs.Var(bootstrap, "bootstrap", "bootstrap peer multiaddr ending in /p2p/<id>, repeatable (env SHOAL_BOOTSTRAP, comma-separated)")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -47,7 +54,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 
 	cfg := peer.Config{
 		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, ORTLibrary: *ortLib,
-		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Version: buildVersion(), Logger: logger,
+		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(), Logger: logger,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
