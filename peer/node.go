@@ -230,6 +230,12 @@ func (n *Node) Host() host.Host { return n.host }
 // Replica returns the replicated state.
 func (n *Node) Replica() *crdt.Replica { return n.replica }
 
+// Registry returns the model registry.
+func (n *Node) Registry() *models.Registry { return n.registry }
+
+// Artifacts returns the artifact manager.
+func (n *Node) Artifacts() *artifacts.Manager { return n.artifacts }
+
 // Blocks returns the block exchange.
 func (n *Node) Blocks() *store.Blocks { return n.blocks }
 

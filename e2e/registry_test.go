@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/peer"
+	"github.com/shoal-mesh/shoal/store/artifacts"
+)
+
+func modelInfo(t *testing.T, n *peer.Node, model string) peer.ModelInfo {
+	t.Helper()
+	res := do(t, http.MethodGet, api(n)+"/v1/models/"+model, nil)
+	var mi peer.ModelInfo
+	if res.code == 200 {
+		res.json(t, &mi)
+	}
+	return mi
+}
+
+func servingVersion(t *testing.T, n *peer.Node, model string) string {
+	mi := modelInfo(t, n, model)
+	if mi.Serving == nil {
+		return ""
+	}
+	return mi.Serving.Version
+}
+
+func TestConcurrentActivationsSettleOnOneWinner(t *testing.T) {
+	m := startMesh(t, 3, nil)
+	push(t, m.Node(0), "seg", "a", randomBytes(t, 32<<10), "")
+	push(t, m.Node(0), "seg", "b", randomBytes(t, 32<<10), "")
+	push(t, m.Node(0), "seg", "c", randomBytes(t, 32<<10), "")
+	eventually(t, "every peer knows the three versions", func() error {
+		for i, n := range m.Nodes() {
+			if v := len(modelInfo(t, n, "seg").Versions); v != 3 {
+				return fmt.Errorf("peer %d knows %d versions", i, v)
+			}
+		}
+		return nil
+	})
+	// Three publishers activate three versions at once.
+	var wg sync.WaitGroup
+	for i, v := range []string{"a", "b", "c"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, err := m.Node(i).Registry().Activate(context.Background(), "seg", v); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	var winner models.Activation
+	eventually(t, "all peers agree on the winner and serve it", func() error {
+		var cur []string
+		for _, n := range m.Nodes() {
+			mi := modelInfo(t, n, "seg")
+			if mi.Current == nil || len(mi.Activations) != 3 {
+				return fmt.Errorf("a peer sees %d activations", len(mi.Activations))
+			}
+			cur = append(cur, mi.Current.Version)
+			winner = *mi.Current
+			if servingVersion(t, n, "seg") != mi.Current.Version {
+				return fmt.Errorf("peer serves %q, current %q", servingVersion(t, n, "seg"), mi.Current.Version)
+			}
+		}
+		if cur[0] != cur[1] || cur[1] != cur[2] {
+			return fmt.Errorf("winners differ: %v", cur)
+		}
+		return nil
+	})
+	// The winner is the design's: the largest (HLC, publisher).
+	mi := modelInfo(t, m.Node(1), "seg")
+	for _, a := range mi.Activations {
+		if a.HLC.Compare(winner.HLC) > 0 || (a.HLC == winner.HLC && a.Publisher > winner.Publisher) {
+			t.Errorf("activation %s@%s beats the winner %s", a.Version, a.HLC, winner.Version)
+		}
+	}
+	if !strings.Contains(mi.Why, "largest (HLC, publisher) of 3") {
+		t.Errorf("why = %q", mi.Why)
+	}
+}
+
+func TestForgedAndCorruptPublicationsAreRejected(t *testing.T) {
+	m := startMesh(t, 2, nil)
+	good := randomBytes(t, 64<<10)
+	push(t, m.Node(0), "ocr", "v1", good, "activate=true")
+	eventually(t, "peer 1 serves v1", func() error {
+		if v := servingVersion(t, m.Node(1), "ocr"); v != "v1" {
+			return fmt.Errorf("serving %q", v)
+		}
+		return nil
+	})
+	ctx := context.Background()
+	v1 := modelInfo(t, m.Node(0), "ocr").Versions[0].Manifest
+	r0 := m.Node(0).Replica()
+
+	// 1. A manifest and an activation signed by a key nobody trusts.
+	stranger, err := models.NewPublisherKey(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := models.Manifest{Model: "ocr", Version: "evil", CID: v1.CID, SHA256: v1.SHA256, Size: v1.Size, HLC: r0.Clock().Now()}
+	forged.Sign(stranger)
+	if _, err := r0.Put(ctx, models.VersionKey("ocr", "evil", forged.Publisher), models.KindVersion, forged); err != nil {
+		t.Fatal(err)
+	}
+	act := models.Activation{Model: "ocr", Version: "evil", HLC: r0.Clock().Now()}
+	act.Sign(stranger)
+	if _, err := r0.Put(ctx, models.CurrentKey("ocr", act.Publisher), models.KindCurrent, act); err != nil {
+		t.Fatal(err)
+	}
+	// 2. A trusted publisher's manifest altered after signing.
+	tampered := models.Manifest{Model: "ocr", Version: "v1-tampered", CID: v1.CID, SHA256: v1.SHA256, Size: v1.Size, HLC: r0.Clock().Now()}
+	tampered.Sign(m.Node(0).Registry().Publisher())
+	tampered.Size++
+	if _, err := r0.Put(ctx, models.VersionKey("ocr", "v1-tampered", tampered.Publisher), models.KindVersion, tampered); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "peer 1 counts both rejections by reason", func() error {
+		modelInfo(t, m.Node(1), "ocr") // evaluating the model counts what it rejects
+		rej := m.Node(1).Registry().Rejected()
+		if rej[models.ReasonUntrusted] < 2 || rej[models.ReasonBadSignature] < 1 {
+			return fmt.Errorf("rejected %v", rej)
+		}
+		return nil
+	})
+	mi := modelInfo(t, m.Node(1), "ocr")
+	if mi.Current == nil || mi.Current.Version != "v1" || len(mi.Versions) != 1 {
+		t.Errorf("forged records entered the state: current %+v, %d versions", mi.Current, len(mi.Versions))
+	}
+
+	// 3. A trusted, well-signed manifest whose sha256 does not match its
+	// bytes: peers fetch it, find the mismatch, mark it bad and keep v1.
+	other := randomBytes(t, 64<<10)
+	c, _, size, err := m.Node(0).Artifacts().Import(ctx, strings.NewReader(string(other)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.Node(0).Registry().Publish(ctx, models.Manifest{Model: "ocr", Version: "v2", CID: c.String(), SHA256: sha(good), Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.Node(0).Registry().Activate(ctx, "ocr", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "peer 1 marks v2 bad with the reason", func() error {
+		for _, v := range modelInfo(t, m.Node(1), "ocr").Versions {
+			if v.Version == "v2" && v.Local != nil && v.Local.State == artifacts.StateBad {
+				if !strings.Contains(v.Local.Reason, "sha256") {
+					t.Errorf("reason %q does not name the sha256", v.Local.Reason)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("v2 not marked bad yet")
+	})
+	if v := servingVersion(t, m.Node(1), "ocr"); v != "v1" {
+		t.Errorf("peer 1 serves %q after a bad activation, want the last verified v1", v)
+	}
+	res := do(t, http.MethodGet, api(m.Node(1))+"/v1/models/ocr/versions/v2/artifact", nil)
+	if res.code != http.StatusConflict || !strings.Contains(res.errMsg(), "sha256") {
+		t.Errorf("pinned fetch of the bad version: %d %s", res.code, res.body)
+	}
+	res = do(t, http.MethodGet, api(m.Node(1))+"/v1/models/ocr/artifact", nil)
+	if res.code != 200 || res.header.Get(peer.HeaderModelVersion) != "v1" || sha(res.body) != sha(good) {
+		t.Errorf("unpinned fetch: %d version %q", res.code, res.header.Get(peer.HeaderModelVersion))
+	}
+}
+
+func TestRollbackGarbageCollectionAndRestart(t *testing.T) {
+	m := startMesh(t, 2, nil)
+	blobs := map[string][]byte{}
+	for _, v := range []string{"v1", "v2", "v3"} {
+		blobs[v] = randomBytes(t, 600<<10)
+		push(t, m.Node(0), "det", v, blobs[v], "activate=true")
+		eventually(t, "peer 1 serves "+v, func() error {
+			if got := servingVersion(t, m.Node(1), "det"); got != v {
+				return fmt.Errorf("serving %q", got)
+			}
+			return nil
+		})
+	}
+	// keep-versions 2: v1 is gone from peer 1's disk, v2 and v3 stay.
+	local := func(v string) string {
+		for _, vi := range modelInfo(t, m.Node(1), "det").Versions {
+			if vi.Version == v && vi.Local != nil {
+				return vi.Local.State
+			}
+		}
+		return ""
+	}
+	eventually(t, "v1 garbage-collected on peer 1", func() error {
+		if l1, l2, l3 := local("v1"), local("v2"), local("v3"); l1 != "" || l2 != "verified" || l3 != "verified" {
+			return fmt.Errorf("local states v1=%q v2=%q v3=%q", l1, l2, l3)
+		}
+		return nil
+	})
+
+	res := do(t, http.MethodPost, api(m.Node(0))+"/v1/models/det/rollback", nil)
+	if res.code != 200 {
+		t.Fatalf("rollback: %d %s", res.code, res.body)
+	}
+	eventually(t, "peer 1 serves v2 after rollback", func() error {
+		if got := servingVersion(t, m.Node(1), "det"); got != "v2" {
+			return fmt.Errorf("serving %q", got)
+		}
+		return nil
+	})
+
+	// Restart peer 1: it serves v2 again without fetching anything.
+	if err := m.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Restart(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "restarted peer 1 serves v2", func() error {
+		if got := servingVersion(t, m.Node(1), "det"); got != "v2" {
+			return fmt.Errorf("serving %q", got)
+		}
+		return nil
+	})
+	if got := m.Node(1).Artifacts().BytesFetched(); got != 0 {
+		t.Errorf("restarted peer fetched %d artifact bytes; verified versions must not be fetched again", got)
+	}
+	res = do(t, http.MethodGet, api(m.Node(1))+"/v1/models/det/artifact", nil)
+	if res.code != 200 || sha(res.body) != sha(blobs["v2"]) {
+		t.Errorf("after restart: %d", res.code)
+	}
+}
