@@ -48,6 +48,12 @@ func specOf(m models.Manifest) (artifacts.Spec, error) {
 	return artifacts.Spec{Ref: m.Ref(), CID: c, SHA256: m.SHA256, Size: m.Size}, nil
 }
 
+// Serving returns the version of model this peer serves, if any.
+func (n *Node) Serving(model string) (string, bool) {
+	s, ok := n.life.Serving(model)
+	return s.Version, ok
+}
+
 // Serving returns the version this peer serves for model.
 func (l *lifecycle) Serving(model string) (serving, bool) {
 	l.mu.Lock()

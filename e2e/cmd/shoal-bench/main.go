@@ -1,7 +1,9 @@
-// Command shoal-bench measures Shoal on this machine and prints a table:
-// for now, the propagation lag of a record from one writer to all peers
-// of in-process meshes on loopback. With -out it also writes the table,
-// with the machine it ran on, to a Markdown file (docs/benchmarks.md).
+// Command shoal-bench measures Shoal on this machine and prints tables:
+// the propagation lag of a record from one writer to all peers, the lag
+// from a model activation to every peer serving it, and artifact fan-out
+// (bytes the origin uploads per artifact byte), all with in-process meshes
+// on loopback. With -out it also writes the tables, with the machine they
+// ran on, to a Markdown file (docs/benchmarks.md).
 package main
 
 import (
@@ -23,9 +25,16 @@ func main() {
 		writes = flag.Int("writes", 200, "records written per mesh size")
 		gap    = flag.Duration("gap", 20*time.Millisecond, "pause between writes")
 		out    = flag.String("out", "", "also write the results to this Markdown file")
+		acts   = flag.Int("activations", 20, "activations measured per mesh size")
+		fanout = flag.String("fanout-mib", "20,100", "artifact sizes (MiB) for the fan-out scenario, comma-separated")
+		fanN   = flag.Int("fanout-peers", 5, "peers in the fan-out scenario")
 	)
 	flag.Parse()
 	if err := run(*sizes, *writes, *gap, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "shoal-bench:", err)
+		os.Exit(1)
+	}
+	if err := runModels(*sizes, *acts, *fanout, *fanN, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "shoal-bench:", err)
 		os.Exit(1)
 	}
@@ -56,7 +65,7 @@ func run(sizes string, writes int, gap time.Duration, out string) error {
 	if out == "" {
 		return nil
 	}
-	return writeSection(out, table)
+	return writeSection(out, "propagation", table)
 }
 
 func measure(n, writes int, gap time.Duration) (row, error) {
@@ -113,14 +122,11 @@ func machine() string {
 	return fmt.Sprintf("%s, %d cores, %s %s/%s", cpu, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
-const (
-	beginMark = "<!-- shoal-bench:propagation:begin -->"
-	endMark   = "<!-- shoal-bench:propagation:end -->"
-)
-
-// writeSection replaces the propagation section of the file (between the
+// writeSection replaces the named section of the file (between its
 // markers), creating the file or appending the section when needed.
-func writeSection(path, table string) error {
+func writeSection(path, name, table string) error {
+	beginMark := "<!-- shoal-bench:" + name + ":begin -->"
+	endMark := "<!-- shoal-bench:" + name + ":end -->"
 	section := beginMark + "\n" + table + endMark + "\n"
 	old, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {

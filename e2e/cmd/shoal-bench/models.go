@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
+)
+
+func startMesh(n int) (*testmesh.Mesh, func(), error) {
+	dir, err := testmesh.TempDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	m, err := testmesh.Start(ctx, testmesh.Options{N: n, Dir: dir, Sync: true})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return m, func() { m.Close(); os.RemoveAll(dir) }, nil
+}
+
+func runModels(sizes string, acts int, fanout string, fanN int, out string) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "### Activation → every peer serving the version (in-process, loopback)\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s. %d activations of a fresh 256 KiB artifact per mesh; lag = activation call on peer 0\n", time.Now().UTC().Format("2006-01-02"), machine(), acts)
+	fmt.Fprintf(&b, "until the last peer had fetched it over bitswap, verified sha256 and signature, and switched to it.\n\n")
+	fmt.Fprintln(&b, "| peers | p50 | p99 | max |")
+	fmt.Fprintln(&b, "|---:|---:|---:|---:|")
+	for _, s := range strings.Split(sizes, ",") {
+		var n int
+		fmt.Sscan(strings.TrimSpace(s), &n)
+		fmt.Fprintf(os.Stderr, "measuring activation lag, %d peers...\n", n)
+		lags, err := activationLags(n, acts)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s |\n", n, ms(testmesh.Percentile(lags, 50)), ms(testmesh.Percentile(lags, 99)), ms(lags[len(lags)-1]))
+	}
+	b.WriteString("\n")
+	act := b.String()
+	fmt.Print(act)
+
+	b.Reset()
+	fmt.Fprintf(&b, "### Artifact fan-out from one origin to %d peers (in-process, loopback)\n\n", fanN-1)
+	fmt.Fprintf(&b, "Measured %s on %s. Origin bytes = bitswap bytes the publishing peer sent while the\n", time.Now().UTC().Format("2006-01-02"), machine())
+	fmt.Fprintf(&b, "other %d peers fetched and verified the artifact; a single HTTP origin would send %d× the artifact.\n\n", fanN-1, fanN-1)
+	fmt.Fprintln(&b, "| artifact | origin bytes / artifact | all verified after |")
+	fmt.Fprintln(&b, "|---:|---:|---:|")
+	for _, s := range strings.Split(fanout, ",") {
+		var mib int
+		fmt.Sscan(strings.TrimSpace(s), &mib)
+		fmt.Fprintf(os.Stderr, "measuring fan-out of %d MiB to %d peers...\n", mib, fanN-1)
+		ratio, took, err := fanOut(fanN, mib<<20)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "| %d MiB | %.2f | %s |\n", mib, ratio, took.Round(time.Millisecond))
+	}
+	b.WriteString("\n")
+	fan := b.String()
+	fmt.Print(fan)
+	if out == "" {
+		return nil
+	}
+	if err := writeSection(out, "activation", act); err != nil {
+		return err
+	}
+	return writeSection(out, "fanout", fan)
+}
+
+func activationLags(n, acts int) ([]time.Duration, error) {
+	m, stop, err := startMesh(n)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var lags []time.Duration
+	for i := 0; i < acts+2; i++ {
+		v := fmt.Sprintf("v%d", i)
+		start := time.Now()
+		if err := m.PublishAndActivate(ctx, "bench", v, testmesh.RandomBytes(256<<10)); err != nil {
+			return nil, err
+		}
+		per, err := m.WaitServing(ctx, "bench", v, start)
+		if err != nil {
+			return nil, err
+		}
+		if i >= 2 { // the first two warm up connections and sessions
+			lags = append(lags, per[len(per)-1])
+		}
+	}
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	return lags, nil
+}
+
+func fanOut(n, size int) (float64, time.Duration, error) {
+	m, stop, err := startMesh(n)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	before := m.Node(0).Blocks().Stats().BytesSent
+	start := time.Now()
+	if err := m.PublishAndActivate(ctx, "fan", "v1", testmesh.RandomBytes(size)); err != nil {
+		return 0, 0, err
+	}
+	per, err := m.WaitServing(ctx, "fan", "v1", start)
+	if err != nil {
+		return 0, 0, err
+	}
+	sent := m.Node(0).Blocks().Stats().BytesSent - before
+	return float64(sent) / float64(size), per[len(per)-1], nil
+}
