@@ -26,6 +26,7 @@ vet:
 # Each fuzz target runs briefly; the seed corpus lives in testdata/fuzz.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime 10s ./crdt/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 10s ./crdt/
 
 test: setup vet
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
 // Response headers of the consistency promises (design §2).
@@ -27,19 +28,30 @@ const MaxBodyBytes = 1 << 20
 
 // Status is the JSON of GET /v1/status and of `shoal status --json`.
 type Status struct {
-	PeerID           string        `json:"peer_id"`
-	Addrs            []string      `json:"addrs"`
-	Mesh             string        `json:"mesh"`
-	Version          string        `json:"version"`
-	StartedAt        time.Time     `json:"started_at"`
-	StalenessSeconds float64       `json:"staleness_seconds"`
-	Peers            []PeerInfo    `json:"peers"`
-	Connected        int           `json:"connected"`
-	Heads            []string      `json:"heads"`
-	Height           uint64        `json:"height"`
-	QueuedJobs       int           `json:"queued_jobs"`
-	StateHash        string        `json:"state_hash"`
-	Runtime          RuntimeStatus `json:"runtime"`
+	PeerID           string         `json:"peer_id"`
+	Addrs            []string       `json:"addrs"`
+	Mesh             string         `json:"mesh"`
+	Version          string         `json:"version"`
+	StartedAt        time.Time      `json:"started_at"`
+	StalenessSeconds float64        `json:"staleness_seconds"`
+	Peers            []PeerInfo     `json:"peers"`
+	Connected        int            `json:"connected"`
+	Heads            []string       `json:"heads"`
+	Height           uint64         `json:"height"`
+	QueuedJobs       int            `json:"queued_jobs"`
+	StateHash        string         `json:"state_hash"`
+	Runtime          RuntimeStatus  `json:"runtime"`
+	Models           []ModelSummary `json:"models"`
+}
+
+// ModelSummary is one model in Status.
+type ModelSummary struct {
+	Name       string  `json:"name"`
+	Current    string  `json:"current,omitempty"`
+	Serving    string  `json:"serving,omitempty"`
+	LagSeconds float64 `json:"lag_seconds,omitempty"`
+	Local      int     `json:"local_versions"`
+	Bad        int     `json:"bad_versions"`
 }
 
 // PeerInfo is one mesh peer in Status.
@@ -84,6 +96,29 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 			pi.Connected = n.host.Network().Connectedness(id) == network.Connected
 		}
 		s.Peers = append(s.Peers, pi)
+	}
+	s.Models = []ModelSummary{}
+	if all, err := n.registry.Models(ctx); err == nil {
+		for _, st := range all {
+			mi := n.modelInfo(ctx, st)
+			ms := ModelSummary{Name: mi.Name}
+			if mi.Current != nil {
+				ms.Current = mi.Current.Version
+			}
+			if mi.Serving != nil {
+				ms.Serving, ms.LagSeconds = mi.Serving.Version, mi.Serving.LagSeconds
+			}
+			for _, v := range mi.Versions {
+				switch {
+				case v.Local == nil:
+				case v.Local.State == artifacts.StateVerified:
+					ms.Local++
+				case v.Local.State == artifacts.StateBad:
+					ms.Bad++
+				}
+			}
+			s.Models = append(s.Models, ms)
+		}
 	}
 	if n.ortVersion != "" {
 		s.Runtime = RuntimeStatus{ONNXRuntime: n.ortVersion, Library: inferenceLibrary()}

@@ -20,6 +20,9 @@ import (
 // MaxArtifactBytes bounds an artifact uploaded through the API.
 const MaxArtifactBytes = 4 << 30
 
+// uploadTimeout bounds reading one uploaded artifact.
+const uploadTimeout = time.Hour
+
 // ModelInfo is one model in GET /v1/models and `shoal model ls --json`.
 type ModelInfo struct {
 	Name        string              `json:"name"`
@@ -136,6 +139,9 @@ func (n *Node) handlePush(w http.ResponseWriter, r *http.Request) {
 	if mediaType == "" {
 		mediaType = "application/octet-stream"
 	}
+	// A large artifact over a gateway's uplink takes longer than the
+	// server's general read timeout; give the upload its own.
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(uploadTimeout))
 	c, sum, size, err := n.artifacts.Import(ctx, r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError

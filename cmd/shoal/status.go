@@ -94,6 +94,15 @@ func printStatus(w io.Writer, st peer.Status) {
 		fmt.Fprintf(tw, "addr\t%s\n", a)
 	}
 	tw.Flush()
+	if len(st.Models) > 0 {
+		fmt.Fprintf(w, "\nmodels\n")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  NAME\tCURRENT\tSERVING\tLAG\tLOCAL\tBAD")
+		for _, m := range st.Models {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.3fs\t%d\t%d\n", m.Name, orDash(m.Current), orDash(m.Serving), m.LagSeconds, m.Local, m.Bad)
+		}
+		tw.Flush()
+	}
 	fmt.Fprintf(w, "\npeers (%d known, %d connected)\n", len(st.Peers), st.Connected)
 	if len(st.Peers) == 0 {
 		return
