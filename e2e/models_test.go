@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-mesh/shoal/e2e/testmesh"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -103,6 +102,11 @@ func TestArtifactFansOutToFivePeers(t *testing.T) {
 			}
 			return nil
 		})
+	}
+	res := do(t, http.MethodGet, api(m.Node(3))+"/metrics", nil)
+	if !strings.Contains(string(res.body), `shoal_model_version_lag_seconds{model="detector"}`) ||
+		!strings.Contains(string(res.body), `shoal_model_serving{model="detector",version="v1"} 1`) {
+		t.Errorf("/metrics lacks the lag or serving series of detector")
 	}
 	sent := m.Node(0).Blocks().Stats().BytesSent
 	ratio := float64(sent) / float64(len(data))
@@ -235,5 +239,4 @@ func TestReadYourWritesAndStalenessBound(t *testing.T) {
 		}
 		return nil
 	})
-	_ = testmesh.Percentile
 }

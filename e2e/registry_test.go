@@ -234,3 +234,78 @@ func TestRollbackGarbageCollectionAndRestart(t *testing.T) {
 		t.Errorf("after restart: %d", res.code)
 	}
 }
+
+func TestPrefetchAndVersionConflicts(t *testing.T) {
+	m := startMesh(t, 3, nil)
+	ctx := context.Background()
+	// Published with prefetch, not activated: every peer fetches and
+	// verifies it ahead of the switch.
+	push(t, m.Node(0), "asr", "v1", randomBytes(t, 300<<10), "prefetch=true")
+	eventually(t, "peers prefetch asr@v1", func() error {
+		for i, n := range m.Nodes() {
+			mi := modelInfo(t, n, "asr")
+			if len(mi.Versions) != 1 || mi.Versions[0].Local == nil || mi.Versions[0].Local.State != artifacts.StateVerified {
+				return fmt.Errorf("peer %d: %+v", i, mi.Versions)
+			}
+			if mi.Serving != nil {
+				t.Errorf("peer %d serves %s before any activation", i, mi.Serving.Version)
+			}
+		}
+		return nil
+	})
+
+	// Two publishers publish asr@v2 with different bytes before either
+	// has seen the other's: one manifest wins everywhere, the other is a
+	// visible conflict.
+	m.Isolate(2)
+	var wg sync.WaitGroup
+	for _, i := range []int{0, 2} {
+		data := randomBytes(t, 16<<10)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := m.Node(i)
+			c, sum, size, err := n.Artifacts().Import(ctx, strings.NewReader(string(data)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if _, _, err := n.Registry().Publish(ctx, models.Manifest{Model: "asr", Version: "v2", CID: c.String(), SHA256: sum, Size: size}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := m.Heal(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "every peer shows the same winner and the conflict", func() error {
+		var seen []string
+		for i, n := range m.Nodes() {
+			var v2 *peer.VersionInfo
+			mi := modelInfo(t, n, "asr")
+			for j := range mi.Versions {
+				if mi.Versions[j].Version == "v2" {
+					v2 = &mi.Versions[j]
+				}
+			}
+			if v2 == nil || len(v2.Conflicts) != 1 {
+				return fmt.Errorf("peer %d: v2 %+v", i, v2)
+			}
+			seen = append(seen, v2.CID)
+			if v2.HLC.Compare(v2.Conflicts[0].HLC) > 0 {
+				t.Errorf("peer %d: the later publication won", i)
+			}
+		}
+		if seen[0] != seen[1] || seen[1] != seen[2] {
+			return fmt.Errorf("winners differ: %v", seen)
+		}
+		return nil
+	})
+	res := do(t, http.MethodGet, api(m.Node(1))+"/metrics", nil)
+	for _, want := range []string{`shoal_model_conflicts{model="asr"} 1`, "shoal_models_local ", "shoal_artifact_fetch_seconds_count", `shoal_artifact_bytes_total{direction="in",source="bitswap"}`} {
+		if !strings.Contains(string(res.body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

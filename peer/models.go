@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -152,16 +150,16 @@ func (l *lifecycle) activate(ctx context.Context, a models.Activation) {
 		return
 	}
 	// Serve it only if it is still the effective current version: a newer
-	// activation may have won while this one was fetching.
+	// activation may have won while this one was fetching. The check and
+	// the switch happen under one lock, so of two activations finishing
+	// together the one that reads the newer state decides last.
+	l.mu.Lock()
 	st, err := l.n.registry.State(ctx, a.Model)
 	if err != nil || st.Current == nil || st.Current.Version != a.Version {
+		l.mu.Unlock()
 		return
 	}
-	lag := time.Duration(l.n.replica.Clock().Peek().Wall - st.Current.HLC.Wall).Seconds()
-	if lag < 0 {
-		lag = 0
-	}
-	l.mu.Lock()
+	lag := max(time.Duration(l.n.replica.Clock().Peek().Wall-st.Current.HLC.Wall).Seconds(), 0)
 	prev := l.serving[a.Model]
 	if prev.Version != a.Version {
 		l.serving[a.Model] = serving{Version: a.Version, CID: m.CID, Since: time.Now(), LagSecond: lag}
@@ -175,45 +173,59 @@ func (l *lifecycle) activate(ctx context.Context, a models.Activation) {
 	}
 }
 
-// gc keeps, per model, the served version plus the keep-1 most recently
-// verified other versions, and deletes the rest.
+// gc deletes verified versions this peer no longer needs. Per model it
+// keeps the version it serves, the effective current version, every
+// version published after the served one (candidates for the next switch,
+// and possibly the mesh's only copy), and the keep-1 newest versions
+// published before it (rollback targets). Versions are ordered by their
+// manifests' HLC, so every peer keeps the same ones.
 func (l *lifecycle) gc(ctx context.Context) error {
 	all, err := l.n.artifacts.All(ctx)
 	if err != nil {
 		return err
 	}
-	servingNow := l.all()
-	byModel := map[string][]artifacts.Status{}
+	local := map[string]artifacts.Status{}
 	for _, st := range all {
-		if st.State != artifacts.StateVerified {
-			continue
+		if st.State == artifacts.StateVerified {
+			local[st.Ref] = st
 		}
-		model, _, _ := strings.Cut(st.Ref, "@")
-		byModel[model] = append(byModel[model], st)
+	}
+	servingNow := l.all()
+	states, err := l.n.registry.Models(ctx)
+	if err != nil {
+		return err
 	}
 	var keep []cid.Cid
 	var drop []artifacts.Spec
-	for model, sts := range byModel {
-		sort.Slice(sts, func(i, j int) bool { return sts[i].VerifiedAt.After(sts[j].VerifiedAt) })
-		cur := servingNow[model]
-		kept := 0
-		if cur.Version != "" {
-			kept = 1
+	for _, st := range states {
+		served := servingNow[st.Name].Version
+		servedAt := -1
+		for i, vs := range st.Versions { // oldest first
+			if vs.Manifest.Version == served {
+				servedAt = i
+			}
 		}
-		for _, st := range sts {
-			c, err := cid.Decode(st.CID)
+		older := 0
+		for i := len(st.Versions) - 1; i >= 0; i-- {
+			m := st.Versions[i].Manifest
+			ls, ok := local[m.Ref()]
+			if !ok || ls.CID != m.CID {
+				continue
+			}
+			c, err := cid.Decode(m.CID)
 			if err != nil {
 				continue
 			}
-			_, version, _ := strings.Cut(st.Ref, "@")
-			if version == cur.Version || kept < l.keep {
-				if version != cur.Version {
-					kept++
-				}
+			isCurrent := st.Current != nil && st.Current.Version == m.Version
+			switch {
+			case servedAt < 0 || i >= servedAt || isCurrent:
 				keep = append(keep, c)
-				continue
+			case older < l.keep-1:
+				older++
+				keep = append(keep, c)
+			default:
+				drop = append(drop, artifacts.Spec{Ref: m.Ref(), CID: c})
 			}
-			drop = append(drop, artifacts.Spec{Ref: st.Ref, CID: c})
 		}
 	}
 	if len(drop) == 0 {

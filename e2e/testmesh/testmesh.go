@@ -58,7 +58,13 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 		opts.Mesh = "testmesh"
 	}
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		// SHOAL_TEST_LOG=debug|info shows the peers' logs on stderr.
+		var lv slog.Level
+		if v := os.Getenv("SHOAL_TEST_LOG"); v != "" && lv.UnmarshalText([]byte(v)) == nil {
+			opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+		} else {
+			opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		}
 	}
 	m := &Mesh{opts: opts, nodes: make([]*peer.Node, opts.N), gaters: make([]*Gater, opts.N)}
 	// Every peer gets its publisher key up front and trusts everyone's, as
