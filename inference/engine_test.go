@@ -1,0 +1,325 @@
+package inference
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoal-mesh/shoal/inference/onnxmodel"
+)
+
+// repoModel reads a model `make setup` fetched into deps/models.
+func repoModel(t testing.TB, name string) []byte {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "deps", "models", name))
+	if err != nil {
+		t.Fatalf("model missing (%v): run `make setup`", err)
+	}
+	return b
+}
+
+func openEngine(t testing.TB) *Engine {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	e, err := Open(Config{Library: filepath.Join(filepath.Dir(file), "..", DefaultLibraryPath), Device: DeviceAuto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// clsRequest is a 1×3×48×192 image whose pixels follow seed.
+func clsRequest(seed float64) *InferRequest {
+	n := 3 * 48 * 192
+	data := make([]float32, n)
+	for i := range data {
+		data[i] = float32(math.Sin(float64(i)*0.01+seed)) * 0.5
+	}
+	raw, _ := json.Marshal(data)
+	return &InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 3, 48, 192}, Datatype: "FP32", Data: raw}}}
+}
+
+func vadRequest() *InferRequest {
+	frame, _ := json.Marshal(make([]float32, 512))
+	state, _ := json.Marshal(make([]float32, 2*128))
+	return &InferRequest{Inputs: []RequestInput{
+		{Name: "input", Shape: []int64{1, 512}, Datatype: "FP32", Data: frame},
+		{Name: "state", Shape: []int64{2, 1, 128}, Datatype: "FP32", Data: state},
+		{Name: "sr", Shape: []int64{}, Datatype: "INT64", Data: json.RawMessage(`16000`)},
+	}}
+}
+
+func infer(t testing.TB, s *Session, req *InferRequest) []ResponseOutput {
+	t.Helper()
+	p, err := s.Prepare(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Run(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestRealModelsLoadWithMetadataFromONNXRuntime(t *testing.T) {
+	e := openEngine(t)
+	if e.Device() != DeviceCPU {
+		t.Logf("device %s", e.Device())
+	}
+	for _, tc := range []struct {
+		file, input, dt string
+		inputs          int
+		warmup          *InferRequest
+	}{
+		{"ocr-cls.onnx", "x", "FP32", 1, nil},
+		{"ocr-det.onnx", "x", "FP32", 1, nil},
+		// Silero VAD wants a 512-sample frame at 16 kHz, a state and a
+		// rank-0 INT64 sample rate: zeros of guessed sizes do not run.
+		{"silero-vad.onnx", "input", "FP32", 3, vadRequest()},
+	} {
+		s, err := e.Load(context.Background(), Ref{Model: tc.file, Version: "1"}, repoModel(t, tc.file), tc.warmup)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.file, err)
+		}
+		md := s.Metadata()
+		if len(md.Inputs) != tc.inputs {
+			t.Errorf("%s: inputs %+v", tc.file, md.Inputs)
+		}
+		found := false
+		for _, in := range md.Inputs {
+			if in.Name == tc.input && in.Datatype == tc.dt {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no input %s %s in %+v", tc.file, tc.input, tc.dt, md.Inputs)
+		}
+		if md.Platform != "onnxruntime_onnx" || len(md.Outputs) == 0 {
+			t.Errorf("%s: metadata %+v", tc.file, md)
+		}
+		s.Retire()
+		<-s.Drained()
+	}
+}
+
+func TestClassifierOutputsAreProbabilities(t *testing.T) {
+	e := openEngine(t)
+	s, err := e.Load(context.Background(), Ref{Model: "cls", Version: "1"}, repoModel(t, "ocr-cls.onnx"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Retire()
+	out := infer(t, s, clsRequest(0))
+	if len(out) != 1 || out[0].Datatype != "FP32" || fmt.Sprint(out[0].Shape) != "[1 2]" {
+		t.Fatalf("outputs %+v", out)
+	}
+	p := out[0].Data.([]float32)
+	if math.Abs(float64(p[0]+p[1])-1) > 1e-4 {
+		t.Errorf("softmax outputs %v do not sum to 1", p)
+	}
+	// Deterministic: the same request gives the same bytes.
+	again := infer(t, s, clsRequest(0))
+	if fmt.Sprint(again[0].Data) != fmt.Sprint(out[0].Data) {
+		t.Errorf("same input, different outputs: %v vs %v", again[0].Data, out[0].Data)
+	}
+	// A derived version computes something else.
+	v2bytes, err := onnxmodel.ScaleWeights(repoModel(t, "ocr-cls.onnx"), 0.8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := e.Load(context.Background(), Ref{Model: "cls", Version: "2"}, v2bytes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v2.Retire()
+	if got := infer(t, v2, clsRequest(0)); fmt.Sprint(got[0].Data) == fmt.Sprint(out[0].Data) {
+		t.Errorf("scaled weights gave identical outputs %v", got[0].Data)
+	}
+}
+
+func TestEveryDatatypeRoundTripsThroughONNXRuntime(t *testing.T) {
+	e := openEngine(t)
+	cases := []struct {
+		elem int
+		dt   string
+		data string
+		want string
+	}{
+		{onnxmodel.Float, "FP32", `[1.5, -2, 3.25, 0]`, `[1.5,-2,3.25,0]`},
+		{onnxmodel.Double, "FP64", `[[1e-300, 2], [3, 4]]`, `[1e-300,2,3,4]`},
+		{onnxmodel.Float16, "FP16", `[1.5, -2, 65504, 0.000061035156]`, `[1.5,-2,65504,0.000061035156]`},
+		{onnxmodel.Int64, "INT64", `[9007199254740993, -1, 0, 7]`, `[9007199254740993,-1,0,7]`},
+		{onnxmodel.Int32, "INT32", `[2147483647, -2147483648, 0, 1]`, `[2147483647,-2147483648,0,1]`},
+		{onnxmodel.Int8, "INT8", `[127, -128, 0, 1]`, `[127,-128,0,1]`},
+		{onnxmodel.Uint8, "UINT8", `[255, 0, 1, 2]`, `[255,0,1,2]`},
+		{onnxmodel.Uint16, "UINT16", `[65535, 0, 1, 2]`, `[65535,0,1,2]`},
+		{onnxmodel.Bool, "BOOL", `[true, false, 1, 0]`, `[true,false,true,false]`},
+		{onnxmodel.String, "BYTES", `["edge", "", "gateway ✓", "x"]`, `["edge","","gateway ✓","x"]`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.dt, func(t *testing.T) {
+			dims := []int64{-1, 2}
+			if tc.dt == "FP16" { // see Session.run: FP16 outputs need a static shape
+				dims = []int64{2, 2}
+			}
+			s, err := e.Load(context.Background(), Ref{Model: "id", Version: tc.dt}, onnxmodel.Identity(tc.elem, dims), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Retire()
+			if s.Inputs()[0].Datatype != tc.dt || fmt.Sprint(s.Inputs()[0].Shape) != fmt.Sprint(dims) {
+				t.Fatalf("metadata %+v", s.Inputs())
+			}
+			out := infer(t, s, &InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{2, 2}, Datatype: tc.dt, Data: json.RawMessage(tc.data)}}})
+			got, _ := json.Marshal(out[0].Data)
+			if string(got) != tc.want || out[0].Datatype != tc.dt || fmt.Sprint(out[0].Shape) != "[2 2]" {
+				t.Errorf("got %s %s %v, want %s", out[0].Datatype, got, out[0].Shape, tc.want)
+			}
+		})
+	}
+}
+
+func TestMalformedRequestsAreBadRequests(t *testing.T) {
+	e := openEngine(t)
+	s, err := e.Load(context.Background(), Ref{Model: "cls", Version: "1"}, repoModel(t, "ocr-cls.onnx"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Retire()
+	good := clsRequest(0).Inputs[0]
+	for _, tc := range []struct {
+		name string
+		req  InferRequest
+		want string
+	}{
+		{"no inputs", InferRequest{}, "no inputs"},
+		{"unknown input", InferRequest{Inputs: []RequestInput{good, {Name: "y", Shape: []int64{1}, Datatype: "FP32", Data: json.RawMessage(`[1]`)}}}, `unknown input "y"`},
+		{"missing input", InferRequest{Inputs: []RequestInput{{Name: "z", Shape: []int64{1}, Datatype: "FP32", Data: json.RawMessage(`[1]`)}}}, `missing input "x"`},
+		{"wrong datatype", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: good.Shape, Datatype: "INT64", Data: good.Data}}}, "datatype INT64, the model expects FP32"},
+		{"wrong rank", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{3, 48, 192}, Datatype: "FP32", Data: good.Data}}}, "has 3 dimensions"},
+		{"wrong static dim", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 4, 48, 144}, Datatype: "FP32", Data: good.Data}}}, "dimension 1 must be 3"},
+		{"length mismatch", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 3, 48, 193}, Datatype: "FP32", Data: good.Data}}}, "27648 elements for shape [1 3 48 193], which needs 27792"},
+		{"not numbers", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 3, 1, 1}, Datatype: "FP32", Data: json.RawMessage(`["a","b","c"]`)}}}, "is not a number"},
+		{"huge shape", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1 << 40, 3, 1 << 40, 1}, Datatype: "FP32", Data: json.RawMessage(`[1]`)}}}, "too large"},
+		{"negative dim", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 3, -4, 1}, Datatype: "FP32", Data: json.RawMessage(`[1]`)}}}, "negative dimension"},
+		{"unknown output", InferRequest{Inputs: []RequestInput{good}, Outputs: []RequestOutput{{Name: "nope"}}}, `unknown output "nope"`},
+		{"binary output", InferRequest{Inputs: []RequestInput{good}, Outputs: []RequestOutput{{Name: s.Outputs()[0].Name, Parameters: map[string]any{"binary_data": true}}}}, "binary tensor extension"},
+	} {
+		_, err := s.Prepare(&tc.req)
+		if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want ErrBadRequest containing %q", tc.name, err, tc.want)
+		}
+	}
+	// Integer range checks.
+	id, err := e.Load(context.Background(), Ref{Model: "id8", Version: "1"}, onnxmodel.Identity(onnxmodel.Uint8, []int64{2}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer id.Retire()
+	if _, err := id.Prepare(&InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{2}, Datatype: "UINT8", Data: json.RawMessage(`[256, 1]`)}}}); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("UINT8 256 accepted: %v", err)
+	}
+	// The session still serves after all that.
+	infer(t, s, clsRequest(1))
+}
+
+func TestCorruptModelDoesNotLoad(t *testing.T) {
+	e := openEngine(t)
+	good := repoModel(t, "ocr-cls.onnx")
+	for name, data := range map[string][]byte{
+		"truncated": good[:len(good)/2],
+		"garbage":   []byte(strings.Repeat("not an onnx model ", 100)),
+	} {
+		if _, err := e.Load(context.Background(), Ref{Model: "bad", Version: name}, data, nil); !errors.Is(err, ErrLoad) {
+			t.Errorf("%s: err = %v, want ErrLoad", name, err)
+		}
+	}
+}
+
+func TestPoolSwapDrainsWithoutDroppingRequests(t *testing.T) {
+	e := openEngine(t)
+	data := repoModel(t, "ocr-cls.onnx")
+	v1, err := e.Load(context.Background(), Ref{Model: "cls", Version: "v1"}, data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2bytes, _ := onnxmodel.ScaleWeights(data, 0.8)
+	v2, err := e.Load(context.Background(), Ref{Model: "cls", Version: "v2"}, v2bytes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := NewPool()
+	defer pool.Close()
+	pool.Swap(v1)
+	req := clsRequest(0)
+	var failures, afterSwapOld atomic.Int64
+	var swapped atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				wasSwapped := swapped.Load()
+				s, err := pool.Acquire("cls", "")
+				if err != nil {
+					failures.Add(1)
+					continue
+				}
+				p, err := s.Prepare(req)
+				if err == nil {
+					_, err = s.Run(context.Background(), p)
+				}
+				if err != nil {
+					failures.Add(1)
+				}
+				if wasSwapped && s.Version == "v1" {
+					afterSwapOld.Add(1)
+				}
+				s.Release()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	old := pool.Swap(v2)
+	swapped.Store(true)
+	if old != v1 {
+		t.Fatalf("Swap returned %v", old)
+	}
+	select {
+	case <-old.Drained():
+	case <-time.After(10 * time.Second):
+		t.Fatal("old session never drained")
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failures.Load() != 0 {
+		t.Errorf("%d requests failed across the swap", failures.Load())
+	}
+	if afterSwapOld.Load() != 0 {
+		t.Errorf("%d requests started after the swap got v1", afterSwapOld.Load())
+	}
+	if _, err := pool.Acquire("cls", "v1"); !errors.Is(err, ErrNotLoaded) {
+		t.Errorf("pinned v1 after swap: %v, want ErrNotLoaded", err)
+	}
+}

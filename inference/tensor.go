@@ -1,0 +1,493 @@
+package inference
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// Datatype is an OIP v2 tensor datatype name and how onnxruntime holds it.
+type Datatype struct {
+	Name string // OIP name: FP32, INT64, BYTES, ...
+	ORT  ort.TensorElementDataType
+	Size int // bytes per element; 0 for BYTES
+}
+
+var datatypes = []Datatype{
+	{"BOOL", ort.TensorElementDataTypeBool, 1},
+	{"UINT8", ort.TensorElementDataTypeUint8, 1},
+	{"UINT16", ort.TensorElementDataTypeUint16, 2},
+	{"UINT32", ort.TensorElementDataTypeUint32, 4},
+	{"UINT64", ort.TensorElementDataTypeUint64, 8},
+	{"INT8", ort.TensorElementDataTypeInt8, 1},
+	{"INT16", ort.TensorElementDataTypeInt16, 2},
+	{"INT32", ort.TensorElementDataTypeInt32, 4},
+	{"INT64", ort.TensorElementDataTypeInt64, 8},
+	{"FP16", ort.TensorElementDataTypeFloat16, 2},
+	{"FP32", ort.TensorElementDataTypeFloat, 4},
+	{"FP64", ort.TensorElementDataTypeDouble, 8},
+	{"BYTES", ort.TensorElementDataTypeString, 0},
+}
+
+func datatypeByORT(t ort.TensorElementDataType) (Datatype, bool) {
+	for _, d := range datatypes {
+		if d.ORT == t {
+			return d, true
+		}
+	}
+	return Datatype{}, false
+}
+
+func datatypeByName(name string) (Datatype, bool) {
+	for _, d := range datatypes {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return Datatype{}, false
+}
+
+// tensor is one decoded input: raw little-endian element bytes (or the
+// strings of a BYTES tensor) ready to hand to onnxruntime.
+type tensor struct {
+	name    string
+	dt      Datatype
+	shape   []int64
+	raw     []byte
+	strings []string
+}
+
+// maxElements bounds one tensor so that a shape cannot make the peer
+// allocate more than the request body could ever have carried.
+const maxElements = 1 << 28
+
+func checkShape(shape []int64) (int64, error) {
+	n := int64(1)
+	for _, d := range shape {
+		if d < 0 {
+			return 0, fmt.Errorf("negative dimension %d", d)
+		}
+		if d > 0 && n > maxElements/d {
+			return 0, fmt.Errorf("shape %v is too large", shape)
+		}
+		n *= d
+	}
+	return n, nil
+}
+
+// decodeInput validates one request input against the model's metadata
+// and decodes its data.
+func decodeInput(in RequestInput, meta TensorMetadata) (*tensor, error) {
+	if in.Datatype != meta.Datatype {
+		return nil, badRequest("input %q: datatype %s, the model expects %s", in.Name, orNone(in.Datatype), meta.Datatype)
+	}
+	dt, _ := datatypeByName(meta.Datatype)
+	if len(in.Shape) != len(meta.Shape) {
+		return nil, badRequest("input %q: shape %v has %d dimensions, the model expects %d (%v)", in.Name, in.Shape, len(in.Shape), len(meta.Shape), meta.Shape)
+	}
+	for i, d := range meta.Shape {
+		if d >= 0 && in.Shape[i] != d {
+			return nil, badRequest("input %q: shape %v, the model expects %v (dimension %d must be %d)", in.Name, in.Shape, meta.Shape, i, d)
+		}
+	}
+	n, err := checkShape(in.Shape)
+	if err != nil {
+		return nil, badRequest("input %q: %v", in.Name, err)
+	}
+	if n == 0 {
+		return nil, badRequest("input %q: shape %v has no elements", in.Name, in.Shape)
+	}
+	if len(bytes.TrimSpace(in.Data)) == 0 {
+		return nil, badRequest("input %q: no data", in.Name)
+	}
+	if bp, ok := in.Parameters["binary_data_size"]; ok {
+		return nil, badRequest("input %q: binary_data_size %v: the binary tensor extension is not supported, send JSON data", in.Name, bp)
+	}
+	t := &tensor{name: in.Name, dt: dt, shape: in.Shape}
+	if dt.Name == "BYTES" {
+		var s []string
+		if err := json.Unmarshal(in.Data, &s); err != nil {
+			vals, ferr := flatten(in.Data)
+			if ferr != nil {
+				return nil, badRequest("input %q: data: %v", in.Name, ferr)
+			}
+			s = make([]string, len(vals))
+			for i, v := range vals {
+				str, ok := v.(string)
+				if !ok {
+					return nil, badRequest("input %q: element %d is not a string", in.Name, i)
+				}
+				s[i] = str
+			}
+		}
+		if int64(len(s)) != n {
+			return nil, badRequest("input %q: %d elements for shape %v, which needs %d", in.Name, len(s), in.Shape, n)
+		}
+		t.strings = s
+		return t, nil
+	}
+	vals, err := flatten(in.Data)
+	if err != nil {
+		return nil, badRequest("input %q: data: %v", in.Name, err)
+	}
+	if int64(len(vals)) != n {
+		return nil, badRequest("input %q: %d elements for shape %v, which needs %d", in.Name, len(vals), in.Shape, n)
+	}
+	t.raw = make([]byte, int(n)*dt.Size)
+	for i, v := range vals {
+		if err := putElement(t.raw[i*dt.Size:], dt, v); err != nil {
+			return nil, badRequest("input %q: element %d: %v", in.Name, i, err)
+		}
+	}
+	return t, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// flatten decodes flat or nested JSON arrays into their elements in
+// row-major order. Numbers stay json.Number so that 64-bit integers keep
+// their precision.
+func flatten(data json.RawMessage) ([]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if _, ok := v.([]any); !ok {
+		// A bare scalar is accepted for rank-0 and one-element tensors.
+		return []any{v}, nil
+	}
+	var out []any
+	var walk func(x any, depth int) error
+	walk = func(x any, depth int) error {
+		if depth > 32 {
+			return fmt.Errorf("arrays nested deeper than 32")
+		}
+		if arr, ok := x.([]any); ok {
+			for _, e := range arr {
+				if err := walk(e, depth+1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		out = append(out, x)
+		return nil
+	}
+	return out, walk(v, 0)
+}
+
+func putElement(b []byte, dt Datatype, v any) error {
+	if dt.Name == "BOOL" {
+		switch x := v.(type) {
+		case bool:
+			if x {
+				b[0] = 1
+			} else {
+				b[0] = 0
+			}
+			return nil
+		case json.Number:
+			if x == "0" || x == "1" {
+				b[0] = byte(x[0] - '0')
+				return nil
+			}
+		}
+		return fmt.Errorf("%v is not a BOOL (true, false, 0 or 1)", v)
+	}
+	num, ok := v.(json.Number)
+	if !ok {
+		return fmt.Errorf("%v is not a number", jsonish(v))
+	}
+	switch dt.Name {
+	case "FP16", "FP32", "FP64":
+		f, err := strconv.ParseFloat(string(num), 64)
+		if err != nil {
+			return fmt.Errorf("%s is not a %s", num, dt.Name)
+		}
+		switch dt.Name {
+		case "FP16":
+			binary.LittleEndian.PutUint16(b, float32ToHalf(float32(f)))
+		case "FP32":
+			binary.LittleEndian.PutUint32(b, math.Float32bits(float32(f)))
+		default:
+			binary.LittleEndian.PutUint64(b, math.Float64bits(f))
+		}
+		return nil
+	case "UINT8", "UINT16", "UINT32", "UINT64":
+		u, err := strconv.ParseUint(string(num), 10, dt.Size*8)
+		if err != nil {
+			return fmt.Errorf("%s is not a %s", num, dt.Name)
+		}
+		putUint(b, dt.Size, u)
+		return nil
+	default: // INT8 … INT64
+		i, err := strconv.ParseInt(string(num), 10, dt.Size*8)
+		if err != nil {
+			return fmt.Errorf("%s is not an %s", num, dt.Name)
+		}
+		putUint(b, dt.Size, uint64(i))
+		return nil
+	}
+}
+
+func jsonish(v any) string {
+	b, _ := json.Marshal(v)
+	if len(b) > 40 {
+		b = append(b[:40], "..."...)
+	}
+	return string(b)
+}
+
+func putUint(b []byte, size int, u uint64) {
+	switch size {
+	case 1:
+		b[0] = byte(u)
+	case 2:
+		binary.LittleEndian.PutUint16(b, uint16(u))
+	case 4:
+		binary.LittleEndian.PutUint32(b, uint32(u))
+	default:
+		binary.LittleEndian.PutUint64(b, u)
+	}
+}
+
+// ortValue hands the tensor to onnxruntime. The returned value aliases
+// t.raw, which must outlive it.
+func (t *tensor) ortValue() (ort.Value, error) {
+	if t.dt.Name == "BYTES" {
+		st, err := ort.NewStringTensor(ort.NewShape(t.shape...))
+		if err != nil {
+			return nil, err
+		}
+		if err := st.SetContents(t.strings); err != nil {
+			st.Destroy()
+			return nil, err
+		}
+		return st, nil
+	}
+	if len(t.shape) == 0 {
+		return scalarValue(t.dt, t.raw)
+	}
+	return ort.NewCustomDataTensor(ort.NewShape(t.shape...), t.raw, t.dt.ORT)
+}
+
+// scalarValue builds a rank-0 tensor: onnxruntime_go only makes those
+// through its typed Scalar.
+func scalarValue(dt Datatype, raw []byte) (ort.Value, error) {
+	switch dt.Name {
+	case "BOOL":
+		return ort.NewScalar(raw[0] != 0)
+	case "UINT8":
+		return ort.NewScalar(raw[0])
+	case "INT8":
+		return ort.NewScalar(int8(raw[0]))
+	case "UINT16":
+		return ort.NewScalar(binary.LittleEndian.Uint16(raw))
+	case "INT16":
+		return ort.NewScalar(int16(binary.LittleEndian.Uint16(raw)))
+	case "UINT32":
+		return ort.NewScalar(binary.LittleEndian.Uint32(raw))
+	case "INT32":
+		return ort.NewScalar(int32(binary.LittleEndian.Uint32(raw)))
+	case "UINT64":
+		return ort.NewScalar(binary.LittleEndian.Uint64(raw))
+	case "INT64":
+		return ort.NewScalar(int64(binary.LittleEndian.Uint64(raw)))
+	case "FP32":
+		return ort.NewScalar(math.Float32frombits(binary.LittleEndian.Uint32(raw)))
+	case "FP64":
+		return ort.NewScalar(math.Float64frombits(binary.LittleEndian.Uint64(raw)))
+	}
+	return nil, fmt.Errorf("rank-0 %s tensors are not supported; send shape [1] if the model allows it", dt.Name)
+}
+
+// canonical appends the tensor's identity (name, datatype, shape, data) to
+// b in a form that is equal exactly when the model sees the same input:
+// the result cache keys on it.
+func (t *tensor) canonical(b []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(t.name)))
+	b = append(b, t.name...)
+	b = append(b, t.dt.Name...)
+	b = append(b, 0)
+	b = binary.AppendUvarint(b, uint64(len(t.shape)))
+	for _, d := range t.shape {
+		b = binary.AppendUvarint(b, uint64(d))
+	}
+	if t.dt.Name == "BYTES" {
+		for _, s := range t.strings {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(len(t.raw)))
+	return append(b, t.raw...)
+}
+
+// encodeOutput turns an onnxruntime output into a response tensor.
+func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
+	shape := []int64(v.GetShape())
+	if shape == nil {
+		shape = []int64{}
+	}
+	out := ResponseOutput{Name: name, Shape: shape}
+	switch x := v.(type) {
+	case *ort.Tensor[float32]:
+		out.Datatype, out.Data = "FP32", finite32(x.GetData())
+	case *ort.Tensor[float64]:
+		out.Datatype, out.Data = "FP64", finite64(x.GetData())
+	case *ort.Tensor[int64]:
+		out.Datatype, out.Data = "INT64", x.GetData()
+	case *ort.Tensor[int32]:
+		out.Datatype, out.Data = "INT32", x.GetData()
+	case *ort.Tensor[int16]:
+		out.Datatype, out.Data = "INT16", x.GetData()
+	case *ort.Tensor[int8]:
+		out.Datatype, out.Data = "INT8", x.GetData()
+	case *ort.Tensor[uint64]:
+		out.Datatype, out.Data = "UINT64", x.GetData()
+	case *ort.Tensor[uint32]:
+		out.Datatype, out.Data = "UINT32", x.GetData()
+	case *ort.Tensor[uint16]:
+		out.Datatype, out.Data = "UINT16", x.GetData()
+	case *ort.Tensor[uint8]:
+		// []uint8 would marshal as base64; OIP wants numbers.
+		d := x.GetData()
+		n := make([]uint16, len(d))
+		for i, e := range d {
+			n[i] = uint16(e)
+		}
+		out.Datatype, out.Data = "UINT8", n
+	case *ort.Tensor[bool]:
+		out.Datatype, out.Data = "BOOL", x.GetData()
+	case *ort.StringTensor:
+		s, err := x.GetContents()
+		if err != nil {
+			return out, err
+		}
+		out.Datatype, out.Data = "BYTES", s
+	case *ort.CustomDataTensor:
+		dt, ok := datatypeByORT(ort.TensorElementDataType(x.DataType()))
+		if !ok || dt.Name != "FP16" {
+			return out, fmt.Errorf("output %q: element type %d is not supported", name, x.DataType())
+		}
+		raw := x.GetData()
+		f := make([]float32, len(raw)/2)
+		for i := range f {
+			f[i] = halfToFloat32(binary.LittleEndian.Uint16(raw[2*i:]))
+		}
+		out.Datatype, out.Data = "FP16", finite32(f)
+	default:
+		return out, fmt.Errorf("output %q: value kind %T is not supported", name, v)
+	}
+	return out, nil
+}
+
+// finite32 returns f, or, when f holds NaN or ±Inf (which JSON cannot
+// carry), a copy with those elements as null.
+func finite32(f []float32) any {
+	for _, x := range f {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			out := make([]any, len(f))
+			for i, y := range f {
+				if math.IsNaN(float64(y)) || math.IsInf(float64(y), 0) {
+					out[i] = nil
+				} else {
+					out[i] = y
+				}
+			}
+			return out
+		}
+	}
+	return f
+}
+
+func finite64(f []float64) any {
+	for _, x := range f {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			out := make([]any, len(f))
+			for i, y := range f {
+				if math.IsNaN(y) || math.IsInf(y, 0) {
+					out[i] = nil
+				} else {
+					out[i] = y
+				}
+			}
+			return out
+		}
+	}
+	return f
+}
+
+// float32ToHalf converts to IEEE 754 binary16, rounding to nearest even.
+func float32ToHalf(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp := int((b >> 23) & 0xff)
+	mant := b & 0x7fffff
+	switch {
+	case exp == 0xff: // Inf or NaN
+		if mant != 0 {
+			return sign | 0x7e00
+		}
+		return sign | 0x7c00
+	case exp-127+15 >= 0x1f: // overflow
+		return sign | 0x7c00
+	case exp-127+15 <= 0: // subnormal or zero
+		e := exp - 127 + 15
+		if e < -10 {
+			return sign
+		}
+		mant |= 0x800000
+		shift := uint32(14 - e)
+		half := uint16(mant >> shift)
+		rem := mant & ((1 << shift) - 1)
+		mid := uint32(1) << (shift - 1)
+		if rem > mid || (rem == mid && half&1 == 1) {
+			half++
+		}
+		return sign | half
+	}
+	e := uint16(exp - 127 + 15)
+	half := sign | e<<10 | uint16(mant>>13)
+	rem := mant & 0x1fff
+	if rem > 0x1000 || (rem == 0x1000 && half&1 == 1) {
+		half++ // may carry into the exponent, which is the right result
+	}
+	return half
+}
+
+func halfToFloat32(h uint16) float32 {
+	sign := uint32(h&0x8000) << 16
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h & 0x3ff)
+	switch {
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
+	case exp == 0:
+		if mant == 0 {
+			return math.Float32frombits(sign)
+		}
+		// subnormal: normalise
+		e := uint32(127 - 15 + 1)
+		for mant&0x400 == 0 {
+			mant <<= 1
+			e--
+		}
+		mant &= 0x3ff
+		return math.Float32frombits(sign | e<<23 | mant<<13)
+	}
+	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+}
