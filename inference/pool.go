@@ -104,6 +104,26 @@ func (p *Pool) Swap(s *Session) *Session {
 	return nil
 }
 
+// Promote makes the loaded, non-current model@version the current session
+// (a rollback to a version still loaded for pinned requests). It reports
+// false when that version is not loaded.
+func (p *Pool) Promote(model, version string) bool {
+	p.mu.Lock()
+	o := p.others[model][version]
+	if o == nil {
+		p.mu.Unlock()
+		return false
+	}
+	delete(p.others[model], version)
+	old := p.current[model]
+	p.current[model] = o.s
+	p.mu.Unlock()
+	if old != nil {
+		old.Retire()
+	}
+	return true
+}
+
 // Add keeps s for requests pinned to its version, unless that version is
 // already loaded (then s is closed and the loaded one kept). It returns
 // the session that serves the version.

@@ -40,8 +40,9 @@ type Status struct {
 	Height           uint64         `json:"height"`
 	QueuedJobs       int            `json:"queued_jobs"`
 	StateHash        string         `json:"state_hash"`
-	Runtime          RuntimeStatus  `json:"runtime"`
-	Models           []ModelSummary `json:"models"`
+	Runtime          RuntimeStatus   `json:"runtime"`
+	Inference        InferenceStatus `json:"inference"`
+	Models           []ModelSummary  `json:"models"`
 }
 
 // ModelSummary is one model in Status.
@@ -68,6 +69,7 @@ type PeerInfo struct {
 // RuntimeStatus says whether onnxruntime is available.
 type RuntimeStatus struct {
 	ONNXRuntime string `json:"onnxruntime,omitempty"`
+	Device      string `json:"device,omitempty"`
 	Library     string `json:"library,omitempty"`
 	Error       string `json:"error,omitempty"`
 }
@@ -111,20 +113,17 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 			for _, v := range mi.Versions {
 				switch {
 				case v.Local == nil:
-				case v.Local.State == artifacts.StateVerified:
+				case v.Local.State == artifacts.StateVerified && v.LoadError == "":
 					ms.Local++
-				case v.Local.State == artifacts.StateBad:
+				case v.Local.State == artifacts.StateBad, v.LoadError != "":
 					ms.Bad++
 				}
 			}
 			s.Models = append(s.Models, ms)
 		}
 	}
-	if n.ortVersion != "" {
-		s.Runtime = RuntimeStatus{ONNXRuntime: n.ortVersion, Library: inferenceLibrary()}
-	} else if n.ortErr != nil {
-		s.Runtime.Error = n.ortErr.Error()
-	}
+	s.Inference = n.inferenceStatus()
+	s.Runtime = RuntimeStatus{ONNXRuntime: s.Inference.ONNXRuntime, Library: s.Inference.Library, Device: s.Inference.Device, Error: s.Inference.Error}
 	return s, nil
 }
 
@@ -140,6 +139,8 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/models/{model}/rollback", n.handleRollback)
 	mux.HandleFunc("GET /v1/models/{model}/artifact", n.handleArtifact)
 	mux.HandleFunc("GET /v1/models/{model}/versions/{version}/artifact", n.handleArtifact)
+	mux.HandleFunc("POST /v1/cache/flush", n.handleCacheFlush)
+	n.routesV2(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -183,8 +184,11 @@ func (n *Node) middleware(next http.Handler) http.Handler {
 			n.metrics.observe(route, rec.code, time.Since(start))
 		}()
 		limit := int64(MaxBodyBytes)
-		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/models/") {
+		switch {
+		case r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/models/"):
 			limit = MaxArtifactBytes
+		case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/v2/models/"):
+			limit = MaxInferBodyBytes
 		}
 		r.Body = http.MaxBytesReader(rec, r.Body, limit)
 		rec.Header().Set(HeaderStaleness, FormatStaleness(n.replica.Staleness()))

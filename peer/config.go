@@ -40,6 +40,21 @@ type Config struct {
 	// ORTLibrary is the onnxruntime shared library. Empty: look in the
 	// default places (see inference.FindLibrary).
 	ORTLibrary string
+	// Device runs inference on auto (CUDA when its provider loads and a
+	// GPU answers, else CPU), cpu or cuda (start-up fails without CUDA).
+	// Default auto.
+	Device string
+	// IntraOpThreads bounds the threads of one inference; 0 leaves
+	// onnxruntime's default (one per core).
+	IntraOpThreads int
+	// CacheBytes bounds the in-memory result cache. Default 64 MiB;
+	// negative turns the cache off.
+	CacheBytes int64
+	// CacheTTL is how long a cached result lives. Default 10 minutes.
+	CacheTTL time.Duration
+	// CachePersist adds a Badger tier to the result cache, so results
+	// survive restarts (within CacheTTL).
+	CachePersist bool
 	// NoSync turns off fsync on every write (tests and benchmarks only: an
 	// acknowledged write can be lost on power failure).
 	NoSync bool
@@ -112,6 +127,15 @@ func (c *Config) fill() {
 	if c.RedialInterval <= 0 {
 		c.RedialInterval = time.Second
 	}
+	if c.Device == "" {
+		c.Device = "auto"
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = 64 << 20
+	}
+	if c.CacheTTL <= 0 {
+		c.CacheTTL = 10 * time.Minute
+	}
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -145,6 +169,14 @@ func (c *Config) validate() (parsed, error) {
 			return p, fmt.Errorf("%w: bootstrap address %q must end in /p2p/<peer id>: %v", ErrBadConfig, s, err)
 		}
 		p.bootstrap = append(p.bootstrap, *ai)
+	}
+	switch c.Device {
+	case "auto", "cpu", "cuda":
+	default:
+		return p, fmt.Errorf("%w: device %q: use auto, cpu or cuda", ErrBadConfig, c.Device)
+	}
+	if c.IntraOpThreads < 0 {
+		return p, fmt.Errorf("%w: intra-op threads %d: use 0 (onnxruntime's default) or more", ErrBadConfig, c.IntraOpThreads)
 	}
 	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
 		return p, fmt.Errorf("%w: API address %q: %v", ErrBadConfig, c.APIAddr, err)

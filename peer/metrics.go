@@ -9,17 +9,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
-
-func inferenceLibrary() string { return inference.Library() }
 
 // httpMetrics are the API's own request counters.
 type httpMetrics struct {
 	requests     *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
 	fetchSeconds prometheus.Histogram
+	inferSeconds *prometheus.HistogramVec
 }
 
 func (m *httpMetrics) observe(route string, code int, d time.Duration) {
@@ -45,7 +43,11 @@ func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
 		Name: "shoal_artifact_fetch_seconds", Help: "Time to fetch and verify one artifact from the mesh.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 	})
-	reg.MustRegister(m.requests, m.duration, m.fetchSeconds)
+	m.inferSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "shoal_inference_run_seconds", Help: "onnxruntime run time of one inference (cache misses), by model.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	}, []string{"model"})
+	reg.MustRegister(m.requests, m.duration, m.fetchSeconds, m.inferSeconds)
 	return m
 }
 
@@ -72,6 +74,14 @@ var (
 	descConflicts     = prometheus.NewDesc("shoal_model_conflicts", "Versions published more than once with different content.", []string{"model"}, nil)
 	descArtifactBytes = prometheus.NewDesc("shoal_artifact_bytes_total", "Artifact bytes moved, by direction and source.", []string{"direction", "source"}, nil)
 	descRuntimeInfo   = prometheus.NewDesc("shoal_onnxruntime_available", "1 when the onnxruntime library loaded.", []string{"version"}, nil)
+	descDevice        = prometheus.NewDesc("shoal_inference_device", "The device inference runs on (always 1).", []string{"device"}, nil)
+	descInferRequests = prometheus.NewDesc("shoal_inference_requests_total", "Inference requests by model, the version that answered, and outcome.", []string{"model", "version", "outcome"}, nil)
+	descCacheRequests = prometheus.NewDesc("shoal_cache_requests_total", "Result-cache lookups by model, version and result (hit, miss, cold_miss: first lookups of a version).", []string{"model", "version", "result"}, nil)
+	descCacheBytes    = prometheus.NewDesc("shoal_cache_bytes", "Bytes held by the in-memory result cache.", nil, nil)
+	descCacheEntries  = prometheus.NewDesc("shoal_cache_entries", "Entries in the in-memory result cache.", nil, nil)
+	descCacheEvicted  = prometheus.NewDesc("shoal_cache_evictions_total", "Result-cache entries evicted to stay within the byte bound.", nil, nil)
+	descSessions      = prometheus.NewDesc("shoal_inference_sessions", "Loaded onnxruntime sessions, by model, version and role (current or pinned).", []string{"model", "version", "role"}, nil)
+	descLoadFailures  = prometheus.NewDesc("shoal_model_load_failures_total", "Verified versions that failed to load or warm up here, by model.", []string{"model"}, nil)
 )
 
 // nodeCollector reads the node's state at scrape time, so metrics never
@@ -81,7 +91,8 @@ type nodeCollector struct{ n *Node }
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
-		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes} {
+		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
+		descDevice, descInferRequests, descCacheRequests, descCacheBytes, descCacheEntries, descCacheEvicted, descSessions, descLoadFailures} {
 		ch <- d
 	}
 }
@@ -167,5 +178,33 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descRuntimeInfo, 1, n.ortVersion)
 	} else {
 		gauge(descRuntimeInfo, 0, "")
+	}
+	inf := n.inf
+	if inf.engine != nil {
+		gauge(descDevice, 1, inf.engine.Device())
+	}
+	for _, s := range inf.pool.Loaded() {
+		role := "pinned"
+		if s.Current {
+			role = "current"
+		}
+		gauge(descSessions, 1, s.Model, s.Version, role)
+	}
+	inf.stats.mu.Lock()
+	for k, v := range inf.stats.requests {
+		counter(descInferRequests, v, k[0], k[1], k[2])
+	}
+	for k, v := range inf.stats.cache {
+		counter(descCacheRequests, v, k[0], k[1], k[2])
+	}
+	for model, v := range inf.stats.loadFailures {
+		counter(descLoadFailures, v, model)
+	}
+	inf.stats.mu.Unlock()
+	if inf.cache != nil {
+		cs := inf.cache.Stats()
+		gauge(descCacheBytes, float64(cs.Bytes))
+		gauge(descCacheEntries, float64(cs.Entries))
+		counter(descCacheEvicted, cs.Evictions)
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	cid "github.com/ipfs/go-cid"
 
 	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
@@ -149,6 +151,22 @@ func (l *lifecycle) activate(ctx context.Context, a models.Activation) {
 		}
 		return
 	}
+	// An ONNX model goes live only as a warmed-up session (design §3); a
+	// version that does not load is marked bad and the previous one keeps
+	// serving.
+	inf := l.n.inf
+	loadable := m.IsONNX() && inf.engine != nil
+	var sess *inference.Session
+	if loadable {
+		if ref, ok := inf.pool.Current(a.Model); (!ok || ref.Version != a.Version) && !inf.pool.Has(a.Model, a.Version) {
+			if sess, err = l.n.loadSession(ctx, m); err != nil {
+				if ctx.Err() == nil && !errors.Is(err, inference.ErrLoad) && !errors.Is(err, inference.ErrWarmup) {
+					l.n.log.Error("activated version not loaded", "ref", m.Ref(), "err", err)
+				}
+				return
+			}
+		}
+	}
 	// Serve it only if it is still the effective current version: a newer
 	// activation may have won while this one was fetching. The check and
 	// the switch happen under one lock, so of two activations finishing
@@ -157,7 +175,24 @@ func (l *lifecycle) activate(ctx context.Context, a models.Activation) {
 	st, err := l.n.registry.State(ctx, a.Model)
 	if err != nil || st.Current == nil || st.Current.Version != a.Version {
 		l.mu.Unlock()
+		if sess != nil {
+			sess.Retire()
+		}
 		return
+	}
+	if loadable {
+		switch {
+		case sess != nil:
+			inf.pool.Swap(sess)
+		case inf.pool.Promote(a.Model, a.Version):
+		default:
+			if ref, ok := inf.pool.Current(a.Model); !ok || ref.Version != a.Version {
+				// The pinned session was evicted in between: load again.
+				l.mu.Unlock()
+				l.activate(ctx, a)
+				return
+			}
+		}
 	}
 	lag := max(time.Duration(l.n.replica.Clock().Peek().Wall-st.Current.HLC.Wall).Seconds(), 0)
 	prev := l.serving[a.Model]
@@ -230,6 +265,14 @@ func (l *lifecycle) gc(ctx context.Context) error {
 	}
 	if len(drop) == 0 {
 		return nil
+	}
+	for _, d := range drop {
+		if model, version, ok := strings.Cut(d.Ref, "@"); ok {
+			l.n.inf.pool.Drop(model, version)
+			if l.n.inf.cache != nil {
+				l.n.inf.cache.DropVersion(model, version)
+			}
+		}
 	}
 	_, err = l.n.artifacts.Remove(ctx, drop, keep)
 	return err

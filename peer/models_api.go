@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,8 +15,13 @@ import (
 
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
+
+// HeaderWarmup carries a version's warm-up request (base64 of OIP v2
+// JSON) on PUT /v1/models/{m}/versions/{v}.
+const HeaderWarmup = "Shoal-Warmup"
 
 // MaxArtifactBytes bounds an artifact uploaded through the API.
 const MaxArtifactBytes = 4 << 30
@@ -44,7 +50,9 @@ type ServingInfo struct {
 // VersionInfo is one version of a model with its local state here.
 type VersionInfo struct {
 	models.Manifest
-	Local     *artifacts.Status `json:"local,omitempty"`
+	Local *artifacts.Status `json:"local,omitempty"`
+	// LoadError says why a verified ONNX version does not load here.
+	LoadError string            `json:"load_error,omitempty"`
 	Conflicts []models.Manifest `json:"conflicts,omitempty"`
 }
 
@@ -54,7 +62,7 @@ func (n *Node) modelInfo(ctx context.Context, st models.ModelState) ModelInfo {
 		mi.Serving = &ServingInfo{Version: s.Version, CID: s.CID, Since: s.Since.UTC(), LagSeconds: s.LagSecond}
 	}
 	for _, vs := range st.Versions {
-		vi := VersionInfo{Manifest: vs.Manifest, Conflicts: vs.Conflicts}
+		vi := VersionInfo{Manifest: vs.Manifest, Conflicts: vs.Conflicts, LoadError: n.badReason(vs.Manifest.Ref())}
 		if ls, ok := n.artifacts.Status(ctx, vs.Manifest.Ref()); ok && ls.CID == vs.Manifest.CID {
 			vi.Local = &ls
 		}
@@ -139,6 +147,25 @@ func (n *Node) handlePush(w http.ResponseWriter, r *http.Request) {
 	if mediaType == "" {
 		mediaType = "application/octet-stream"
 	}
+	noCache := q.Get("no_cache") == "true"
+	var warmup json.RawMessage
+	if h := r.Header.Get(HeaderWarmup); h != "" {
+		b, err := base64.StdEncoding.DecodeString(h)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, HeaderWarmup+": not base64: "+err.Error())
+			return
+		}
+		var req inference.InferRequest
+		if err := json.Unmarshal(b, &req); err != nil || len(req.Inputs) == 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: not an OIP v2 inference request with inputs (%v)", HeaderWarmup, err))
+			return
+		}
+		if len(b) > models.MaxWarmup {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %d bytes, at most %d", HeaderWarmup, len(b), models.MaxWarmup))
+			return
+		}
+		warmup = b
+	}
 	// A large artifact over a gateway's uplink takes longer than the
 	// server's general read timeout; give the upload its own.
 	http.NewResponseController(w).SetReadDeadline(time.Now().Add(uploadTimeout))
@@ -157,7 +184,7 @@ func (n *Node) handlePush(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "empty artifact")
 		return
 	}
-	m := models.Manifest{Model: model, Version: version, CID: c.String(), SHA256: sum, Size: size, MediaType: mediaType, Prefetch: prefetch}
+	m := models.Manifest{Model: model, Version: version, CID: c.String(), SHA256: sum, Size: size, MediaType: mediaType, Prefetch: prefetch, NoCache: noCache, Warmup: warmup}
 	m, wr, err := n.registry.Publish(ctx, m)
 	if err != nil {
 		if errors.Is(err, models.ErrDuplicate) {

@@ -33,7 +33,6 @@ import (
 
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/models"
-	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/store"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
@@ -64,7 +63,7 @@ type Node struct {
 	artifactBytesOut atomic.Uint64
 
 	ortVersion string
-	ortErr     error
+	inf        *inferenceState
 
 	reg     *prometheus.Registry
 	metrics *httpMetrics
@@ -166,12 +165,15 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	n.reg = prometheus.NewRegistry()
 	n.metrics = registerMetrics(n.reg, n)
 	n.artifacts.OnFetch(n.metrics.fetchSeconds.Observe)
+	if err := n.initInference(); err != nil {
+		return n, err
+	}
 	changes := n.registry.Subscribe()
-	n.wg.Add(2)
+	flushes := n.replica.Subscribe("/shoal/cache/", 64)
+	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.registry.Run(nctx) }()
 	go func() { defer n.wg.Done(); n.life.run(nctx, changes) }()
-
-	n.initRuntime()
+	go func() { defer n.wg.Done(); n.followFlushes(nctx, flushes) }()
 	n.api = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -206,19 +208,6 @@ func listenErr(what, addr string, err error) error {
 		return fmt.Errorf("%s listen on %s: %w", what, addr, ErrAddrInUse)
 	}
 	return fmt.Errorf("%s listen on %s: %w", what, addr, err)
-}
-
-func (n *Node) initRuntime() {
-	lib, err := inference.FindLibrary(n.cfg.ORTLibrary)
-	if err == nil {
-		n.ortVersion, err = inference.Acquire(lib)
-	}
-	if err != nil {
-		n.ortErr = err
-		n.log.Warn("onnxruntime unavailable: inference disabled", "err", err)
-		return
-	}
-	n.log.Info("onnxruntime ready", "version", n.ortVersion, "library", lib)
 }
 
 // ID returns the peer's libp2p id.
@@ -393,9 +382,7 @@ func (n *Node) Close() error {
 			n.host.Close()
 		}
 		n.wg.Wait()
-		if n.ortVersion != "" {
-			inference.Release()
-		}
+		n.closeInference()
 		if n.store != nil {
 			if err := n.store.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close store: %w", err))

@@ -58,9 +58,25 @@ type Manifest struct {
 	HLC       crdt.HLC    `json:"hlc"`
 	// Prefetch asks peers to fetch and verify the artifact before it is
 	// activated.
-	Prefetch  bool   `json:"prefetch,omitempty"`
-	Signature string `json:"signature,omitempty"`
+	Prefetch bool `json:"prefetch,omitempty"`
+	// NoCache opts the model out of the result cache (outputs that are
+	// not a function of the inputs).
+	NoCache bool `json:"no_cache,omitempty"`
+	// Warmup is an inference request (OIP v2 JSON) that peers run before
+	// the version goes live, for models whose dynamic dimensions need
+	// particular sizes. Empty: peers synthesise one.
+	Warmup    json.RawMessage `json:"warmup,omitempty"`
+	Signature string          `json:"signature,omitempty"`
 }
+
+// MediaTypeONNX marks artifacts that peers load into onnxruntime.
+const MediaTypeONNX = "application/vnd.onnx"
+
+// MaxWarmup bounds a manifest's warm-up request (records stay small).
+const MaxWarmup = 64 << 10
+
+// IsONNX reports whether the artifact is an ONNX model to serve.
+func (m Manifest) IsONNX() bool { return m.MediaType == MediaTypeONNX }
 
 // Activation is one publisher's current-version register value.
 type Activation struct {

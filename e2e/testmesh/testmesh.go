@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,6 +105,7 @@ func (m *Mesh) config(i int) peer.Config {
 		Trusted:     m.trusted,
 		Logger:      m.opts.Logger.With("node", i),
 		Version:     "test",
+		ORTLibrary:  RepoFile("deps/onnxruntime/libonnxruntime.so"),
 	}
 	if i > 0 && m.nodes[0] != nil {
 		cfg.Bootstrap = m.nodes[0].Addrs()[:1]
@@ -234,6 +236,22 @@ func Eventually(ctx context.Context, interval time.Duration, f func() error) err
 		case <-time.After(interval):
 		}
 	}
+}
+
+// RepoFile is the path of a file relative to the repository root (where
+// `make setup` puts onnxruntime and the models).
+func RepoFile(rel string) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", rel)
+}
+
+// Model reads a model `make setup` fetched into deps/models.
+func Model(name string) ([]byte, error) {
+	b, err := os.ReadFile(RepoFile(filepath.Join("deps", "models", name)))
+	if err != nil {
+		return nil, fmt.Errorf("%w (run `make setup`)", err)
+	}
+	return b, nil
 }
 
 // TempDir makes a directory for a mesh outside of tests.
