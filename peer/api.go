@@ -28,18 +28,18 @@ const MaxBodyBytes = 1 << 20
 
 // Status is the JSON of GET /v1/status and of `shoal status --json`.
 type Status struct {
-	PeerID           string         `json:"peer_id"`
-	Addrs            []string       `json:"addrs"`
-	Mesh             string         `json:"mesh"`
-	Version          string         `json:"version"`
-	StartedAt        time.Time      `json:"started_at"`
-	StalenessSeconds float64        `json:"staleness_seconds"`
-	Peers            []PeerInfo     `json:"peers"`
-	Connected        int            `json:"connected"`
-	Heads            []string       `json:"heads"`
-	Height           uint64         `json:"height"`
-	QueuedJobs       int            `json:"queued_jobs"`
-	StateHash        string         `json:"state_hash"`
+	PeerID           string          `json:"peer_id"`
+	Addrs            []string        `json:"addrs"`
+	Mesh             string          `json:"mesh"`
+	Version          string          `json:"version"`
+	StartedAt        time.Time       `json:"started_at"`
+	StalenessSeconds float64         `json:"staleness_seconds"`
+	Peers            []PeerInfo      `json:"peers"`
+	Connected        int             `json:"connected"`
+	Heads            []string        `json:"heads"`
+	Height           uint64          `json:"height"`
+	QueuedJobs       int             `json:"queued_jobs"`
+	StateHash        string          `json:"state_hash"`
 	Runtime          RuntimeStatus   `json:"runtime"`
 	Inference        InferenceStatus `json:"inference"`
 	Models           []ModelSummary  `json:"models"`
