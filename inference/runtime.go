@@ -103,3 +103,26 @@ func Library() string {
 	defer rtMu.Unlock()
 	return rtLibrary
 }
+
+// DefaultModelPath is where `make setup` puts the default model (the
+// PaddleOCR text-direction classifier), relative to the repository root.
+const DefaultModelPath = "deps/models/ocr-cls.onnx"
+
+// FindAsset looks for a setup-installed file (rel, relative to the
+// repository root) under the working directory, the binary's directory
+// and its parent, like FindLibrary.
+func FindAsset(rel string) (string, bool) {
+	candidates := []string{rel}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		candidates = append(candidates, filepath.Join(dir, rel), filepath.Join(dir, "..", rel))
+	}
+	for _, c := range candidates {
+		if _, err := os.Stat(c); err == nil {
+			if abs, err := filepath.Abs(c); err == nil {
+				return abs, true
+			}
+		}
+	}
+	return "", false
+}

@@ -55,6 +55,9 @@ type Config struct {
 	// CachePersist adds a Badger tier to the result cache, so results
 	// survive restarts (within CacheTTL).
 	CachePersist bool
+	// DefaultModel, when set, is published and activated once this peer
+	// has synced with the mesh, unless the mesh already has that model.
+	DefaultModel *DefaultModel
 	// NoSync turns off fsync on every write (tests and benchmarks only: an
 	// acknowledged write can be lost on power failure).
 	NoSync bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -276,4 +277,70 @@ func (l *lifecycle) gc(ctx context.Context) error {
 	}
 	_, err = l.n.artifacts.Remove(ctx, drop, keep)
 	return err
+}
+
+// DefaultModel is a model a peer publishes and activates by itself when
+// the mesh has none of that name: the out-of-the-box demo that makes a
+// fresh `shoal run` answer inference requests.
+type DefaultModel struct {
+	Name    string
+	Version string
+	Path    string // ONNX file
+}
+
+// publishDefault waits for the first sync with the mesh (a new peer must
+// not re-activate the default over a fleet that moved on), then publishes
+// and activates d if no version of d.Name is known.
+func (n *Node) publishDefault(ctx context.Context, d DefaultModel) {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		st := n.replica.Staleness()
+		connected := len(n.host.Network().Peers()) > 0
+		if time.Since(n.started) > 3*time.Second && !connected {
+			break // alone: nothing to sync with
+		}
+		reachable := 0
+		for _, p := range st.Peers {
+			if p.Reachable {
+				reachable++
+			}
+		}
+		if connected && reachable > 0 && st.Seconds < 2 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	if st, err := n.registry.State(ctx, d.Name); err == nil && len(st.Versions) > 0 {
+		n.log.Info("default model already in the mesh; not publishing it", "model", d.Name)
+		return
+	}
+	f, err := os.Open(d.Path)
+	if err != nil {
+		n.log.Warn("default model unavailable", "path", d.Path, "err", err)
+		return
+	}
+	defer f.Close()
+	c, sum, size, err := n.artifacts.Import(ctx, f)
+	if err != nil {
+		n.log.Error("default model import failed", "path", d.Path, "err", err)
+		return
+	}
+	m, _, err := n.registry.Publish(ctx, models.Manifest{Model: d.Name, Version: d.Version, CID: c.String(), SHA256: sum, Size: size, MediaType: models.MediaTypeONNX})
+	if err != nil {
+		n.log.Error("default model publish failed", "model", d.Name, "err", err)
+		return
+	}
+	if err := n.artifacts.MarkVerified(ctx, artifacts.Spec{Ref: m.Ref(), CID: c, SHA256: sum, Size: size}); err != nil {
+		n.log.Error("default model import failed", "model", d.Name, "err", err)
+		return
+	}
+	if _, _, err := n.registry.Activate(ctx, d.Name, d.Version); err != nil {
+		n.log.Error("default model activation failed", "model", d.Name, "err", err)
+		return
+	}
+	n.log.Info("published and activated the default model", "model", d.Name, "version", d.Version, "path", d.Path)
 }

@@ -198,6 +198,11 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	n.wg.Add(1)
 	go n.redialLoop(p.bootstrap)
+	if cfg.DefaultModel != nil {
+		d := *cfg.DefaultModel
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.publishDefault(nctx, d) }()
+	}
 
 	n.log.Info("peer started", "mesh", cfg.Mesh, "api", n.APIAddr(), "addrs", n.Addrs(), "data", cfg.DataDir)
 	return n, nil

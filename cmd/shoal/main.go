@@ -47,9 +47,12 @@ Usage:
                                   libp2p TCP+QUIC on 4010, mDNS on)
   shoal status [--api URL] [--json]
                                   show a running peer's peers, staleness and state
-  shoal model push FILE --name M --version V [--activate] [--prefetch]
+  shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQ.json]
   shoal model activate M V | rollback M | ls [--json]
                                   publish, activate and inspect model versions
+  shoal infer M[@V] --input REQUEST.json [--max-staleness 5s] [--after TOKEN]
+                                  run one inference (Open Inference Protocol v2 request body)
+  shoal cache flush [M]           drop cached inference results of M (or all) on every peer
   shoal key new|show [--data DIR] this peer's publisher identity (ed25519)
   shoal version                   print the version
 
@@ -74,6 +77,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdStatus(args[1:], stdout, stderr)
 	case "model":
 		err = cmdModel(args[1:], stdout, stderr)
+	case "infer":
+		err = cmdInfer(args[1:], stdout, stderr)
+	case "cache":
+		err = cmdCache(args[1:], stdout, stderr)
 	case "key":
 		err = cmdKey(args[1:], stdout, stderr)
 	case "version", "--version":

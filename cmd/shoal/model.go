@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -80,9 +81,17 @@ func apiFlag(fs *flag.FlagSet) *string {
 
 // call sends a request to the API and decodes a JSON answer into out.
 func call(ctx context.Context, method, u string, body io.Reader, out any) (http.Header, error) {
+	return callH(ctx, method, u, nil, body, out)
+}
+
+// callH is call with request headers.
+func callH(ctx context.Context, method, u string, hdr http.Header, body io.Reader, out any) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	if tok := os.Getenv("SHOAL_API_TOKEN"); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
@@ -148,13 +157,32 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	version := fs.String("version", "", "version (required)")
 	activate := fs.Bool("activate", false, "make it the current version right away")
 	prefetch := fs.Bool("prefetch", false, "ask every peer to fetch and verify it before activation")
-	mediaType := fs.String("media-type", "application/octet-stream", "media type of the artifact")
+	mediaType := fs.String("media-type", "", "media type of the artifact (default "+models.MediaTypeONNX+" for *.onnx files, which peers serve for inference, else application/octet-stream)")
+	noCache := fs.Bool("no-cache", false, "keep this model's results out of the result cache (non-deterministic outputs)")
+	warmup := fs.String("warmup", "", "OIP v2 inference request (JSON file) that peers run before serving the version (default: zeros of guessed sizes)")
 	pos, err := interleave(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *name == "" || *version == "" {
-		return usageError("usage: shoal model push FILE --name M --version V [--activate] [--prefetch]")
+		return usageError("usage: shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQUEST.json]")
+	}
+	if *mediaType == "" {
+		*mediaType = "application/octet-stream"
+		if strings.HasSuffix(strings.ToLower(pos[0]), ".onnx") {
+			*mediaType = models.MediaTypeONNX
+		}
+	}
+	hdr := http.Header{}
+	if *warmup != "" {
+		b, err := os.ReadFile(*warmup)
+		if err != nil {
+			return fmt.Errorf("--warmup: %w", err)
+		}
+		if !json.Valid(b) {
+			return fmt.Errorf("--warmup: %s is not JSON", *warmup)
+		}
+		hdr.Set(peer.HeaderWarmup, base64.StdEncoding.EncodeToString(b))
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
@@ -175,6 +203,9 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	if *prefetch {
 		q.Set("prefetch", "true")
 	}
+	if *noCache {
+		q.Set("no_cache", "true")
+	}
 	pr := &progressReader{r: f, total: fi.Size()}
 	if isTerminal(stderr) {
 		pr.w = stderr
@@ -187,7 +218,7 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	if _, err := call(ctx, http.MethodPut, u, pr, &res); err != nil {
+	if _, err := callH(ctx, http.MethodPut, u, hdr, pr, &res); err != nil {
 		return err
 	}
 	m := res.Manifest

@@ -136,7 +136,14 @@ func shoal(t *testing.T, args ...string) (string, string, int) {
 }
 
 func loopbackArgs(dir string) []string {
-	return []string{"--data", dir, "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--mesh", "proctest"}
+	return []string{"--data", dir, "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--mesh", "proctest",
+		"--ort-lib", repoFile("deps/onnxruntime/libonnxruntime.so"), "--default-model", "none"}
+}
+
+// repoFile is a path under the repository root (tests run in cmd/shoal).
+func repoFile(rel string) string {
+	abs, _ := filepath.Abs(filepath.Join("..", "..", rel))
+	return abs
 }
 
 func TestTwoProcessesSeeEachOther(t *testing.T) {
@@ -258,13 +265,13 @@ func TestModelWorkflowAcrossProcesses(t *testing.T) {
 	a := startPeer(t, loopbackArgs(dirA)...)
 	b := startPeer(t, append(loopbackArgs(dirB), "--bootstrap", a.addr, "--trust", keyA)...)
 
-	artifact := filepath.Join(t.TempDir(), "model.onnx")
+	artifact := filepath.Join(t.TempDir(), "model.bin")
 	os.WriteFile(artifact, bytes.Repeat([]byte("weights!"), 100000), 0o600)
 	out, stderr, code := shoal(t, "model", "push", artifact, "--name", "cls", "--version", "v1", "--activate", "--api", a.api)
 	if code != 0 || !strings.Contains(out, "published cls@v1") || !strings.Contains(out, "activated cls@v1") {
 		t.Fatalf("push: exit %d\n%s%s", code, out, stderr)
 	}
-	other := filepath.Join(t.TempDir(), "other.onnx")
+	other := filepath.Join(t.TempDir(), "other.bin")
 	os.WriteFile(other, []byte("other bytes"), 0o600)
 	if _, stderr, code := shoal(t, "model", "push", other, "--name", "cls", "--version", "v1", "--api", a.api); code != 1 || !strings.Contains(stderr, "already published") {
 		t.Errorf("duplicate push: exit %d, %s", code, stderr)
@@ -295,5 +302,79 @@ func TestModelWorkflowAcrossProcesses(t *testing.T) {
 	}
 	if _, stderr, code := shoal(t, "model", "rollback", "cls", "--api", a.api); code != 1 || !strings.Contains(stderr, "no previous version") {
 		t.Errorf("rollback with no previous: exit %d, %s", code, stderr)
+	}
+}
+
+// TestDefaultModelAndInferCommand: a peer with no model flags serves the
+// default model, and `shoal infer` / `shoal cache flush` drive it.
+func TestDefaultModelAndInferCommand(t *testing.T) {
+	args := loopbackArgs(t.TempDir())
+	args[len(args)-1] = repoFile("deps/models/ocr-cls.onnx")
+	p := startPeer(t, args...)
+	example := repoFile("examples/ocr-cls-request.json")
+	var out, stderr string
+	var code int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, stderr, code = shoal(t, "infer", "ocr-cls", "--input", example, "--api", p.api)
+		if code == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if code != 0 {
+		t.Fatalf("infer: exit %d\n%s%s", code, out, stderr)
+	}
+	var resp struct {
+		ModelName    string `json:"model_name"`
+		ModelVersion string `json:"model_version"`
+		ID           string `json:"id"`
+		Outputs      []struct {
+			Shape []int     `json:"shape"`
+			Data  []float64 `json:"data"`
+		} `json:"outputs"`
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil {
+		t.Fatalf("infer output is not the JSON response: %v\n%s", err, out)
+	}
+	if resp.ModelName != "ocr-cls" || resp.ModelVersion != DefaultModelVersion || resp.ID != "example-1" ||
+		len(resp.Outputs) != 1 || len(resp.Outputs[0].Data) != 2 {
+		t.Fatalf("response %+v", resp)
+	}
+	if sum := resp.Outputs[0].Data[0] + resp.Outputs[0].Data[1]; sum < 0.999 || sum > 1.001 {
+		t.Errorf("class probabilities %v do not sum to 1", resp.Outputs[0].Data)
+	}
+	if !strings.Contains(stderr, "answered by ocr-cls@"+DefaultModelVersion) {
+		t.Errorf("stderr %q", stderr)
+	}
+	_, stderr, _ = shoal(t, "infer", "ocr-cls", "--input", example, "--api", p.api)
+	if !strings.Contains(stderr, "cache hit") {
+		t.Errorf("second identical request: %q", stderr)
+	}
+	if out, stderr, code := shoal(t, "cache", "flush", "ocr-cls", "--api", p.api); code != 0 || !strings.Contains(out, "flushed cached results of ocr-cls") {
+		t.Errorf("cache flush: exit %d %s%s", code, out, stderr)
+	}
+	if _, stderr, _ := shoal(t, "infer", "ocr-cls", "--input", example, "--api", p.api); !strings.Contains(stderr, "cache miss") {
+		t.Errorf("after flush: %q", stderr)
+	}
+
+	// Bad input: clear message, non-zero exit.
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	os.WriteFile(bad, []byte(`{"inputs":[{"name":"x","shape":[1,3,2,2],"datatype":"FP32","data":[1,2,3]}]}`), 0o600)
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"infer", "ocr-cls", "--input", bad}, 1, "3 elements for shape [1 3 2 2], which needs 12"},
+		{[]string{"infer", "ocr-cls@v9", "--input", example}, 1, "unknown model version"},
+		{[]string{"infer", "ocr-cls", "--input", "/no/such.json"}, 1, "no such file"},
+		{[]string{"infer", "ocr-cls"}, 2, "usage: shoal infer"},
+		{[]string{"cache", "drop"}, 2, "usage: shoal cache flush"},
+	} {
+		_, stderr, code := shoal(t, append(tc.args, "--api", p.api)...)
+		if code != tc.code || !strings.Contains(stderr, tc.msg) {
+			t.Errorf("%v: exit %d %q, want %d with %q", tc.args, code, stderr, tc.code, tc.msg)
+		}
 	}
 }

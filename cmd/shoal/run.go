@@ -11,9 +11,18 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/peer"
 	"github.com/shoal-mesh/shoal/store"
+)
+
+// The default model: PaddleOCR's text-direction classifier (an image of a
+// text line in, the probabilities of 0° and 180° out).
+const (
+	DefaultModelName    = "ocr-cls"
+	DefaultModelVersion = "ppocr-v2.0"
 )
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
@@ -27,6 +36,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	threadsDef, err := envInt("INTRA_OP_THREADS", 0)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	cacheMBDef, err := envInt("CACHE_MB", 64)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	persistDef, err := envBool("CACHE_PERSIST", false)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	ttlDef, err := time.ParseDuration(envString("CACHE_TTL", "10m"))
+	if err != nil {
+		return usageError("SHOAL_CACHE_TTL: %v", err)
+	}
 	var (
 		dataDir   = fs.String("data", envString("DATA", def.DataDir), "data directory (env SHOAL_DATA)")
 		apiAddr   = fs.String("api", envString("API", def.APIAddr), "HTTP API listen address (env SHOAL_API)")
@@ -39,6 +64,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		bootstrap = envList("BOOTSTRAP", nil)
 		trust     = envList("TRUST", nil)
 		keep      = fs.Int("keep-versions", keepDef, "verified versions of each model kept on disk (env SHOAL_KEEP_VERSIONS)")
+		device    = fs.String("device", envString("DEVICE", "auto"), "inference device: auto (CUDA when available, else CPU), cpu or cuda (env SHOAL_DEVICE)")
+		threads   = fs.Int("intra-op-threads", threadsDef, "threads per inference; 0 = one per core (env SHOAL_INTRA_OP_THREADS)")
+		cacheMB   = fs.Int("cache-mb", cacheMBDef, "in-memory result cache size in MiB; 0 turns the cache off (env SHOAL_CACHE_MB)")
+		cacheTTL  = fs.Duration("cache-ttl", ttlDef, "how long a cached result lives (env SHOAL_CACHE_TTL)")
+		persist   = fs.Bool("cache-persist", persistDef, "keep cached results in Badger too, across restarts (env SHOAL_CACHE_PERSIST)")
+		defModel  = fs.String("default-model", envString("DEFAULT_MODEL", ""), "ONNX file published and activated as model 'ocr-cls' when the mesh has none; 'none' to disable (env SHOAL_DEFAULT_MODEL; default "+inference.DefaultModelPath+")")
 	)
 	fs.Var(trust, "trust", "trusted publisher key ed25519:<hex> (see `shoal key show`), repeatable; this peer's own key is always trusted (env SHOAL_TRUST)")
 	fs.Var(listen, "listen", "libp2p listen multiaddr, repeatable (env SHOAL_LISTEN, comma-separated; default TCP and QUIC on port 4010)")
@@ -52,9 +83,28 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	slog.SetDefault(logger)
 
+	cacheBytes := int64(*cacheMB) << 20
+	if *cacheMB <= 0 {
+		cacheBytes = -1
+	}
 	cfg := peer.Config{
 		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, ORTLibrary: *ortLib,
 		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(), Logger: logger,
+		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
+	}
+	switch *defModel {
+	case "none":
+	case "":
+		if path, ok := inference.FindAsset(inference.DefaultModelPath); ok {
+			cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: path}
+		} else {
+			logger.Warn("default model not found; run `make setup` to fetch it", "path", inference.DefaultModelPath)
+		}
+	default:
+		if _, err := os.Stat(*defModel); err != nil {
+			return usageError("--default-model: %v", err)
+		}
+		cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: *defModel}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -86,7 +86,13 @@ func printStatus(w io.Writer, st peer.Status) {
 	fmt.Fprintf(tw, "state\t%s (%d heads, height %d, %d queued)\n", short(st.StateHash, 16), len(st.Heads), st.Height, st.QueuedJobs)
 	switch {
 	case st.Runtime.ONNXRuntime != "":
-		fmt.Fprintf(tw, "onnxruntime\t%s\n", st.Runtime.ONNXRuntime)
+		fmt.Fprintf(tw, "onnxruntime\t%s on %s\n", st.Runtime.ONNXRuntime, st.Runtime.Device)
+		if c := st.Inference.Cache; c != nil {
+			fmt.Fprintf(tw, "result cache\t%d entries, %d bytes, %d evicted\n", c.Entries, c.Bytes, c.Evictions)
+		}
+		for ref, why := range st.Inference.Bad {
+			fmt.Fprintf(tw, "bad version\t%s: %s\n", ref, why)
+		}
 	case st.Runtime.Error != "":
 		fmt.Fprintf(tw, "onnxruntime\tunavailable: %s\n", st.Runtime.Error)
 	}
