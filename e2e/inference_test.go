@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -452,6 +454,44 @@ func TestOpenInferenceProtocolConformance(t *testing.T) {
 	nested := []byte(`{"inputs":[{"name":"x","shape":[1,3,32,32],"datatype":"FP32","data":` + nestedZeros(1, 3, 32, 32) + `}]}`)
 	if r := do(t, "POST", base+"/v2/models/cls/infer", nested); r.code != 200 {
 		t.Errorf("nested data: %d %s", r.code, truncate(r.body))
+	}
+
+	// The binary tensor data extension: raw input bytes after the JSON
+	// header, and a binary output back; same numbers as the JSON request.
+	jsonRes := inferHTTP(t, n, "cls", "", clsBody(7))
+	img := make([]byte, 0, 3*32*64*4)
+	var jreq inference.InferRequest
+	json.Unmarshal(clsBody(7), &jreq)
+	var floats []float32
+	json.Unmarshal(jreq.Inputs[0].Data, &floats)
+	for _, f := range floats {
+		img = binary.LittleEndian.AppendUint32(img, math.Float32bits(f))
+	}
+	header := fmt.Sprintf(`{"inputs":[{"name":"x","shape":[1,3,32,64],"datatype":"FP32","parameters":{"binary_data_size":%d}}],"outputs":[{"name":%q,"parameters":{"binary_data":true}}]}`, len(img), md.Outputs[0].Name)
+	r = do(t, "POST", base+"/v2/models/cls/infer", append([]byte(header), img...),
+		inference.HeaderInferenceHeaderLength, fmt.Sprint(len(header)), "Content-Type", "application/octet-stream")
+	hl, _ := strconv.Atoi(r.header.Get(inference.HeaderInferenceHeaderLength))
+	if r.code != 200 || hl <= 0 || hl > len(r.body) {
+		t.Fatalf("binary request: %d %s %s", r.code, r.header, truncate(r.body))
+	}
+	var bresp inference.InferResponse
+	if err := json.Unmarshal(r.body[:hl], &bresp); err != nil {
+		t.Fatal(err)
+	}
+	raw := r.body[hl:]
+	if len(bresp.Outputs) != 1 || fmt.Sprint(bresp.Outputs[0].Parameters["binary_data_size"]) != "8" || len(raw) != 8 {
+		t.Fatalf("binary response %+v, %d bytes", bresp, len(raw))
+	}
+	got := []float32{math.Float32frombits(binary.LittleEndian.Uint32(raw)), math.Float32frombits(binary.LittleEndian.Uint32(raw[4:]))}
+	var want []float32
+	for _, v := range jsonRes.resp.Outputs[0].Data.([]any) {
+		want = append(want, float32(v.(float64)))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("binary outputs %v, JSON outputs %v", got, want)
+	}
+	if r := do(t, "POST", base+"/v2/models/cls/infer", append([]byte(header), img[:100]...), inference.HeaderInferenceHeaderLength, fmt.Sprint(len(header))); r.code != 400 || !strings.Contains(r.errMsg(), "binary_data_size") {
+		t.Errorf("short binary body: %d %s", r.code, r.body)
 	}
 
 	// Errors: the protocol's {"error": "..."} with the right status.

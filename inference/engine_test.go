@@ -216,7 +216,7 @@ func TestMalformedRequestsAreBadRequests(t *testing.T) {
 		{"huge shape", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1 << 40, 3, 1 << 40, 1}, Datatype: "FP32", Data: json.RawMessage(`[1]`)}}}, "too large"},
 		{"negative dim", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 3, -4, 1}, Datatype: "FP32", Data: json.RawMessage(`[1]`)}}}, "negative dimension"},
 		{"unknown output", InferRequest{Inputs: []RequestInput{good}, Outputs: []RequestOutput{{Name: "nope"}}}, `unknown output "nope"`},
-		{"binary output", InferRequest{Inputs: []RequestInput{good}, Outputs: []RequestOutput{{Name: s.Outputs()[0].Name, Parameters: map[string]any{"binary_data": true}}}}, "binary tensor extension"},
+		{"binary size without binary data", InferRequest{Inputs: []RequestInput{{Name: "x", Shape: good.Shape, Datatype: "FP32", Parameters: map[string]any{"binary_data_size": 4.0}}}}, "binary_data_size without binary data"},
 	} {
 		_, err := s.Prepare(&tc.req)
 		if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {

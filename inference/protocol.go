@@ -47,7 +47,11 @@ type RequestInput struct {
 	Shape      []int64         `json:"shape"`
 	Datatype   string          `json:"datatype"`
 	Parameters map[string]any  `json:"parameters,omitempty"`
-	Data       json.RawMessage `json:"data"`
+	Data       json.RawMessage `json:"data,omitempty"`
+
+	// Set by ParseRequest from the binary data extension.
+	binary    []byte
+	hasBinary bool
 }
 
 // RequestOutput names an output the caller wants; none means all.

@@ -162,9 +162,6 @@ func (s *Session) Prepare(req *InferRequest) (*Prepared, error) {
 			return nil, badRequest("output %q requested twice", o.Name)
 		}
 		seen[o.Name] = true
-		if bd, ok := o.Parameters["binary_data"].(bool); ok && bd {
-			return nil, badRequest("output %q: binary_data: the binary tensor extension is not supported, ask for JSON data", o.Name)
-		}
 		idx := -1
 		for i, m := range s.outputs {
 			if m.Name == o.Name {

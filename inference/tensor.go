@@ -102,13 +102,19 @@ func decodeInput(in RequestInput, meta TensorMetadata) (*tensor, error) {
 	if n == 0 {
 		return nil, badRequest("input %q: shape %v has no elements", in.Name, in.Shape)
 	}
+	t := &tensor{name: in.Name, dt: dt, shape: in.Shape}
+	if in.hasBinary {
+		if err := decodeBinary(t, in.binary, n); err != nil {
+			return nil, badRequest("input %q: %v", in.Name, err)
+		}
+		return t, nil
+	}
+	if _, ok := in.Parameters["binary_data_size"]; ok {
+		return nil, badRequest("input %q: binary_data_size without binary data (send %s)", in.Name, HeaderInferenceHeaderLength)
+	}
 	if len(bytes.TrimSpace(in.Data)) == 0 {
 		return nil, badRequest("input %q: no data", in.Name)
 	}
-	if bp, ok := in.Parameters["binary_data_size"]; ok {
-		return nil, badRequest("input %q: binary_data_size %v: the binary tensor extension is not supported, send JSON data", in.Name, bp)
-	}
-	t := &tensor{name: in.Name, dt: dt, shape: in.Shape}
 	if dt.Name == "BYTES" {
 		var s []string
 		if err := json.Unmarshal(in.Data, &s); err != nil {

@@ -1,13 +1,13 @@
 package peer
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -364,7 +364,6 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer cancel()
-	var req inference.InferRequest
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -376,10 +375,18 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading the request: "+err.Error())
 		return
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&req); err != nil {
+	headerLen := -1
+	if v := r.Header.Get(inference.HeaderInferenceHeaderLength); v != "" {
+		if headerLen, err = strconv.Atoi(v); err != nil || headerLen < 0 {
+			outcome = "bad_request"
+			writeError(w, http.StatusBadRequest, inference.HeaderInferenceHeaderLength+": not a byte count")
+			return
+		}
+	}
+	req, err := inference.ParseRequest(body, headerLen)
+	if err != nil {
 		outcome = "bad_request"
-		writeError(w, http.StatusBadRequest, "request body is not an OIP v2 inference request: "+err.Error())
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	s, m, err := n.session(ctx, model, version)
@@ -389,7 +396,7 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.Release()
 	servedVersion = s.Version
-	p, err := s.Prepare(&req)
+	p, err := s.Prepare(req)
 	if err != nil {
 		outcome = "bad_request"
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -412,7 +419,7 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 				resp.Outputs = outs
 				outcome = "ok"
 				h.Set(HeaderCache, CacheHit)
-				writeJSON(w, http.StatusOK, resp)
+				writeInferResponse(w, resp, req)
 				return
 			}
 		}
@@ -452,7 +459,27 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	outcome = "ok"
-	writeJSON(w, http.StatusOK, resp)
+	writeInferResponse(w, resp, req)
+}
+
+// writeInferResponse writes JSON, or JSON plus binary outputs when the
+// request asked for them (binary tensor data extension).
+func writeInferResponse(w http.ResponseWriter, resp inference.InferResponse, req *inference.InferRequest) {
+	body, headerLen, err := inference.EncodeResponse(resp, req)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	h := w.Header()
+	if headerLen >= 0 {
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set(inference.HeaderInferenceHeaderLength, strconv.Itoa(headerLen))
+	} else {
+		h.Set("Content-Type", "application/json")
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
 }
 
 // Cache flushes are replicated records (design §1): every peer drops its
