@@ -21,7 +21,7 @@ func TestBinaryExtensionRoundTripsEveryKind(t *testing.T) {
 	}{
 		{onnxmodel.Int64, "INT64", binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, 7), 1<<62), "[7 4611686018427387904]"},
 		{onnxmodel.Bool, "BOOL", []byte{1, 0}, "[true false]"},
-		{onnxmodel.String, "BYTES", append(append(binary.LittleEndian.AppendUint32(nil, 3), "abc"...), append(binary.LittleEndian.AppendUint32(nil, 0))...), "[abc ]"},
+		{onnxmodel.String, "BYTES", append(append(binary.LittleEndian.AppendUint32(nil, 3), "abc"...), binary.LittleEndian.AppendUint32(nil, 0)...), "[abc ]"},
 	} {
 		s, err := e.Load(context.Background(), Ref{Model: "id", Version: tc.dt}, onnxmodel.Identity(tc.elem, []int64{2}), nil)
 		if err != nil {

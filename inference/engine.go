@@ -194,10 +194,8 @@ func (e *Engine) Load(ctx context.Context, ref Ref, data []byte, warmup *InferRe
 	if err := opts.SetLogSeverityLevel(ort.LoggingLevelFatal); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrLoad, ref, err)
 	}
-	if e.cfg.IntraOpThreads > 0 {
-		if err := opts.SetIntraOpNumThreads(e.cfg.IntraOpThreads); err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrLoad, ref, err)
-		}
+	if err := ApplyThreading(opts, e.cfg.IntraOpThreads); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrLoad, ref, err)
 	}
 	if e.device == DeviceCUDA {
 		if err := e.appendCUDA(opts); err != nil {
@@ -227,6 +225,20 @@ func (e *Engine) LoadFile(ctx context.Context, ref Ref, path string, warmup *Inf
 		return nil, err
 	}
 	return e.Load(ctx, ref, data, warmup)
+}
+
+// ApplyThreading sets the thread options every Shoal session uses:
+// intraOp threads per inference (0: onnxruntime's default, one per core)
+// and no spinning. onnxruntime's worker threads spin-wait after a run by
+// default, which wins microseconds in a benchmark loop but, on a gateway,
+// burns the cores the HTTP server, replication and other models need.
+func ApplyThreading(opts *ort.SessionOptions, intraOp int) error {
+	if intraOp > 0 {
+		if err := opts.SetIntraOpNumThreads(intraOp); err != nil {
+			return err
+		}
+	}
+	return opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0")
 }
 
 func tensorMeta(info ort.InputOutputInfo) (TensorMetadata, error) {

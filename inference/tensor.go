@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -137,6 +138,13 @@ func decodeInput(in RequestInput, meta TensorMetadata) (*tensor, error) {
 		t.strings = s
 		return t, nil
 	}
+	t.raw = make([]byte, int(n)*dt.Size)
+	if count, ok := fastDecode(in.Data, dt, t.raw); ok {
+		if count != n {
+			return nil, badRequest("input %q: %d elements for shape %v, which needs %d", in.Name, count, in.Shape, n)
+		}
+		return t, nil
+	}
 	vals, err := flatten(in.Data)
 	if err != nil {
 		return nil, badRequest("input %q: data: %v", in.Name, err)
@@ -144,7 +152,6 @@ func decodeInput(in RequestInput, meta TensorMetadata) (*tensor, error) {
 	if int64(len(vals)) != n {
 		return nil, badRequest("input %q: %d elements for shape %v, which needs %d", in.Name, len(vals), in.Shape, n)
 	}
-	t.raw = make([]byte, int(n)*dt.Size)
 	for i, v := range vals {
 		if err := putElement(t.raw[i*dt.Size:], dt, v); err != nil {
 			return nil, badRequest("input %q: element %d: %v", in.Name, i, err)
@@ -158,6 +165,73 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// fastDecode parses a JSON array (flat or nested) of numbers, or of
+// booleans for BOOL, straight into raw without building a Go value per
+// element: JSON tensors are large and encoding/json's generic decoding
+// costs several times the model's run. It reports false for anything
+// else (strings, objects, nulls, out-of-range values), and the caller
+// falls back to the general path, which explains the problem.
+// The data has already been validated as JSON by the request decoder.
+func fastDecode(data []byte, dt Datatype, raw []byte) (int64, bool) {
+	var count int64
+	max := int64(len(raw) / dt.Size)
+	for i := 0; i < len(data); {
+		c := data[i]
+		switch {
+		case c == '[' || c == ']' || c == ',' || c == ' ' || c == '\n' || c == '\t' || c == '\r':
+			i++
+			continue
+		case c == 't' || c == 'f':
+			if dt.Name != "BOOL" {
+				return 0, false
+			}
+			v := byte(0)
+			if c == 't' {
+				v, i = 1, i+4
+			} else {
+				i += 5
+			}
+			if count < max {
+				raw[count] = v
+			}
+			count++
+			continue
+		case c == '-' || (c >= '0' && c <= '9'):
+		default:
+			return 0, false
+		}
+		j := i + 1
+		for j < len(data) && (data[j] >= '0' && data[j] <= '9' || data[j] == '.' || data[j] == 'e' || data[j] == 'E' || data[j] == '+' || data[j] == '-') {
+			j++
+		}
+		if count < max {
+			if putNumber(raw[count*int64(dt.Size):], dt, data[i:j]) != nil {
+				return 0, false
+			}
+		}
+		count++
+		i = j
+	}
+	return count, true
+}
+
+// putNumber stores one JSON number token as element type dt.
+func putNumber(b []byte, dt Datatype, tok []byte) error {
+	s := unsafeString(tok)
+	switch dt.Name {
+	case "FP32":
+		f, err := strconv.ParseFloat(s, 32)
+		if err != nil {
+			return err
+		}
+		binary.LittleEndian.PutUint32(b, math.Float32bits(float32(f)))
+		return nil
+	case "BOOL":
+		return putElement(b, dt, json.Number(s))
+	}
+	return putElement(b, dt, json.Number(s))
 }
 
 // flatten decodes flat or nested JSON arrays into their elements in
@@ -226,7 +300,9 @@ func putElement(b []byte, dt Datatype, v any) error {
 		case "FP16":
 			binary.LittleEndian.PutUint16(b, float32ToHalf(float32(f)))
 		case "FP32":
-			binary.LittleEndian.PutUint32(b, math.Float32bits(float32(f)))
+			// Round once, from the decimal text, as the fast path does.
+			f32, _ := strconv.ParseFloat(string(num), 32)
+			binary.LittleEndian.PutUint32(b, math.Float32bits(float32(f32)))
 		default:
 			binary.LittleEndian.PutUint64(b, math.Float64bits(f))
 		}
@@ -497,3 +573,7 @@ func halfToFloat32(h uint16) float32 {
 	}
 	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
 }
+
+// unsafeString views b as a string for parsing, without copying. The
+// string must not outlive b.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }

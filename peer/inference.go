@@ -43,6 +43,9 @@ type inferenceState struct {
 
 	mu  sync.Mutex
 	bad map[string]string // model@version → why it does not load here
+	// manifests of loaded sessions by CID: requests to a loaded version
+	// need no registry read.
+	manifests map[string]models.Manifest
 
 	stats inferenceStats
 }
@@ -62,7 +65,7 @@ func (s *inferenceStats) add(m map[[3]string]uint64, k [3]string) {
 }
 
 func (n *Node) initInference() error {
-	n.inf = &inferenceState{pool: inference.NewPool(), bad: map[string]string{}}
+	n.inf = &inferenceState{pool: inference.NewPool(), bad: map[string]string{}, manifests: map[string]models.Manifest{}}
 	n.inf.stats = inferenceStats{requests: map[[3]string]uint64{}, cache: map[[3]string]uint64{},
 		loadFailures: map[string]uint64{}}
 	e, err := inference.Open(inference.Config{Library: n.cfg.ORTLibrary, Device: n.cfg.Device,
@@ -125,6 +128,9 @@ func (n *Node) loadSession(ctx context.Context, m models.Manifest) (*inference.S
 				return nil, n.markBad(m, fmt.Errorf("%w: %s: the manifest's warm-up request is not OIP v2 JSON: %v", inference.ErrWarmup, m.Ref(), err))
 			}
 		}
+		n.inf.mu.Lock()
+		n.inf.manifests[m.CID] = m
+		n.inf.mu.Unlock()
 		s, err := n.inf.engine.Load(ctx, inference.Ref{Model: m.Model, Version: m.Version, CID: m.CID}, data, warm)
 		if err != nil {
 			if errors.Is(err, inference.ErrLoad) || errors.Is(err, inference.ErrWarmup) {
@@ -169,6 +175,16 @@ func (n *Node) session(ctx context.Context, model, version string) (*inference.S
 	if n.inf.engine == nil {
 		return nil, models.Manifest{}, &apiError{code: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("inference is unavailable on this peer: %v", n.inf.err)}
+	}
+	// Fast path: the version is loaded (the usual case).
+	if s, err := n.inf.pool.Acquire(model, version); err == nil {
+		n.inf.mu.Lock()
+		m, ok := n.inf.manifests[s.CID]
+		n.inf.mu.Unlock()
+		if ok {
+			return s, m, nil
+		}
+		s.Release()
 	}
 	if version == "" {
 		st, err := n.registry.State(ctx, model)

@@ -233,6 +233,10 @@ func (n *Node) Artifacts() *artifacts.Manager { return n.artifacts }
 // Blocks returns the block exchange.
 func (n *Node) Blocks() *store.Blocks { return n.blocks }
 
+// Handler is the HTTP API, for embedding the peer's API in another server
+// or calling it in-process.
+func (n *Node) Handler() http.Handler { return n.api.Handler }
+
 // APIAddr returns the address the HTTP API listens on.
 func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
 

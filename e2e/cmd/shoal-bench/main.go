@@ -28,15 +28,39 @@ func main() {
 		acts   = flag.Int("activations", 20, "activations measured per mesh size")
 		fanout = flag.String("fanout-mib", "20,100", "artifact sizes (MiB) for the fan-out scenario, comma-separated")
 		fanN   = flag.Int("fanout-peers", 5, "peers in the fan-out scenario")
+		iters  = flag.Int("infer-requests", 500, "requests per row of the inference scenario")
+		tput   = flag.Duration("throughput-time", 5*time.Second, "duration of each throughput row")
+		thr    = flag.String("intra-op-threads", "0,1", "intra-op thread settings for the inference scenario, comma-separated (0 = one per core)")
+		only   = flag.String("only", "", "run one scenario: propagation, models or inference")
 	)
 	flag.Parse()
-	if err := run(*sizes, *writes, *gap, *out); err != nil {
-		fmt.Fprintln(os.Stderr, "shoal-bench:", err)
-		os.Exit(1)
+	scenarios := []struct {
+		name string
+		run  func() error
+	}{
+		{"propagation", func() error { return run(*sizes, *writes, *gap, *out) }},
+		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
+		{"inference", func() error {
+			for _, s := range strings.Split(*thr, ",") {
+				var t int
+				if _, err := fmt.Sscan(strings.TrimSpace(s), &t); err != nil {
+					return fmt.Errorf("bad -intra-op-threads %q", s)
+				}
+				if err := runInference(*iters, *tput, t, *out); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
 	}
-	if err := runModels(*sizes, *acts, *fanout, *fanN, *out); err != nil {
-		fmt.Fprintln(os.Stderr, "shoal-bench:", err)
-		os.Exit(1)
+	for _, s := range scenarios {
+		if *only != "" && *only != s.name {
+			continue
+		}
+		if err := s.run(); err != nil {
+			fmt.Fprintln(os.Stderr, "shoal-bench:", s.name+":", err)
+			os.Exit(1)
+		}
 	}
 }
 
