@@ -221,7 +221,7 @@ func TestReadYourWritesAndStalenessBound(t *testing.T) {
 	// …serves and flags it when asked to…
 	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s", peer.HeaderStalenessPolicy, "flag")
 	if res.code != 200 || res.header.Get(peer.HeaderStale) != "true" {
-		t.Errorf("flag policy: %d stale=%q", res.code, res.header.Get(peer.HeaderStale))
+		t.Errorf("flag policy: %d stale=%q staleness %s", res.code, res.header.Get(peer.HeaderStale), res.header.Get(peer.HeaderStaleness))
 	}
 	// …and after rejoining answers 200 with the rolled-back version.
 	if err := m.Heal(t.Context(), 3); err != nil {

@@ -323,3 +323,16 @@ func TestPoolSwapDrainsWithoutDroppingRequests(t *testing.T) {
 		t.Errorf("pinned v1 after swap: %v, want ErrNotLoaded", err)
 	}
 }
+
+func TestRankZeroTensorsInAndOut(t *testing.T) {
+	e := openEngine(t)
+	s, err := e.Load(context.Background(), Ref{Model: "scalar", Version: "1"}, onnxmodel.Identity(onnxmodel.Int64, []int64{}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Retire()
+	out := infer(t, s, &InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{}, Datatype: "INT64", Data: json.RawMessage(`-42`)}}})
+	if len(out) != 1 || len(out[0].Shape) != 0 || fmt.Sprint(out[0].Data) != "[-42]" || out[0].Datatype != "INT64" {
+		t.Errorf("rank-0 output %+v", out)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 	"sync"
 	"time"
@@ -189,13 +190,7 @@ func describe(ms []TensorMetadata) string {
 // acquired.
 func (s *Session) Run(ctx context.Context, p *Prepared) ([]ResponseOutput, error) {
 	values := make([]ort.Value, len(p.inputs))
-	defer func() {
-		for _, v := range values {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
+	defer destroyAll(values)
 	for i, t := range p.inputs {
 		v, err := t.ortValue()
 		if err != nil {
@@ -207,13 +202,7 @@ func (s *Session) Run(ctx context.Context, p *Prepared) ([]ResponseOutput, error
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		for _, v := range outs {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
+	defer destroyAll(outs)
 	res := make([]ResponseOutput, 0, len(p.outputs))
 	for _, idx := range p.outputs {
 		o, err := encodeOutput(s.outputs[idx].Name, outs[idx])
@@ -237,37 +226,34 @@ func (s *Session) run(ctx context.Context, inputs []ort.Value) ([]ort.Value, err
 	stop := context.AfterFunc(ctx, func() { opts.Terminate() })
 	defer stop()
 	outs := make([]ort.Value, len(s.outputs))
-	// onnxruntime_go v1.27 copies one byte per element when it wraps an
-	// output of a type it has no Go type for, which breaks FP16: such
-	// outputs are allocated here, which needs their shape up front.
+	// Some outputs are allocated here because onnxruntime_go v1.27 cannot
+	// wrap them itself: FP16 (it copies one byte per element for types it
+	// has no Go type for) and rank-0 outputs (its tensors need at least
+	// one dimension). Both need their shape up front.
 	for i, m := range s.outputs {
-		if m.Datatype != "FP16" {
-			continue
-		}
-		n, err := checkShape(m.Shape)
-		for _, d := range m.Shape {
-			if d < 0 {
-				err = fmt.Errorf("output %q is FP16 with a dynamic shape %v, which onnxruntime_go v1.27 cannot return", m.Name, m.Shape)
-			}
-		}
-		if err == nil {
-			outs[i], err = ort.NewCustomDataTensor(ort.NewShape(m.Shape...), make([]byte, max(2*n, 2)), ort.TensorElementDataTypeFloat16)
-		}
-		if err != nil {
-			for _, v := range outs {
-				if v != nil {
-					v.Destroy()
+		var err error
+		switch {
+		case len(m.Shape) == 0:
+			outs[i], err = emptyScalar(m)
+		case m.Datatype == "FP16":
+			var n int64
+			n, err = checkShape(m.Shape)
+			for _, d := range m.Shape {
+				if d < 0 {
+					err = fmt.Errorf("output %q is FP16 with a dynamic shape %v, which onnxruntime_go v1.27 cannot return", m.Name, m.Shape)
 				}
 			}
+			if err == nil {
+				outs[i], err = ort.NewCustomDataTensor(ort.NewShape(m.Shape...), make([]byte, max(2*n, 2)), ort.TensorElementDataTypeFloat16)
+			}
+		}
+		if err != nil {
+			destroyAll(outs)
 			return nil, err
 		}
 	}
 	if err := s.s.RunWithOptions(inputs, outs, opts); err != nil {
-		for _, v := range outs {
-			if v != nil {
-				v.Destroy()
-			}
-		}
+		destroyAll(outs)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -325,4 +311,47 @@ func (s *Session) warmUp(ctx context.Context, req *InferRequest) error {
 		}
 	}
 	return last
+}
+
+// destroyAll releases values, skipping nil ones, including the typed nil
+// pointers onnxruntime_go leaves in outputs it failed to convert.
+func destroyAll(vs []ort.Value) {
+	for _, v := range vs {
+		if v == nil {
+			continue
+		}
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+			continue
+		}
+		v.Destroy()
+	}
+}
+
+// emptyScalar allocates a rank-0 output of m's datatype.
+func emptyScalar(m TensorMetadata) (ort.Value, error) {
+	switch m.Datatype {
+	case "BOOL":
+		return ort.NewEmptyScalar[bool]()
+	case "UINT8":
+		return ort.NewEmptyScalar[uint8]()
+	case "INT8":
+		return ort.NewEmptyScalar[int8]()
+	case "UINT16":
+		return ort.NewEmptyScalar[uint16]()
+	case "INT16":
+		return ort.NewEmptyScalar[int16]()
+	case "UINT32":
+		return ort.NewEmptyScalar[uint32]()
+	case "INT32":
+		return ort.NewEmptyScalar[int32]()
+	case "UINT64":
+		return ort.NewEmptyScalar[uint64]()
+	case "INT64":
+		return ort.NewEmptyScalar[int64]()
+	case "FP32":
+		return ort.NewEmptyScalar[float32]()
+	case "FP64":
+		return ort.NewEmptyScalar[float64]()
+	}
+	return nil, fmt.Errorf("output %q is a rank-0 %s, which onnxruntime_go v1.27 cannot return", m.Name, m.Datatype)
 }

@@ -454,6 +454,28 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 		out.Datatype, out.Data = "UINT8", n
 	case *ort.Tensor[bool]:
 		out.Datatype, out.Data = "BOOL", x.GetData()
+	case *ort.Scalar[float32]:
+		out.Datatype, out.Data = "FP32", finite32([]float32{x.GetData()})
+	case *ort.Scalar[float64]:
+		out.Datatype, out.Data = "FP64", finite64([]float64{x.GetData()})
+	case *ort.Scalar[int64]:
+		out.Datatype, out.Data = "INT64", []int64{x.GetData()}
+	case *ort.Scalar[int32]:
+		out.Datatype, out.Data = "INT32", []int32{x.GetData()}
+	case *ort.Scalar[int16]:
+		out.Datatype, out.Data = "INT16", []int16{x.GetData()}
+	case *ort.Scalar[int8]:
+		out.Datatype, out.Data = "INT8", []int8{x.GetData()}
+	case *ort.Scalar[uint64]:
+		out.Datatype, out.Data = "UINT64", []uint64{x.GetData()}
+	case *ort.Scalar[uint32]:
+		out.Datatype, out.Data = "UINT32", []uint32{x.GetData()}
+	case *ort.Scalar[uint16]:
+		out.Datatype, out.Data = "UINT16", []uint16{x.GetData()}
+	case *ort.Scalar[uint8]:
+		out.Datatype, out.Data = "UINT8", []uint16{uint16(x.GetData())}
+	case *ort.Scalar[bool]:
+		out.Datatype, out.Data = "BOOL", []bool{x.GetData()}
 	case *ort.StringTensor:
 		s, err := x.GetContents()
 		if err != nil {

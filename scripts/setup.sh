@@ -41,4 +41,29 @@ scripts/fetch-npm.sh $OCR $OCR_SUM package/assets/ch_PP-OCRv4_det_infer.onnx \
 # Silero VAD v5 (MIT): several inputs of different datatypes (float32, int64).
 scripts/fetch-npm.sh @ricky0123/vad-web@0.0.31 d1a211cf1a2ed26297da52cc08de79e75d79838a274bfc6de546feb1f828c940 package/dist/silero_vad_v5.onnx \
   2623a2953f6ff3d2c1e61740c6cdb7168133479b267dfef114a4a3cc5bdd788f "$MODELS_DIR/silero-vad.onnx"
+
+# The ONNX project's backend test cases (Debian's libonnx-testdata, Apache-2.0):
+# one-operator models with input and expected output tensors in every datatype,
+# an independent check of the inference endpoint's tensor encoding.
+TESTDATA_DIR=deps/onnx-testdata
+TESTDATA_DEB=libonnx-testdata_1.12.0-2_all.deb
+TESTDATA_SUM=7dc0912e02f79ece102331411a751b091bc0e191c9fb1287f8cdfbe5530f6027
+if [ ! -f "$TESTDATA_DIR/.sha256" ] || [ "$(cat "$TESTDATA_DIR/.sha256")" != "$TESTDATA_SUM" ]; then
+  mkdir -p .cache/deb
+  if [ ! -f ".cache/deb/$TESTDATA_DEB" ] || [ "$(sha256sum ".cache/deb/$TESTDATA_DEB" | cut -d' ' -f1)" != "$TESTDATA_SUM" ]; then
+    echo "fetching $TESTDATA_DEB from the Debian archive..." >&2
+    command -v apt-get >/dev/null || { echo "setup: apt-get is needed to fetch $TESTDATA_DEB" >&2; exit 1; }
+    (cd .cache/deb && rm -f "$TESTDATA_DEB" && apt-get download -q libonnx-testdata=1.12.0-2 >/dev/null) || {
+      echo "setup: apt-get download libonnx-testdata=1.12.0-2 failed (run apt-get update?)" >&2; exit 1; }
+  fi
+  got=$(sha256sum ".cache/deb/$TESTDATA_DEB" | cut -d' ' -f1)
+  if [ "$got" != "$TESTDATA_SUM" ]; then
+    echo "setup: $TESTDATA_DEB has sha256 $got, expected $TESTDATA_SUM: refusing it" >&2
+    exit 1
+  fi
+  rm -rf "$TESTDATA_DIR" && mkdir -p "$TESTDATA_DIR"
+  dpkg-deb -x ".cache/deb/$TESTDATA_DEB" "$TESTDATA_DIR"
+  echo "$TESTDATA_SUM" > "$TESTDATA_DIR/.sha256"
+  echo "installed $TESTDATA_DIR (from $TESTDATA_DEB, sha256 $TESTDATA_SUM)" >&2
+fi
 echo "setup: done" >&2
