@@ -87,6 +87,7 @@ func Open(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Logger, library: lib, version: version, device: DeviceCPU}
 	if cfg.Device != DeviceCPU {
 		if err := e.probeCUDA(); err != nil {
+			err = e.explainNoCUDA(err)
 			if cfg.Device == DeviceCUDA {
 				Release()
 				return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
@@ -119,6 +120,21 @@ func (e *Engine) probeCUDA() error {
 		return err
 	}
 	return s.Destroy()
+}
+
+// explainNoCUDA adds what the CUDA provider library beside the core
+// library says when loaded, which names the missing piece (a CUDA library,
+// the driver) better than the core library's "not enabled in this build".
+func (e *Engine) explainNoCUDA(err error) error {
+	provider := filepath.Join(filepath.Dir(e.library), "libonnxruntime_providers_cuda.so")
+	if _, serr := os.Stat(provider); serr != nil {
+		return err
+	}
+	if rerr := ort.RegisterExecutionProviderLibrary("shoal-cuda-probe", provider); rerr != nil {
+		return fmt.Errorf("%v; the CUDA provider beside it does not load: %v", err, rerr)
+	}
+	ort.UnregisterExecutionProviderLibrary("shoal-cuda-probe")
+	return fmt.Errorf("%v; the CUDA provider beside it loads as a plugin, which onnxruntime_go v1.27 cannot select (it wraps no EP-device API): use an onnxruntime build with CUDA enabled in the core library", err)
 }
 
 func (e *Engine) appendCUDA(opts *ort.SessionOptions) error {

@@ -36,13 +36,13 @@ func FindLibrary(explicit string) (string, error) {
 		if _, err := os.Stat(explicit); err != nil {
 			return "", fmt.Errorf("%w: %s: %v", ErrNoLibrary, explicit, err)
 		}
-		return explicit, nil
+		return filepath.Abs(explicit)
 	}
 	if env := os.Getenv(LibraryEnv); env != "" {
 		if _, err := os.Stat(env); err != nil {
 			return "", fmt.Errorf("%w: $%s=%s: %v", ErrNoLibrary, LibraryEnv, env, err)
 		}
-		return env, nil
+		return filepath.Abs(env)
 	}
 	var tried []string
 	candidates := []string{DefaultLibraryPath}

@@ -59,7 +59,8 @@ func TestFindLibrary(t *testing.T) {
 	}
 	lib := repoLibrary(t)
 	t.Setenv(LibraryEnv, lib)
-	if got, err := FindLibrary(""); err != nil || got != lib {
+	want, _ := filepath.Abs(lib)
+	if got, err := FindLibrary(""); err != nil || got != want {
 		t.Errorf("FindLibrary via env = %q, %v", got, err)
 	}
 }
