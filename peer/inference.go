@@ -380,7 +380,17 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer cancel()
-	body, err := io.ReadAll(r.Body)
+	// Request bodies are the bulk of an inference's garbage; they are
+	// read into pooled buffers, sized by Content-Length when there is one.
+	// Decoded inputs alias the buffer, so it goes back only once the
+	// response is written.
+	bufp := bodyPool.Get().(*[]byte)
+	defer func() {
+		if cap(*bufp) <= maxPooledBody {
+			bodyPool.Put(bufp)
+		}
+	}()
+	body, err := readBody(r, bufp)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -476,6 +486,33 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 	}
 	outcome = "ok"
 	writeInferResponse(w, resp, req)
+}
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// maxPooledBody keeps rare huge buffers out of the pool.
+const maxPooledBody = 8 << 20
+
+func readBody(r *http.Request, bufp *[]byte) ([]byte, error) {
+	buf := (*bufp)[:0]
+	if n := r.ContentLength; n > 0 && n <= MaxInferBodyBytes && int64(cap(buf)) < n+1 {
+		buf = make([]byte, 0, n+1)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		m, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			*bufp = buf
+			return buf, nil
+		}
+		if err != nil {
+			*bufp = buf
+			return nil, err
+		}
+	}
 }
 
 // writeInferResponse writes JSON, or JSON plus binary outputs when the

@@ -252,9 +252,10 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 	fmt.Fprintf(&b, "Measured %s on %s, CPU execution provider, onnxruntime %s, %s and no spinning for both.\n", time.Now().UTC().Format("2006-01-02"), machine(), ort.GetVersion(), threadsDesc)
 	fmt.Fprintf(&b, "%d sequential requests per row over loopback with keep-alive, result cache off. *Bare* is `DynamicAdvancedSession.Run`\n", iters)
 	fmt.Fprintf(&b, "with a preallocated input; the HTTP rows include request decoding, validation, the run, and the response. JSON\n")
-	fmt.Fprintf(&b, "rows send tensors as JSON numbers; binary rows use the binary tensor data extension.\n\n")
-	fmt.Fprintln(&b, "| model, input | bare p50 | bare p99 | HTTP JSON p50 | p99 | overhead p50 | HTTP binary p50 | p99 | overhead p50 |")
-	fmt.Fprintln(&b, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(&b, "rows send tensors as JSON numbers; binary rows use the binary tensor data extension. *Handler* calls the peer's\n")
+	fmt.Fprintf(&b, "HTTP handler in-process (routing, consistency checks, decoding, validation, run, response; no sockets, no client).\n\n")
+	fmt.Fprintln(&b, "| model, input | bare p50 | bare p99 | HTTP JSON p50 | p99 | overhead p50 | HTTP binary p50 | p99 | overhead p50 | handler binary p50 | p99 | overhead p50 |")
+	fmt.Fprintln(&b, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, bm := range benchModels {
 		fmt.Fprintf(os.Stderr, "measuring inference overhead, %s...\n", bm.name)
 		bare, err := bareRun(bm, iters, threads)
@@ -271,11 +272,16 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 		if err != nil {
 			return err
 		}
+		inproc, err := handlerLatencies(n, "/v2/models/"+bm.name+"/infer", body, hl, iters)
+		if err != nil {
+			return err
+		}
 		ov := func(l latencies) string {
 			return fmt.Sprintf("%+.0f %%", 100*(float64(l.pct(0.5))-float64(bare.pct(0.5)))/float64(bare.pct(0.5)))
 		}
-		fmt.Fprintf(&b, "| %s %v | %s | %s | %s | %s | %s | %s | %s | %s |\n", bm.name, bm.shape,
-			us(bare.pct(0.5)), us(bare.pct(0.99)), us(js.pct(0.5)), us(js.pct(0.99)), ov(js), us(bin.pct(0.5)), us(bin.pct(0.99)), ov(bin))
+		fmt.Fprintf(&b, "| %s %v | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", bm.name, bm.shape,
+			us(bare.pct(0.5)), us(bare.pct(0.99)), us(js.pct(0.5)), us(js.pct(0.99)), ov(js), us(bin.pct(0.5)), us(bin.pct(0.99)), ov(bin),
+			us(inproc.pct(0.5)), us(inproc.pct(0.99)), ov(inproc))
 	}
 
 	fmt.Fprintf(&b, "\nThroughput, requests per second over %s per row (binary requests, cache off):\n\n", tput)
@@ -347,6 +353,26 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 		return writeSection(out, fmt.Sprintf("inference-threads-%d", threads), b.String())
 	}
 	return nil
+}
+
+func handlerLatencies(n *peer.Node, path string, body []byte, headerLen, iters int) (latencies, error) {
+	h := n.Handler()
+	var lat latencies
+	for i := 0; i < iters+20; i++ {
+		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		req.Header.Set(inference.HeaderInferenceHeaderLength, fmt.Sprint(headerLen))
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		h.ServeHTTP(rec, req)
+		el := time.Since(start)
+		if rec.Code != 200 {
+			return nil, fmt.Errorf("%s: %d %s", path, rec.Code, rec.Body.Bytes())
+		}
+		if i >= 20 {
+			lat = append(lat, el)
+		}
+	}
+	return lat, nil
 }
 
 func cacheHitsBinary(n *peer.Node, path string, body []byte, headerLen, iters int) (latencies, error) {
