@@ -315,6 +315,85 @@ func (r *Replica) Put(ctx context.Context, key, kind string, body any) (Write, e
 	return r.written(ctx, rec.HLC), nil
 }
 
+// Op is one write of a PutBatch: a record of Kind with Body under Key, or
+// a delete of Key when Delete is set.
+type Op struct {
+	Key    string
+	Kind   string
+	Body   any
+	Delete bool
+}
+
+// maxBatchBytes keeps one batch's delta well under go-ds-crdt's 1 MiB
+// MaxBatchDeltaSize (which it checks only after the fact) and bitswap's
+// 2 MiB block limit.
+const maxBatchBytes = 512 << 10
+
+// PutBatch applies ops as few deltas as their size allows (one Merkle-DAG
+// node per ~512 KiB instead of one per record): bulk ingest replicates in
+// a handful of broadcasts. Deletes of keys this replica has never seen are
+// skipped, as in Delete. The returned Write covers every op.
+func (r *Replica) PutBatch(ctx context.Context, ops []Op) (Write, error) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	var last HLC
+	b, err := r.ds.Batch(ctx)
+	if err != nil {
+		return Write{}, fmt.Errorf("crdt batch: %w", err)
+	}
+	size := 0
+	for _, op := range ops {
+		if err := checkKey(op.Key); err != nil {
+			return Write{}, err
+		}
+		if op.Delete {
+			ok, err := r.ds.Has(ctx, ds.NewKey(op.Key))
+			if err != nil {
+				return Write{}, fmt.Errorf("crdt has %s: %w", op.Key, err)
+			}
+			if !ok {
+				continue
+			}
+			last = r.clock.Now()
+			if err := b.Delete(ctx, ds.NewKey(op.Key)); err != nil {
+				return Write{}, fmt.Errorf("crdt delete %s: %w", op.Key, err)
+			}
+			size += len(op.Key) + 64
+		} else {
+			raw, err := json.Marshal(op.Body)
+			if err != nil {
+				return Write{}, fmt.Errorf("encode %s body: %w", op.Kind, err)
+			}
+			rec := Record{V: RecordVersion, Kind: op.Kind, HLC: r.clock.Now(), Writer: r.cfg.Self.String(), Body: raw}
+			last = rec.HLC
+			val, err := rec.Encode()
+			if err != nil {
+				return Write{}, err
+			}
+			if err := b.Put(ctx, ds.NewKey(op.Key), val); err != nil {
+				return Write{}, fmt.Errorf("crdt put %s: %w", op.Key, err)
+			}
+			size += len(op.Key) + len(val)
+		}
+		if size >= maxBatchBytes {
+			if err := b.Commit(ctx); err != nil {
+				return Write{}, fmt.Errorf("crdt commit: %w", err)
+			}
+			if b, err = r.ds.Batch(ctx); err != nil {
+				return Write{}, fmt.Errorf("crdt batch: %w", err)
+			}
+			size = 0
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return Write{}, fmt.Errorf("crdt commit: %w", err)
+	}
+	if last.IsZero() {
+		last = r.clock.Now()
+	}
+	return r.written(ctx, last), nil
+}
+
 // Delete removes key. Deleting a key this replica has never seen is
 // ErrNotFound: go-ds-crdt would silently publish nothing (#62).
 func (r *Replica) Delete(ctx context.Context, key string) (Write, error) {

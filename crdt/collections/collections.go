@@ -1,0 +1,328 @@
+// Package collections is the replicated state of retrieval (design §1, §5):
+// collection specs at /shoal/rag/<collection> and documents at
+// /shoal/rag/<collection>/docs/<id>, as typed, versioned records on the
+// peer's Merkle-CRDT.
+//
+// A document carries its text, its metadata and the embedding computed by
+// the peer that ingested it, tagged with the embedder's model@version, so
+// no other peer ever embeds it again: retrieval on every peer works from
+// replicated vectors. Concurrent writes of one document converge by the
+// CRDT's deterministic rule (every peer keeps the same value); deletes are
+// add-wins against a concurrent update, as everywhere in go-ds-crdt.
+package collections
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"strings"
+
+	"github.com/shoal-mesh/shoal/crdt"
+)
+
+// Record kinds.
+const (
+	KindSpec = "rag.collection"
+	KindDoc  = "rag.doc"
+)
+
+// Prefix is where retrieval state lives.
+const Prefix = "/shoal/rag"
+
+// Limits that keep records small (go-ds-crdt keeps every version of a
+// record forever; see docs/architecture.md).
+const (
+	MaxTextBytes     = 64 << 10
+	MaxMetadataBytes = 8 << 10
+	MaxDimension     = 4096
+)
+
+// Metrics.
+const (
+	MetricCosine = "cosine"
+	MetricDot    = "dot"
+	MetricL2     = "l2"
+)
+
+// Sentinel errors.
+var (
+	ErrBadName      = errors.New("bad collection name or document id")
+	ErrBadSpec      = errors.New("bad collection spec")
+	ErrBadDoc       = errors.New("bad document")
+	ErrUnknown      = errors.New("unknown collection")
+	ErrUnknownDoc   = errors.New("unknown document")
+	ErrExists       = errors.New("collection exists with another spec")
+	ErrDimension    = errors.New("vector dimension does not match the collection")
+	ErrTooLarge     = errors.New("document too large")
+	ErrEmptyText    = errors.New("document text is empty")
+	ErrBadEmbedder  = errors.New("bad embedder reference")
+	ErrBadMetric    = errors.New("unknown metric")
+	ErrNonFinite    = errors.New("vector has NaN or infinite components")
+	ErrZeroVector   = errors.New("vector is all zeros")
+	ErrBadRecordKey = errors.New("key is not a retrieval record")
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// CheckName validates a collection name or document id (key segments).
+func CheckName(kind, s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%w: %s %q: use letters, digits, '.', '_' and '-' (at most 128)", ErrBadName, kind, s)
+	}
+	return nil
+}
+
+// Spec is a collection: which embedder makes its vectors, their dimension
+// and the metric queries rank by.
+type Spec struct {
+	Name      string   `json:"name"`
+	Embedder  string   `json:"embedder"` // model@version
+	Dimension int      `json:"dimension"`
+	Metric    string   `json:"metric"`
+	HLC       crdt.HLC `json:"hlc"`
+}
+
+// Validate checks a spec.
+func (s *Spec) Validate() error {
+	if err := CheckName("collection", s.Name); err != nil {
+		return err
+	}
+	if _, _, err := SplitRef(s.Embedder); err != nil {
+		return err
+	}
+	if s.Dimension <= 0 || s.Dimension > MaxDimension {
+		return fmt.Errorf("%w: dimension %d: must be 1..%d", ErrBadSpec, s.Dimension, MaxDimension)
+	}
+	if s.Metric == "" {
+		s.Metric = MetricCosine
+	}
+	switch s.Metric {
+	case MetricCosine, MetricDot, MetricL2:
+	default:
+		return fmt.Errorf("%w %q: use cosine, dot or l2", ErrBadMetric, s.Metric)
+	}
+	return nil
+}
+
+// SplitRef splits model@version.
+func SplitRef(ref string) (model, version string, err error) {
+	m, v, ok := strings.Cut(ref, "@")
+	if !ok || !nameRE.MatchString(m) || !nameRE.MatchString(v) {
+		return "", "", fmt.Errorf("%w %q: use model@version", ErrBadEmbedder, ref)
+	}
+	return m, v, nil
+}
+
+// Doc is one document.
+type Doc struct {
+	ID       string            `json:"id"`
+	Text     string            `json:"text"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	// Vector is little-endian float32, base64: a third of the JSON size of
+	// a number list, and exact.
+	Vector   string   `json:"vector"`
+	Embedder string   `json:"embedder"` // model@version that made Vector; "client" when supplied by the writer
+	HLC      crdt.HLC `json:"hlc"`
+}
+
+// EncodeVector renders a vector for Doc.Vector.
+func EncodeVector(v []float32) string {
+	b := make([]byte, 4*len(v))
+	for i, f := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(f))
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// DecodeVector parses Doc.Vector.
+func DecodeVector(s string) ([]float32, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(b)%4 != 0 {
+		return nil, fmt.Errorf("%w: vector encoding", ErrBadDoc)
+	}
+	v := make([]float32, len(b)/4)
+	for i := range v {
+		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return v, nil
+}
+
+// CheckVector validates a vector for a collection of dimension dim.
+func CheckVector(v []float32, dim int) error {
+	if len(v) != dim {
+		return fmt.Errorf("%w: %d components, the collection has dimension %d", ErrDimension, len(v), dim)
+	}
+	zero := true
+	for _, f := range v {
+		if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+			return ErrNonFinite
+		}
+		if f != 0 {
+			zero = false
+		}
+	}
+	if zero {
+		return ErrZeroVector
+	}
+	return nil
+}
+
+// CheckDoc validates a document's id, text and metadata.
+func CheckDoc(id, text string, metadata map[string]string) error {
+	if err := CheckName("document id", id); err != nil {
+		return err
+	}
+	if strings.TrimSpace(text) == "" {
+		return fmt.Errorf("%w: %s", ErrEmptyText, id)
+	}
+	if len(text) > MaxTextBytes {
+		return fmt.Errorf("%w: %s: text is %d bytes, at most %d", ErrTooLarge, id, len(text), MaxTextBytes)
+	}
+	n := 0
+	for k, v := range metadata {
+		n += len(k) + len(v)
+	}
+	if n > MaxMetadataBytes {
+		return fmt.Errorf("%w: %s: metadata is %d bytes, at most %d", ErrTooLarge, id, n, MaxMetadataBytes)
+	}
+	return nil
+}
+
+// SpecKey and DocKey are the records' keys.
+func SpecKey(c string) string       { return Prefix + "/" + c }
+func DocKey(c, id string) string    { return Prefix + "/" + c + "/docs/" + id }
+func docsPrefix(c string) string    { return Prefix + "/" + c + "/docs/" }
+func isSpecKey(parts []string) bool { return len(parts) == 1 }
+
+// ParseKey tells a spec key (id == "") from a document key.
+func ParseKey(key string) (collection, id string, err error) {
+	rest, ok := strings.CutPrefix(key, Prefix+"/")
+	if !ok {
+		return "", "", ErrBadRecordKey
+	}
+	parts := strings.Split(rest, "/")
+	switch {
+	case isSpecKey(parts):
+		return parts[0], "", nil
+	case len(parts) == 3 && parts[1] == "docs":
+		return parts[0], parts[2], nil
+	}
+	return "", "", ErrBadRecordKey
+}
+
+// Store reads and writes retrieval records on a replica.
+type Store struct{ r *crdt.Replica }
+
+// NewStore wraps a replica.
+func NewStore(r *crdt.Replica) *Store { return &Store{r: r} }
+
+// CreateCollection writes a spec. Creating an existing collection with the
+// same embedder, dimension and metric is a no-op; with another one it is
+// ErrExists.
+func (s *Store) CreateCollection(ctx context.Context, spec Spec) (Spec, crdt.Write, error) {
+	if err := spec.Validate(); err != nil {
+		return spec, crdt.Write{}, err
+	}
+	if old, err := s.Collection(ctx, spec.Name); err == nil {
+		if old.Embedder == spec.Embedder && old.Dimension == spec.Dimension && old.Metric == spec.Metric {
+			return old, crdt.Write{HLC: old.HLC}, nil
+		}
+		return old, crdt.Write{}, fmt.Errorf("%w: %s uses %s, dimension %d, %s", ErrExists, old.Name, old.Embedder, old.Dimension, old.Metric)
+	}
+	spec.HLC = s.r.Clock().Now()
+	w, err := s.r.Put(ctx, SpecKey(spec.Name), KindSpec, spec)
+	return spec, w, err
+}
+
+// Collection reads one spec.
+func (s *Store) Collection(ctx context.Context, name string) (Spec, error) {
+	if err := CheckName("collection", name); err != nil {
+		return Spec{}, err
+	}
+	rec, err := s.r.Get(ctx, SpecKey(name))
+	if errors.Is(err, crdt.ErrNotFound) {
+		return Spec{}, fmt.Errorf("%w: %s", ErrUnknown, name)
+	}
+	if err != nil {
+		return Spec{}, err
+	}
+	var spec Spec
+	if rec.Kind != KindSpec {
+		return Spec{}, fmt.Errorf("%w: %s", ErrUnknown, name)
+	}
+	return spec, rec.DecodeBody(&spec)
+}
+
+// Collections lists every spec.
+func (s *Store) Collections(ctx context.Context) ([]Spec, error) {
+	entries, err := s.r.List(ctx, Prefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []Spec
+	for _, e := range entries {
+		if e.Record.Kind != KindSpec {
+			continue
+		}
+		var spec Spec
+		if e.Record.DecodeBody(&spec) == nil {
+			out = append(out, spec)
+		}
+	}
+	return out, nil
+}
+
+// PutDocs writes documents (already validated and embedded) in batches.
+func (s *Store) PutDocs(ctx context.Context, collection string, docs []Doc) (crdt.Write, error) {
+	ops := make([]crdt.Op, len(docs))
+	for i, d := range docs {
+		d.HLC = s.r.Clock().Now()
+		ops[i] = crdt.Op{Key: DocKey(collection, d.ID), Kind: KindDoc, Body: d}
+	}
+	return s.r.PutBatch(ctx, ops)
+}
+
+// DeleteDoc deletes one document; ErrUnknownDoc if this peer has not seen it.
+func (s *Store) DeleteDoc(ctx context.Context, collection, id string) (crdt.Write, error) {
+	w, err := s.r.Delete(ctx, DocKey(collection, id))
+	if errors.Is(err, crdt.ErrNotFound) {
+		return w, fmt.Errorf("%w: %s/%s", ErrUnknownDoc, collection, id)
+	}
+	return w, err
+}
+
+// Doc reads one document.
+func (s *Store) Doc(ctx context.Context, collection, id string) (Doc, error) {
+	rec, err := s.r.Get(ctx, DocKey(collection, id))
+	if errors.Is(err, crdt.ErrNotFound) {
+		return Doc{}, fmt.Errorf("%w: %s/%s", ErrUnknownDoc, collection, id)
+	}
+	if err != nil {
+		return Doc{}, err
+	}
+	var d Doc
+	return d, rec.DecodeBody(&d)
+}
+
+// Docs lists a collection's documents (for index rebuilds).
+func (s *Store) Docs(ctx context.Context, collection string) ([]Doc, error) {
+	entries, err := s.r.List(ctx, docsPrefix(collection))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Doc, 0, len(entries))
+	for _, e := range entries {
+		if e.Record.Kind != KindDoc {
+			continue
+		}
+		var d Doc
+		if e.Record.DecodeBody(&d) == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,146 @@
+package rag
+
+import (
+	"fmt"
+	"math/rand"
+	"sync"
+	"testing"
+)
+
+// clustered returns n vectors of dim components around 32 random centres.
+func clustered(n, dim int, seed int64) [][]float32 {
+	r := rand.New(rand.NewSource(seed))
+	centres := make([][]float32, 32)
+	for i := range centres {
+		centres[i] = make([]float32, dim)
+		for j := range centres[i] {
+			centres[i][j] = float32(r.NormFloat64())
+		}
+	}
+	out := make([][]float32, n)
+	for i := range out {
+		c := centres[r.Intn(len(centres))]
+		out[i] = make([]float32, dim)
+		for j := range out[i] {
+			out[i][j] = c[j] + 0.35*float32(r.NormFloat64())
+		}
+	}
+	return out
+}
+
+func recall(t *testing.T, x *Index, queries [][]float32, k int) float64 {
+	t.Helper()
+	found, total := 0, 0
+	for _, q := range queries {
+		want := map[string]bool{}
+		for _, h := range x.Exact(q, k) {
+			want[h.ID] = true
+		}
+		got, err := x.Search(q, k, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range got {
+			if want[h.ID] {
+				found++
+			}
+		}
+		total += k
+	}
+	return float64(found) / float64(total)
+}
+
+func TestIndexRecallUpdatesAndDeletes(t *testing.T) {
+	for _, metric := range []string{"cosine", "dot", "l2"} {
+		t.Run(metric, func(t *testing.T) {
+			all := clustered(3100, 48, 7)
+			vecs, queries := all[:3000], all[3000:]
+			x := NewIndex(48, metric)
+			for i, v := range vecs {
+				if err := x.Upsert(fmt.Sprintf("d%05d", i), v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if r := recall(t, x, queries, 10); r < 0.93 {
+				t.Errorf("recall@10 %.3f < 0.93", r)
+			}
+			// The nearest neighbour of a stored vector is itself.
+			hits, _ := x.Search(vecs[42], 1, nil)
+			if len(hits) != 1 || hits[0].ID != "d00042" {
+				t.Errorf("self search: %+v", hits)
+			}
+			// Update moves a document; delete removes it.
+			x.Upsert("d00042", queries[0])
+			if metric != "dot" { // by dot product a longer vector can beat the query itself
+				if hits, _ := x.Search(queries[0], 1, nil); hits[0].ID != "d00042" {
+					t.Errorf("updated vector not found: %+v", hits)
+				}
+			}
+			for i := 0; i < 1000; i++ {
+				x.Delete(fmt.Sprintf("d%05d", i))
+			}
+			if x.Len() != 2000 {
+				t.Errorf("len %d", x.Len())
+			}
+			for _, q := range queries[:20] {
+				hits, _ := x.Search(q, 10, nil)
+				for _, h := range hits {
+					var n int
+					fmt.Sscanf(h.ID, "d%05d", &n)
+					if n < 1000 {
+						t.Fatalf("deleted %s returned", h.ID)
+					}
+				}
+			}
+			if r := recall(t, x, queries, 10); r < 0.93 {
+				t.Errorf("recall@10 after deletes %.3f < 0.93", r)
+			}
+			// Filters are exact.
+			hits, _ = x.Search(queries[1], 5, func(id string) bool { return id[len(id)-1] == '7' })
+			for _, h := range hits {
+				if h.ID[len(h.ID)-1] != '7' {
+					t.Errorf("filter let %s through", h.ID)
+				}
+			}
+			if len(hits) != 5 {
+				t.Errorf("%d filtered hits", len(hits))
+			}
+			if _, err := x.Search(make([]float32, 3), 1, nil); err == nil {
+				t.Error("wrong query dimension accepted")
+			}
+		})
+	}
+}
+
+func TestIndexConcurrentUse(t *testing.T) {
+	vecs := clustered(3000, 16, 3)
+	x := NewIndex(16, "cosine")
+	x.ExactBelow = 100
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < len(vecs); i += 4 {
+				x.Upsert(fmt.Sprintf("d%d", i%500), vecs[i])
+				if i%7 == 0 {
+					x.Delete(fmt.Sprintf("d%d", (i+3)%500))
+				}
+				if _, err := x.Search(vecs[i], 5, nil); err != nil {
+					t.Error(err)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	if x.Len() > 500 {
+		t.Errorf("len %d > 500 distinct ids", x.Len())
+	}
+	for id, v := range x.vectors {
+		hits, _ := x.Search(v, 1, nil)
+		if len(hits) == 0 || hits[0].Score < 0.999 {
+			t.Errorf("%s: self search %+v", id, hits)
+			break
+		}
+	}
+}
