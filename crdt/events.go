@@ -3,6 +3,7 @@ package crdt
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	ds "github.com/ipfs/go-datastore"
 )
@@ -13,6 +14,7 @@ type rawEvent struct {
 	typ   EventType
 	key   string
 	value []byte
+	seq   uint64
 }
 
 // eventQueue is an unbounded FIFO between the CRDT hooks (which must never
@@ -22,6 +24,7 @@ type eventQueue struct {
 	cond   *sync.Cond
 	items  []rawEvent
 	closed bool
+	seq    uint64 // events ever pushed; each event carries its number
 }
 
 func newEventQueue() *eventQueue {
@@ -33,6 +36,8 @@ func newEventQueue() *eventQueue {
 func (q *eventQueue) push(e rawEvent) {
 	q.mu.Lock()
 	if !q.closed {
+		q.seq++
+		e.seq = q.seq
 		q.items = append(q.items, e)
 		q.cond.Signal()
 	}
@@ -69,7 +74,12 @@ type Subscription struct {
 	ch     chan Event
 	done   chan struct{}
 	once   sync.Once
+	// delivered is the Seq of the last event sent on ch.
+	delivered atomic.Uint64
 }
+
+// Delivered is the Seq of the last event this subscription was sent.
+func (s *Subscription) Delivered() uint64 { return s.delivered.Load() }
 
 // C returns the channel events arrive on. It is never closed: select on
 // Done (or your own context) as well.
@@ -126,13 +136,14 @@ func (r *Replica) dispatch() {
 		if !ok {
 			return
 		}
-		ev := Event{Type: raw.typ, Key: raw.key}
+		ev := Event{Type: raw.typ, Key: raw.key, Seq: raw.seq}
 		switch raw.typ {
 		case EventPut:
 			rec, err := DecodeRecord(raw.value)
 			if err != nil {
 				r.count(func(c *Counters) { c.BadRecords++ })
 				r.log.Warn("ignoring undecodable record", "key", raw.key, "err", err)
+				r.dispatched.Store(raw.seq)
 				continue
 			}
 			r.clock.Observe(rec.HLC, r.cfg.MaxClockSkew)
@@ -162,9 +173,24 @@ func (r *Replica) deliver(ev Event) {
 	for _, s := range targets {
 		select {
 		case s.ch <- ev:
+			s.delivered.Store(ev.Seq)
 		case <-s.done:
 		case <-r.ctx.Done():
 			return
 		}
 	}
+	r.dispatched.Store(ev.Seq)
 }
+
+// EventSeq is the number of state changes queued so far: every change
+// a caller has observed (a local write, a WaitFor that returned) has a Seq
+// at most this.
+func (r *Replica) EventSeq() uint64 {
+	r.queue.mu.Lock()
+	defer r.queue.mu.Unlock()
+	return r.queue.seq
+}
+
+// Dispatched is the Seq of the last event handed to every subscriber it
+// concerned (or skipped by all).
+func (r *Replica) Dispatched() uint64 { return r.dispatched.Load() }

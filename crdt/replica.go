@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	dshelp "github.com/ipfs/boxo/datastore/dshelp"
@@ -163,6 +164,9 @@ type Event struct {
 	Type   EventType
 	Key    string
 	Record Record // zero for EventDelete
+	// Seq numbers the replica's state changes in the order they were
+	// applied (see EventSeq, Dispatched).
+	Seq uint64
 }
 
 // Write describes an acknowledged local write: the HLC it was stamped with,
@@ -209,6 +213,8 @@ type Replica struct {
 	subMu sync.Mutex
 	subs  map[*Subscription]struct{}
 	queue *eventQueue
+	// dispatched is the Seq of the last event fully dispatched.
+	dispatched atomic.Uint64
 
 	cntMu    sync.Mutex
 	counters Counters

@@ -141,6 +141,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/models/{model}/versions/{version}/artifact", n.handleArtifact)
 	mux.HandleFunc("POST /v1/cache/flush", n.handleCacheFlush)
 	n.routesV2(mux)
+	n.routesRAG(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -189,6 +190,8 @@ func (n *Node) middleware(next http.Handler) http.Handler {
 			limit = MaxArtifactBytes
 		case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/v2/models/"):
 			limit = MaxInferBodyBytes
+		case strings.HasPrefix(r.URL.Path, "/v1/collections/") && r.Method != http.MethodGet:
+			limit = MaxRAGBody
 		}
 		r.Body = http.MaxBytesReader(rec, r.Body, limit)
 		rec.Header().Set(HeaderStaleness, FormatStaleness(n.replica.Staleness()))

@@ -58,6 +58,9 @@ type Config struct {
 	// DefaultModel, when set, is published and activated once this peer
 	// has synced with the mesh, unless the mesh already has that model.
 	DefaultModel *DefaultModel
+	// DemoRAG, when set, publishes an embedder and its tokenizer and fills
+	// a small collection, unless the mesh already has that collection.
+	DemoRAG *DemoRAG
 	// NoSync turns off fsync on every write (tests and benchmarks only: an
 	// acknowledged write can be lost on power failure).
 	NoSync bool

@@ -3,7 +3,9 @@ package peer
 import (
 	"context"
 	"errors"
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -11,6 +13,7 @@ import (
 
 	cid "github.com/ipfs/go-cid"
 
+	"github.com/shoal-mesh/shoal/crdt/collections"
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/store/artifacts"
@@ -279,25 +282,38 @@ func (l *lifecycle) gc(ctx context.Context) error {
 	return err
 }
 
-// DefaultModel is a model a peer publishes and activates by itself when
+// DefaultModel is a model a peer publishes (and activates) by itself when
 // the mesh has none of that name: the out-of-the-box demo that makes a
 // fresh `shoal run` answer inference requests.
 type DefaultModel struct {
 	Name    string
 	Version string
-	Path    string // ONNX file
+	Path    string // the artifact, or
+	Data    []byte // its bytes
+	// MediaType defaults to models.MediaTypeONNX.
+	MediaType string
+	// NoActivate publishes without activating (companion artifacts).
+	NoActivate bool
 }
 
-// publishDefault waits for the first sync with the mesh (a new peer must
-// not re-activate the default over a fleet that moved on), then publishes
-// and activates d if no version of d.Name is known.
-func (n *Node) publishDefault(ctx context.Context, d DefaultModel) {
+// DemoRAG is the retrieval demo a fresh peer sets up: an embedder with its
+// tokenizer and a small collection, unless the mesh already has them.
+type DemoRAG struct {
+	Embedder   DefaultModel
+	Tokenizer  DefaultModel
+	Collection string
+	Docs       []DocRequest
+}
+
+// waitSynced waits (bounded) for the first sync with the mesh: a new peer
+// must not publish defaults over a fleet that already moved on.
+func (n *Node) waitSynced(ctx context.Context) {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		st := n.replica.Staleness()
 		connected := len(n.host.Network().Peers()) > 0
 		if time.Since(n.started) > 3*time.Second && !connected {
-			break // alone: nothing to sync with
+			return // alone: nothing to sync with
 		}
 		reachable := 0
 		for _, p := range st.Peers {
@@ -306,7 +322,7 @@ func (n *Node) publishDefault(ctx context.Context, d DefaultModel) {
 			}
 		}
 		if connected && reachable > 0 && st.Seconds < 2 {
-			break
+			return
 		}
 		select {
 		case <-ctx.Done():
@@ -314,33 +330,88 @@ func (n *Node) publishDefault(ctx context.Context, d DefaultModel) {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// publishDefault publishes (and activates) d unless the mesh knows a
+// version of d.Name. It reports whether d is now available.
+func (n *Node) publishDefault(ctx context.Context, d DefaultModel) bool {
 	if st, err := n.registry.State(ctx, d.Name); err == nil && len(st.Versions) > 0 {
 		n.log.Info("default model already in the mesh; not publishing it", "model", d.Name)
-		return
+		return true
 	}
-	f, err := os.Open(d.Path)
+	var r io.Reader = bytes.NewReader(d.Data)
+	if d.Path != "" {
+		f, err := os.Open(d.Path)
+		if err != nil {
+			n.log.Warn("default model unavailable", "path", d.Path, "err", err)
+			return false
+		}
+		defer f.Close()
+		r = f
+	}
+	if d.MediaType == "" {
+		d.MediaType = models.MediaTypeONNX
+	}
+	c, sum, size, err := n.artifacts.Import(ctx, r)
 	if err != nil {
-		n.log.Warn("default model unavailable", "path", d.Path, "err", err)
-		return
+		n.log.Error("default model import failed", "model", d.Name, "err", err)
+		return false
 	}
-	defer f.Close()
-	c, sum, size, err := n.artifacts.Import(ctx, f)
-	if err != nil {
-		n.log.Error("default model import failed", "path", d.Path, "err", err)
-		return
-	}
-	m, _, err := n.registry.Publish(ctx, models.Manifest{Model: d.Name, Version: d.Version, CID: c.String(), SHA256: sum, Size: size, MediaType: models.MediaTypeONNX})
+	m, _, err := n.registry.Publish(ctx, models.Manifest{Model: d.Name, Version: d.Version, CID: c.String(), SHA256: sum, Size: size, MediaType: d.MediaType})
 	if err != nil {
 		n.log.Error("default model publish failed", "model", d.Name, "err", err)
-		return
+		return false
 	}
 	if err := n.artifacts.MarkVerified(ctx, artifacts.Spec{Ref: m.Ref(), CID: c, SHA256: sum, Size: size}); err != nil {
 		n.log.Error("default model import failed", "model", d.Name, "err", err)
+		return false
+	}
+	if !d.NoActivate {
+		if _, _, err := n.registry.Activate(ctx, d.Name, d.Version); err != nil {
+			n.log.Error("default model activation failed", "model", d.Name, "err", err)
+			return false
+		}
+	}
+	n.log.Info("published the default model", "model", d.Name, "version", d.Version, "activated", !d.NoActivate)
+	return true
+}
+
+// publishDefaults sets up the configured defaults once synced.
+func (n *Node) publishDefaults(ctx context.Context) {
+	n.waitSynced(ctx)
+	if d := n.cfg.DefaultModel; d != nil {
+		n.publishDefault(ctx, *d)
+	}
+	demo := n.cfg.DemoRAG
+	if demo == nil {
 		return
 	}
-	if _, _, err := n.registry.Activate(ctx, d.Name, d.Version); err != nil {
-		n.log.Error("default model activation failed", "model", d.Name, "err", err)
+	if !n.publishDefault(ctx, demo.Embedder) || !n.publishDefault(ctx, demo.Tokenizer) {
 		return
 	}
-	n.log.Info("published and activated the default model", "model", d.Name, "version", d.Version, "path", d.Path)
+	store := n.rag.m.Store()
+	if _, err := store.Collection(ctx, demo.Collection); err == nil {
+		return
+	}
+	ref := demo.Embedder.Name + "@" + demo.Embedder.Version
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	vecs, _, _, err := n.embed(wctx, ref, []string{"dimension probe"})
+	if err != nil {
+		n.log.Error("demo collection: embedder unavailable", "embedder", ref, "err", err)
+		return
+	}
+	if _, _, err := store.CreateCollection(wctx, collections.Spec{Name: demo.Collection, Embedder: ref, Dimension: len(vecs[0]), Metric: collections.MetricCosine}); err != nil {
+		n.log.Error("demo collection", "err", err)
+		return
+	}
+	docs, err := n.prepareDocs(wctx, demo.Collection, demo.Docs)
+	if err == nil {
+		_, err = store.PutDocs(wctx, demo.Collection, docs)
+	}
+	if err != nil {
+		n.log.Error("demo collection documents", "err", err)
+		return
+	}
+	n.log.Info("created the demo collection", "collection", demo.Collection, "documents", len(docs), "embedder", ref)
 }

@@ -64,6 +64,7 @@ type Node struct {
 
 	ortVersion string
 	inf        *inferenceState
+	rag        *ragState
 
 	reg     *prometheus.Registry
 	metrics *httpMetrics
@@ -170,7 +171,10 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	changes := n.registry.Subscribe()
 	flushes := n.replica.Subscribe("/shoal/cache/", 64)
-	n.wg.Add(3)
+	n.rag = n.initRAG()
+	docs := n.rag.m.Subscribe()
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.rag.m.Run(nctx, docs) }()
 	go func() { defer n.wg.Done(); n.registry.Run(nctx) }()
 	go func() { defer n.wg.Done(); n.life.run(nctx, changes) }()
 	go func() { defer n.wg.Done(); n.followFlushes(nctx, flushes) }()
@@ -198,10 +202,9 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	n.wg.Add(1)
 	go n.redialLoop(p.bootstrap)
-	if cfg.DefaultModel != nil {
-		d := *cfg.DefaultModel
+	if cfg.DefaultModel != nil || cfg.DemoRAG != nil {
 		n.wg.Add(1)
-		go func() { defer n.wg.Done(); n.publishDefault(nctx, d) }()
+		go func() { defer n.wg.Done(); n.publishDefaults(nctx) }()
 	}
 
 	n.log.Info("peer started", "mesh", cfg.Mesh, "api", n.APIAddr(), "addrs", n.Addrs(), "data", cfg.DataDir)

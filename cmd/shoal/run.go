@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-mesh/shoal/inference"
+	"github.com/shoal-mesh/shoal/inference/onnxmodel"
 	"github.com/shoal-mesh/shoal/peer"
 	"github.com/shoal-mesh/shoal/store"
 )
@@ -48,6 +49,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	demoDef, err := envBool("DEMO_RAG", true)
+	if err != nil {
+		return usageError("%v", err)
+	}
 	ttlDef, err := time.ParseDuration(envString("CACHE_TTL", "10m"))
 	if err != nil {
 		return usageError("SHOAL_CACHE_TTL: %v", err)
@@ -69,6 +74,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		cacheMB   = fs.Int("cache-mb", cacheMBDef, "in-memory result cache size in MiB; 0 turns the cache off (env SHOAL_CACHE_MB)")
 		cacheTTL  = fs.Duration("cache-ttl", ttlDef, "how long a cached result lives (env SHOAL_CACHE_TTL)")
 		persist   = fs.Bool("cache-persist", persistDef, "keep cached results in Badger too, across restarts (env SHOAL_CACHE_PERSIST)")
+		demoRAG   = fs.Bool("demo-rag", demoDef, "publish the default embedder and a small 'demo' collection when the mesh has none (env SHOAL_DEMO_RAG)")
 		defModel  = fs.String("default-model", envString("DEFAULT_MODEL", ""), "ONNX file published and activated as model 'ocr-cls' when the mesh has none; 'none' to disable (env SHOAL_DEFAULT_MODEL; default "+inference.DefaultModelPath+")")
 	)
 	fs.Var(trust, "trust", "trusted publisher key ed25519:<hex> (see `shoal key show`), repeatable; this peer's own key is always trusted (env SHOAL_TRUST)")
@@ -105,6 +111,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			return usageError("--default-model: %v", err)
 		}
 		cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: *defModel}
+	}
+	if *demoRAG {
+		if tok, ok := inference.FindAsset(DefaultTokenizerPath); ok {
+			cfg.DemoRAG = demoRAGConfig(tok)
+		} else {
+			logger.Warn("default tokenizer not found; run `make setup` for the demo collection", "path", DefaultTokenizerPath)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -161,4 +174,40 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log format %q: use text, json or auto", format)
+}
+
+// The default embedder: a lexical hash embedder generated in-process
+// (identical bytes on every peer) with the all-MiniLM-L6-v2 tokenizer that
+// `make setup` fetches. See docs/retrieval.md for why it is not a semantic
+// model.
+const (
+	DefaultEmbedderName    = "shoal-hash-embedder"
+	DefaultEmbedderVersion = "v1"
+	DefaultTokenizerPath   = "deps/models/minilm-tokenizer.json"
+	DemoCollection         = "demo"
+)
+
+func demoRAGConfig(tokenizerPath string) *peer.DemoRAG {
+	texts := []string{
+		"Shoal peers replicate model versions over gossipsub without a leader.",
+		"Every gateway serves inference from its own GPU, or from its CPU when it has none.",
+		"A request can pin an exact model version; the peer serves exactly that artifact or says why not.",
+		"Each peer knows how stale its replicated view is and refuses reads that break the caller's bound.",
+		"Model artifacts travel peer to peer over bitswap and are verified by sha256 before they load.",
+		"A new model version is warmed up, then swapped in without dropping a single request.",
+		"Retrieval collections replicate documents together with their embeddings.",
+		"The result cache keys on the artifact's content address, so a new version never answers from old entries.",
+		"mDNS finds peers on a LAN; bootstrap peers join gateways across MEC sites.",
+		"Publishers sign manifests with ed25519 keys that every peer is configured to trust.",
+	}
+	docs := make([]peer.DocRequest, len(texts))
+	for i, t := range texts {
+		docs[i] = peer.DocRequest{ID: fmt.Sprintf("fact-%02d", i+1), Text: t, Metadata: map[string]string{"source": "shoal-readme"}}
+	}
+	return &peer.DemoRAG{
+		Embedder:   peer.DefaultModel{Name: DefaultEmbedderName, Version: DefaultEmbedderVersion, Data: onnxmodel.HashEmbedder(8192, 384, 1)},
+		Tokenizer:  peer.DefaultModel{Name: DefaultEmbedderName + peer.TokenizerSuffix, Version: DefaultEmbedderVersion, Path: tokenizerPath, MediaType: peer.MediaTypeTokenizer, NoActivate: true},
+		Collection: DemoCollection,
+		Docs:       docs,
+	}
 }

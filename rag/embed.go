@@ -1,0 +1,222 @@
+package rag
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/sugarme/tokenizer"
+	"github.com/sugarme/tokenizer/pretrained"
+
+	"github.com/shoal-mesh/shoal/inference"
+)
+
+// ErrNotEmbedder means a model does not have the interface of a text
+// embedding export.
+var ErrNotEmbedder = errors.New("not a text-embedding model")
+
+// MaxTokens is where texts are truncated (BERT-style exports take 512;
+// 256 keeps a gateway's memory and latency bounded).
+const MaxTokens = 256
+
+// Embedder turns texts into unit vectors with an ONNX text-embedding export
+// (sentence-transformers style: input_ids, attention_mask and optionally
+// token_type_ids in; token states or a pooled embedding out) and its
+// tokenizer (Hugging Face tokenizer.json, read by github.com/sugarme/tokenizer).
+// Token states are mean-pooled over the attention mask; every vector is
+// L2-normalised.
+type Embedder struct {
+	ref     string
+	idType  string // INT64 or INT32
+	inputs  map[string]bool
+	output  string
+	pooled  bool
+	dim     int
+	tokMu   sync.Mutex
+	tok     *tokenizer.Tokenizer
+	padID   int
+	special bool
+}
+
+// NewEmbedder checks that s has an embedder's interface and loads the
+// tokenizer. The session is only inspected; Embed takes one per call, so
+// hot swaps and pinned versions work as for any model.
+func NewEmbedder(ref string, s *inference.Session, tokenizerJSON []byte) (*Embedder, error) {
+	tok, err := pretrained.FromReader(bytes.NewReader(tokenizerJSON))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: tokenizer: %v", ErrNotEmbedder, ref, err)
+	}
+	e := &Embedder{ref: ref, tok: tok, inputs: map[string]bool{}, special: true}
+	for _, in := range s.Inputs() {
+		e.inputs[in.Name] = true
+		if in.Name == "input_ids" {
+			e.idType = in.Datatype
+		}
+		if len(in.Shape) != 2 {
+			return nil, fmt.Errorf("%w: %s: input %s has shape %v, want [batch, sequence]", ErrNotEmbedder, ref, in.Name, in.Shape)
+		}
+	}
+	if e.idType != "INT64" && e.idType != "INT32" {
+		return nil, fmt.Errorf("%w: %s: no INT64/INT32 input_ids input (inputs %v)", ErrNotEmbedder, ref, s.Inputs())
+	}
+	for name := range e.inputs {
+		if name != "input_ids" && name != "attention_mask" && name != "token_type_ids" {
+			return nil, fmt.Errorf("%w: %s: unexpected input %q", ErrNotEmbedder, ref, name)
+		}
+	}
+	// A pooled output ([batch, dim]) wins over token states.
+	for _, o := range s.Outputs() {
+		if o.Datatype == "FP32" && len(o.Shape) == 2 {
+			e.output, e.pooled, e.dim = o.Name, true, int(o.Shape[1])
+			break
+		}
+	}
+	if e.output == "" {
+		for _, o := range s.Outputs() {
+			if o.Datatype == "FP32" && len(o.Shape) == 3 {
+				e.output, e.dim = o.Name, int(o.Shape[2])
+				break
+			}
+		}
+	}
+	if e.output == "" {
+		return nil, fmt.Errorf("%w: %s: no FP32 output of shape [batch, dim] or [batch, sequence, dim]", ErrNotEmbedder, ref)
+	}
+	if e.dim <= 0 {
+		e.dim = 0 // learnt on the first run
+	}
+	return e, nil
+}
+
+// Ref is the embedder's model@version.
+func (e *Embedder) Ref() string { return e.ref }
+
+// Dim is the vector dimension (0 until known for models with a dynamic
+// hidden size).
+func (e *Embedder) Dim() int { return e.dim }
+
+// Embed returns one unit vector per text and the number of tokens used.
+// s must be a session of this embedder's model version, acquired.
+func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []string) ([][]float32, int, error) {
+	if len(texts) == 0 {
+		return nil, 0, nil
+	}
+	ids := make([][]int, len(texts))
+	types := make([][]int, len(texts))
+	longest, tokens := 0, 0
+	e.tokMu.Lock()
+	for i, t := range texts {
+		enc, err := e.tok.EncodeSingle(t, e.special)
+		if err != nil {
+			e.tokMu.Unlock()
+			return nil, 0, fmt.Errorf("tokenize text %d: %w", i, err)
+		}
+		ids[i], types[i] = enc.Ids, enc.TypeIds
+		// Tokenizer files may pad to a fixed length: keep only the tokens
+		// the attention mask marks (padding is re-added per batch below).
+		if len(enc.AttentionMask) == len(ids[i]) {
+			keep := 0
+			for j, m := range enc.AttentionMask {
+				if m != 0 {
+					keep = j + 1
+				}
+			}
+			ids[i], types[i] = ids[i][:keep], types[i][:min(keep, len(types[i]))]
+		}
+		if len(ids[i]) > MaxTokens {
+			// Keep the final [SEP]-like token: truncate the middle out.
+			last := ids[i][len(ids[i])-1]
+			ids[i] = append(ids[i][:MaxTokens-1:MaxTokens-1], last)
+			types[i] = types[i][:MaxTokens]
+		}
+		longest = max(longest, len(ids[i]))
+		tokens += len(ids[i])
+	}
+	e.tokMu.Unlock()
+	if longest == 0 {
+		return nil, 0, fmt.Errorf("texts produce no tokens")
+	}
+	n := len(texts) * longest
+	idData, maskData, typeData := make([]int64, n), make([]int64, n), make([]int64, n)
+	for i := range texts {
+		for j, id := range ids[i] {
+			idData[i*longest+j] = int64(id)
+			maskData[i*longest+j] = 1
+			if j < len(types[i]) {
+				typeData[i*longest+j] = int64(types[i][j])
+			}
+		}
+		for j := len(ids[i]); j < longest; j++ {
+			idData[i*longest+j] = int64(e.padID)
+		}
+	}
+	shape := []int64{int64(len(texts)), int64(longest)}
+	req := &inference.InferRequest{Outputs: []inference.RequestOutput{{Name: e.output}}}
+	add := func(name string, data []int64) {
+		if e.inputs[name] {
+			raw, _ := json.Marshal(data)
+			req.Inputs = append(req.Inputs, inference.RequestInput{Name: name, Shape: shape, Datatype: e.idType, Data: raw})
+		}
+	}
+	add("input_ids", idData)
+	add("attention_mask", maskData)
+	add("token_type_ids", typeData)
+	p, err := s.Prepare(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	outs, err := s.Run(ctx, p)
+	if err != nil {
+		return nil, 0, err
+	}
+	data, ok := outs[0].Data.([]float32)
+	if !ok {
+		return nil, 0, fmt.Errorf("%s: output %s is %T, want FP32", e.ref, e.output, outs[0].Data)
+	}
+	dim := int(outs[0].Shape[len(outs[0].Shape)-1])
+	vecs := make([][]float32, len(texts))
+	for i := range texts {
+		v := make([]float32, dim)
+		if e.pooled {
+			copy(v, data[i*dim:(i+1)*dim])
+		} else {
+			// Mean over the tokens the mask keeps.
+			count := 0
+			for j := 0; j < longest; j++ {
+				if maskData[i*longest+j] == 0 {
+					continue
+				}
+				count++
+				row := data[(i*longest+j)*dim : (i*longest+j+1)*dim]
+				for d := range v {
+					v[d] += row[d]
+				}
+			}
+			for d := range v {
+				v[d] /= float32(max(count, 1))
+			}
+		}
+		normalize(v)
+		vecs[i] = v
+	}
+	e.dim = dim
+	return vecs, tokens, nil
+}
+
+func normalize(v []float32) {
+	var s float64
+	for _, f := range v {
+		s += float64(f) * float64(f)
+	}
+	if s == 0 {
+		return
+	}
+	inv := float32(1 / math.Sqrt(s))
+	for i := range v {
+		v[i] *= inv
+	}
+}

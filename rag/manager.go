@@ -1,0 +1,336 @@
+package rag
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/crdt/collections"
+)
+
+// Manager keeps one Index per collection in step with the replicated
+// documents: it rebuilds every index from the stored records on start
+// (CRDT hooks are not replayed), then applies document events as they
+// arrive. Queries read the indexes; nothing here embeds documents — their
+// vectors come with them.
+type Manager struct {
+	store *collections.Store
+	log   *slog.Logger
+
+	mu      sync.RWMutex
+	indexes map[string]*collectionIndex
+	ready   chan struct{}
+
+	statsMu sync.Mutex
+	stats   Stats
+
+	replica *crdt.Replica
+	sub     *crdt.Subscription
+	applied atomic.Uint64 // Seq of the last event handled
+}
+
+// collectionIndex is one collection's index and the metadata filters read.
+type collectionIndex struct {
+	spec    collections.Spec
+	index   *Index
+	mu      sync.RWMutex
+	meta    map[string]map[string]string
+	updated time.Time // when the last event was applied
+	applied crdt.HLC  // newest document HLC applied
+}
+
+// Stats are the manager's counters (metrics).
+type Stats struct {
+	Applied      uint64
+	Rebuilds     uint64
+	RebuildTime  time.Duration
+	UpdateTime   time.Duration // total time applying events
+	QueryCount   uint64
+	QueryTime    time.Duration
+	BadDocuments uint64
+}
+
+// NewManager returns a manager; call Run.
+func NewManager(r *crdt.Replica, log *slog.Logger) *Manager {
+	return &Manager{store: collections.NewStore(r), replica: r, log: log, indexes: map[string]*collectionIndex{}, ready: make(chan struct{})}
+}
+
+// Store returns the collections store the manager reads.
+func (m *Manager) Store() *collections.Store { return m.store }
+
+// Subscribe creates the manager's event subscription; call it before
+// writing anything, then Run.
+func (m *Manager) Subscribe() *crdt.Subscription {
+	m.sub = m.replica.Subscribe(collections.Prefix+"/", 1024)
+	return m.sub
+}
+
+// CaughtUp waits until every state change the replica had queued when it
+// was called is reflected in the indexes: after a write, or after a
+// Shoal-After token's heads arrived, queries see those documents.
+func (m *Manager) CaughtUp(ctx context.Context) error {
+	target := m.replica.EventSeq()
+	for {
+		select {
+		case <-m.ready:
+			if m.replica.Dispatched() >= target && m.sub.Delivered() <= m.applied.Load() {
+				return nil
+			}
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the retrieval index has not caught up with the replicated state: %w", ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// Ready is closed once the start-up rebuild is done.
+func (m *Manager) Ready() <-chan struct{} { return m.ready }
+
+// Run rebuilds the indexes, then follows sub (events under
+// collections.Prefix) until ctx ends.
+func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
+	defer sub.Close()
+	start := time.Now()
+	specs, err := m.store.Collections(ctx)
+	if err != nil {
+		m.log.Error("listing collections", "err", err)
+	}
+	total := 0
+	for _, spec := range specs {
+		total += m.rebuild(ctx, spec)
+	}
+	m.statsMu.Lock()
+	m.stats.Rebuilds++
+	m.stats.RebuildTime += time.Since(start)
+	m.statsMu.Unlock()
+	if len(specs) > 0 {
+		m.log.Info("retrieval indexes built", "collections", len(specs), "documents", total, "seconds", time.Since(start).Seconds())
+	}
+	close(m.ready)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.Done():
+			return
+		case ev := <-sub.C():
+			m.apply(ctx, ev)
+			m.applied.Store(ev.Seq)
+		}
+	}
+}
+
+// rebuild loads one collection's documents into a fresh index, logging
+// progress for large ones.
+func (m *Manager) rebuild(ctx context.Context, spec collections.Spec) int {
+	ci := &collectionIndex{spec: spec, index: NewIndex(spec.Dimension, spec.Metric), meta: map[string]map[string]string{}}
+	docs, err := m.store.Docs(ctx, spec.Name)
+	if err != nil {
+		m.log.Error("reading documents", "collection", spec.Name, "err", err)
+	}
+	last := time.Now()
+	for i, d := range docs {
+		m.addDoc(ci, d)
+		if time.Since(last) > 2*time.Second {
+			last = time.Now()
+			m.log.Info("building retrieval index", "collection", spec.Name, "done", i+1, "of", len(docs))
+		}
+	}
+	ci.updated = time.Now()
+	m.mu.Lock()
+	m.indexes[spec.Name] = ci
+	m.mu.Unlock()
+	return len(docs)
+}
+
+func (m *Manager) addDoc(ci *collectionIndex, d collections.Doc) {
+	v, err := collections.DecodeVector(d.Vector)
+	if err == nil {
+		err = collections.CheckVector(v, ci.spec.Dimension)
+	}
+	if err == nil {
+		err = ci.index.Upsert(d.ID, v)
+	}
+	if err != nil {
+		m.statsMu.Lock()
+		m.stats.BadDocuments++
+		m.statsMu.Unlock()
+		m.log.Warn("document left out of the index", "collection", ci.spec.Name, "id", d.ID, "err", err)
+		return
+	}
+	ci.mu.Lock()
+	if len(d.Metadata) > 0 {
+		ci.meta[d.ID] = d.Metadata
+	} else {
+		delete(ci.meta, d.ID)
+	}
+	if ci.applied.Compare(d.HLC) < 0 {
+		ci.applied = d.HLC
+	}
+	ci.mu.Unlock()
+}
+
+func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
+	start := time.Now()
+	c, id, err := collections.ParseKey(ev.Key)
+	if err != nil {
+		return
+	}
+	if id == "" { // a collection spec
+		if ev.Type == crdt.EventPut && ev.Record.Kind == collections.KindSpec {
+			var spec collections.Spec
+			if ev.Record.DecodeBody(&spec) == nil {
+				m.mu.RLock()
+				_, known := m.indexes[c]
+				m.mu.RUnlock()
+				if !known {
+					m.rebuild(ctx, spec) // documents may have arrived first
+				}
+			}
+		}
+		return
+	}
+	m.mu.RLock()
+	ci := m.indexes[c]
+	m.mu.RUnlock()
+	if ci == nil {
+		// Documents before their collection's spec: the spec's arrival
+		// rebuilds from the stored documents.
+		return
+	}
+	switch ev.Type {
+	case crdt.EventPut:
+		var d collections.Doc
+		if ev.Record.Kind != collections.KindDoc || ev.Record.DecodeBody(&d) != nil || d.ID != id {
+			return
+		}
+		m.addDoc(ci, d)
+	case crdt.EventDelete:
+		ci.index.Delete(id)
+		ci.mu.Lock()
+		delete(ci.meta, id)
+		ci.mu.Unlock()
+	}
+	ci.mu.Lock()
+	ci.updated = time.Now()
+	ci.mu.Unlock()
+	m.statsMu.Lock()
+	m.stats.Applied++
+	m.stats.UpdateTime += time.Since(start)
+	m.statsMu.Unlock()
+}
+
+// Result is one query hit with its document.
+type Result struct {
+	ID       string            `json:"id"`
+	Score    float32           `json:"score"`
+	Text     string            `json:"text"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// Freshness describes how current a collection's index is.
+type Freshness struct {
+	Documents      int       `json:"documents"`
+	LastApplied    time.Time `json:"last_applied"`
+	NewestDocument time.Time `json:"newest_document,omitzero"`
+}
+
+// Query returns the k best documents for vector q in collection c whose
+// metadata has every key/value of filter.
+func (m *Manager) Query(ctx context.Context, c string, q []float32, k int, filter map[string]string) ([]Result, Freshness, error) {
+	start := time.Now()
+	m.mu.RLock()
+	ci := m.indexes[c]
+	m.mu.RUnlock()
+	if ci == nil {
+		return nil, Freshness{}, fmt.Errorf("%w: %s", collections.ErrUnknown, c)
+	}
+	if err := collections.CheckVector(q, ci.spec.Dimension); err != nil {
+		return nil, Freshness{}, err
+	}
+	var accept func(string) bool
+	if len(filter) > 0 {
+		accept = func(id string) bool {
+			ci.mu.RLock()
+			md := ci.meta[id]
+			ci.mu.RUnlock()
+			for k, v := range filter {
+				if md[k] != v {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	hits, err := ci.index.Search(q, k, accept)
+	if err != nil {
+		return nil, Freshness{}, err
+	}
+	out := make([]Result, 0, len(hits))
+	for _, h := range hits {
+		d, err := m.store.Doc(ctx, c, h.ID)
+		if err != nil {
+			continue // deleted between the search and the read
+		}
+		out = append(out, Result{ID: h.ID, Score: h.Score, Text: d.Text, Metadata: d.Metadata})
+	}
+	m.statsMu.Lock()
+	m.stats.QueryCount++
+	m.stats.QueryTime += time.Since(start)
+	m.statsMu.Unlock()
+	return out, m.freshness(ci), nil
+}
+
+func (m *Manager) freshness(ci *collectionIndex) Freshness {
+	ci.mu.RLock()
+	defer ci.mu.RUnlock()
+	f := Freshness{Documents: ci.index.Len(), LastApplied: ci.updated.UTC()}
+	if !ci.applied.IsZero() {
+		f.NewestDocument = ci.applied.Time().UTC()
+	}
+	return f
+}
+
+// CollectionInfo is a collection with its index's state here.
+type CollectionInfo struct {
+	collections.Spec
+	Freshness Freshness `json:"index"`
+}
+
+// Collections lists the indexed collections.
+func (m *Manager) Collections() []CollectionInfo {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]CollectionInfo, 0, len(m.indexes))
+	for _, ci := range m.indexes {
+		out = append(out, CollectionInfo{Spec: ci.spec, Freshness: m.freshness(ci)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Collection returns one collection's info.
+func (m *Manager) Collection(c string) (CollectionInfo, bool) {
+	m.mu.RLock()
+	ci := m.indexes[c]
+	m.mu.RUnlock()
+	if ci == nil {
+		return CollectionInfo{}, false
+	}
+	return CollectionInfo{Spec: ci.spec, Freshness: m.freshness(ci)}, true
+}
+
+// Stats returns the counters.
+func (m *Manager) Stats() Stats {
+	m.statsMu.Lock()
+	defer m.statsMu.Unlock()
+	return m.stats
+}
