@@ -1,9 +1,9 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"errors"
-	"bytes"
 	"fmt"
 	"io"
 	"os"
