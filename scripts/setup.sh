@@ -8,6 +8,7 @@ cd "$root"
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)   # cgo, for onnxruntime_go
 command -v npm >/dev/null || need_apt+=(npm)             # fetches the pinned onnxruntime build
+command -v node >/dev/null || need_apt+=(nodejs)         # runs the OpenAI client in the tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2
@@ -58,6 +59,29 @@ if [ ! -f "$TOK_DEST" ] || [ "$(sha256sum "$TOK_DEST" | cut -d' ' -f1)" != "$TOK
   install -m 0644 "$tok_dir/all_minilm_l6_v2/tokenizer.json" "$TOK_DEST"
   echo "installed $TOK_DEST (from $TOK_MOD, sha256 $TOK_SUM)" >&2
 fi
+
+# The official OpenAI Node client (Apache-2.0, no dependencies): an
+# independent client for /v1/embeddings in the tests. Needs node (comes with npm).
+OPENAI_TGZ=openai-5.23.2.tgz
+OPENAI_SUM=a2aa74ff8be1a80a215af201a3d2228e999464d166c1eaec2c9ca313395fbef1
+OPENAI_DIR=deps/node/openai
+if [ ! -f "$OPENAI_DIR/.sha256" ] || [ "$(cat "$OPENAI_DIR/.sha256")" != "$OPENAI_SUM" ]; then
+  mkdir -p .cache/npm
+  if [ ! -f ".cache/npm/$OPENAI_TGZ" ] || [ "$(sha256sum ".cache/npm/$OPENAI_TGZ" | cut -d' ' -f1)" != "$OPENAI_SUM" ]; then
+    echo "fetching openai@5.23.2 from the npm registry..." >&2
+    (cd .cache/npm && rm -f "$OPENAI_TGZ" && npm pack --silent openai@5.23.2 >/dev/null)
+  fi
+  got=$(sha256sum ".cache/npm/$OPENAI_TGZ" | cut -d' ' -f1)
+  if [ "$got" != "$OPENAI_SUM" ]; then
+    echo "setup: $OPENAI_TGZ has sha256 $got, expected $OPENAI_SUM: refusing it" >&2
+    exit 1
+  fi
+  rm -rf "$OPENAI_DIR" && mkdir -p "$OPENAI_DIR"
+  tar -xzf ".cache/npm/$OPENAI_TGZ" -C "$OPENAI_DIR" --strip-components=1
+  echo "$OPENAI_SUM" > "$OPENAI_DIR/.sha256"
+  echo "installed $OPENAI_DIR (openai@5.23.2, sha256 $OPENAI_SUM)" >&2
+fi
+command -v node >/dev/null || { echo "setup: node is missing (apt-get install nodejs)" >&2; exit 1; }
 
 # The ONNX project's backend test cases (Debian's libonnx-testdata, Apache-2.0):
 # one-operator models with input and expected output tensors in every datatype,

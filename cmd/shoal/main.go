@@ -53,6 +53,9 @@ Usage:
   shoal infer M[@V] --input REQUEST.json [--max-staleness 5s] [--after TOKEN]
                                   run one inference (Open Inference Protocol v2 request body)
   shoal cache flush [M]           drop cached inference results of M (or all) on every peer
+  shoal collection create C --embedder M@V | ls
+  shoal doc add C FILE... | rm C ID | query C TEXT [-k 5] [--filter key=value]
+                                  retrieval collections and their documents
   shoal key new|show [--data DIR] this peer's publisher identity (ed25519)
   shoal version                   print the version
 
@@ -81,6 +84,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdInfer(args[1:], stdout, stderr)
 	case "cache":
 		err = cmdCache(args[1:], stdout, stderr)
+	case "collection":
+		err = cmdCollection(args[1:], stdout, stderr)
+	case "doc":
+		err = cmdDoc(args[1:], stdout, stderr)
 	case "key":
 		err = cmdKey(args[1:], stdout, stderr)
 	case "version", "--version":
