@@ -81,6 +81,15 @@ var (
 	descCacheEntries  = prometheus.NewDesc("shoal_cache_entries", "Entries in the in-memory result cache.", nil, nil)
 	descCacheEvicted  = prometheus.NewDesc("shoal_cache_evictions_total", "Result-cache entries evicted to stay within the byte bound.", nil, nil)
 	descSessions      = prometheus.NewDesc("shoal_inference_sessions", "Loaded onnxruntime sessions, by model, version and role (current or pinned).", []string{"model", "version", "role"}, nil)
+	descRAGDocs       = prometheus.NewDesc("shoal_rag_documents", "Documents in a collection's local index.", []string{"collection"}, nil)
+	descRAGUpdated    = prometheus.NewDesc("shoal_rag_index_updated_timestamp_seconds", "When a collection's index last applied a change (Unix time).", []string{"collection"}, nil)
+	descRAGPending    = prometheus.NewDesc("shoal_rag_pending_events", "Replicated changes not yet applied to the retrieval indexes.", nil, nil)
+	descRAGApplied    = prometheus.NewDesc("shoal_rag_events_applied_total", "Document changes applied to the indexes.", nil, nil)
+	descRAGBuild      = prometheus.NewDesc("shoal_rag_index_build_seconds_total", "Time spent building indexes from stored documents (start-up).", nil, nil)
+	descRAGUpdate     = prometheus.NewDesc("shoal_rag_index_update_seconds_total", "Time spent applying document changes to indexes.", nil, nil)
+	descRAGQuery      = prometheus.NewDesc("shoal_rag_query_duration_seconds", "Retrieval query latency (embedding included).", nil, nil)
+	descEmbedCache    = prometheus.NewDesc("shoal_embedding_cache_requests_total", "Embedding cache lookups by result.", []string{"result"}, nil)
+	descEmbedded      = prometheus.NewDesc("shoal_embeddings_computed_total", "Texts embedded on this peer (cache misses).", nil, nil)
 	descLoadFailures  = prometheus.NewDesc("shoal_model_load_failures_total", "Verified versions that failed to load or warm up here, by model.", []string{"model"}, nil)
 )
 
@@ -92,6 +101,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
 		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
+		descRAGDocs, descRAGUpdated, descRAGPending, descRAGApplied, descRAGBuild, descRAGUpdate, descRAGQuery, descEmbedCache, descEmbedded,
 		descDevice, descInferRequests, descCacheRequests, descCacheBytes, descCacheEntries, descCacheEvicted, descSessions, descLoadFailures} {
 		ch <- d
 	}
@@ -201,6 +211,27 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descLoadFailures, v, model)
 	}
 	inf.stats.mu.Unlock()
+	if r := n.rag; r != nil {
+		for _, ci := range r.m.Collections() {
+			gauge(descRAGDocs, float64(ci.Freshness.Documents), ci.Name)
+			gauge(descRAGUpdated, float64(ci.Freshness.LastApplied.UnixNano())/1e9, ci.Name)
+		}
+		gauge(descRAGPending, float64(r.m.Pending()))
+		rs := r.m.Stats()
+		counter(descRAGApplied, rs.Applied)
+		ch <- prometheus.MustNewConstMetric(descRAGBuild, prometheus.CounterValue, rs.RebuildTime.Seconds())
+		ch <- prometheus.MustNewConstMetric(descRAGUpdate, prometheus.CounterValue, rs.UpdateTime.Seconds())
+		r.queryHist.mu.Lock()
+		buckets := map[float64]uint64{}
+		for i, b := range r.queryHist.buckets {
+			buckets[b] = r.queryHist.counts[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(descRAGQuery, r.queryHist.count, r.queryHist.sum, buckets)
+		r.queryHist.mu.Unlock()
+		counter(descEmbedCache, r.cacheHits.Load(), "hit")
+		counter(descEmbedCache, r.cacheMisses.Load(), "miss")
+		counter(descEmbedded, r.embedded.Load())
+	}
 	if inf.cache != nil {
 		cs := inf.cache.Stats()
 		gauge(descCacheBytes, float64(cs.Bytes))

@@ -60,6 +60,18 @@ func NewManager(r *crdt.Replica, log *slog.Logger) *Manager {
 	return &Manager{store: collections.NewStore(r), replica: r, log: log, indexes: map[string]*collectionIndex{}, ready: make(chan struct{})}
 }
 
+// Pending estimates the replicated changes not yet reflected in the
+// indexes: changes the replica has not dispatched yet, plus one if the
+// manager has not handled the last one it was sent.
+func (m *Manager) Pending() uint64 {
+	seq, done := m.replica.EventSeq(), m.replica.Dispatched()
+	p := seq - min(done, seq)
+	if m.sub != nil && m.sub.Delivered() > m.applied.Load() {
+		p++
+	}
+	return p
+}
+
 // Store returns the collections store the manager reads.
 func (m *Manager) Store() *collections.Store { return m.store }
 
