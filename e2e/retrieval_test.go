@@ -131,6 +131,13 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 		}
 	}
 
+	if docs := metricValue(t, far, "shoal_rag_documents", map[string]string{"collection": "reports"}); docs != total-100 {
+		t.Errorf("shoal_rag_documents %v", docs)
+	}
+	if hits := metricValue(t, far, "shoal_embedding_cache_requests_total", map[string]string{"result": "hit"}); hits < 100 {
+		t.Errorf("embedding cache hits %v: the deleted documents' texts were embedded before", hits)
+	}
+
 	// Concurrent updates of one document on two peers converge.
 	var wg sync.WaitGroup
 	for p, text := range map[int]string{0: "Updated on peer one: solar inverter replaced.", 1: "Updated on peer two: conveyor belt realigned."} {

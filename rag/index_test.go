@@ -56,6 +56,7 @@ func TestIndexRecallUpdatesAndDeletes(t *testing.T) {
 			all := clustered(3100, 48, 7)
 			vecs, queries := all[:3000], all[3000:]
 			x := NewIndex(48, metric)
+			x.ExactBelow = 100
 			for i, v := range vecs {
 				if err := x.Upsert(fmt.Sprintf("d%05d", i), v); err != nil {
 					t.Fatal(err)

@@ -31,7 +31,10 @@ func main() {
 		iters  = flag.Int("infer-requests", 500, "requests per row of the inference scenario")
 		tput   = flag.Duration("throughput-time", 5*time.Second, "duration of each throughput row")
 		thr    = flag.String("intra-op-threads", "0,1", "intra-op thread settings for the inference scenario, comma-separated (0 = one per core)")
-		only   = flag.String("only", "", "run one scenario: propagation, models or inference")
+		ragN   = flag.Int("rag-vectors", 100000, "vectors in the retrieval scenario")
+		ragDim = flag.Int("rag-dim", 384, "their dimension")
+		ragQ   = flag.Int("rag-queries", 500, "queries in the retrieval scenario")
+		only   = flag.String("only", "", "run one scenario: propagation, models, inference or rag")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -40,6 +43,7 @@ func main() {
 	}{
 		{"propagation", func() error { return run(*sizes, *writes, *gap, *out) }},
 		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
+		{"rag", func() error { return runRAG(*ragN, *ragDim, *ragQ, *out) }},
 		{"inference", func() error {
 			for _, s := range strings.Split(*thr, ",") {
 				var t int
