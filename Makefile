@@ -27,6 +27,7 @@ vet:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime 10s ./crdt/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 10s ./crdt/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 10s ./inference/
 
 test: setup vet
 	$(GO) test -race -count=1 -timeout 30m ./...

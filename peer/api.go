@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -194,9 +195,32 @@ func (n *Node) middleware(next http.Handler) http.Handler {
 			limit = MaxRAGBody
 		}
 		r.Body = http.MaxBytesReader(rec, r.Body, limit)
+		if n.cfg.APIToken != "" && isWrite(r) && !n.authorized(r) {
+			rec.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
+			writeError(rec, http.StatusUnauthorized, "this request changes state: it needs Authorization: Bearer <API token>")
+			return
+		}
 		rec.Header().Set(HeaderStaleness, FormatStaleness(n.replica.Staleness()))
 		next.ServeHTTP(rec, r)
 	})
+}
+
+// isWrite tells state-changing requests from reads. Inference, queries and
+// embeddings are POSTs that change nothing, so they are reads.
+func isWrite(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	case http.MethodPost:
+		p := r.URL.Path
+		return !(strings.HasPrefix(p, "/v2/") || p == "/v1/embeddings" || strings.HasSuffix(p, "/query"))
+	}
+	return true
+}
+
+func (n *Node) authorized(r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(n.cfg.APIToken)) == 1
 }
 
 // FormatStaleness renders a staleness as the Shoal-Staleness header value

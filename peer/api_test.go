@@ -125,6 +125,9 @@ func TestConfigValidation(t *testing.T) {
 		"bootstrap": {Bootstrap: []string{"/ip4/127.0.0.1/tcp/1"}},
 		"api":       {APIAddr: "nocolon"},
 		"mesh":      {Mesh: "bad/mesh"},
+		"api token": {APIAddr: "0.0.0.0:0"},
+		"device":    {Device: "tpu"},
+		"threads":   {IntraOpThreads: -1},
 	}
 	for name, c := range cases {
 		c.DataDir = t.TempDir()

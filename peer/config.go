@@ -26,6 +26,11 @@ type Config struct {
 	// APIAddr is the HTTP API's listen address. Default "127.0.0.1:7480";
 	// port 0 picks a free port (see Node.APIAddr).
 	APIAddr string
+	// APIToken, when set, is the bearer token every state-changing API
+	// request must carry (Authorization: Bearer <token>). Required when
+	// APIAddr is not a loopback address: a gateway's API must not take
+	// writes from its network unauthenticated.
+	APIToken string
 	// ListenAddrs are libp2p multiaddrs. Default TCP and QUIC on port 4010
 	// on every interface.
 	ListenAddrs []string
@@ -184,8 +189,12 @@ func (c *Config) validate() (parsed, error) {
 	if c.IntraOpThreads < 0 {
 		return p, fmt.Errorf("%w: intra-op threads %d: use 0 (onnxruntime's default) or more", ErrBadConfig, c.IntraOpThreads)
 	}
-	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
+	host, _, err := net.SplitHostPort(c.APIAddr)
+	if err != nil {
 		return p, fmt.Errorf("%w: API address %q: %v", ErrBadConfig, c.APIAddr, err)
+	}
+	if ip := net.ParseIP(host); c.APIToken == "" && (ip == nil && host != "localhost" || ip != nil && !ip.IsLoopback()) {
+		return p, fmt.Errorf("%w: refusing to serve the API on %s without an API token (--api-token or SHOAL_API_TOKEN); loopback addresses need none", ErrBadConfig, c.APIAddr)
 	}
 	for _, r := range c.Mesh {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-mesh/shoal/inference/onnxmodel"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -205,6 +206,8 @@ func TestStartupErrorsAreOneClearLine(t *testing.T) {
 		{"bad multiaddr", append(loopbackArgs(t.TempDir()), "--listen", "/ip4/nonsense"), 2, "listen address"},
 		{"bootstrap without id", append(loopbackArgs(t.TempDir()), "--bootstrap", "/ip4/127.0.0.1/tcp/4010"), 2, "/p2p/<peer id>"},
 		{"unknown flag", []string{"--no-such-flag"}, 2, "flag provided but not defined"},
+		{"API on the network without a token", append(loopbackArgs(t.TempDir()), "--api", "0.0.0.0:0"), 2, "without an API token"},
+		{"unknown device", append(loopbackArgs(t.TempDir()), "--device", "tpu"), 2, "use auto, cpu or cuda"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -376,5 +379,68 @@ func TestDefaultModelAndInferCommand(t *testing.T) {
 		if code != tc.code || !strings.Contains(stderr, tc.msg) {
 			t.Errorf("%v: exit %d %q, want %d with %q", tc.args, code, stderr, tc.code, tc.msg)
 		}
+	}
+}
+
+// TestRetrievalCommands drives collections and documents from the CLI:
+// publish an embedder and its tokenizer, create a collection, add files,
+// query, remove.
+func TestRetrievalCommands(t *testing.T) {
+	p := startPeer(t, loopbackArgs(t.TempDir())...)
+	dir := t.TempDir()
+	model := filepath.Join(dir, "embedder.onnx")
+	os.WriteFile(model, onnxmodel.HashEmbedder(8192, 384, 1), 0o600)
+	if out, stderr, code := shoal(t, "model", "push", model, "--name", "emb", "--version", "v1", "--activate", "--api", p.api); code != 0 {
+		t.Fatalf("push embedder: %d %s%s", code, out, stderr)
+	}
+	if out, stderr, code := shoal(t, "model", "push", repoFile("deps/models/minilm-tokenizer.json"), "--name", "emb.tokenizer", "--version", "v1",
+		"--media-type", peer.MediaTypeTokenizer, "--api", p.api); code != 0 {
+		t.Fatalf("push tokenizer: %d %s%s", code, out, stderr)
+	}
+	out, stderr, code := shoal(t, "collection", "create", "manuals", "--embedder", "emb@v1", "--api", p.api)
+	if code != 0 || !strings.Contains(out, "dimension 384") {
+		t.Fatalf("collection create: %d %s%s", code, out, stderr)
+	}
+	files := map[string]string{
+		"pump-maintenance.txt": "Replace the pump seal every six months and check the pressure valve.",
+		"camera-setup.txt":     "Mount the camera two metres high and align the frame with the conveyor.",
+		"battery-care.txt":     "Charge forklift batteries fully before storing them in the cold.",
+	}
+	var paths []string
+	for name, text := range files {
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, []byte(text), 0o600)
+		paths = append(paths, path)
+	}
+	jsonl := filepath.Join(dir, "more.jsonl")
+	os.WriteFile(jsonl, []byte(`{"id":"valve-torque","text":"Tighten the pressure valve to 40 Nm.","metadata":{"team":"maintenance"}}`+"\n"), 0o600)
+	out, stderr, code = shoal(t, append(append([]string{"doc", "add", "manuals"}, paths...), jsonl, "--api", p.api)...)
+	if code != 0 || !strings.Contains(out, "added 4 documents") {
+		t.Fatalf("doc add: %d %s%s", code, out, stderr)
+	}
+	token := strings.TrimSpace(out[strings.Index(out, "token ")+6:])
+	out, stderr, code = shoal(t, "doc", "query", "manuals", "pressure valve of the pump", "-k", "2", "--after", token, "--api", p.api)
+	if code != 0 || !strings.Contains(out, "pump-maintenance") || !strings.Contains(out, "valve-torque") || strings.Contains(out, "camera-setup") {
+		t.Fatalf("doc query: %d\n%s%s", code, out, stderr)
+	}
+	if !strings.Contains(stderr, "4 documents indexed") {
+		t.Errorf("query freshness line: %s", stderr)
+	}
+	out, _, code = shoal(t, "doc", "query", "manuals", "valve", "--filter", "team=maintenance", "--json", "--api", p.api)
+	var res peer.QueryResponse
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || len(res.Results) != 1 || res.Results[0].ID != "valve-torque" {
+		t.Errorf("filtered query: %d %s", code, out)
+	}
+	if out, stderr, code := shoal(t, "doc", "rm", "manuals", "valve-torque", "--api", p.api); code != 0 || !strings.Contains(out, "deleted manuals/valve-torque") {
+		t.Errorf("doc rm: %d %s%s", code, out, stderr)
+	}
+	if _, stderr, code := shoal(t, "doc", "rm", "manuals", "valve-torque", "--api", p.api); code != 1 || !strings.Contains(stderr, "unknown document") {
+		t.Errorf("second rm: %d %s", code, stderr)
+	}
+	if out, _, code := shoal(t, "collection", "ls", "--api", p.api); code != 0 || !strings.Contains(out, "manuals") || !strings.Contains(out, "emb@v1") {
+		t.Errorf("collection ls: %d %s", code, out)
+	}
+	if _, stderr, code := shoal(t, "doc", "query", "nope", "x", "--api", p.api); code != 1 || !strings.Contains(stderr, "unknown collection") {
+		t.Errorf("query unknown collection: %d %s", code, stderr)
 	}
 }
