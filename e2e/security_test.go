@@ -1,11 +1,17 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -45,4 +51,62 @@ func TestAPITokenGuardsWrites(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPrivateNetworkKeepsStrangersOut: peers sharing a PSK form a mesh; a
+// peer with another key, or none, cannot connect to them at all.
+func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := func(name string) string {
+		b, err := peer.NewPSK()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o600)
+		return p
+	}
+	ours, theirs := keyFile("ours.key"), keyFile("theirs.key")
+	m := startMesh(t, 2, func(_ int, c *peer.Config) { c.PSKFile = ours })
+	for _, a := range m.Node(0).Addrs() {
+		if strings.Contains(a, "quic") {
+			t.Errorf("private peer listens on QUIC: %s", a)
+		}
+	}
+	boot := m.Node(0).Addrs()[0]
+	start := func(psk string) *peer.Node {
+		cfg := peer.Config{DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
+			Mesh: "testmesh", NoSync: true, PSKFile: psk, Bootstrap: []string{boot}, Version: "test",
+			ORTLibrary: testmesh.RepoFile("deps/onnxruntime/libonnxruntime.so"), Logger: slog.New(slog.DiscardHandler)}
+		n, err := peer.New(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	for name, psk := range map[string]string{"another key": theirs, "no key": ""} {
+		stranger := start(psk)
+		time.Sleep(3 * time.Second) // several redial rounds
+		if c := len(stranger.Host().Network().Peers()); c != 0 {
+			t.Errorf("%s: stranger connected to %d peers", name, c)
+		}
+		if len(m.Node(0).Host().Network().ConnsToPeer(stranger.ID())) != 0 {
+			t.Errorf("%s: the mesh accepted the stranger", name)
+		}
+	}
+	friend := start(ours)
+	eventually(t, "a peer with the key joins", func() error {
+		if len(friend.Host().Network().ConnsToPeer(m.Node(0).ID())) == 0 {
+			return fmt.Errorf("not connected")
+		}
+		return nil
+	})
+	// Bad key files are a clear configuration error.
+	bad := filepath.Join(dir, "bad.key")
+	os.WriteFile(bad, []byte("not a key"), 0o600)
+	cfg := peer.Config{DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, PSKFile: bad}
+	if _, err := peer.New(t.Context(), cfg); !errors.Is(err, peer.ErrBadConfig) || !strings.Contains(err.Error(), "swarm key") {
+		t.Errorf("bad key file: %v", err)
+	}
 }

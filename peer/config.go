@@ -26,6 +26,11 @@ type Config struct {
 	// APIAddr is the HTTP API's listen address. Default "127.0.0.1:7480";
 	// port 0 picks a free port (see Node.APIAddr).
 	APIAddr string
+	// PSKFile, when set, makes the mesh private: a libp2p pre-shared key
+	// (the IPFS swarm.key format, see `shoal key psk`); peers without it
+	// cannot even complete a connection. QUIC cannot run under a PSK, so
+	// only TCP listen addresses are used.
+	PSKFile string
 	// APIToken, when set, is the bearer token every state-changing API
 	// request must carry (Authorization: Bearer <token>). Required when
 	// APIAddr is not a loopback address: a gateway's API must not take

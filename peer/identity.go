@@ -2,12 +2,14 @@ package peer
 
 import (
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/pnet"
 )
 
 // IdentityFile is the libp2p private key's file name inside the data dir.
@@ -44,4 +46,27 @@ func loadIdentity(dir string) (crypto.PrivKey, error) {
 		return nil, fmt.Errorf("write identity: %w", err)
 	}
 	return k, nil
+}
+
+// readPSK reads a libp2p private-network key (swarm.key format).
+func readPSK(path string) (pnet.PSK, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --psk: %v", ErrBadConfig, err)
+	}
+	defer f.Close()
+	psk, err := pnet.DecodeV1PSK(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --psk %s: not a swarm key (/key/swarm/psk/1.0.0/): %v", ErrBadConfig, path, err)
+	}
+	return psk, nil
+}
+
+// NewPSK returns a fresh private-network key in the swarm.key format.
+func NewPSK() ([]byte, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(b) + "\n"), nil
 }

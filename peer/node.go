@@ -113,12 +113,34 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
-		libp2p.ListenAddrs(p.listen...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
 		libp2p.DefaultMuxers,
 	}
+	listen := p.listen
+	if cfg.PSKFile != "" {
+		psk, err := readPSK(cfg.PSKFile)
+		if err != nil {
+			return n, err
+		}
+		opts = append(opts, libp2p.PrivateNetwork(psk))
+		listen = listen[:0:0]
+		for _, a := range p.listen {
+			if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err == nil {
+				continue
+			}
+			listen = append(listen, a)
+		}
+		if len(listen) == 0 {
+			return n, fmt.Errorf("%w: a private network (--psk) needs a TCP listen address; QUIC cannot run under a PSK", ErrBadConfig)
+		}
+		if len(listen) < len(p.listen) {
+			n.log.Info("private network: QUIC listen addresses dropped (QUIC cannot run under a PSK)")
+		}
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
+	}
+	opts = append(opts, libp2p.ListenAddrs(listen...))
 	if cfg.Gater != nil {
 		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
 	}

@@ -12,8 +12,11 @@ import (
 )
 
 func cmdKey(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "psk" {
+		return cmdKeyPSK(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || (args[0] != "new" && args[0] != "show") {
-		return usageError("usage: shoal key new|show [--data DIR]")
+		return usageError("usage: shoal key new|show [--data DIR] | shoal key psk FILE")
 	}
 	fs := flag.NewFlagSet("key "+args[0], flag.ContinueOnError)
 	dataDir := fs.String("data", envString("DATA", peer.DefaultDataDir), "data directory holding publisher.key (env SHOAL_DATA)")
@@ -41,5 +44,40 @@ func cmdKey(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, p.ID())
+	return nil
+}
+
+// cmdKeyPSK writes a new private-network key: every peer of a private mesh
+// runs with --psk pointing at a copy of it.
+func cmdKeyPSK(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("key psk", flag.ContinueOnError)
+	force := fs.Bool("force", false, "overwrite an existing file")
+	pos, err := interleave(fs, args, stderr)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError("usage: shoal key psk FILE [--force]")
+	}
+	key, err := peer.NewPSK()
+	if err != nil {
+		return err
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if *force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(pos[0], flags, 0o600)
+	if err != nil {
+		return fmt.Errorf("psk: %w", err)
+	}
+	if _, err := f.Write(key); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote a private-network key to %s; start every peer with --psk %s\n", pos[0], pos[0])
 	return nil
 }

@@ -57,6 +57,7 @@ Usage:
   shoal doc add C FILE... | rm C ID | query C TEXT [-k 5] [--filter key=value]
                                   retrieval collections and their documents
   shoal key new|show [--data DIR] this peer's publisher identity (ed25519)
+  shoal key psk FILE              a private-network key for --psk
   shoal version                   print the version
 
 Run 'shoal COMMAND -h' for the flags of a command. Every flag of 'run' can also

@@ -444,3 +444,28 @@ func TestRetrievalCommands(t *testing.T) {
 		t.Errorf("query unknown collection: %d %s", code, stderr)
 	}
 }
+
+func TestKeyPSK(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "swarm.key")
+	out, stderr, code := shoal(t, "key", "psk", path)
+	if code != 0 || !strings.Contains(out, "--psk "+path) {
+		t.Fatalf("key psk: %d %s%s", code, out, stderr)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v %v", fi, err)
+	}
+	b, _ := os.ReadFile(path)
+	if !strings.HasPrefix(string(b), "/key/swarm/psk/1.0.0/\n/base16/\n") || len(b) != len("/key/swarm/psk/1.0.0/\n/base16/\n")+65 {
+		t.Errorf("key file content %q", b)
+	}
+	if _, stderr, code := shoal(t, "key", "psk", path); code != 1 || !strings.Contains(stderr, "exists") {
+		t.Errorf("overwriting without --force: %d %s", code, stderr)
+	}
+	// A peer refuses a key file that is not one.
+	bad := filepath.Join(t.TempDir(), "bad.key")
+	os.WriteFile(bad, []byte("nope"), 0o600)
+	if _, stderr, code := shoal(t, append([]string{"run"}, append(loopbackArgs(t.TempDir()), "--psk", bad)...)...); code != 2 || !strings.Contains(stderr, "swarm key") {
+		t.Errorf("bad --psk: %d %s", code, stderr)
+	}
+}

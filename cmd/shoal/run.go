@@ -74,6 +74,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		cacheMB   = fs.Int("cache-mb", cacheMBDef, "in-memory result cache size in MiB; 0 turns the cache off (env SHOAL_CACHE_MB)")
 		cacheTTL  = fs.Duration("cache-ttl", ttlDef, "how long a cached result lives (env SHOAL_CACHE_TTL)")
 		persist   = fs.Bool("cache-persist", persistDef, "keep cached results in Badger too, across restarts (env SHOAL_CACHE_PERSIST)")
+		psk       = fs.String("psk", envString("PSK", ""), "private-network key file (`shoal key psk FILE`): only peers with the same key can connect; TCP only (env SHOAL_PSK)")
 		apiToken  = fs.String("api-token", envString("API_TOKEN", ""), "bearer token required on every state-changing API request; required when --api is not a loopback address (env SHOAL_API_TOKEN; the CLI sends $SHOAL_API_TOKEN)")
 		demoRAG   = fs.Bool("demo-rag", demoDef, "publish the default embedder and a small 'demo' collection when the mesh has none (env SHOAL_DEMO_RAG)")
 		defModel  = fs.String("default-model", envString("DEFAULT_MODEL", ""), "ONNX file published and activated as model 'ocr-cls' when the mesh has none; 'none' to disable (env SHOAL_DEFAULT_MODEL; default "+inference.DefaultModelPath+")")
@@ -97,8 +98,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	cfg := peer.Config{
 		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, ORTLibrary: *ortLib,
 		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(), Logger: logger,
-		APIToken: *apiToken,
-		Device:   *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
+		APIToken: *apiToken, PSKFile: *psk,
+		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
 	}
 	switch *defModel {
 	case "none":
