@@ -197,6 +197,7 @@ func TestHotSwapUnderLoadDropsNothing(t *testing.T) {
 		firstErr                             string
 	)
 	client := &http.Client{Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(duration)
 	var wg sync.WaitGroup
 	for c := 0; c < clients; c++ {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -278,7 +279,7 @@ const client = new OpenAI({ apiKey: "unused", baseURL: process.argv[2] + "/v1" }
     first: Array.from(r.data[0].embedding.slice(0, 4)), float: f.data[0].embedding.slice(0, 4), usage: r.usage,
     sims: [0, 2].map(j => r.data[1].embedding.reduce((s, x, i) => s + x * r.data[j].embedding[i], 0)) }));
 })().catch(e => { console.error(e); process.exit(1); });`
-	out, err := exec.Command("node", "-e", script, "--", testmesh.RepoFile("deps/node/openai"), "http://"+n.APIAddr()).CombinedOutput()
+	out, err := exec.Command("node", "-e", script, "--", testmesh.RepoFile("deps/node/node_modules/openai"), "http://"+n.APIAddr()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("node: %v\n%s", err, out)
 	}
@@ -306,5 +307,66 @@ const client = new OpenAI({ apiKey: "unused", baseURL: process.argv[2] + "/v1" }
 	}
 	if got.Sims[0] <= got.Sims[1] {
 		t.Errorf("related texts %.3f not closer than unrelated %.3f", got.Sims[0], got.Sims[1])
+	}
+}
+
+// TestEmbedderMatchesAnIndependentReference: the peer's /v1/embeddings
+// (sugarme/tokenizer + Shoal's pooling + onnxruntime via onnxruntime_go)
+// against Hugging Face's JavaScript tokenizer and onnxruntime-node's own
+// binding computing the same model (e2e/testdata/reference-embed.js).
+func TestEmbedderMatchesAnIndependentReference(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatal("node is missing: `make setup` installs it")
+	}
+	m := startMesh(t, 1, nil)
+	n := m.Node(0)
+	tok := publishEmbedder(t, n, "emb")
+	texts := []string{
+		"The cat sits on the mat.",
+		"Edge gateways replicate model versions without a leader.",
+		"Quarterly revenue grew by ten percent, driven by new installations.",
+		"Ünïcödé, punctuation — and MIXED case: tokenizers differ here first!",
+		strings.Repeat("a long maintenance manual sentence ", 20),
+	}
+	model := filepath.Join(t.TempDir(), "emb.onnx")
+	os.WriteFile(model, onnxmodel.HashEmbedder(8192, 384, 1), 0o600)
+	textsJSON, _ := json.Marshal(texts)
+	cmd := exec.Command("node", testmesh.RepoFile("e2e/testdata/reference-embed.js"), model, testmesh.RepoFile("deps/models/minilm-tokenizer.json"), string(textsJSON))
+	cmd.Env = append(os.Environ(), "NODE_PATH="+testmesh.RepoFile("deps/node/node_modules"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("reference: %v\n%s", err, out)
+	}
+	var ref []struct {
+		IDs       []int     `json:"ids"`
+		Embedding []float64 `json:"embedding"`
+	}
+	if err := json.Unmarshal(out, &ref); err != nil || len(ref) != len(texts) {
+		t.Fatalf("reference output: %v %s", err, out)
+	}
+	body, _ := json.Marshal(map[string]any{"model": "emb@v1", "input": texts})
+	res := do(t, http.MethodPost, api(n)+"/v1/embeddings", body, peer.HeaderAfter, tok)
+	var got struct {
+		Data []struct {
+			Index     int       `json:"index"`
+			Embedding []float64 `json:"embedding"`
+		} `json:"data"`
+	}
+	res.json(t, &got)
+	if res.code != http.StatusOK || len(got.Data) != len(texts) {
+		t.Fatalf("embeddings: %d %s", res.code, truncate(res.body))
+	}
+	for i := range texts {
+		a, b := got.Data[i].Embedding, ref[i].Embedding
+		if len(a) != len(b) {
+			t.Fatalf("text %d: dimension %d vs reference %d", i, len(a), len(b))
+		}
+		var dot float64
+		for j := range a {
+			dot += a[j] * b[j]
+		}
+		if dot < 0.99 {
+			t.Errorf("text %d (%d reference tokens): cosine with the reference %.4f < 0.99", i, len(ref[i].IDs), dot)
+		}
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"unicode"
 
 	"github.com/sugarme/tokenizer"
 	"github.com/sugarme/tokenizer/pretrained"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/shoal-mesh/shoal/inference"
 )
@@ -40,6 +42,10 @@ type Embedder struct {
 	tok     *tokenizer.Tokenizer
 	padID   int
 	special bool
+	// stripAccents: the tokenizer file's BertNormalizer strips accents
+	// (strip_accents true, or null with lowercase, as Hugging Face reads
+	// it), which sugarme/tokenizer v0.3.0 does not do for null; done here.
+	stripAccents bool
 }
 
 // NewEmbedder checks that s has an embedder's interface and loads the
@@ -50,7 +56,7 @@ func NewEmbedder(ref string, s *inference.Session, tokenizerJSON []byte) (*Embed
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: tokenizer: %v", ErrNotEmbedder, ref, err)
 	}
-	e := &Embedder{ref: ref, tok: tok, inputs: map[string]bool{}, special: true}
+	e := &Embedder{ref: ref, tok: tok, inputs: map[string]bool{}, special: true, stripAccents: stripsAccents(tokenizerJSON)}
 	for _, in := range s.Inputs() {
 		e.inputs[in.Name] = true
 		if in.Name == "input_ids" {
@@ -110,6 +116,9 @@ func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []stri
 	longest, tokens := 0, 0
 	e.tokMu.Lock()
 	for i, t := range texts {
+		if e.stripAccents {
+			t = removeAccents(t)
+		}
 		enc, err := e.tok.EncodeSingle(t, e.special)
 		if err != nil {
 			e.tokMu.Unlock()
@@ -205,6 +214,36 @@ func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []stri
 	}
 	e.dim = dim
 	return vecs, tokens, nil
+}
+
+func stripsAccents(tokenizerJSON []byte) bool {
+	var cfg struct {
+		Normalizer *struct {
+			Type         string `json:"type"`
+			StripAccents *bool  `json:"strip_accents"`
+			Lowercase    bool   `json:"lowercase"`
+		} `json:"normalizer"`
+	}
+	if json.Unmarshal(tokenizerJSON, &cfg) != nil || cfg.Normalizer == nil || cfg.Normalizer.Type != "BertNormalizer" {
+		return false
+	}
+	if cfg.Normalizer.StripAccents != nil {
+		return *cfg.Normalizer.StripAccents
+	}
+	return cfg.Normalizer.Lowercase
+}
+
+// removeAccents decomposes text (NFD) and drops the combining marks, as
+// BERT's normalizer does.
+func removeAccents(s string) string {
+	d := norm.NFD.String(s)
+	b := make([]rune, 0, len(d))
+	for _, r := range d {
+		if !unicode.Is(unicode.Mn, r) {
+			b = append(b, r)
+		}
+	}
+	return string(b)
 }
 
 func normalize(v []float32) {

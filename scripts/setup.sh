@@ -60,27 +60,39 @@ if [ ! -f "$TOK_DEST" ] || [ "$(sha256sum "$TOK_DEST" | cut -d' ' -f1)" != "$TOK
   echo "installed $TOK_DEST (from $TOK_MOD, sha256 $TOK_SUM)" >&2
 fi
 
-# The official OpenAI Node client (Apache-2.0, no dependencies): an
-# independent client for /v1/embeddings in the tests. Needs node (comes with npm).
-OPENAI_TGZ=openai-5.23.2.tgz
-OPENAI_SUM=a2aa74ff8be1a80a215af201a3d2228e999464d166c1eaec2c9ca313395fbef1
-OPENAI_DIR=deps/node/openai
-if [ ! -f "$OPENAI_DIR/.sha256" ] || [ "$(cat "$OPENAI_DIR/.sha256")" != "$OPENAI_SUM" ]; then
+# Node modules for tests with independent clients (node comes with npm):
+# the official OpenAI client against /v1/embeddings, and onnxruntime-node with
+# Hugging Face's JavaScript tokenizers as an independent reference embedder.
+# npm_module NAME@VERSION TARBALL_SHA256 [PATHS...]: pack, verify, extract
+# (only PATHS inside the tarball when given) into deps/node/node_modules/NAME.
+npm_module() {
+  local spec=$1 sum=$2; shift 2
+  local name=${spec%@*} version=${spec##*@}
+  local dest="deps/node/node_modules/$name"
+  local tgz=".cache/npm/$(echo "$name" | sed 's|^@||; s|/|-|g')-$version.tgz"
+  if [ -f "$dest/.sha256" ] && [ "$(cat "$dest/.sha256")" = "$sum" ]; then return 0; fi
   mkdir -p .cache/npm
-  if [ ! -f ".cache/npm/$OPENAI_TGZ" ] || [ "$(sha256sum ".cache/npm/$OPENAI_TGZ" | cut -d' ' -f1)" != "$OPENAI_SUM" ]; then
-    echo "fetching openai@5.23.2 from the npm registry..." >&2
-    (cd .cache/npm && rm -f "$OPENAI_TGZ" && npm pack --silent openai@5.23.2 >/dev/null)
+  if [ ! -f "$tgz" ] || [ "$(sha256sum "$tgz" | cut -d' ' -f1)" != "$sum" ]; then
+    echo "fetching $spec from the npm registry..." >&2
+    rm -f "$tgz"
+    (cd .cache/npm && npm pack --silent "$spec" >/dev/null)
   fi
-  got=$(sha256sum ".cache/npm/$OPENAI_TGZ" | cut -d' ' -f1)
-  if [ "$got" != "$OPENAI_SUM" ]; then
-    echo "setup: $OPENAI_TGZ has sha256 $got, expected $OPENAI_SUM: refusing it" >&2
+  local got
+  got=$(sha256sum "$tgz" | cut -d' ' -f1)
+  if [ "$got" != "$sum" ]; then
+    echo "setup: $spec tarball has sha256 $got, expected $sum: refusing it" >&2
     exit 1
   fi
-  rm -rf "$OPENAI_DIR" && mkdir -p "$OPENAI_DIR"
-  tar -xzf ".cache/npm/$OPENAI_TGZ" -C "$OPENAI_DIR" --strip-components=1
-  echo "$OPENAI_SUM" > "$OPENAI_DIR/.sha256"
-  echo "installed $OPENAI_DIR (openai@5.23.2, sha256 $OPENAI_SUM)" >&2
-fi
+  rm -rf "$dest" && mkdir -p "$dest"
+  tar -xzf "$tgz" -C "$dest" --strip-components=1 "$@"
+  echo "$sum" > "$dest/.sha256"
+  echo "installed $dest ($spec)" >&2
+}
+npm_module openai@5.23.2 a2aa74ff8be1a80a215af201a3d2228e999464d166c1eaec2c9ca313395fbef1
+npm_module onnxruntime-common@1.30.0 7906c439e0d3e0f4048caa23b64cdfadc0f455c377f579ce1ab2a4b778f07d5f
+npm_module onnxruntime-node@1.30.0 6e3390d6b783e7be946fad629292799da28d0b42f84856e50d2c1b0383291e75 \
+  package/package.json package/dist package/bin/napi-v6/linux/x64
+npm_module @huggingface/tokenizers@0.2.0 2800014c83b8186b2e4210c20672f1fb65a12cef85d7e95e0f2003e022611b4a
 command -v node >/dev/null || { echo "setup: node is missing (apt-get install nodejs)" >&2; exit 1; }
 
 # The ONNX project's backend test cases (Debian's libonnx-testdata, Apache-2.0):
@@ -94,8 +106,12 @@ if [ ! -f "$TESTDATA_DIR/.sha256" ] || [ "$(cat "$TESTDATA_DIR/.sha256")" != "$T
   if [ ! -f ".cache/deb/$TESTDATA_DEB" ] || [ "$(sha256sum ".cache/deb/$TESTDATA_DEB" | cut -d' ' -f1)" != "$TESTDATA_SUM" ]; then
     echo "fetching $TESTDATA_DEB from the Debian archive..." >&2
     command -v apt-get >/dev/null || { echo "setup: apt-get is needed to fetch $TESTDATA_DEB" >&2; exit 1; }
-    (cd .cache/deb && rm -f "$TESTDATA_DEB" && apt-get download -q libonnx-testdata=1.12.0-2 >/dev/null) || {
-      echo "setup: apt-get download libonnx-testdata=1.12.0-2 failed (run apt-get update?)" >&2; exit 1; }
+    fetch_deb() { (cd .cache/deb && rm -f "$TESTDATA_DEB" && apt-get download -q libonnx-testdata=1.12.0-2 >/dev/null 2>&1); }
+    if ! fetch_deb; then
+      # A fresh machine may have no package lists yet.
+      if [ "$(id -u)" -eq 0 ]; then apt-get update -qq >/dev/null 2>&1 || true; fi
+      fetch_deb || { echo "setup: apt-get download libonnx-testdata=1.12.0-2 failed (apt-get update as root, then retry)" >&2; exit 1; }
+    fi
   fi
   got=$(sha256sum ".cache/deb/$TESTDATA_DEB" | cut -d' ' -f1)
   if [ "$got" != "$TESTDATA_SUM" ]; then
