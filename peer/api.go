@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -130,6 +131,7 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", n.handleStatusPage)
 	mux.HandleFunc("GET /healthz", n.handleHealth)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}))
 	mux.HandleFunc("GET /v1/status", n.handleStatus)
@@ -147,6 +149,21 @@ func (n *Node) routes() http.Handler {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
 	return n.middleware(mux)
+}
+
+// statusPage is the read-only page at /: one self-contained file (no
+// external assets, so it works on an air-gapped gateway) that polls
+// /v1/status, /v1/collections and /metrics.
+//
+//go:embed status.html
+var statusPage []byte
+
+func (n *Node) handleStatusPage(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	h.Set("Cache-Control", "no-cache")
+	w.Write(statusPage)
 }
 
 func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,7 @@ need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)   # cgo, for onnxruntime_go
 command -v npm >/dev/null || need_apt+=(npm)             # fetches the pinned onnxruntime build
 command -v node >/dev/null || need_apt+=(nodejs)         # runs the OpenAI client in the tests
+command -v chromium >/dev/null || need_apt+=(chromium)   # renders the status page in the tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2
