@@ -140,6 +140,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("PUT /v1/models/{model}/versions/{version}", n.handlePush)
 	mux.HandleFunc("POST /v1/models/{model}/activate", n.handleActivate)
 	mux.HandleFunc("POST /v1/models/{model}/rollback", n.handleRollback)
+	mux.HandleFunc("POST /v1/models/{model}/versions/{version}/pull", n.handlePull)
 	mux.HandleFunc("GET /v1/models/{model}/artifact", n.handleArtifact)
 	mux.HandleFunc("GET /v1/models/{model}/versions/{version}/artifact", n.handleArtifact)
 	mux.HandleFunc("POST /v1/cache/flush", n.handleCacheFlush)

@@ -311,3 +311,40 @@ func (n *Node) handleArtifact(w http.ResponseWriter, r *http.Request) {
 	written, _ := io.Copy(w, rd)
 	n.artifactBytesOut.Add(uint64(written))
 }
+
+// handlePull starts fetching and verifying a version in the background
+// (prefetch by hand): 202 with the artifact's local status, which GET
+// /v1/models/{m} then reports as it progresses (fetched_bytes of size).
+func (n *Node) handlePull(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel, err := n.consistent(w, r)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	defer cancel()
+	m, err := n.registry.Manifest(ctx, r.PathValue("model"), r.PathValue("version"))
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	spec, err := specOf(m)
+	if err != nil {
+		writeAPIError(w, modelErr(err))
+		return
+	}
+	if st, ok := n.artifacts.Status(ctx, m.Ref()); ok && st.CID == m.CID && st.State == artifacts.StateVerified {
+		writeJSON(w, http.StatusOK, map[string]any{"ref": m.Ref(), "local": st})
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		pctx, cancel := context.WithTimeout(n.ctx, time.Hour)
+		defer cancel()
+		if _, err := n.artifacts.Ensure(pctx, spec); err != nil && pctx.Err() == nil {
+			n.log.Warn("pull failed", "ref", m.Ref(), "err", err)
+		}
+	}()
+	st, _ := n.artifacts.Status(ctx, m.Ref())
+	writeJSON(w, http.StatusAccepted, map[string]any{"ref": m.Ref(), "local": st, "size": m.Size})
+}

@@ -25,6 +25,7 @@ const modelUsage = `Usage:
   shoal model activate M V
   shoal model rollback M
   shoal model ls [--json]
+  shoal model pull M[@V]          fetch and verify a version here now, with progress
 All take --api URL (env SHOAL_API, default 127.0.0.1:7480).
 `
 
@@ -42,6 +43,8 @@ func cmdModel(args []string, stdout, stderr io.Writer) error {
 		return cmdModelRollback(args[1:], stdout, stderr)
 	case "ls", "list":
 		return cmdModelLs(args[1:], stdout, stderr)
+	case "pull":
+		return cmdModelPull(args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, modelUsage)
 	return usageError("unknown model command %q", args[0])

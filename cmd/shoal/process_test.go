@@ -469,3 +469,35 @@ func TestKeyPSK(t *testing.T) {
 		t.Errorf("bad --psk: %d %s", code, stderr)
 	}
 }
+
+// TestModelPull prefetches a published, not activated version onto a
+// second peer by hand.
+func TestModelPull(t *testing.T) {
+	dirA := t.TempDir()
+	keyA, _, _ := shoal(t, "key", "new", "--data", dirA)
+	a := startPeer(t, loopbackArgs(dirA)...)
+	b := startPeer(t, append(loopbackArgs(t.TempDir()), "--bootstrap", a.addr, "--trust", strings.TrimSpace(keyA))...)
+	artifact := filepath.Join(t.TempDir(), "weights.bin")
+	os.WriteFile(artifact, bytes.Repeat([]byte("0123456789abcdef"), 200000), 0o600)
+	if out, stderr, code := shoal(t, "model", "push", artifact, "--name", "det", "--version", "v1", "--api", a.api); code != 0 {
+		t.Fatalf("push: %d %s%s", code, out, stderr)
+	}
+	var out, stderr string
+	var code int
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) { // until B has the manifest
+		if out, stderr, code = shoal(t, "model", "pull", "det@v1", "--api", b.api); code == 0 || !strings.Contains(stderr, "unknown model") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code != 0 || !strings.Contains(out, "det@v1 verified here (3200000 bytes") {
+		t.Fatalf("pull: %d %s%s", code, out, stderr)
+	}
+	if _, stderr, code := shoal(t, "model", "pull", "det@v9", "--api", b.api); code != 1 || !strings.Contains(stderr, "unknown model version") {
+		t.Errorf("pull unknown version: %d %s", code, stderr)
+	}
+	if _, stderr, code := shoal(t, "model", "pull", "det", "--api", b.api); code != 1 || !strings.Contains(stderr, "no current version") {
+		t.Errorf("pull without a current version: %d %s", code, stderr)
+	}
+}
