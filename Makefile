@@ -28,6 +28,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime 10s ./crdt/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 10s ./crdt/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 10s ./inference/
+	$(GO) test -run '^$$' -fuzz '^FuzzDocumentRecords$$' -fuzztime 10s ./crdt/collections/
+	$(GO) test -run '^$$' -fuzz '^FuzzManifestVerify$$' -fuzztime 10s ./crdt/models/
 
 test: setup vet
 	$(GO) test -race -count=1 -timeout 30m ./...
