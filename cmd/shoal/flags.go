@@ -8,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/BurntSushi/toml"
 )
 
 // listFlag is a repeatable string flag. Values from the environment are
@@ -26,43 +28,60 @@ func (l *listFlag) Set(s string) error {
 	return nil
 }
 
-// envString returns $SHOAL_<name> or def.
-func envString(name, def string) string {
+// fileSettings holds the --config file's values by environment name
+// (DATA, KEEP_VERSIONS, ...): they sit under the environment and the
+// flags, above the built-in defaults.
+var fileSettings = map[string]string{}
+
+// lookup finds a setting: $SHOAL_<name>, then the config file. from names
+// where it came from, for error messages.
+func lookup(name string) (val, from string, ok bool) {
 	if v, ok := os.LookupEnv("SHOAL_" + name); ok && v != "" {
+		return v, "SHOAL_" + name, true
+	}
+	if v, ok := fileSettings[name]; ok {
+		return v, "config key " + strings.ToLower(name), true
+	}
+	return "", "", false
+}
+
+// envString returns the setting name (environment, then config file) or def.
+func envString(name, def string) string {
+	if v, _, ok := lookup(name); ok {
 		return v
 	}
 	return def
 }
 
-// envBool returns $SHOAL_<name> parsed as a bool, or def.
+// envBool returns the setting parsed as a bool, or def.
 func envBool(name string, def bool) (bool, error) {
-	v, ok := os.LookupEnv("SHOAL_" + name)
-	if !ok || v == "" {
+	v, from, ok := lookup(name)
+	if !ok {
 		return def, nil
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
-		return def, fmt.Errorf("SHOAL_%s=%q is not a boolean", name, v)
+		return def, fmt.Errorf("%s=%q is not a boolean", from, v)
 	}
 	return b, nil
 }
 
-// envInt returns $SHOAL_<name> parsed as a positive int, or def.
+// envInt returns the setting parsed as a non-negative int, or def.
 func envInt(name string, def int) (int, error) {
-	v, ok := os.LookupEnv("SHOAL_" + name)
-	if !ok || v == "" {
+	v, from, ok := lookup(name)
+	if !ok {
 		return def, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		return def, fmt.Errorf("SHOAL_%s=%q is not a positive number", name, v)
+	if err != nil || n < 0 {
+		return def, fmt.Errorf("%s=%q is not a number", from, v)
 	}
 	return n, nil
 }
 
-// envList returns $SHOAL_<name> split on commas, or def.
+// envList returns the setting split on commas, or def.
 func envList(name string, def []string) *listFlag {
-	if v, ok := os.LookupEnv("SHOAL_" + name); ok && v != "" {
+	if v, _, ok := lookup(name); ok {
 		var out []string
 		for _, s := range strings.Split(v, ",") {
 			if s = strings.TrimSpace(s); s != "" {
@@ -72,6 +91,59 @@ func envList(name string, def []string) *listFlag {
 		return &listFlag{vals: out, fromEnv: true}
 	}
 	return &listFlag{vals: def, fromEnv: true}
+}
+
+// loadConfigFile reads a TOML file of `shoal run` settings. Keys are the
+// flag names (with - or _); lists are TOML arrays. Unknown keys are an
+// error: a typo must not silently fall back to a default.
+func loadConfigFile(path string, known map[string]bool) error {
+	var raw map[string]any
+	if _, err := toml.DecodeFile(path, &raw); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	for key, v := range raw {
+		name := strings.ToUpper(strings.ReplaceAll(key, "-", "_"))
+		if !known[name] {
+			return fmt.Errorf("--config %s: unknown key %q", path, key)
+		}
+		switch x := v.(type) {
+		case string:
+			fileSettings[name] = x
+		case bool:
+			fileSettings[name] = strconv.FormatBool(x)
+		case int64:
+			fileSettings[name] = strconv.FormatInt(x, 10)
+		case []any:
+			var parts []string
+			for _, e := range x {
+				str, ok := e.(string)
+				if !ok {
+					return fmt.Errorf("--config %s: %s: list of strings expected", path, key)
+				}
+				parts = append(parts, str)
+			}
+			fileSettings[name] = strings.Join(parts, ",")
+		default:
+			return fmt.Errorf("--config %s: %s: unsupported value %v", path, key, v)
+		}
+	}
+	return nil
+}
+
+// configPath finds --config in args (before flags are parsed: the file
+// supplies the flags' defaults), then $SHOAL_CONFIG.
+func configPath(args []string) string {
+	for i, a := range args {
+		for _, p := range []string{"--config=", "-config="} {
+			if v, ok := strings.CutPrefix(a, p); ok {
+				return v
+			}
+		}
+		if (a == "--config" || a == "-config") && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return os.Getenv("SHOAL_CONFIG")
 }
 
 // parseFlags parses args, turning -h and flag errors into exit codes.

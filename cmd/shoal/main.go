@@ -45,6 +45,7 @@ const usage = `shoal — leaderless ML state for edge gateways
 Usage:
   shoal run [flags]               start a peer (defaults: data ./shoal-data, API 127.0.0.1:7480,
                                   libp2p TCP+QUIC on 4010, mDNS on)
+  shoal config print [flags]      the effective settings (flags > $SHOAL_* > --config TOML > defaults)
   shoal status [--api URL] [--json]
                                   show a running peer's peers, staleness and state
   shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQ.json]
@@ -85,6 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdInfer(args[1:], stdout, stderr)
 	case "cache":
 		err = cmdCache(args[1:], stdout, stderr)
+	case "config":
+		err = cmdConfig(args[1:], stdout, stderr)
 	case "collection":
 		err = cmdCollection(args[1:], stdout, stderr)
 	case "doc":

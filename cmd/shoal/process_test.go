@@ -501,3 +501,52 @@ func TestModelPull(t *testing.T) {
 		t.Errorf("pull without a current version: %d %s", code, stderr)
 	}
 }
+
+// TestConfigFile: a TOML file supplies settings; $SHOAL_* and flags win
+// over it; `shoal config print` shows the result with secrets masked, and
+// a peer started with the file uses it.
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "shoal.toml")
+	os.WriteFile(file, []byte(`
+data = "`+filepath.Join(dir, "data")+`"
+api = "127.0.0.1:0"
+listen = ["/ip4/127.0.0.1/tcp/0"]
+mesh = "from-file"
+mdns = false
+keep_versions = 3
+api_token = "hunter2"
+default_model = "none"
+demo_rag = false
+`), 0o600)
+	t.Setenv("SHOAL_KEEP_VERSIONS", "4")
+	out, stderr, code := shoal(t, "config", "print", "--config", file, "--device", "cpu")
+	if code != 0 {
+		t.Fatalf("config print: %d %s", code, stderr)
+	}
+	for _, want := range []string{`mesh = "from-file"`, `keep_versions = 4`, `device = "cpu"`, `mdns = false`, `listen = ["/ip4/127.0.0.1/tcp/0"]`, `api_token = "********" # masked`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config print lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "hunter2") {
+		t.Error("config print shows the API token")
+	}
+	// The printed settings are themselves a valid config file.
+	printed := filepath.Join(dir, "printed.toml")
+	os.WriteFile(printed, []byte(strings.ReplaceAll(out, `"********" # masked`, `"x"`)), 0o600)
+	if _, stderr, code := shoal(t, "config", "print", "--config", printed); code != 0 {
+		t.Errorf("printed settings do not load: %s", stderr)
+	}
+	p := startPeer(t, "--config", file, "--ort-lib", repoFile("deps/onnxruntime/libonnxruntime.so"))
+	out, stderr, code = shoal(t, "status", "--json", "--api", p.api)
+	var st peer.Status
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Mesh != "from-file" {
+		t.Errorf("peer started with the file: %d mesh %q %s", code, st.Mesh, stderr)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("mesh = \"x\"\nbogus = 1\n"), 0o600)
+	if _, stderr, code := shoal(t, "run", "--config", bad); code != 2 || !strings.Contains(stderr, `unknown key "bogus"`) {
+		t.Errorf("unknown key: %d %s", code, stderr)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,8 +28,31 @@ const (
 )
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
+	return runPeer(args, stdout, stderr, false)
+}
+
+// settingNames are the environment/config-file names of run's settings.
+var settingNames = []string{"DATA", "API", "MESH", "MDNS", "ORT_LIB", "LOG_LEVEL", "LOG_FORMAT", "LISTEN", "BOOTSTRAP", "TRUST",
+	"KEEP_VERSIONS", "DEVICE", "INTRA_OP_THREADS", "CACHE_MB", "CACHE_TTL", "CACHE_PERSIST", "PSK", "API_TOKEN", "DEMO_RAG", "DEFAULT_MODEL"}
+
+// runPeer parses run's settings (flags over $SHOAL_* over the --config
+// file over defaults) and starts a peer, or with printOnly prints the
+// effective settings.
+func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
+	fileSettings = map[string]string{}
+	cfgFile := configPath(args)
+	if cfgFile != "" {
+		known := map[string]bool{}
+		for _, n := range settingNames {
+			known[n] = true
+		}
+		if err := loadConfigFile(cfgFile, known); err != nil {
+			return usageError("%v", err)
+		}
+	}
 	def := peer.DefaultConfig()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.String("config", cfgFile, "TOML file of these settings (keys are the flag names); flags and $SHOAL_* override it (env SHOAL_CONFIG)")
 	mdnsDef, err := envBool("MDNS", def.MDNS)
 	if err != nil {
 		return usageError("%v", err)
@@ -84,6 +108,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	fs.Var(bootstrap, "bootstrap", "bootstrap peer multiaddr ending in /p2p/<id>, repeatable (env SHOAL_BOOTSTRAP, comma-separated)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
+	}
+	if printOnly {
+		return printSettings(stdout, fs)
 	}
 	logger, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
@@ -213,4 +240,46 @@ func demoRAGConfig(tokenizerPath string) *peer.DemoRAG {
 		Collection: DemoCollection,
 		Docs:       docs,
 	}
+}
+
+// printSettings writes the effective settings as a TOML file that --config
+// accepts, secrets masked.
+func printSettings(w io.Writer, fs *flag.FlagSet) error {
+	fmt.Fprintln(w, "# effective settings of `shoal run` (flags > $SHOAL_* > --config file > defaults)")
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "config" {
+			return
+		}
+		key := strings.ReplaceAll(f.Name, "-", "_")
+		v := f.Value.String()
+		switch {
+		case f.Name == "api-token" && v != "":
+			fmt.Fprintf(w, "%s = %q # masked\n", key, "********")
+		case f.Name == "listen" || f.Name == "bootstrap" || f.Name == "trust":
+			var parts []string
+			for _, p := range strings.Split(v, ",") {
+				if p != "" {
+					parts = append(parts, strconv.Quote(p))
+				}
+			}
+			fmt.Fprintf(w, "%s = [%s]\n", key, strings.Join(parts, ", "))
+		default:
+			if _, isBool := f.Value.(interface{ IsBoolFlag() bool }); isBool {
+				fmt.Fprintf(w, "%s = %s\n", key, v)
+			} else if _, err := strconv.Atoi(v); err == nil {
+				fmt.Fprintf(w, "%s = %s\n", key, v)
+			} else {
+				fmt.Fprintf(w, "%s = %q\n", key, v)
+			}
+		}
+	})
+	return nil
+}
+
+// cmdConfig handles `shoal config print [run flags]`.
+func cmdConfig(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "print" {
+		return usageError("usage: shoal config print [--config FILE] [any shoal run flag]")
+	}
+	return runPeer(args[1:], stdout, stderr, true)
 }
