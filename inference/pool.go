@@ -24,6 +24,7 @@ type Pool struct {
 	mu      sync.Mutex
 	current map[string]*Session
 	others  map[string]map[string]*other
+	closed  bool // sessions arriving after Close are retired at once
 }
 
 type other struct {
@@ -86,6 +87,11 @@ func (p *Pool) Has(model, version string) bool {
 // on its Drained channel to know when).
 func (p *Pool) Swap(s *Session) *Session {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		s.Retire()
+		return nil
+	}
 	old := p.current[s.Model]
 	p.current[s.Model] = s
 	var dup *Session
@@ -129,6 +135,11 @@ func (p *Pool) Promote(model, version string) bool {
 // the session that serves the version.
 func (p *Pool) Add(s *Session) *Session {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		s.Retire()
+		return s
+	}
 	if cur := p.current[s.Model]; cur != nil && cur.Version == s.Version {
 		p.mu.Unlock()
 		s.Retire()
@@ -215,6 +226,13 @@ type LoadedSession struct {
 	Device  string `json:"device"`
 }
 
+// Closed reports whether Close was called.
+func (p *Pool) Closed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
 // Close retires every session and waits for them to drain.
 func (p *Pool) Close() {
 	p.mu.Lock()
@@ -229,6 +247,7 @@ func (p *Pool) Close() {
 	}
 	p.current = map[string]*Session{}
 	p.others = map[string]map[string]*other{}
+	p.closed = true
 	p.mu.Unlock()
 	for _, s := range all {
 		s.Retire()

@@ -71,7 +71,7 @@ var (
 func Acquire(library string) (string, error) {
 	rtMu.Lock()
 	defer rtMu.Unlock()
-	if rtRefs == 0 {
+	if rtLibrary == "" {
 		ort.SetSharedLibraryPath(library)
 		if err := ort.InitializeEnvironment(); err != nil {
 			return "", fmt.Errorf("initialise onnxruntime from %s: %w", library, err)
@@ -82,17 +82,16 @@ func Acquire(library string) (string, error) {
 	return ort.GetVersion(), nil
 }
 
-// Release drops one reference; the last one destroys the environment.
+// Release drops one reference. The environment itself lives as long as
+// the process: a peer has one, and in processes that start and stop peers
+// (tests, embedders) destroying it while a stray session is still being
+// created or closed elsewhere would crash onnxruntime, and re-creating it
+// buys nothing.
 func Release() error {
 	rtMu.Lock()
 	defer rtMu.Unlock()
-	if rtRefs == 0 {
-		return nil
-	}
-	rtRefs--
-	if rtRefs == 0 {
-		rtLibrary = ""
-		return ort.DestroyEnvironment()
+	if rtRefs > 0 {
+		rtRefs--
 	}
 	return nil
 }

@@ -237,6 +237,10 @@ func (n *Node) session(ctx context.Context, model, version string) (*inference.S
 			}
 			return nil, m, modelErr(err)
 		}
+		if n.inf.pool.Closed() {
+			s.Retire()
+			return nil, m, &apiError{code: http.StatusServiceUnavailable, retry: 5 * time.Second, msg: "the peer is shutting down"}
+		}
 		n.inf.pool.Add(s)
 	}
 }
