@@ -177,30 +177,6 @@ func throughput(url string, body []byte, headerLen, clients int, d time.Duration
 	return float64(done.Load()) / d.Seconds(), nil
 }
 
-// cacheHits times cache hits through the peer's handler in-process (no
-// network), the cost a hit adds to a request.
-func cacheHits(n *peer.Node, path string, body []byte, iters int) (latencies, error) {
-	h := n.Handler()
-	var lat latencies
-	for i := 0; i < iters+20; i++ {
-		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
-		rec := httptest.NewRecorder()
-		start := time.Now()
-		h.ServeHTTP(rec, req)
-		el := time.Since(start)
-		if rec.Code != 200 {
-			return nil, fmt.Errorf("%s: %d %s", path, rec.Code, rec.Body.Bytes())
-		}
-		if i > 0 && rec.Header().Get(peer.HeaderCache) != peer.CacheHit {
-			return nil, fmt.Errorf("request %d was a cache %s", i, rec.Header().Get(peer.HeaderCache))
-		}
-		if i >= 20 {
-			lat = append(lat, el)
-		}
-	}
-	return lat, nil
-}
-
 func runInference(iters int, tput time.Duration, threads int, out string) error {
 	benchModels := []benchModel{
 		{"ocr-cls.onnx", []int64{1, 3, 48, 192}},
@@ -272,7 +248,7 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 		if err != nil {
 			return err
 		}
-		inproc, err := handlerLatencies(n, "/v2/models/"+bm.name+"/infer", body, hl, iters)
+		inproc, err := handlerLatencies(n, "/v2/models/"+bm.name+"/infer", body, hl, iters, false)
 		if err != nil {
 			return err
 		}
@@ -331,13 +307,13 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 		return err
 	}
 	small := benchModel{"ocr-cls.onnx", []int64{1, 3, 8, 16}}
-	hitSmall, err := cacheHits(n2, "/v2/models/cls/infer", small.jsonBody(), iters)
+	hitSmall, err := handlerLatencies(n2, "/v2/models/cls/infer", small.jsonBody(), -1, iters, true)
 	if err != nil {
 		return err
 	}
 	full := benchModel{"ocr-cls.onnx", []int64{1, 3, 48, 192}}
 	fb, fhl := full.binaryBody()
-	hitFull, err := cacheHitsBinary(n2, "/v2/models/cls/infer", fb, fhl, iters)
+	hitFull, err := handlerLatencies(n2, "/v2/models/cls/infer", fb, fhl, iters, true)
 	if err != nil {
 		return err
 	}
@@ -355,12 +331,17 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 	return nil
 }
 
-func handlerLatencies(n *peer.Node, path string, body []byte, headerLen, iters int) (latencies, error) {
+// handlerLatencies times requests through the peer's HTTP handler
+// in-process (no sockets, no client). headerLen < 0 sends plain JSON; with
+// wantHit every request after the first must be a result-cache hit.
+func handlerLatencies(n *peer.Node, path string, body []byte, headerLen, iters int, wantHit bool) (latencies, error) {
 	h := n.Handler()
 	var lat latencies
 	for i := 0; i < iters+20; i++ {
 		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
-		req.Header.Set(inference.HeaderInferenceHeaderLength, fmt.Sprint(headerLen))
+		if headerLen >= 0 {
+			req.Header.Set(inference.HeaderInferenceHeaderLength, fmt.Sprint(headerLen))
+		}
 		rec := httptest.NewRecorder()
 		start := time.Now()
 		h.ServeHTTP(rec, req)
@@ -368,27 +349,7 @@ func handlerLatencies(n *peer.Node, path string, body []byte, headerLen, iters i
 		if rec.Code != 200 {
 			return nil, fmt.Errorf("%s: %d %s", path, rec.Code, rec.Body.Bytes())
 		}
-		if i >= 20 {
-			lat = append(lat, el)
-		}
-	}
-	return lat, nil
-}
-
-func cacheHitsBinary(n *peer.Node, path string, body []byte, headerLen, iters int) (latencies, error) {
-	h := n.Handler()
-	var lat latencies
-	for i := 0; i < iters+20; i++ {
-		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
-		req.Header.Set(inference.HeaderInferenceHeaderLength, fmt.Sprint(headerLen))
-		rec := httptest.NewRecorder()
-		start := time.Now()
-		h.ServeHTTP(rec, req)
-		el := time.Since(start)
-		if rec.Code != 200 {
-			return nil, fmt.Errorf("%s: %d %s", path, rec.Code, rec.Body.Bytes())
-		}
-		if i > 0 && rec.Header().Get(peer.HeaderCache) != peer.CacheHit {
+		if wantHit && i > 0 && rec.Header().Get(peer.HeaderCache) != peer.CacheHit {
 			return nil, fmt.Errorf("request %d was a cache %s", i, rec.Header().Get(peer.HeaderCache))
 		}
 		if i >= 20 {
