@@ -336,3 +336,35 @@ func TestRankZeroTensorsInAndOut(t *testing.T) {
 		t.Errorf("rank-0 output %+v", out)
 	}
 }
+
+// TestCancelledRunsTerminateSafely cancels requests while they run: the
+// terminate callback and the run's cleanup must not race (run with -race).
+func TestCancelledRunsTerminateSafely(t *testing.T) {
+	e := openEngine(t)
+	s, err := e.Load(context.Background(), Ref{Model: "det", Version: "1"}, repoModel(t, "ocr-det.onnx"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Retire()
+	raw, _ := json.Marshal(make([]float32, 3*64*192))
+	p, err := s.Prepare(&InferRequest{Inputs: []RequestInput{{Name: "x", Shape: []int64{1, 3, 64, 192}, Datatype: "FP32", Data: raw}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%5)*300*time.Microsecond)
+			defer cancel()
+			if _, err := s.Run(ctx, p); err != nil && ctx.Err() == nil {
+				t.Errorf("run %d: %v", i, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if _, err := s.Run(context.Background(), p); err != nil {
+		t.Errorf("session unusable after cancelled runs: %v", err)
+	}
+}

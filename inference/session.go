@@ -222,9 +222,19 @@ func (s *Session) run(ctx context.Context, inputs []ort.Value) ([]ort.Value, err
 	if err != nil {
 		return nil, err
 	}
-	defer opts.Destroy()
-	stop := context.AfterFunc(ctx, func() { opts.Terminate() })
-	defer stop()
+	// A cancelled request terminates its run. The options are destroyed
+	// only once a terminate that already started has finished with them.
+	terminated := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(terminated)
+		opts.Terminate()
+	})
+	defer func() {
+		if !stop() {
+			<-terminated
+		}
+		opts.Destroy()
+	}()
 	outs := make([]ort.Value, len(s.outputs))
 	// Some outputs are allocated here because onnxruntime_go v1.27 cannot
 	// wrap them itself: FP16 (it copies one byte per element for types it
