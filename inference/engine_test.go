@@ -368,3 +368,33 @@ func TestCancelledRunsTerminateSafely(t *testing.T) {
 		t.Errorf("session unusable after cancelled runs: %v", err)
 	}
 }
+
+// TestPoolSharedSessionSwapThenAdd: one load can reach both Swap (the
+// activation) and Add (a pinned request) — the pool must keep serving it.
+func TestPoolSharedSessionSwapThenAdd(t *testing.T) {
+	e := openEngine(t)
+	s, err := e.Load(context.Background(), Ref{Model: "cls", Version: "v1"}, repoModel(t, "ocr-cls.onnx"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, order := range []string{"swap-add", "add-swap"} {
+		pool := NewPool()
+		if order == "swap-add" {
+			pool.Swap(s)
+			pool.Add(s)
+		} else {
+			pool.Add(s)
+			pool.Swap(s)
+		}
+		for _, v := range []string{"", "v1"} {
+			got, err := pool.Acquire("cls", v)
+			if err != nil || got != s {
+				t.Fatalf("%s: Acquire(%q) = %v, %v", order, v, got, err)
+			}
+			got.Release()
+		}
+		if order == "add-swap" {
+			pool.Close()
+		}
+	}
+}

@@ -57,7 +57,16 @@ func (p *Pool) Acquire(model, version string) (*Session, error) {
 			return s, nil
 		}
 		// Retired between the lookup and the acquire: a swap happened,
-		// look again.
+		// look again. A retired session still registered (which no path
+		// should leave) is dropped rather than spun on.
+		p.mu.Lock()
+		if p.current[model] == s {
+			delete(p.current, model)
+		}
+		if o := p.others[model][s.Version]; o != nil && o.s == s {
+			delete(p.others[model], s.Version)
+		}
+		p.mu.Unlock()
 	}
 }
 
@@ -142,7 +151,9 @@ func (p *Pool) Add(s *Session) *Session {
 	}
 	if cur := p.current[s.Model]; cur != nil && cur.Version == s.Version {
 		p.mu.Unlock()
-		s.Retire()
+		if cur != s { // the same session may reach Add and Swap (a shared load)
+			s.Retire()
+		}
 		return cur
 	}
 	m := p.others[s.Model]
@@ -152,7 +163,9 @@ func (p *Pool) Add(s *Session) *Session {
 	}
 	if o := m[s.Version]; o != nil {
 		p.mu.Unlock()
-		s.Retire()
+		if o.s != s {
+			s.Retire()
+		}
 		return o.s
 	}
 	m[s.Version] = &other{s: s, used: time.Now()}
