@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"unsafe"
 
@@ -427,9 +428,9 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 	out := ResponseOutput{Name: name, Shape: shape}
 	switch x := v.(type) {
 	case *ort.Tensor[float32]:
-		out.Datatype, out.Data = "FP32", finite32(x.GetData())
+		out.Datatype, out.Data = "FP32", finite(x.GetData())
 	case *ort.Tensor[float64]:
-		out.Datatype, out.Data = "FP64", finite64(x.GetData())
+		out.Datatype, out.Data = "FP64", finite(x.GetData())
 	case *ort.Tensor[int64]:
 		out.Datatype, out.Data = "INT64", x.GetData()
 	case *ort.Tensor[int32]:
@@ -455,9 +456,9 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 	case *ort.Tensor[bool]:
 		out.Datatype, out.Data = "BOOL", x.GetData()
 	case *ort.Scalar[float32]:
-		out.Datatype, out.Data = "FP32", finite32([]float32{x.GetData()})
+		out.Datatype, out.Data = "FP32", finite([]float32{x.GetData()})
 	case *ort.Scalar[float64]:
-		out.Datatype, out.Data = "FP64", finite64([]float64{x.GetData()})
+		out.Datatype, out.Data = "FP64", finite([]float64{x.GetData()})
 	case *ort.Scalar[int64]:
 		out.Datatype, out.Data = "INT64", []int64{x.GetData()}
 	case *ort.Scalar[int32]:
@@ -492,47 +493,27 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 		for i := range f {
 			f[i] = halfToFloat32(binary.LittleEndian.Uint16(raw[2*i:]))
 		}
-		out.Datatype, out.Data = "FP16", finite32(f)
+		out.Datatype, out.Data = "FP16", finite(f)
 	default:
 		return out, fmt.Errorf("output %q: value kind %T is not supported", name, v)
 	}
 	return out, nil
 }
 
-// finite32 returns f, or, when f holds NaN or ±Inf (which JSON cannot
+// finite returns f, or, when f holds NaN or ±Inf (which JSON cannot
 // carry), a copy with those elements as null.
-func finite32(f []float32) any {
-	for _, x := range f {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			out := make([]any, len(f))
-			for i, y := range f {
-				if math.IsNaN(float64(y)) || math.IsInf(float64(y), 0) {
-					out[i] = nil
-				} else {
-					out[i] = y
-				}
-			}
-			return out
+func finite[F float32 | float64](f []F) any {
+	bad := func(x F) bool { return math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) }
+	if !slices.ContainsFunc(f, bad) {
+		return f
+	}
+	out := make([]any, len(f))
+	for i, y := range f {
+		if !bad(y) {
+			out[i] = y
 		}
 	}
-	return f
-}
-
-func finite64(f []float64) any {
-	for _, x := range f {
-		if math.IsNaN(x) || math.IsInf(x, 0) {
-			out := make([]any, len(f))
-			for i, y := range f {
-				if math.IsNaN(y) || math.IsInf(y, 0) {
-					out[i] = nil
-				} else {
-					out[i] = y
-				}
-			}
-			return out
-		}
-	}
-	return f
+	return out
 }
 
 // float32ToHalf converts to IEEE 754 binary16, rounding to nearest even.

@@ -213,6 +213,16 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
+// indexCaughtUp waits until the retrieval indexes reflect every change
+// this peer had when the read began (after consistent, that includes a
+// Shoal-After token's write); 503 if they do not within ctx.
+func (n *Node) indexCaughtUp(ctx context.Context) error {
+	if err := n.rag.m.CaughtUp(ctx); err != nil {
+		return &apiError{code: http.StatusServiceUnavailable, retry: time.Second, msg: err.Error()}
+	}
+	return nil
+}
+
 func (n *Node) routesRAG(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/embeddings", n.handleEmbeddings)
 	mux.HandleFunc("POST /v1/collections", n.handleCreateCollection)
@@ -363,8 +373,8 @@ func (n *Node) handleCollections(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer cancel()
-	if err := n.rag.m.CaughtUp(ctx); err != nil {
-		writeAPIError(w, &apiError{code: http.StatusServiceUnavailable, retry: time.Second, msg: err.Error()})
+	if err := n.indexCaughtUp(ctx); err != nil {
+		writeAPIError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"collections": n.rag.m.Collections()})
@@ -377,8 +387,8 @@ func (n *Node) handleCollection(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer cancel()
-	if err := n.rag.m.CaughtUp(ctx); err != nil {
-		writeAPIError(w, &apiError{code: http.StatusServiceUnavailable, retry: time.Second, msg: err.Error()})
+	if err := n.indexCaughtUp(ctx); err != nil {
+		writeAPIError(w, err)
 		return
 	}
 	ci, ok := n.rag.m.Collection(r.PathValue("c"))
@@ -570,8 +580,8 @@ func (n *Node) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, ragErr(err))
 		return
 	}
-	if err := n.rag.m.CaughtUp(ctx); err != nil {
-		writeAPIError(w, &apiError{code: http.StatusServiceUnavailable, retry: time.Second, msg: err.Error()})
+	if err := n.indexCaughtUp(ctx); err != nil {
+		writeAPIError(w, err)
 		return
 	}
 	q := req.Vector

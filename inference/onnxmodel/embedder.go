@@ -39,20 +39,7 @@ func HashEmbedder(buckets, dim int, seed int64) []byte {
 	}
 	graph = appendMsg(graph, 12, valueInfoNamed("last_hidden_state", Float, []string{"batch", "sequence", ""}, []int64{-1, -1, int64(dim)}))
 
-	var opset []byte
-	opset = protowire.AppendTag(opset, 1, protowire.BytesType)
-	opset = protowire.AppendString(opset, "")
-	opset = protowire.AppendTag(opset, 2, protowire.VarintType)
-	opset = protowire.AppendVarint(opset, 13)
-
-	var model []byte
-	model = protowire.AppendTag(model, 1, protowire.VarintType)
-	model = protowire.AppendVarint(model, 8)
-	model = protowire.AppendTag(model, 2, protowire.BytesType)
-	model = protowire.AppendString(model, "shoal")
-	model = appendMsg(model, 7, graph)
-	model = appendMsg(model, 8, opset)
-	return model
+	return modelProto(graph)
 }
 
 func appendMsg(b []byte, num protowire.Number, msg []byte) []byte {
@@ -88,8 +75,8 @@ func initializer(name string, dataType int, dims []int64, raw []byte) []byte {
 	return t
 }
 
-// valueInfoNamed is valueInfo with symbolic dimension names (params[i] when
-// dims[i] < 0 or dims is nil).
+// valueInfoNamed describes a tensor: dims[i] >= 0 is a fixed size,
+// otherwise (or when dims is nil) the dimension is symbolic, named params[i].
 func valueInfoNamed(name string, elemType int, params []string, dims []int64) []byte {
 	var shape []byte
 	for i, p := range params {

@@ -44,26 +44,21 @@ func Identity(elemType int, dims []int64) []byte {
 }
 
 func unary(op string, elemType int, dims []int64) []byte {
-	var node []byte
-	node = protowire.AppendTag(node, 1, protowire.BytesType)
-	node = protowire.AppendString(node, "x")
-	node = protowire.AppendTag(node, 2, protowire.BytesType)
-	node = protowire.AppendString(node, "y")
-	node = protowire.AppendTag(node, 3, protowire.BytesType)
-	node = protowire.AppendString(node, "n0")
-	node = protowire.AppendTag(node, 4, protowire.BytesType)
-	node = protowire.AppendString(node, op)
-
+	params := make([]string, len(dims))
+	for i := range dims {
+		params[i] = fmt.Sprintf("d%d", i)
+	}
 	var graph []byte
-	graph = protowire.AppendTag(graph, 1, protowire.BytesType)
-	graph = protowire.AppendBytes(graph, node)
+	graph = appendMsg(graph, 1, node(op, []string{"x"}, "y"))
 	graph = protowire.AppendTag(graph, 2, protowire.BytesType)
 	graph = protowire.AppendString(graph, "g")
-	graph = protowire.AppendTag(graph, 11, protowire.BytesType)
-	graph = protowire.AppendBytes(graph, valueInfo("x", elemType, dims))
-	graph = protowire.AppendTag(graph, 12, protowire.BytesType)
-	graph = protowire.AppendBytes(graph, valueInfo("y", elemType, dims))
+	graph = appendMsg(graph, 11, valueInfoNamed("x", elemType, params, dims))
+	graph = appendMsg(graph, 12, valueInfoNamed("y", elemType, params, dims))
+	return modelProto(graph)
+}
 
+// modelProto wraps a graph in a ModelProto: IR version 8, opset 13.
+func modelProto(graph []byte) []byte {
 	var opset []byte
 	opset = protowire.AppendTag(opset, 1, protowire.BytesType)
 	opset = protowire.AppendString(opset, "")
@@ -75,41 +70,9 @@ func unary(op string, elemType int, dims []int64) []byte {
 	model = protowire.AppendVarint(model, 8) // IR version
 	model = protowire.AppendTag(model, 2, protowire.BytesType)
 	model = protowire.AppendString(model, "shoal")
-	model = protowire.AppendTag(model, 7, protowire.BytesType)
-	model = protowire.AppendBytes(model, graph)
-	model = protowire.AppendTag(model, 8, protowire.BytesType)
-	model = protowire.AppendBytes(model, opset)
+	model = appendMsg(model, 7, graph)
+	model = appendMsg(model, 8, opset)
 	return model
-}
-
-func valueInfo(name string, elemType int, dims []int64) []byte {
-	var shape []byte
-	for i, d := range dims {
-		var dim []byte
-		if d >= 0 {
-			dim = protowire.AppendTag(dim, 1, protowire.VarintType)
-			dim = protowire.AppendVarint(dim, uint64(d))
-		} else {
-			dim = protowire.AppendTag(dim, 2, protowire.BytesType)
-			dim = protowire.AppendString(dim, fmt.Sprintf("d%d", i))
-		}
-		shape = protowire.AppendTag(shape, 1, protowire.BytesType)
-		shape = protowire.AppendBytes(shape, dim)
-	}
-	var tensor []byte
-	tensor = protowire.AppendTag(tensor, 1, protowire.VarintType)
-	tensor = protowire.AppendVarint(tensor, uint64(elemType))
-	tensor = protowire.AppendTag(tensor, 2, protowire.BytesType)
-	tensor = protowire.AppendBytes(tensor, shape)
-	var typ []byte
-	typ = protowire.AppendTag(typ, 1, protowire.BytesType)
-	typ = protowire.AppendBytes(typ, tensor)
-	var vi []byte
-	vi = protowire.AppendTag(vi, 1, protowire.BytesType)
-	vi = protowire.AppendString(vi, name)
-	vi = protowire.AppendTag(vi, 2, protowire.BytesType)
-	vi = protowire.AppendBytes(vi, typ)
-	return vi
 }
 
 // ErrNoWeights means ScaleWeights found no float initializer stored as
