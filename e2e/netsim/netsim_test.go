@@ -1,0 +1,184 @@
+package netsim
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func echoServer(t *testing.T, h *Host) string {
+	t.Helper()
+	var ln net.Listener
+	if err := h.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", h.IP.String()+":7000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					c.Write([]byte(line))
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func roundTrip(ctx context.Context, from *Host, addr string) (time.Duration, error) {
+	c, err := from.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	start := time.Now()
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return 0, err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	if strings.TrimSpace(line) != "ping" {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+func TestSwitchDelayLossPartition(t *testing.T) {
+	n := Require(t, "shoalnet-unit")
+	a, err := n.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.AddHost(2) // another site: unicast is routed
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := n.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := echoServer(t, a)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := roundTrip(ctx, b, addr); err != nil {
+		t.Fatalf("b→a across sites: %v", err)
+	}
+
+	// Delay: one write+read is one round trip after the handshake, so at
+	// least two one-way delays.
+	n.SetLink(Link{Delay: 50 * time.Millisecond})
+	rtt, err := roundTrip(ctx, b, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rtt < 100*time.Millisecond {
+		t.Errorf("round trip %v with 50 ms one-way delay", rtt)
+	}
+	n.SetLink(Link{})
+
+	// Partition: a and c cannot reach b, but still reach each other.
+	n.Partition([]*Host{a, c}, []*Host{b})
+	short, cancel2 := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel2()
+	if _, err := roundTrip(short, b, addr); err == nil {
+		t.Error("b reached a across a partition")
+	}
+	if _, err := roundTrip(ctx, c, addr); err != nil {
+		t.Errorf("c→a inside one side: %v", err)
+	}
+	if n.Stats().DroppedCut == 0 {
+		t.Error("no packet counted as cut")
+	}
+	n.Heal()
+	if _, err := roundTrip(ctx, b, addr); err != nil {
+		t.Errorf("after heal: %v", err)
+	}
+
+	// Loss: total loss drops everything and is counted.
+	n.SetLink(Link{Loss: 1})
+	before := n.Stats().DroppedLoss
+	short3, cancel3 := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel3()
+	if _, err := roundTrip(short3, c, addr); err == nil {
+		t.Error("a packet crossed a link with 100 % loss")
+	}
+	if n.Stats().DroppedLoss == before {
+		t.Error("no packet counted as lost")
+	}
+	n.SetLink(Link{})
+}
+
+func TestMulticastStaysInSite(t *testing.T) {
+	n := Require(t, "shoalnet-mcast")
+	a, _ := n.AddHost(1)
+	b, _ := n.AddHost(1)
+	c, _ := n.AddHost(2)
+	if a == nil || b == nil || c == nil {
+		t.Fatal("AddHost failed")
+	}
+	group := &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353}
+	listen := func(h *Host) *net.UDPConn {
+		var conn *net.UDPConn
+		if err := h.Do(func() error {
+			ifi, err := net.InterfaceByName(ifName)
+			if err != nil {
+				return err
+			}
+			conn, err = net.ListenMulticastUDP("udp4", ifi, group)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	lb, lc := listen(b), listen(c)
+	var sender *net.UDPConn
+	if err := a.Do(func() error {
+		var err error
+		sender, err = net.DialUDP("udp4", &net.UDPAddr{IP: a.IP.AsSlice()}, group)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	buf := make([]byte, 64)
+	got := false
+	for i := 0; i < 20 && !got; i++ {
+		sender.Write([]byte("hello"))
+		lb.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if k, _, err := lb.ReadFromUDP(buf); err == nil && string(buf[:k]) == "hello" {
+			got = true
+		}
+	}
+	if !got {
+		t.Fatal("multicast did not reach a host of the same site")
+	}
+	lc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, _, err := lc.ReadFromUDP(buf); err == nil {
+		t.Error("multicast crossed into another site")
+	}
+}

@@ -1,0 +1,422 @@
+// Package procmesh runs a mesh of Shoal peers the way a fleet runs them:
+// each peer is a separate `shoal run` process with its own data directory,
+// living in its own network namespace (a netsim host), talking to the others
+// over the network the test controls. A peer can be killed with SIGKILL and
+// restarted on the same directory; its API stays on the namespace's
+// loopback and the test reaches it from inside the namespace.
+//
+// Every peer's libp2p identity and publisher key are made before the first
+// start, so each peer is given every other as a bootstrap address and
+// trusts every other's publications, as an operator would configure a
+// fleet.
+package procmesh
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	libp2ppeer "github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/e2e/netsim"
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
+	"github.com/shoal-mesh/shoal/peer"
+)
+
+// APIAddr is every peer's API address inside its namespace.
+const APIAddr = "127.0.0.1:8080"
+
+// P2PPort is every peer's libp2p TCP port.
+const P2PPort = 4010
+
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// Binary builds ./cmd/shoal once per test process and returns its path.
+func Binary() (string, error) {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-bin-*")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "shoal")
+		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/shoal")
+		cmd.Dir = testmesh.RepoFile(".")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/shoal: %w\n%s", err, out)
+		}
+	})
+	return buildBin, buildErr
+}
+
+// Options describe a mesh.
+type Options struct {
+	Net *netsim.Net
+	// Sites lists each peer's site; its length is the number of peers.
+	Sites []int
+	// Dir holds each peer's data directory and log.
+	Dir string
+	// Mesh name; default "procmesh".
+	Mesh string
+	// Args, when set, adds flags to peer i's command line.
+	Args func(i int) []string
+	// Env, when set, adds environment variables to peer i's process.
+	Env func(i int) []string
+	// NoBootstrap leaves peers without bootstrap addresses (discovery
+	// tests).
+	NoBootstrap bool
+}
+
+// Mesh is a set of peer processes.
+type Mesh struct {
+	opts  Options
+	bin   string
+	Peers []*Peer
+}
+
+// Peer is one `shoal run` process, running or not.
+type Peer struct {
+	Index   int
+	Host    *netsim.Host
+	ID      libp2ppeer.ID
+	DataDir string
+	LogPath string
+	Args    []string
+
+	mesh   *Mesh
+	client *http.Client
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	exit   error
+}
+
+// New makes the peers' hosts, directories and keys; it starts nothing.
+func New(opts Options) (*Mesh, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Mesh == "" {
+		opts.Mesh = "procmesh"
+	}
+	m := &Mesh{opts: opts, bin: bin}
+	var trust []string
+	for i, site := range opts.Sites {
+		h, err := opts.Net.AddHost(site)
+		if err != nil {
+			return nil, err
+		}
+		p := &Peer{Index: i, Host: h, mesh: m,
+			DataDir: filepath.Join(opts.Dir, fmt.Sprintf("peer%d", i)),
+			LogPath: filepath.Join(opts.Dir, fmt.Sprintf("peer%d.log", i))}
+		p.client = &http.Client{Transport: &http.Transport{DialContext: h.DialContext, MaxIdleConnsPerHost: 16}}
+		if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
+			return nil, err
+		}
+		if p.ID, err = makeIdentity(p.DataDir); err != nil {
+			return nil, err
+		}
+		pub, err := models.NewPublisherKey(p.DataDir, false)
+		if err != nil {
+			return nil, err
+		}
+		trust = append(trust, string(pub.ID()))
+		m.Peers = append(m.Peers, p)
+	}
+	for i, p := range m.Peers {
+		p.Args = []string{"run", "--data", p.DataDir, "--api", APIAddr, "--mesh", opts.Mesh,
+			"--listen", fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", P2PPort),
+			"--default-model", "none", "--demo-rag=false", "--log-format", "json", "--log-level", "debug"}
+		for _, k := range trust {
+			p.Args = append(p.Args, "--trust", k)
+		}
+		if !opts.NoBootstrap {
+			for _, o := range m.Peers {
+				if o != p {
+					p.Args = append(p.Args, "--bootstrap", o.Multiaddr())
+				}
+			}
+		}
+		if opts.Args != nil {
+			p.Args = append(p.Args, opts.Args(i)...)
+		}
+	}
+	return m, nil
+}
+
+// makeIdentity writes the libp2p key `shoal run` would make and returns its
+// peer ID.
+func makeIdentity(dir string) (libp2ppeer.ID, error) {
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	b, err := crypto.MarshalPrivateKey(k)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, peer.IdentityFile), b, 0o600); err != nil {
+		return "", err
+	}
+	return libp2ppeer.IDFromPrivateKey(k)
+}
+
+// Multiaddr is the peer's TCP address with its ID.
+func (p *Peer) Multiaddr() string {
+	return fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", p.Host.IP, P2PPort, p.ID)
+}
+
+// StartAll starts every peer and waits until each is connected to all
+// others.
+func (m *Mesh) StartAll(ctx context.Context) error {
+	for _, p := range m.Peers {
+		if err := p.Start(ctx); err != nil {
+			return err
+		}
+	}
+	return m.WaitConnected(ctx, m.Peers...)
+}
+
+// WaitConnected waits until each of peers is connected to all others of
+// peers.
+func (m *Mesh) WaitConnected(ctx context.Context, peers ...*Peer) error {
+	for _, p := range peers {
+		err := p.WaitFor(ctx, func(st peer.Status) bool {
+			conn := map[string]bool{}
+			for _, pi := range st.Peers {
+				if pi.Connected {
+					conn[pi.ID] = true
+				}
+			}
+			for _, o := range peers {
+				if o != p && !conn[o.ID.String()] {
+					return false
+				}
+			}
+			return true
+		})
+		if err != nil {
+			return fmt.Errorf("peer %d not connected to the others: %w", p.Index, err)
+		}
+	}
+	return nil
+}
+
+// Close stops every peer that still runs.
+func (m *Mesh) Close() {
+	for _, p := range m.Peers {
+		p.Kill()
+	}
+}
+
+// Start starts the process and waits for its API.
+func (p *Peer) Start(ctx context.Context) error {
+	p.mu.Lock()
+	if p.cmd != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("peer %d already running", p.Index)
+	}
+	logf, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	cmd := p.Host.Command(p.mesh.bin, p.Args...)
+	cmd.Dir = testmesh.RepoFile(".")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = os.Environ()
+	if p.mesh.opts.Env != nil {
+		cmd.Env = append(cmd.Env, p.mesh.opts.Env(p.Index)...)
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		p.mu.Unlock()
+		return err
+	}
+	done := make(chan struct{})
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		p.mu.Lock()
+		p.exit = err
+		p.mu.Unlock()
+		close(done)
+	}()
+	for {
+		select {
+		case <-done:
+			return fmt.Errorf("peer %d exited at start (%v); log:\n%s", p.Index, p.exit, p.LogTail(40))
+		case <-ctx.Done():
+			return fmt.Errorf("peer %d API not up: %w", p.Index, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if r, err := p.Do(ctx, "GET", "/healthz", nil); err == nil && r.Code == 200 {
+			return nil
+		}
+	}
+}
+
+// Running reports whether the process runs.
+func (p *Peer) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil
+}
+
+// Kill sends SIGKILL and waits for the process to end; no-op if stopped.
+func (p *Peer) Kill() { p.signal(syscall.SIGKILL) }
+
+// Stop sends SIGTERM (a clean shutdown) and waits.
+func (p *Peer) Stop() error { return p.signal(syscall.SIGTERM) }
+
+func (p *Peer) signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	p.mu.Lock()
+	p.cmd = nil
+	err := p.exit
+	p.mu.Unlock()
+	if sig == syscall.SIGTERM && err != nil {
+		return fmt.Errorf("peer %d: unclean exit: %w", p.Index, err)
+	}
+	return nil
+}
+
+// LogTail returns the last n lines of the peer's log.
+func (p *Peer) LogTail(n int) string {
+	b, _ := os.ReadFile(p.LogPath)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Response is an API answer.
+type Response struct {
+	Code   int
+	Header http.Header
+	Body   []byte
+}
+
+// JSON decodes the body into v.
+func (r *Response) JSON(v any) error { return json.Unmarshal(r.Body, v) }
+
+func (r *Response) String() string { return fmt.Sprintf("%d %s", r.Code, bytes.TrimSpace(r.Body)) }
+
+// Do sends one API request; body may be nil, []byte or a value to encode
+// as JSON.
+func (p *Peer) Do(ctx context.Context, method, path string, body any, hdr ...string) (*Response, error) {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		enc, err := json.Marshal(b)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(enc)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+APIAddr+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &Response{Code: res.StatusCode, Header: res.Header, Body: b}, nil
+}
+
+// Status reads /v1/status.
+func (p *Peer) Status(ctx context.Context) (peer.Status, error) {
+	var st peer.Status
+	r, err := p.Do(ctx, "GET", "/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	if r.Code != 200 {
+		return st, fmt.Errorf("status: %s", r)
+	}
+	return st, r.JSON(&st)
+}
+
+// ErrTimeout is returned by WaitFor when the condition never held.
+var ErrTimeout = errors.New("condition not met in time")
+
+// WaitFor polls the peer's status until cond holds or ctx ends.
+func (p *Peer) WaitFor(ctx context.Context, cond func(peer.Status) bool) error {
+	var last peer.Status
+	var lastErr error
+	for {
+		st, err := p.Status(ctx)
+		if err == nil && cond(st) {
+			return nil
+		}
+		if err == nil {
+			last = st
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (peer %d: last status heads=%d hash=%.12s connected=%d, err=%v)",
+				ErrTimeout, p.Index, len(last.Heads), last.StateHash, last.Connected, lastErr)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Model reads /v1/models/{name}.
+func (p *Peer) Model(ctx context.Context, name string) (peer.ModelInfo, error) {
+	var st peer.ModelInfo
+	r, err := p.Do(ctx, "GET", "/v1/models/"+name, nil)
+	if err != nil {
+		return st, err
+	}
+	if r.Code != 200 {
+		return st, fmt.Errorf("model %s: %s", name, r)
+	}
+	return st, r.JSON(&st)
+}
