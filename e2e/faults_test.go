@@ -10,7 +10,11 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +23,7 @@ import (
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
 	"github.com/shoal-mesh/shoal/peer"
+	"github.com/shoal-mesh/shoal/store"
 )
 
 // faultMesh starts len(sites) peer processes on a fresh namespace network.
@@ -317,4 +322,383 @@ func hostsOf(ps []*procmesh.Peer) []*netsim.Host {
 		hs = append(hs, p.Host)
 	}
 	return hs
+}
+
+func TestFaultDelayLoss(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-lossy", []int{1, 1, 1, 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
+
+	link := netsim.Link{Delay: 200 * time.Millisecond, Loss: 0.10}
+	nw.SetLink(link)
+	defer nw.SetLink(netsim.Link{})
+
+	act, _ := pushVersion(t, ctx, m.Peers[0], "detector", "v1", 256<<10, true)
+	var w docWriter
+	for i := 0; i < 30; i++ {
+		if err := w.put(ctx, m.Peers[1], fmt.Sprintf("d%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acked := time.Now() // every write above happened before this instant
+
+	// Until every peer has everything, watch for a peer that claims to be
+	// fresh past the writes while it still lacks them. Its claim is
+	// now − staleness: the instant up to which it says it has seen all.
+	writeAt := act.HLC.Time()
+	honest := func(p *procmesh.Peer) (caughtUp bool) {
+		st, err := p.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		claimed := time.Now().Add(-time.Duration(st.StalenessSeconds * float64(time.Second)))
+		r, err := p.Do(ctx, "GET", "/v1/models/detector", nil)
+		if err != nil || (r.Code != 200 && r.Code != 404) {
+			t.Fatalf("peer %d: %v %v", p.Index, r, err)
+		}
+		var mi peer.ModelInfo
+		if r.Code == 200 {
+			if err := r.JSON(&mi); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if mi.Current != nil && mi.Current.Version == "v1" {
+			return true
+		}
+		// Behind on the activation: it must not claim freshness past the
+		// moment the activation was written (50 ms for reading the clock).
+		if claimed.After(writeAt.Add(50 * time.Millisecond)) {
+			t.Errorf("peer %d lacks the activation written at %s but claims to be fresh up to %s (staleness %.2fs)",
+				p.Index, writeAt.Format("15:04:05.000"), claimed.Format("15:04:05.000"), st.StalenessSeconds)
+		}
+		return false
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		done := true
+		for _, p := range m.Peers {
+			if !honest(p) {
+				done = false
+			}
+		}
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	converge := waitConverged(t, ctx, m.Peers) + time.Since(acked)
+	lost := 0
+	for _, p := range m.Peers {
+		miss, err := missingDocs(ctx, p, w.ids())
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost = max(lost, len(miss))
+		if len(miss) > 0 {
+			t.Errorf("peer %d misses %v", p.Index, miss)
+		}
+	}
+	record(t, nw, reliabilityRow{Scenario: "200 ms delay + 10 % loss on every link, activate + 30 docs", Peers: 4,
+		Duration: time.Since(began).Seconds(), Faults: "delay 200 ms, loss 10 %",
+		Acked: len(w.ids()) + 1, Lost: lost, Converge: converge.Seconds()})
+}
+
+// metric reads one sample from a peer's /metrics.
+func metric(t *testing.T, ctx context.Context, p *procmesh.Peer, series string) float64 {
+	t.Helper()
+	r := must(t, 200)(p.Do(ctx, "GET", "/metrics", nil))
+	for _, line := range strings.Split(string(r.Body), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return 0
+}
+
+func TestFaultKillDuringWritesAndDownload(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-kill", []int{1, 1, 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	victim := m.Peers[2]
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
+
+	// A 48 MiB artifact, pulled by the victim over links slow enough that
+	// the pull is still running when the victim dies.
+	const size = 48 << 20
+	pushVersion(t, ctx, m.Peers[0], "big", "v1", size, false)
+	waitConverged(t, ctx, m.Peers)
+	nw.SetLink(netsim.Link{Delay: 10 * time.Millisecond})
+	must(t, 202)(victim.Do(ctx, "POST", "/v1/models/big/versions/v1/pull", nil))
+
+	// A stream of acknowledged writes to the victim.
+	var w docWriter
+	stop := make(chan struct{})
+	streamDone := make(chan struct{})
+	go func() {
+		defer close(streamDone)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if w.put(ctx, victim, fmt.Sprintf("k%04d", i)) != nil {
+				return // the victim died mid-request: that write was never acknowledged
+			}
+		}
+	}()
+	// Kill once the pull is part-way and some writes were acknowledged.
+	var before float64
+	for {
+		before = metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
+		if before >= size/4 && len(w.ids()) >= 20 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no progress before the kill")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	victim.Kill()
+	close(stop)
+	<-streamDone
+	acked := w.ids()
+	if before >= size {
+		t.Fatalf("the pull finished (%v bytes) before the kill; nothing to resume", before)
+	}
+	// The others keep serving while the victim is down.
+	must(t, 200)(m.Peers[1].Do(ctx, "GET", "/v1/collections/notes/docs/"+acked[0], nil))
+
+	nw.SetLink(netsim.Link{})
+	if err := victim.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if miss, err := missingDocs(ctx, victim, acked); err != nil || len(miss) > 0 {
+		t.Fatalf("restarted victim lost acknowledged writes %v (%v)", miss, err)
+	}
+	// The pull resumes: asked again, the victim fetches only what it lacked.
+	restartAt := time.Now()
+	must(t, 200)(victim.Do(ctx, "POST", "/v1/models/big/versions/v1/pull", nil))
+	for {
+		mi, err := victim.Model(ctx, "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(mi.Versions) == 1 && mi.Versions[0].Local != nil && mi.Versions[0].Local.State == "verified" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the pull never completed after restart: %+v", mi.Versions)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	after := metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
+	if after > size-before+(1<<20) {
+		t.Errorf("after the restart the victim fetched %v bytes of %d, though it had %v before: the download did not resume", after, size, before)
+	}
+	t.Logf("pull: %.1f MiB before the kill, %.1f MiB after the restart (%.1fs)", before/(1<<20), after/(1<<20), time.Since(restartAt).Seconds())
+	converge := waitConverged(t, ctx, m.Peers)
+	lost := 0
+	for _, p := range m.Peers {
+		miss, err := missingDocs(ctx, p, acked)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost = max(lost, len(miss))
+	}
+	if lost > 0 {
+		t.Errorf("%d acknowledged writes lost", lost)
+	}
+	record(t, nw, reliabilityRow{Scenario: "kill -9 during acknowledged writes and a 48 MiB pull, restart", Peers: 3,
+		Duration: time.Since(began).Seconds(), Faults: fmt.Sprintf("SIGKILL at %.0f%% of the pull", 100*before/size),
+		Acked: len(acked), Lost: lost, Converge: converge.Seconds()})
+}
+
+func TestFaultLongOffline(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-offline", []int{1, 1, 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	away := m.Peers[2]
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
+	if err := away.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Many versions and documents later…
+	var acts []models.Activation
+	var w docWriter
+	for v := 1; v <= 15; v++ {
+		a, _ := pushVersion(t, ctx, m.Peers[v%2], "detector", fmt.Sprintf("v%d", v), 32<<10, true)
+		acts = append(acts, a)
+		for i := 0; i < 20; i++ {
+			if err := w.put(ctx, m.Peers[(v+1)%2], fmt.Sprintf("v%02d-%02d", v, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitConverged(t, ctx, m.Peers[:2])
+	back := time.Now()
+	if err := away.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	converge := waitConverged(t, ctx, m.Peers)
+	want := winner(acts...)
+	if mi, err := away.Model(ctx, "detector"); err != nil || mi.Current == nil || mi.Current.Version != want.Version {
+		t.Errorf("rejoined peer's current %+v (%v), want %s", mi.Current, err, want.Version)
+	}
+	miss, err := missingDocs(ctx, away, w.ids())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(miss) > 0 {
+		t.Errorf("rejoined peer misses %d documents", len(miss))
+	}
+	// And it serves the current version's bytes once it has fetched them.
+	if err := away.WaitFor(ctx, func(st peer.Status) bool {
+		for _, ms := range st.Models {
+			if ms.Name == "detector" && ms.Serving == want.Version {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Error(err)
+	}
+	record(t, nw, reliabilityRow{Scenario: "peer offline through 15 versions and 300 docs, rejoins", Peers: 3,
+		Duration: time.Since(began).Seconds(), Faults: "peer stopped, restarted",
+		Acked: len(w.ids()) + len(acts), Lost: len(miss), Converge: time.Since(back).Seconds()})
+	_ = converge
+}
+
+func TestFaultDiskFull(t *testing.T) {
+	began := time.Now()
+	var mounted string
+	nw, m := faultMesh(t, "shoal-full", []int{1, 1}, func(o *procmesh.Options) {
+		o.Prepare = func(i int, dir string) error {
+			if i != 1 {
+				return nil
+			}
+			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=192m", "tmpfs", dir).CombinedOutput(); err != nil {
+				return fmt.Errorf("mount tmpfs: %v: %s", err, out)
+			}
+			mounted = dir
+			return nil
+		}
+	})
+	t.Cleanup(func() {
+		if mounted != "" {
+			m.Close()
+			exec.Command("umount", mounted).Run()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	full := m.Peers[1]
+	createNotes(t, ctx, full)
+	var w docWriter
+	for i := 0; i < 20; i++ {
+		if err := w.put(ctx, full, fmt.Sprintf("f%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitConverged(t, ctx, m.Peers)
+
+	// Fill the disk until less than the reserve is left.
+	filler := filepath.Join(mounted, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for {
+		free := metric(t, ctx, full, "shoal_disk_free_bytes")
+		if free < float64(store.DefaultMinFree)-(16<<20) {
+			break
+		}
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+
+	// Writes get a clear error…
+	r, err := full.Do(ctx, "PUT", "/v1/collections/notes/docs/refused", map[string]any{"text": "x", "vector": make([]float32, faultDim)})
+	if err != nil || r.Code != http.StatusInsufficientStorage || !strings.Contains(string(r.Body), "disk full") {
+		t.Fatalf("write on a full disk: %v %v, want 507 disk full", r, err)
+	}
+	var body map[string]any
+	if r.JSON(&body) != nil || body["error"] == nil {
+		t.Fatalf("507 without a JSON error body: %s", r.Body)
+	}
+	r, err = full.Do(ctx, "PUT", "/v1/models/detector/versions/v9", make([]byte, 1<<20))
+	if err != nil || r.Code != http.StatusInsufficientStorage {
+		t.Fatalf("push on a full disk: %v %v, want 507", r, err)
+	}
+	// …reads keep working…
+	if miss, err := missingDocs(ctx, full, w.ids()); err != nil || len(miss) > 0 {
+		t.Fatalf("reads on a full disk: missing %v (%v)", miss, err)
+	}
+	must(t, 200)(full.Do(ctx, "POST", "/v1/collections/notes/query", map[string]any{"vector": []float32{1, 2, 3, 4, 5, 6, 7, 8}, "k": 3}))
+	// …and an artifact that does not fit is not fetched: neither by hand
+	// nor when another peer activates it.
+	pushVersion(t, ctx, m.Peers[0], "big", "v1", 24<<20, true)
+	waitConverged(t, ctx, m.Peers)
+	must(t, http.StatusInsufficientStorage)(full.Do(ctx, "POST", "/v1/models/big/versions/v1/pull", nil))
+	for {
+		mi, err := full.Model(ctx, "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := mi.Versions[0].Local; l != nil && l.State == "failed" {
+			if !strings.Contains(l.Reason, "disk full") {
+				t.Errorf("pull failed for another reason: %s", l.Reason)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("pull on a full disk never failed: %+v", mi.Versions[0].Local)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Space returns: writes work again, and nothing stored was harmed —
+	// also across a restart, which reopens Badger.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.put(ctx, full, "after"); err != nil {
+		t.Fatalf("write after space returned: %v", err)
+	}
+	if err := full.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := full.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if miss, err := missingDocs(ctx, full, w.ids()); err != nil || len(miss) > 0 {
+		t.Fatalf("after recovery and restart: missing %v (%v)", miss, err)
+	}
+	converge := waitConverged(t, ctx, m.Peers)
+	// With space back, the activated version is fetched and served.
+	if err := full.WaitFor(ctx, func(st peer.Status) bool {
+		for _, ms := range st.Models {
+			if ms.Name == "big" && ms.Serving == "v1" {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Error(err)
+	}
+	record(t, nw, reliabilityRow{Scenario: "data dir fills up (192 MiB tmpfs), space returns", Peers: 2,
+		Duration: time.Since(began).Seconds(), Faults: "free space below the 64 MiB reserve",
+		Acked: len(w.ids()), Lost: 0, Converge: converge.Seconds()})
 }

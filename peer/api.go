@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"runtime/debug"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/store"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
@@ -219,6 +221,17 @@ func (n *Node) middleware(next http.Handler) http.Handler {
 			return
 		}
 		rec.Header().Set(HeaderStaleness, FormatStaleness(n.replica.Staleness()))
+		if isWrite(r) {
+			if err := n.store.CheckSpace(r.ContentLength); err != nil {
+				n.log.Warn("write refused", "path", r.URL.Path, "err", err)
+				code := http.StatusInsufficientStorage
+				if !errors.Is(err, store.ErrDiskFull) {
+					code = http.StatusInternalServerError
+				}
+				writeError(rec, code, err.Error())
+				return
+			}
+		}
 		next.ServeHTTP(rec, r)
 	})
 }

@@ -71,6 +71,11 @@ type Config struct {
 	// DemoRAG, when set, publishes an embedder and its tokenizer and fills
 	// a small collection, unless the mesh already has that collection.
 	DemoRAG *DemoRAG
+	// MinFreeBytes is the free space kept in reserve on the data
+	// directory's file system: API writes and artifact fetches that would
+	// cut into it are refused with ErrDiskFull (HTTP 507) while reads go
+	// on. Default store.DefaultMinFree (64 MiB); negative turns it off.
+	MinFreeBytes int64
 	// NoSync turns off fsync on every write (tests and benchmarks only: an
 	// acknowledged write can be lost on power failure).
 	NoSync bool

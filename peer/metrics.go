@@ -53,6 +53,8 @@ func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
 
 var (
 	descBuild         = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
+	descDiskFree      = prometheus.NewDesc("shoal_disk_free_bytes", "Free space on the data directory's file system; writes are refused (507) below the reserve.", nil, nil)
+	descDiskReserve   = prometheus.NewDesc("shoal_disk_reserve_bytes", "Free space the peer keeps in reserve (writes that would cut into it are refused).", nil, nil)
 	descStaleness     = prometheus.NewDesc("shoal_staleness_seconds", "How far behind the freshest replicated state this peer can prove it has seen.", nil, nil)
 	descPeerLag       = prometheus.NewDesc("shoal_peer_staleness_seconds", "This peer's staleness with respect to one mesh peer.", []string{"peer"}, nil)
 	descPeers         = prometheus.NewDesc("shoal_peers", "Mesh peers known from heartbeats, by state.", []string{"state"}, nil)
@@ -98,7 +100,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
+	for _, d := range []*prometheus.Desc{descBuild, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
 		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
 		descRAGDocs, descRAGUpdated, descRAGPending, descRAGApplied, descRAGBuild, descRAGUpdate, descRAGQuery, descEmbedCache, descEmbedded,
@@ -117,6 +119,10 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descBuild, 1, n.cfg.Version, runtime.Version(), n.cfg.Mesh, n.host.ID().String())
 	gauge(descUptime, time.Since(n.started).Seconds())
+	if free, err := n.store.FreeBytes(); err == nil {
+		gauge(descDiskFree, float64(free))
+	}
+	gauge(descDiskReserve, float64(max(n.store.MinFree(), 0)))
 
 	stale := n.replica.Staleness()
 	gauge(descStaleness, stale.Seconds)

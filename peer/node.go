@@ -98,7 +98,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 
 	// The store first: a data dir held by another peer must fail before
 	// this one takes any port.
-	if n.store, err = store.Open(store.Config{Dir: cfg.DataDir, NoSync: cfg.NoSync, Logger: cfg.Logger}); err != nil {
+	if n.store, err = store.Open(store.Config{Dir: cfg.DataDir, NoSync: cfg.NoSync, MinFree: cfg.MinFreeBytes, Logger: cfg.Logger}); err != nil {
 		return n, err
 	}
 	if n.store.Unclean() {
@@ -183,7 +183,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if n.registry, err = models.New(models.Config{Replica: n.replica, Publisher: pub, Trusted: trusted, Logger: n.log}); err != nil {
 		return n, err
 	}
-	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Logger: n.log})
+	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Space: n.store.CheckSpace, Logger: n.log})
 	n.life = newLifecycle(n, cfg.KeepVersions)
 	n.reg = prometheus.NewRegistry()
 	n.metrics = registerMetrics(n.reg, n)

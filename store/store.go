@@ -22,6 +22,7 @@ import (
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/namespace"
 	badger4 "github.com/ipfs/go-ds-badger4"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors callers can test with errors.Is.
@@ -30,6 +31,9 @@ var (
 	ErrLocked = errors.New("data directory is locked by another process")
 	// ErrUnwritable: the data directory cannot be created or written.
 	ErrUnwritable = errors.New("data directory is not writable")
+	// ErrDiskFull: the data directory's file system has less free space
+	// than the reserve (Config.MinFree) a write would leave.
+	ErrDiskFull = errors.New("disk full")
 )
 
 // Config configures a Store. Zero values take the documented defaults,
@@ -49,6 +53,12 @@ type Config struct {
 	ValueLogFileSize int64
 	// GCInterval between value-log GC cycles. Default 10m.
 	GCInterval time.Duration
+	// MinFree is the free space the peer keeps in reserve: CheckSpace
+	// refuses a write that would leave less. Badger writes its memtables
+	// through mmap, where a full disk is a SIGBUS rather than an error, so
+	// the reserve must cover a memtable flush and replicated writes that
+	// keep arriving. Default 64 MiB; negative turns the check off.
+	MinFree int64
 	// Logger; defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -59,6 +69,7 @@ type Store struct {
 	db      *badger4.Datastore
 	bs      blockstore.Blockstore
 	unclean bool
+	minFree int64
 	log     *slog.Logger
 }
 
@@ -83,6 +94,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = 10 * time.Minute
+	}
+	if cfg.MinFree == 0 {
+		cfg.MinFree = DefaultMinFree
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -117,7 +131,7 @@ func Open(cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open badger in %s: %w", path, err)
 	}
-	s := &Store{dir: cfg.Dir, db: db, log: cfg.Logger}
+	s := &Store{dir: cfg.Dir, db: db, minFree: cfg.MinFree, log: cfg.Logger}
 	// The marker exists only while a peer runs: finding it at start means
 	// the last run ended without Close (kill -9, power cut).
 	marker := filepath.Join(cfg.Dir, runningMarker)
@@ -130,6 +144,39 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.bs = blockstore.NewBlockstore(namespace.Wrap(db, BlocksPrefix), blockstore.NoPrefix())
 	return s, nil
+}
+
+// DefaultMinFree is Config.MinFree's default.
+const DefaultMinFree = 64 << 20
+
+// FreeBytes returns the space left to an unprivileged writer on the data
+// directory's file system.
+func (s *Store) FreeBytes() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", s.dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// MinFree returns the reserve (negative: no check).
+func (s *Store) MinFree() int64 { return s.minFree }
+
+// CheckSpace returns an ErrDiskFull error when writing need more bytes
+// would leave less than the reserve free. Reads never need it.
+func (s *Store) CheckSpace(need int64) error {
+	if s.minFree < 0 {
+		return nil
+	}
+	free, err := s.FreeBytes()
+	if err != nil {
+		return err
+	}
+	if free-max(need, 0) < s.minFree {
+		return fmt.Errorf("%w: %s has %d MiB free, a write of %d MiB would cut into the %d MiB reserve", ErrDiskFull,
+			s.dir, free>>20, (max(need, 0)+(1<<20)-1)>>20, s.minFree>>20)
+	}
+	return nil
 }
 
 // Dir returns the data directory.

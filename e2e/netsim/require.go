@@ -23,4 +23,3 @@ func Require(t testing.TB, prefix string) *Net {
 	})
 	return n
 }
-

@@ -80,6 +80,10 @@ type Options struct {
 	Args func(i int) []string
 	// Env, when set, adds environment variables to peer i's process.
 	Env func(i int) []string
+	// Prepare, when set, runs for each peer after its data directory is
+	// made and before anything is written to it (to mount a file system
+	// there, say).
+	Prepare func(i int, dir string) error
 	// NoBootstrap leaves peers without bootstrap addresses (discovery
 	// tests).
 	NoBootstrap bool
@@ -131,6 +135,11 @@ func New(opts Options) (*Mesh, error) {
 		p.client = &http.Client{Transport: &http.Transport{DialContext: h.DialContext, MaxIdleConnsPerHost: 16}}
 		if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
 			return nil, err
+		}
+		if opts.Prepare != nil {
+			if err := opts.Prepare(i, p.DataDir); err != nil {
+				return nil, err
+			}
 		}
 		if p.ID, err = makeIdentity(p.DataDir); err != nil {
 			return nil, err

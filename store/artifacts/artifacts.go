@@ -82,13 +82,18 @@ type Status struct {
 type Config struct {
 	Datastore ds.Datastore
 	Blocks    *store.Blocks
-	Logger    *slog.Logger
+	// Space, when set, is asked before a fetch whether the artifact fits
+	// on disk (store.Store.CheckSpace); a fetch it refuses fails with its
+	// error and is retried later like any failed fetch.
+	Space  func(need int64) error
+	Logger *slog.Logger
 }
 
 // Manager imports, fetches, verifies and garbage-collects artifacts.
 type Manager struct {
 	ds      ds.Datastore
 	blocks  *store.Blocks
+	space   func(need int64) error
 	offline ipld.DAGService
 	log     *slog.Logger
 
@@ -115,7 +120,7 @@ func New(cfg Config) *Manager {
 		cfg.Logger = slog.Default()
 	}
 	return &Manager{
-		ds: cfg.Datastore, blocks: cfg.Blocks, log: cfg.Logger.With("component", "artifacts"),
+		ds: cfg.Datastore, blocks: cfg.Blocks, space: cfg.Space, log: cfg.Logger.With("component", "artifacts"),
 		offline:  merkledag.NewDAGService(blockservice.New(cfg.Blocks.Local(), nil)),
 		inflight: map[string]*flight{}, live: map[string]*Status{},
 	}
@@ -289,6 +294,13 @@ func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 		st.State, st.Reason = StateBad, fmt.Sprintf(format, args...)
 		m.log.Error("artifact is bad", "ref", s.Ref, "cid", s.CID.String(), "reason", st.Reason)
 		return st, fmt.Errorf("%w: %s: %s", ErrBad, s.Ref, st.Reason)
+	}
+	if m.space != nil {
+		if err := m.space(s.Size); err != nil {
+			st.State, st.Reason = StateFailed, err.Error()
+			m.log.Warn("artifact does not fit on disk", "ref", s.Ref, "err", err)
+			return st, err
+		}
 	}
 	m.log.Info("fetching artifact", "ref", s.Ref, "cid", s.CID.String(), "size", s.Size)
 	// Fetch the DAG breadth-first in small batches, each through a fresh
