@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,7 +142,11 @@ func (r *Replica) dispatch() {
 		case EventPut:
 			rec, err := DecodeRecord(raw.value)
 			if err != nil {
-				r.count(func(c *Counters) { c.BadRecords++ })
+				if errors.Is(err, ErrRecordTooLarge) {
+					r.count(func(c *Counters) { c.OversizeRecords++ })
+				} else {
+					r.count(func(c *Counters) { c.BadRecords++ })
+				}
 				r.log.Warn("ignoring undecodable record", "key", raw.key, "err", err)
 				r.dispatched.Store(raw.seq)
 				continue

@@ -193,7 +193,10 @@ type Stats struct {
 
 // Counters are monotonically increasing event counts, for metrics.
 type Counters struct {
-	Puts, Deletes, BadRecords, HeartbeatsIn, HeartbeatsOut, InjectedHeads, InlineBlocks, InlineRejected uint64
+	// BadRecords could not be decoded; OversizeRecords exceeded
+	// MaxRecordSize. Neither reaches the state's readers.
+	BadRecords, OversizeRecords                                                             uint64
+	Puts, Deletes, HeartbeatsIn, HeartbeatsOut, InjectedHeads, InlineBlocks, InlineRejected uint64
 }
 
 // Replica is one peer's copy of the mesh's replicated state.

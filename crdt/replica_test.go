@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 
@@ -119,5 +120,41 @@ func TestReplicaWritesAndErrors(t *testing.T) {
 	}
 	if st := r.Staleness(); st.Seconds != 0 || len(st.Peers) != 0 {
 		t.Errorf("a lone replica past its grace period: %+v", st)
+	}
+}
+
+// TestHostileRecordsAreCountedByReason feeds raw values through the same
+// path a remote delta takes: an oversized record and an undecodable one
+// are counted apart and never reach List.
+func TestHostileRecordsAreCountedByReason(t *testing.T) {
+	r := openReplica(t)
+	ctx := context.Background()
+	huge := make([]byte, MaxRecordSize+1)
+	for i := range huge {
+		huge[i] = 'a'
+	}
+	if err := r.ds.Put(ctx, ds.NewKey("/hostile/huge"), huge); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ds.Put(ctx, ds.NewKey("/hostile/garbage"), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := r.Counters()
+		if c.OversizeRecords == 1 && c.BadRecords == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters %+v, want one oversize and one bad record", c)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	entries, err := r.List(ctx, "/hostile/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Errorf("hostile records listed: %+v", entries)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/peer"
@@ -113,7 +114,7 @@ func TestForgedAndCorruptPublicationsAreRejected(t *testing.T) {
 	}
 	act := models.Activation{Model: "ocr", Version: "evil", HLC: r0.Clock().Now()}
 	act.Sign(stranger)
-	if _, err := r0.Put(ctx, models.CurrentKey("ocr", act.Publisher), models.KindCurrent, act); err != nil {
+	if _, err := r0.Put(ctx, models.CurrentKey("ocr", act.Publisher, act.HLC), models.KindCurrent, act); err != nil {
 		t.Fatal(err)
 	}
 	// 2. A trusted publisher's manifest altered after signing.
@@ -170,6 +171,62 @@ func TestForgedAndCorruptPublicationsAreRejected(t *testing.T) {
 	res = do(t, http.MethodGet, api(m.Node(1))+"/v1/models/ocr/artifact", nil)
 	if res.code != 200 || res.header.Get(peer.HeaderModelVersion) != "v1" || sha(res.body) != sha(good) {
 		t.Errorf("unpinned fetch: %d version %q", res.code, res.header.Get(peer.HeaderModelVersion))
+	}
+}
+
+// TestReplayedAndFutureActivationsChangeNothing: a trusted publisher's old
+// activation broadcast again (under its own key, or under the single
+// per-publisher key of earlier releases) and an activation stamped a year
+// ahead leave the effective version alone and are counted.
+func TestReplayedAndFutureActivationsChangeNothing(t *testing.T) {
+	m := startMesh(t, 2, nil)
+	ctx := context.Background()
+	push(t, m.Node(0), "det", "v1", randomBytes(t, 16<<10), "activate=true")
+	old := modelInfo(t, m.Node(0), "det").Current
+	push(t, m.Node(0), "det", "v2", randomBytes(t, 16<<10), "activate=true")
+	eventually(t, "peer 1 serves v2", func() error {
+		if v := servingVersion(t, m.Node(1), "det"); v != "v2" {
+			return fmt.Errorf("serving %q", v)
+		}
+		return nil
+	})
+	r0 := m.Node(0).Replica()
+	// Replays, as an attacker on the mesh would broadcast them.
+	if _, err := r0.Put(ctx, models.CurrentKey("det", old.Publisher, old.HLC), models.KindCurrent, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r0.Put(ctx, models.Prefix+"det/current/"+string(old.Publisher), models.KindCurrent, old); err != nil {
+		t.Fatal(err)
+	}
+	// A well-signed activation of v1 stamped a year ahead.
+	future := models.Activation{Model: "det", Version: "v1", HLC: r0.Clock().Now()}
+	future.HLC.Wall += int64(365 * 24 * time.Hour)
+	future.Sign(m.Node(0).Registry().Publisher())
+	w, err := r0.Put(ctx, models.CurrentKey("det", future.Publisher, future.HLC), models.KindCurrent, future)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "peer 1 has the hostile records and counts the future one", func() error {
+		if err := m.Node(1).Replica().WaitFor(ctx, w.Heads); err != nil {
+			return err
+		}
+		modelInfo(t, m.Node(1), "det")
+		if rej := m.Node(1).Registry().Rejected(); rej[models.ReasonClockSkew] < 1 {
+			return fmt.Errorf("rejected %v", rej)
+		}
+		return nil
+	})
+	for i := 0; i < 2; i++ {
+		mi := modelInfo(t, m.Node(i), "det")
+		if mi.Current == nil || mi.Current.Version != "v2" {
+			t.Errorf("peer %d: current %+v after replays and a future stamp, want v2", i, mi.Current)
+		}
+		if len(mi.Activations) != 1 {
+			t.Errorf("peer %d lists %d activations for one publisher, want its newest only", i, len(mi.Activations))
+		}
+	}
+	if v := servingVersion(t, m.Node(1), "det"); v != "v2" {
+		t.Errorf("peer 1 serves %q, want v2", v)
 	}
 }
 

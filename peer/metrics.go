@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
@@ -148,8 +149,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descEvents, cnt.Puts, "put")
 	counter(descEvents, cnt.Deletes, "delete")
 	rejected := n.registry.Rejected()
-	rejected["malformed"] += cnt.BadRecords
-	for _, reason := range []string{"malformed", "bad_signature", "untrusted", "key_mismatch"} {
+	rejected[models.ReasonMalformed] += cnt.BadRecords
+	rejected[models.ReasonOversize] += cnt.OversizeRecords
+	for _, reason := range models.Reasons {
 		counter(descRejected, rejected[reason], reason)
 	}
 	counter(descHeartbeats, cnt.HeartbeatsIn, "in")

@@ -25,7 +25,17 @@ const (
 	ReasonBadSignature = "bad_signature"
 	ReasonUntrusted    = "untrusted"
 	ReasonKeyMismatch  = "key_mismatch"
+	// ReasonClockSkew: an activation stamped further ahead of this peer's
+	// clock than the replica's MaxClockSkew. It is reconsidered as the
+	// clock advances, so a publisher whose clock runs a little fast only
+	// waits; one stamped a year ahead cannot pin the current version.
+	ReasonClockSkew = "clock_skew"
+	// ReasonOversize: a record larger than crdt.MaxRecordSize.
+	ReasonOversize = "oversize"
 )
+
+// Reasons lists every rejection reason.
+var Reasons = []string{ReasonMalformed, ReasonBadSignature, ReasonUntrusted, ReasonKeyMismatch, ReasonClockSkew, ReasonOversize}
 
 // Sentinel errors.
 var (

@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/shoal-mesh/shoal/crdt"
 )
@@ -36,9 +37,16 @@ func VersionKey(model, version string, pub PublisherID) string {
 	return Prefix + model + "/versions/" + version + "/" + string(pub)
 }
 
-func CurrentKey(model string, pub PublisherID) string {
-	return Prefix + model + "/current/" + string(pub)
+// CurrentKey names one activation. Each activation gets a key of its own
+// (its HLC is the last segment), so the set of activations only grows:
+// re-broadcasting an old signed activation — a replay — can add nothing
+// new and cannot overwrite a newer one, as it could if each publisher had
+// a single register that go-ds-crdt resolves by DAG height.
+func CurrentKey(model string, pub PublisherID, hlc crdt.HLC) string {
+	return Prefix + model + "/current/" + string(pub) + "/" + hlcSegment(hlc)
 }
+
+func hlcSegment(h crdt.HLC) string { return fmt.Sprintf("%016x.%08x", uint64(h.Wall), h.Logical) }
 
 // Config configures a Registry.
 type Config struct {
@@ -47,7 +55,11 @@ type Config struct {
 	Publisher *Publisher
 	// Trusted publishers besides this peer's own key.
 	Trusted []PublisherID
-	Logger  *slog.Logger
+	// MaxClockSkew bounds how far ahead of this peer's clock an
+	// activation may be stamped and still count (ReasonClockSkew).
+	// Default 1 minute, the replica's own bound; negative: no bound.
+	MaxClockSkew time.Duration
+	Logger       *slog.Logger
 }
 
 // ChangeType says what changed in a model.
@@ -125,6 +137,7 @@ type Registry struct {
 	r       *crdt.Replica
 	pub     *Publisher
 	trusted map[PublisherID]bool
+	maxSkew time.Duration
 	log     *slog.Logger
 
 	mu       sync.Mutex
@@ -142,8 +155,11 @@ func New(cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxClockSkew == 0 {
+		cfg.MaxClockSkew = time.Minute
+	}
 	g := &Registry{
-		r: cfg.Replica, pub: cfg.Publisher, log: cfg.Logger.With("component", "registry"),
+		r: cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, log: cfg.Logger.With("component", "registry"),
 		trusted:  map[PublisherID]bool{cfg.Publisher.ID(): true},
 		rejected: map[string]string{}, counts: map[string]uint64{}, last: map[string]ModelState{},
 	}
@@ -323,6 +339,7 @@ func (g *Registry) Manifest(ctx context.Context, model, version string) (Manifes
 func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 	st := ModelState{Name: model, Activations: []Activation{}, Versions: []VersionState{}}
 	versions := map[string][]Manifest{}
+	latest := map[PublisherID]Activation{}
 	for _, e := range entries {
 		rest := strings.Split(strings.TrimPrefix(e.Key, Prefix+model+"/"), "/")
 		switch {
@@ -345,13 +362,15 @@ func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 				continue
 			}
 			versions[m.Version] = append(versions[m.Version], m)
-		case len(rest) == 2 && rest[0] == "current":
+		case (len(rest) == 2 || len(rest) == 3) && rest[0] == "current":
+			// Two segments: the single per-publisher register of earlier
+			// releases, still honoured; three: one key per activation.
 			var a Activation
 			if e.Record.Kind != KindCurrent || e.Record.DecodeBody(&a) != nil {
 				g.reject(e, ReasonMalformed, errors.New("not an activation"))
 				continue
 			}
-			if a.Model != model || string(a.Publisher) != rest[1] {
+			if a.Model != model || string(a.Publisher) != rest[1] || (len(rest) == 3 && rest[2] != hlcSegment(a.HLC)) {
 				g.reject(e, ReasonKeyMismatch, fmt.Errorf("activation of %s by %s under %s", a.Model, a.Publisher, e.Key))
 				continue
 			}
@@ -363,10 +382,20 @@ func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 				g.reject(e, ReasonUntrusted, fmt.Errorf("publisher %s", a.Publisher))
 				continue
 			}
-			st.Activations = append(st.Activations, a)
+			if ahead := time.Duration(a.HLC.Wall - g.r.Clock().Peek().Wall); g.maxSkew > 0 && ahead > g.maxSkew {
+				g.reject(e, ReasonClockSkew, fmt.Errorf("stamped %v ahead of this peer's clock (bound %v)", ahead.Round(time.Second), g.maxSkew))
+				continue
+			}
+			// Only each publisher's newest activation counts.
+			if prev, ok := latest[a.Publisher]; !ok || prev.HLC.Compare(a.HLC) < 0 {
+				latest[a.Publisher] = a
+			}
 		default:
 			g.reject(e, ReasonMalformed, errors.New("unexpected key"))
 		}
+	}
+	for _, a := range latest {
+		st.Activations = append(st.Activations, a)
 	}
 	for _, ms := range versions {
 		sort.Slice(ms, func(i, j int) bool { return order(ms[i].HLC, ms[i].Publisher, ms[j].HLC, ms[j].Publisher) < 0 })
@@ -442,7 +471,7 @@ func (g *Registry) Activate(ctx context.Context, model, version string) (Activat
 		}
 	}
 	a.Sign(g.pub)
-	w, err := g.r.Put(ctx, CurrentKey(model, a.Publisher), KindCurrent, a)
+	w, err := g.r.Put(ctx, CurrentKey(model, a.Publisher, a.HLC), KindCurrent, a)
 	return a, w, err
 }
 
