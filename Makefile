@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 10s ./inference/
 	$(GO) test -run '^$$' -fuzz '^FuzzDocumentRecords$$' -fuzztime 10s ./crdt/collections/
 	$(GO) test -run '^$$' -fuzz '^FuzzManifestVerify$$' -fuzztime 10s ./crdt/models/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseQuery$$' -fuzztime 10s ./peer/
 
 test: setup vet
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -108,5 +109,53 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 	cfg := peer.Config{DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, PSKFile: bad}
 	if _, err := peer.New(t.Context(), cfg); !errors.Is(err, peer.ErrBadConfig) || !strings.Contains(err.Error(), "swarm key") {
 		t.Errorf("bad key file: %v", err)
+	}
+}
+
+// TestSlowClientsCannotStarveTheAPI: a crowd of Slowloris connections,
+// each trickling header bytes, is cut off at the header timeout, and
+// ordinary requests are answered promptly all the while.
+func TestSlowClientsCannotStarveTheAPI(t *testing.T) {
+	m := startMesh(t, 1, func(_ int, c *peer.Config) { c.APIHeaderTimeout = time.Second })
+	n := m.Node(0)
+	addr := strings.TrimPrefix(api(n), "http://")
+	const slow = 200
+	closed := make(chan time.Duration, slow)
+	for i := 0; i < slow; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		go func() {
+			start := time.Now()
+			c.Write([]byte("GET /v1/status HTTP/1.1\r\nHost: x\r\n"))
+			for {
+				time.Sleep(200 * time.Millisecond)
+				if _, err := c.Write([]byte("X-Slow: 1\r\n")); err != nil {
+					closed <- time.Since(start)
+					return
+				}
+				if time.Since(start) > 10*time.Second {
+					closed <- -1
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < 5; i++ {
+		start := time.Now()
+		if res := do(t, "GET", api(n)+"/v1/status", nil); res.code != 200 {
+			t.Fatalf("status while slow clients hang on: %d", res.code)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("status took %v while slow clients hang on", d)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for i := 0; i < slow; i++ {
+		if d := <-closed; d < 0 {
+			t.Fatal("a slow client was still connected after 10 s with a 1 s header timeout")
+		}
 	}
 }

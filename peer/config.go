@@ -71,6 +71,10 @@ type Config struct {
 	// DemoRAG, when set, publishes an embedder and its tokenizer and fills
 	// a small collection, unless the mesh already has that collection.
 	DemoRAG *DemoRAG
+	// APIHeaderTimeout bounds how long a client may take to send a
+	// request's headers (Slowloris); APIReadTimeout bounds reading a whole
+	// request (artifact uploads extend it). Defaults 10s and 1m.
+	APIHeaderTimeout, APIReadTimeout time.Duration
 	// MinFreeBytes is the free space kept in reserve on the data
 	// directory's file system: API writes and artifact fetches that would
 	// cut into it are refused with ErrDiskFull (HTTP 507) while reads go

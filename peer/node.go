@@ -7,6 +7,7 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -202,8 +203,8 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	go func() { defer n.wg.Done(); n.followFlushes(nctx, flushes) }()
 	n.api = &http.Server{
 		Handler:           n.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
+		ReadHeaderTimeout: cmp.Or(cfg.APIHeaderTimeout, 10*time.Second),
+		ReadTimeout:       cmp.Or(cfg.APIReadTimeout, time.Minute),
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}

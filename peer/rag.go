@@ -200,8 +200,10 @@ func ragErr(err error) error {
 	return modelErr(err)
 }
 
-func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+func decodeBody(r *http.Request, v any) error { return decodeJSON(r.Body, v) }
+
+func decodeJSON(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
@@ -549,6 +551,32 @@ type QueryResponse struct {
 	Embedder         string        `json:"embedder,omitempty"`
 }
 
+// ParseQuery decodes a query body and checks everything that does not need
+// the collection: exactly one of text and vector, k in 1..MaxQueryK
+// (default 10), text at most collections.MaxTextBytes (JSON cannot carry a
+// non-finite number; the dimension is checked against the collection).
+// Errors carry the HTTP status to answer with.
+func ParseQuery(body io.Reader) (QueryRequest, int, error) {
+	var req QueryRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return req, 0, err
+	}
+	k := 10
+	if req.K != nil {
+		k = *req.K
+	}
+	if k <= 0 || k > MaxQueryK {
+		return req, 0, &apiError{code: http.StatusBadRequest, msg: fmt.Sprintf("k %d: must be 1..%d", k, MaxQueryK)}
+	}
+	if (req.Text == "") == (req.Vector == nil) {
+		return req, 0, &apiError{code: http.StatusBadRequest, msg: "give exactly one of text and vector"}
+	}
+	if len(req.Text) > collections.MaxTextBytes {
+		return req, 0, &apiError{code: http.StatusRequestEntityTooLarge, msg: "query text too large"}
+	}
+	return req, k, nil
+}
+
 func (n *Node) handleQuery(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel, err := n.consistent(w, r)
 	if err != nil {
@@ -558,21 +586,9 @@ func (n *Node) handleQuery(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	start := time.Now()
 	c := r.PathValue("c")
-	var req QueryRequest
-	if err := decodeBody(r, &req); err != nil {
+	req, k, err := ParseQuery(r.Body)
+	if err != nil {
 		writeAPIError(w, err)
-		return
-	}
-	k := 10
-	if req.K != nil {
-		k = *req.K
-	}
-	if k <= 0 || k > MaxQueryK {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("k %d: must be 1..%d", k, MaxQueryK))
-		return
-	}
-	if (req.Text == "") == (req.Vector == nil) {
-		writeError(w, http.StatusBadRequest, "give exactly one of text and vector")
 		return
 	}
 	spec, err := n.rag.m.Store().Collection(ctx, c)
@@ -587,10 +603,6 @@ func (n *Node) handleQuery(w http.ResponseWriter, r *http.Request) {
 	q := req.Vector
 	resp := QueryResponse{Collection: c}
 	if req.Text != "" {
-		if len(req.Text) > collections.MaxTextBytes {
-			writeError(w, http.StatusRequestEntityTooLarge, "query text too large")
-			return
-		}
 		vecs, _, used, err := n.embed(ctx, spec.Embedder, []string{req.Text})
 		if err != nil {
 			writeAPIError(w, ragErr(err))
