@@ -71,6 +71,10 @@ type Config struct {
 	// DemoRAG, when set, publishes an embedder and its tokenizer and fills
 	// a small collection, unless the mesh already has that collection.
 	DemoRAG *DemoRAG
+	// EncryptKeyFile, when set, encrypts the data directory at rest
+	// (Badger's AES encryption): a file holding 32 random bytes in hex, as
+	// `shoal key encryption FILE` writes. Keep it off the data disk.
+	EncryptKeyFile string
 	// APIHeaderTimeout bounds how long a client may take to send a
 	// request's headers (Slowloris); APIReadTimeout bounds reading a whole
 	// request (artifact uploads extend it). Defaults 10s and 1m.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/pnet"
@@ -69,4 +70,27 @@ func NewPSK() ([]byte, error) {
 		return nil, err
 	}
 	return []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(b) + "\n"), nil
+}
+
+// NewEncryptionKey returns a fresh data-at-rest key file's contents: 32
+// random bytes (AES-256) in hex.
+func NewEncryptionKey() ([]byte, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return []byte(hex.EncodeToString(b) + "\n"), nil
+}
+
+// readEncryptionKey reads a key file written by NewEncryptionKey.
+func readEncryptionKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --encrypt-key-file: %v", ErrBadConfig, err)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return nil, fmt.Errorf("%w: --encrypt-key-file %s: want 32, 48 or 64 hex digits (AES-128/192/256; `shoal key encryption FILE` makes one)", ErrBadConfig, path)
+	}
+	return key, nil
 }

@@ -99,7 +99,13 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 
 	// The store first: a data dir held by another peer must fail before
 	// this one takes any port.
-	if n.store, err = store.Open(store.Config{Dir: cfg.DataDir, NoSync: cfg.NoSync, MinFree: cfg.MinFreeBytes, Logger: cfg.Logger}); err != nil {
+	var encKey []byte
+	if cfg.EncryptKeyFile != "" {
+		if encKey, err = readEncryptionKey(cfg.EncryptKeyFile); err != nil {
+			return n, err
+		}
+	}
+	if n.store, err = store.Open(store.Config{Dir: cfg.DataDir, NoSync: cfg.NoSync, MinFree: cfg.MinFreeBytes, EncryptionKey: encKey, Logger: cfg.Logger}); err != nil {
 		return n, err
 	}
 	if n.store.Unclean() {

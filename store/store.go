@@ -34,6 +34,9 @@ var (
 	// ErrDiskFull: the data directory's file system has less free space
 	// than the reserve (Config.MinFree) a write would leave.
 	ErrDiskFull = errors.New("disk full")
+	// ErrEncryptionKey: the data directory was written with another
+	// encryption key, or with none while one was given (or the reverse).
+	ErrEncryptionKey = errors.New("wrong encryption key for the data directory")
 )
 
 // Config configures a Store. Zero values take the documented defaults,
@@ -53,6 +56,12 @@ type Config struct {
 	ValueLogFileSize int64
 	// GCInterval between value-log GC cycles. Default 10m.
 	GCInterval time.Duration
+	// EncryptionKey, when set (16, 24 or 32 bytes: AES-128/192/256),
+	// encrypts everything Badger writes — records, documents, artifact
+	// blocks. The same key is needed to open the directory again; a
+	// directory written without one cannot be opened with one, nor the
+	// reverse.
+	EncryptionKey []byte
 	// MinFree is the free space the peer keeps in reserve: CheckSpace
 	// refuses a write that would leave less. Badger writes its memtables
 	// through mmap, where a full disk is a SIGBUS rather than an error, so
@@ -120,6 +129,10 @@ func Open(cfg Config) (*Store, error) {
 		WithValueLogFileSize(cfg.ValueLogFileSize).
 		WithNumMemtables(2).
 		WithCompression(options.None)
+	if len(cfg.EncryptionKey) > 0 {
+		// Badger needs an index cache when blocks are encrypted.
+		opts.Options = opts.Options.WithEncryptionKey(cfg.EncryptionKey).WithIndexCacheSize(16 << 20)
+	}
 	path := filepath.Join(cfg.Dir, "badger")
 	db, err := badger4.NewDatastore(path, &opts)
 	if err != nil {
@@ -128,6 +141,9 @@ func Open(cfg Config) (*Store, error) {
 		}
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("%w: %s: %v", ErrUnwritable, cfg.Dir, err)
+		}
+		if msg := err.Error(); strings.Contains(msg, "Encryption key mismatch") || strings.Contains(msg, "encryption key") || strings.Contains(msg, "Invalid encryption key") {
+			return nil, fmt.Errorf("%w: %s: %v", ErrEncryptionKey, cfg.Dir, err)
 		}
 		return nil, fmt.Errorf("open badger in %s: %w", path, err)
 	}

@@ -12,11 +12,11 @@ import (
 )
 
 func cmdKey(args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "psk" {
-		return cmdKeyPSK(args[1:], stdout, stderr)
+	if len(args) > 0 && (args[0] == "psk" || args[0] == "encryption") {
+		return cmdKeyFile(args[0], args[1:], stdout, stderr)
 	}
 	if len(args) == 0 || (args[0] != "new" && args[0] != "show") {
-		return usageError("usage: shoal key new|show [--data DIR] | shoal key psk FILE")
+		return usageError("usage: shoal key new|show [--data DIR] | shoal key psk FILE | shoal key encryption FILE")
 	}
 	fs := flag.NewFlagSet("key "+args[0], flag.ContinueOnError)
 	dataDir := fs.String("data", envString("DATA", peer.DefaultDataDir), "data directory holding publisher.key (env SHOAL_DATA)")
@@ -47,19 +47,24 @@ func cmdKey(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// cmdKeyPSK writes a new private-network key: every peer of a private mesh
-// runs with --psk pointing at a copy of it.
-func cmdKeyPSK(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("key psk", flag.ContinueOnError)
+// cmdKeyFile writes a new secret: a private-network key (psk; every peer
+// of a private mesh runs with --psk pointing at a copy of it) or a
+// data-at-rest key (encryption; one per peer, for --encrypt-key-file).
+func cmdKeyFile(kind string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("key "+kind, flag.ContinueOnError)
 	force := fs.Bool("force", false, "overwrite an existing file")
 	pos, err := interleave(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return usageError("usage: shoal key psk FILE [--force]")
+		return usageError("usage: shoal key %s FILE [--force]", kind)
 	}
-	key, err := peer.NewPSK()
+	newKey, flagName, what := peer.NewPSK, "--psk", "a private-network key"
+	if kind == "encryption" {
+		newKey, flagName, what = peer.NewEncryptionKey, "--encrypt-key-file", "a data-at-rest encryption key"
+	}
+	key, err := newKey()
 	if err != nil {
 		return err
 	}
@@ -69,7 +74,7 @@ func cmdKeyPSK(args []string, stdout, stderr io.Writer) error {
 	}
 	f, err := os.OpenFile(pos[0], flags, 0o600)
 	if err != nil {
-		return fmt.Errorf("psk: %w", err)
+		return fmt.Errorf("%s: %w", kind, err)
 	}
 	if _, err := f.Write(key); err != nil {
 		f.Close()
@@ -78,6 +83,6 @@ func cmdKeyPSK(args []string, stdout, stderr io.Writer) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote a private-network key to %s; start every peer with --psk %s\n", pos[0], pos[0])
+	fmt.Fprintf(stdout, "wrote %s to %s; start the peer with %s %s\n", what, pos[0], flagName, pos[0])
 	return nil
 }

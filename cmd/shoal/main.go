@@ -59,6 +59,7 @@ Usage:
                                   retrieval collections and their documents
   shoal key new|show [--data DIR] this peer's publisher identity (ed25519)
   shoal key psk FILE              a private-network key for --psk
+  shoal key encryption FILE       a data-at-rest key for --encrypt-key-file
   shoal version                   print the version
 
 Run 'shoal COMMAND -h' for the flags of a command. Every flag of 'run' can also

@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -548,5 +551,78 @@ demo_rag = false
 	os.WriteFile(bad, []byte("mesh = \"x\"\nbogus = 1\n"), 0o600)
 	if _, stderr, code := shoal(t, "run", "--config", bad); code != 2 || !strings.Contains(stderr, `unknown key "bogus"`) {
 		t.Errorf("unknown key: %d %s", code, stderr)
+	}
+}
+
+// TestEncryptionAtRest: with --encrypt-key-file nothing in the data
+// directory holds a stored document's text (without it, the same check
+// finds it); the directory then opens only with its key.
+func TestEncryptionAtRest(t *testing.T) {
+	const secret = "zebra-quartz-4471 maintenance note for pump 7"
+	keyFile := filepath.Join(t.TempDir(), "data.key")
+	if out, stderr, code := shoal(t, "key", "encryption", keyFile); code != 0 || !strings.Contains(out, "--encrypt-key-file "+keyFile) {
+		t.Fatalf("key encryption: %d %s%s", code, out, stderr)
+	}
+	store := func(dir string, extra ...string) {
+		p := startPeer(t, append(loopbackArgs(dir), extra...)...)
+		for _, req := range []struct{ method, path, body string }{
+			{"POST", "/v1/collections", `{"name":"notes","embedder":"client@v1","dimension":3}`},
+			{"PUT", "/v1/collections/notes/docs/n1", `{"text":"` + secret + `","vector":[1,2,3]}`},
+		} {
+			r, err := http.NewRequest(req.method, p.api+req.path, strings.NewReader(req.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := http.DefaultClient.Do(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode/100 != 2 {
+				t.Fatalf("%s %s: %d %s", req.method, req.path, res.StatusCode, b)
+			}
+		}
+		p.stop(t)
+	}
+	holds := func(dir string) []string {
+		var found []string
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if b, err := os.ReadFile(path); err == nil && bytes.Contains(b, []byte("zebra-quartz-4471")) {
+					found = append(found, path)
+				}
+			}
+			return nil
+		})
+		return found
+	}
+	plain, enc := t.TempDir(), t.TempDir()
+	store(plain)
+	if len(holds(plain)) == 0 {
+		t.Fatal("the unencrypted data dir does not hold the text either: the check proves nothing")
+	}
+	store(enc, "--encrypt-key-file", keyFile)
+	if f := holds(enc); len(f) > 0 {
+		t.Errorf("plaintext of a stored document in %v", f)
+	}
+	// The directory opens only with its key.
+	if _, stderr, code := shoal(t, append([]string{"run"}, loopbackArgs(enc)...)...); code == 0 || !strings.Contains(stderr, "encryption key") {
+		t.Errorf("opened without its key: %d %s", code, stderr)
+	}
+	other := filepath.Join(t.TempDir(), "other.key")
+	shoal(t, "key", "encryption", other)
+	if _, stderr, code := shoal(t, append([]string{"run"}, append(loopbackArgs(enc), "--encrypt-key-file", other)...)...); code == 0 || !strings.Contains(stderr, "encryption key") {
+		t.Errorf("opened with another key: %d %s", code, stderr)
+	}
+	p := startPeer(t, append(loopbackArgs(enc), "--encrypt-key-file", keyFile)...)
+	res, err := http.Get(p.api + "/v1/collections/notes/docs/n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(b), secret) {
+		t.Errorf("reopened with its key: %d %s", res.StatusCode, b)
 	}
 }

@@ -33,7 +33,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 
 // settingNames are the environment/config-file names of run's settings.
 var settingNames = []string{"DATA", "API", "MESH", "MDNS", "ORT_LIB", "LOG_LEVEL", "LOG_FORMAT", "LISTEN", "BOOTSTRAP", "TRUST",
-	"KEEP_VERSIONS", "DEVICE", "INTRA_OP_THREADS", "CACHE_MB", "CACHE_TTL", "CACHE_PERSIST", "PSK", "API_TOKEN", "DEMO_RAG", "DEFAULT_MODEL"}
+	"KEEP_VERSIONS", "DEVICE", "INTRA_OP_THREADS", "CACHE_MB", "CACHE_TTL", "CACHE_PERSIST", "PSK", "API_TOKEN", "DEMO_RAG", "DEFAULT_MODEL",
+	"ENCRYPT_KEY_FILE", "MIN_FREE_MB"}
 
 // runPeer parses run's settings (flags over $SHOAL_* over the --config
 // file over defaults) and starts a peer, or with printOnly prints the
@@ -77,6 +78,10 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	minFreeDef, err := envInt("MIN_FREE_MB", int(store.DefaultMinFree>>20))
+	if err != nil {
+		return usageError("%v", err)
+	}
 	ttlDef, err := time.ParseDuration(envString("CACHE_TTL", "10m"))
 	if err != nil {
 		return usageError("SHOAL_CACHE_TTL: %v", err)
@@ -100,6 +105,8 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 		persist   = fs.Bool("cache-persist", persistDef, "keep cached results in Badger too, across restarts (env SHOAL_CACHE_PERSIST)")
 		psk       = fs.String("psk", envString("PSK", ""), "private-network key file (`shoal key psk FILE`): only peers with the same key can connect; TCP only (env SHOAL_PSK)")
 		apiToken  = fs.String("api-token", envString("API_TOKEN", ""), "bearer token required on every state-changing API request; required when --api is not a loopback address (env SHOAL_API_TOKEN; the CLI sends $SHOAL_API_TOKEN)")
+		encKey    = fs.String("encrypt-key-file", envString("ENCRYPT_KEY_FILE", ""), "encrypt the data directory at rest with this key (`shoal key encryption FILE`; keep it off the data disk) (env SHOAL_ENCRYPT_KEY_FILE)")
+		minFreeMB = fs.Int("min-free-mb", minFreeDef, "free space (MiB) kept in reserve on the data directory's disk: writes that would cut into it are refused with 507; -1 turns the check off (env SHOAL_MIN_FREE_MB)")
 		demoRAG   = fs.Bool("demo-rag", demoDef, "publish the default embedder and a small 'demo' collection when the mesh has none (env SHOAL_DEMO_RAG)")
 		defModel  = fs.String("default-model", envString("DEFAULT_MODEL", ""), "ONNX file published and activated as model 'ocr-cls' when the mesh has none; 'none' to disable (env SHOAL_DEFAULT_MODEL; default "+inference.DefaultModelPath+")")
 	)
@@ -125,7 +132,7 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	cfg := peer.Config{
 		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, ORTLibrary: *ortLib,
 		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(), Logger: logger,
-		APIToken: *apiToken, PSKFile: *psk,
+		APIToken: *apiToken, PSKFile: *psk, EncryptKeyFile: *encKey, MinFreeBytes: int64(*minFreeMB) << 20,
 		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
 	}
 	switch *defModel {
@@ -174,6 +181,8 @@ func explainStartError(err error) error {
 	switch {
 	case errors.Is(err, store.ErrLocked):
 		return fmt.Errorf("%w (is another shoal peer running on it? use --data to pick another directory)", err)
+	case errors.Is(err, store.ErrEncryptionKey):
+		return fmt.Errorf("%w (give the --encrypt-key-file it was written with, or none if it was written without)", err)
 	case errors.Is(err, store.ErrUnwritable):
 		return fmt.Errorf("%w (check the directory's permissions or use --data)", err)
 	case errors.Is(err, peer.ErrAddrInUse):
