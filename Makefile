@@ -6,7 +6,7 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all setup build run test vet fuzz bench clean
+.PHONY: all setup build run test vet fuzz bench reliability clean
 
 all: build
 
@@ -38,6 +38,10 @@ test: setup vet
 
 bench: setup
 	$(GO) run ./e2e/cmd/shoal-bench -out docs/benchmarks.md
+
+# Fault scenarios with real processes in network namespaces (root).
+reliability: setup
+	$(GO) run ./e2e/cmd/shoal-reliability -out docs/reliability.md
 
 clean:
 	rm -rf bin
