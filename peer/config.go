@@ -44,6 +44,18 @@ type Config struct {
 	Bootstrap []string
 	// MDNS turns on LAN discovery. DefaultConfig turns it on.
 	MDNS bool
+	// DHT runs a Kademlia DHT private to the mesh (protocol prefix
+	// /shoal/<mesh>) and a rendezvous on it, so peers of other sites are
+	// found through any peer already known — a bootstrap address per site
+	// is enough. DefaultConfig turns it on.
+	DHT bool
+	// NAT turns on libp2p's NAT helpers: UPnP/NAT-PMP port mapping, hole
+	// punching and the AutoNAT service. Off by default.
+	NAT bool
+	// RelayService lets this peer relay connections for peers behind NATs
+	// (circuit relay v2), e.g. on a MEC node with a public address. Off
+	// by default.
+	RelayService bool
 	// Mesh names the replication group; it derives the gossipsub topics and
 	// the mDNS service name. Default "shoal".
 	Mesh string
@@ -132,6 +144,7 @@ func DefaultConfig() Config {
 		APIAddr:      DefaultAPIAddr,
 		ListenAddrs:  DefaultListenAddrs(),
 		MDNS:         true,
+		DHT:          true,
 		Mesh:         DefaultMesh,
 		KeepVersions: 2,
 	}

@@ -54,6 +54,7 @@ func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
 
 var (
 	descBuild         = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
+	descDiscovered    = prometheus.NewDesc("shoal_discovered_peers_total", "Connections made to peers found by each discovery source (bootstrap, mdns, heartbeat, dht).", []string{"source"}, nil)
 	descDiskFree      = prometheus.NewDesc("shoal_disk_free_bytes", "Free space on the data directory's file system; writes are refused (507) below the reserve.", nil, nil)
 	descDiskReserve   = prometheus.NewDesc("shoal_disk_reserve_bytes", "Free space the peer keeps in reserve (writes that would cut into it are refused).", nil, nil)
 	descStaleness     = prometheus.NewDesc("shoal_staleness_seconds", "How far behind the freshest replicated state this peer can prove it has seen.", nil, nil)
@@ -101,7 +102,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
+	for _, d := range []*prometheus.Desc{descBuild, descDiscovered, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
 		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
 		descRAGDocs, descRAGUpdated, descRAGPending, descRAGApplied, descRAGBuild, descRAGUpdate, descRAGQuery, descEmbedCache, descEmbedded,
@@ -124,6 +125,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descDiskFree, float64(free))
 	}
 	gauge(descDiskReserve, float64(max(n.store.MinFree(), 0)))
+	for _, src := range discoverySources {
+		counter(descDiscovered, n.discovered(src), src)
+	}
 
 	stale := n.replica.Staleness()
 	gauge(descStaleness, stale.Seconds)

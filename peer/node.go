@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -56,6 +57,8 @@ type Node struct {
 	blocks  *store.Blocks
 	replica *crdt.Replica
 	mdns    mdns.Service
+	dht     *dht.IpfsDHT
+	found   sync.Map // discovery source → *atomic.Uint64
 
 	registry  *models.Registry
 	artifacts *artifacts.Manager
@@ -148,6 +151,12 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
 	opts = append(opts, libp2p.ListenAddrs(listen...))
+	if cfg.NAT {
+		opts = append(opts, libp2p.NATPortMap(), libp2p.EnableHolePunching(), libp2p.EnableNATService())
+	}
+	if cfg.RelayService {
+		opts = append(opts, libp2p.EnableRelayService())
+	}
 	if cfg.Gater != nil {
 		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
 	}
@@ -231,6 +240,11 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	n.wg.Add(1)
 	go n.redialLoop(p.bootstrap)
+	if cfg.DHT {
+		if err := n.startDHT(nctx, p.bootstrap); err != nil {
+			return n, err
+		}
+	}
 	if cfg.DefaultModel != nil || cfg.DemoRAG != nil {
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.publishDefaults(nctx) }()
@@ -307,7 +321,7 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	var mu sync.Mutex
 	backoffs := map[libp2ppeer.ID]*backoff{}
 	inflight := map[libp2ppeer.ID]bool{}
-	try := func(ai libp2ppeer.AddrInfo) {
+	try := func(ai libp2ppeer.AddrInfo, source string) {
 		if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected {
 			return
 		}
@@ -322,7 +336,7 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			err := n.dial(ai)
+			err := n.dial(ai, source)
 			mu.Lock()
 			defer mu.Unlock()
 			delete(inflight, ai.ID)
@@ -342,7 +356,7 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	defer t.Stop()
 	for {
 		for _, ai := range bootstrap {
-			try(ai)
+			try(ai, sourceBootstrap)
 		}
 		for _, ps := range n.replica.Staleness().Peers {
 			id, err := libp2ppeer.Decode(ps.ID)
@@ -355,7 +369,7 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 					addrs = append(addrs, a)
 				}
 			}
-			try(libp2ppeer.AddrInfo{ID: id, Addrs: addrs})
+			try(libp2ppeer.AddrInfo{ID: id, Addrs: addrs}, sourceHeartbeat)
 		}
 		select {
 		case <-n.ctx.Done():
@@ -365,7 +379,9 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	}
 }
 
-func (n *Node) dial(ai libp2ppeer.AddrInfo) error {
+// dial connects to a peer found by source (sourceMDNS, …) and counts the
+// connection under that source when it is new.
+func (n *Node) dial(ai libp2ppeer.AddrInfo, source string) error {
 	if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected {
 		return nil
 	}
@@ -374,7 +390,11 @@ func (n *Node) dial(ai libp2ppeer.AddrInfo) error {
 	defer cancel()
 	err := n.host.Connect(ctx, ai)
 	if err != nil && n.ctx.Err() == nil {
-		n.log.Debug("dial failed", "to", ai.ID.String(), "err", err)
+		n.log.Debug("dial failed", "to", ai.ID.String(), "source", source, "err", err)
+	}
+	if err == nil {
+		n.countDiscovered(source)
+		n.log.Debug("connected", "to", ai.ID.String(), "source", source)
 	}
 	return err
 }
@@ -388,7 +408,7 @@ func (m mdnsNotifee) HandlePeerFound(ai libp2ppeer.AddrInfo) {
 	m.n.wg.Add(1)
 	go func() {
 		defer m.n.wg.Done()
-		m.n.dial(ai)
+		m.n.dial(ai, sourceMDNS)
 	}()
 }
 
@@ -414,6 +434,9 @@ func (n *Node) Close() error {
 			n.mdns.Close()
 		}
 		n.cancel()
+		if n.dht != nil {
+			n.dht.Close()
+		}
 		if n.replica != nil {
 			if err := n.replica.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close replica: %w", err))

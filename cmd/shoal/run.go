@@ -34,7 +34,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 // settingNames are the environment/config-file names of run's settings.
 var settingNames = []string{"DATA", "API", "MESH", "MDNS", "ORT_LIB", "LOG_LEVEL", "LOG_FORMAT", "LISTEN", "BOOTSTRAP", "TRUST",
 	"KEEP_VERSIONS", "DEVICE", "INTRA_OP_THREADS", "CACHE_MB", "CACHE_TTL", "CACHE_PERSIST", "PSK", "API_TOKEN", "DEMO_RAG", "DEFAULT_MODEL",
-	"ENCRYPT_KEY_FILE", "MIN_FREE_MB"}
+	"ENCRYPT_KEY_FILE", "MIN_FREE_MB", "DHT", "NAT", "RELAY_SERVICE"}
 
 // runPeer parses run's settings (flags over $SHOAL_* over the --config
 // file over defaults) and starts a peer, or with printOnly prints the
@@ -55,6 +55,18 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.String("config", cfgFile, "TOML file of these settings (keys are the flag names); flags and $SHOAL_* override it (env SHOAL_CONFIG)")
 	mdnsDef, err := envBool("MDNS", def.MDNS)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	dhtDef, err := envBool("DHT", def.DHT)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	natDef, err := envBool("NAT", false)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	relayDef, err := envBool("RELAY_SERVICE", false)
 	if err != nil {
 		return usageError("%v", err)
 	}
@@ -91,6 +103,9 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 		apiAddr   = fs.String("api", envString("API", def.APIAddr), "HTTP API listen address (env SHOAL_API)")
 		mesh      = fs.String("mesh", envString("MESH", def.Mesh), "mesh name: peers replicate only within a mesh (env SHOAL_MESH)")
 		mdns      = fs.Bool("mdns", mdnsDef, "discover peers on the LAN with mDNS (env SHOAL_MDNS)")
+		dhtOn     = fs.Bool("dht", dhtDef, "find peers of other sites through the mesh's own Kademlia DHT (env SHOAL_DHT)")
+		nat       = fs.Bool("nat", natDef, "UPnP/NAT-PMP port mapping, hole punching and the AutoNAT service, for peers behind NATs (env SHOAL_NAT)")
+		relaySvc  = fs.Bool("relay-service", relayDef, "relay connections for peers behind NATs (circuit relay v2), e.g. on a MEC node with a public address (env SHOAL_RELAY_SERVICE)")
 		ortLib    = fs.String("ort-lib", envString("ORT_LIB", ""), "onnxruntime shared library (env SHOAL_ORT_LIB; default deps/onnxruntime/libonnxruntime.so)")
 		logLevel  = fs.String("log-level", envString("LOG_LEVEL", "info"), "debug, info, warn or error (env SHOAL_LOG_LEVEL)")
 		logFormat = fs.String("log-format", envString("LOG_FORMAT", "auto"), "text, json, or auto: json when stderr is not a terminal (env SHOAL_LOG_FORMAT)")
@@ -130,7 +145,7 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 		cacheBytes = -1
 	}
 	cfg := peer.Config{
-		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, ORTLibrary: *ortLib,
+		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, DHT: *dhtOn, NAT: *nat, RelayService: *relaySvc, ORTLibrary: *ortLib,
 		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(), Logger: logger,
 		APIToken: *apiToken, PSKFile: *psk, EncryptKeyFile: *encKey, MinFreeBytes: int64(*minFreeMB) << 20,
 		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,

@@ -76,14 +76,18 @@ type Options struct {
 	Dir string
 	// Mesh name; default "procmesh".
 	Mesh string
-	// Args, when set, adds flags to peer i's command line.
-	Args func(i int) []string
+	// Args, when set, adds flags to peer i's command line; peers have
+	// their hosts and IDs already.
+	Args func(i int, peers []*Peer) []string
 	// Env, when set, adds environment variables to peer i's process.
 	Env func(i int) []string
 	// Prepare, when set, runs for each peer after its data directory is
 	// made and before anything is written to it (to mount a file system
 	// there, say).
 	Prepare func(i int, dir string) error
+	// SkipWait makes StartAll return once every API is up, without waiting
+	// for the peers to connect (discovery tests wait themselves).
+	SkipWait bool
 	// NoBootstrap leaves peers without bootstrap addresses (discovery
 	// tests).
 	NoBootstrap bool
@@ -166,7 +170,7 @@ func New(opts Options) (*Mesh, error) {
 			}
 		}
 		if opts.Args != nil {
-			p.Args = append(p.Args, opts.Args(i)...)
+			p.Args = append(p.Args, opts.Args(i, m.Peers)...)
 		}
 	}
 	return m, nil
@@ -201,6 +205,9 @@ func (m *Mesh) StartAll(ctx context.Context) error {
 		if err := p.Start(ctx); err != nil {
 			return err
 		}
+	}
+	if m.opts.SkipWait {
+		return nil
 	}
 	return m.WaitConnected(ctx, m.Peers...)
 }
