@@ -215,7 +215,7 @@ func (n *Node) middleware(next http.Handler) http.Handler {
 			limit = MaxRAGBody
 		}
 		r.Body = http.MaxBytesReader(rec, r.Body, limit)
-		if n.cfg.APIToken != "" && isWrite(r) && !n.authorized(r) {
+		if n.token() != "" && isWrite(r) && !n.authorized(r) {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
 			writeError(rec, http.StatusUnauthorized, "this request changes state: it needs Authorization: Bearer <API token>")
 			return
@@ -251,7 +251,7 @@ func isWrite(r *http.Request) bool {
 
 func (n *Node) authorized(r *http.Request) bool {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(n.cfg.APIToken)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(n.token())) == 1
 }
 
 // FormatStaleness renders a staleness as the Shoal-Staleness header value

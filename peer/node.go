@@ -58,7 +58,9 @@ type Node struct {
 	replica *crdt.Replica
 	mdns    mdns.Service
 	dht     *dht.IpfsDHT
-	found   sync.Map // discovery source → *atomic.Uint64
+	// apiToken is Config.APIToken, replaced by Reload.
+	apiToken atomic.Pointer[string]
+	found    sync.Map // discovery source → *atomic.Uint64
 
 	registry  *models.Registry
 	artifacts *artifacts.Manager
@@ -108,6 +110,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 			return n, err
 		}
 	}
+	n.apiToken.Store(&cfg.APIToken)
 	if n.store, err = store.Open(store.Config{Dir: cfg.DataDir, NoSync: cfg.NoSync, MinFree: cfg.MinFreeBytes, EncryptionKey: encKey, Logger: cfg.Logger}); err != nil {
 		return n, err
 	}

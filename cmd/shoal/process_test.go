@@ -626,3 +626,61 @@ func TestEncryptionAtRest(t *testing.T) {
 		t.Errorf("reopened with its key: %d %s", res.StatusCode, b)
 	}
 }
+
+// TestSIGHUPReloadsWhatIsSafe: SIGHUP re-reads the --config file; a new
+// API token takes effect at once, a changed mesh name waits for a restart
+// (and says so), and a broken file changes nothing.
+func TestSIGHUPReloadsWhatIsSafe(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "shoal.toml")
+	base := `data = "` + filepath.Join(dir, "data") + `"
+api = "127.0.0.1:0"
+listen = ["/ip4/127.0.0.1/tcp/0"]
+mdns = false
+dht = false
+default_model = "none"
+demo_rag = false
+`
+	os.WriteFile(file, []byte(base), 0o600)
+	p := startPeer(t, "--config", file)
+	create := func(name, auth string) int {
+		r, _ := http.NewRequest("POST", p.api+"/v1/collections", strings.NewReader(`{"name":"`+name+`","embedder":"e@v1","dimension":3}`))
+		if auth != "" {
+			r.Header.Set("Authorization", "Bearer "+auth)
+		}
+		res, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if code := create("a", ""); code/100 != 2 {
+		t.Fatalf("write before the reload: %d", code)
+	}
+	os.WriteFile(file, []byte(base+"api_token = \"s3cret\"\nmesh = \"renamed\"\n"), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for create("b", "") != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("the API token from the reloaded file never took effect")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code := create("c", "s3cret"); code/100 != 2 {
+		t.Errorf("write with the reloaded token: %d", code)
+	}
+	os.WriteFile(file, []byte(base+"bogus = 1\n"), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(500 * time.Millisecond)
+	if code := create("d", ""); code != http.StatusUnauthorized {
+		t.Errorf("a broken file changed the token: write without it answered %d", code)
+	}
+	p.stop(t)
+	logs := p.stderr.String()
+	for _, want := range []string{"configuration reloaded", `"setting":"mesh"`, "takes effect at the next restart", "configuration not reloaded"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+}

@@ -40,6 +40,115 @@ var settingNames = []string{"DATA", "API", "MESH", "MDNS", "ORT_LIB", "LOG_LEVEL
 // file over defaults) and starts a peer, or with printOnly prints the
 // effective settings.
 func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
+	o, err := parseRun(args, stderr)
+	if err != nil {
+		return err
+	}
+	if printOnly {
+		return printSettings(stdout, o.fs)
+	}
+	level := new(slog.LevelVar)
+	logger, err := newLogger(stderr, o.logLevel, o.logFormat, level)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	slog.SetDefault(logger)
+	cfg := o.cfg
+	cfg.Logger = logger
+	defModel, demoRAG := o.defModel, o.demoRAG
+	switch defModel {
+	case "none":
+	case "":
+		if path, ok := inference.FindAsset(inference.DefaultModelPath); ok {
+			cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: path}
+		} else {
+			logger.Warn("default model not found; run `make setup` to fetch it", "path", inference.DefaultModelPath)
+		}
+	default:
+		if _, err := os.Stat(defModel); err != nil {
+			return usageError("--default-model: %v", err)
+		}
+		cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: defModel}
+	}
+	if demoRAG {
+		if tok, ok := inference.FindAsset(DefaultTokenizerPath); ok {
+			cfg.DemoRAG = demoRAGConfig(tok)
+		} else {
+			logger.Warn("default tokenizer not found; run `make setup` for the demo collection", "path", DefaultTokenizerPath)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	node, err := peer.New(ctx, cfg)
+	if err != nil {
+		return explainStartError(err)
+	}
+	fmt.Fprintf(stdout, "shoal %s: peer %s in mesh %q\n  API     http://%s\n", buildVersion(), node.ID(), cfg.Mesh, node.APIAddr())
+	for _, a := range node.Addrs() {
+		fmt.Fprintf(stdout, "  libp2p  %s\n", a)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			reload(args, logger, level, o, node)
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	stop()
+	logger.Info("shutting down")
+	if err := node.Close(); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// reload re-reads the settings (flags, $SHOAL_*, the --config file) on
+// SIGHUP and applies those that can change while running: log level,
+// trusted publishers, API token. Changes to any other setting are logged
+// as needing a restart; a bad file changes nothing.
+func reload(args []string, logger *slog.Logger, level *slog.LevelVar, old *runOptions, node *peer.Node) {
+	o, err := parseRun(args, io.Discard)
+	if err != nil {
+		logger.Error("SIGHUP: configuration not reloaded", "err", err)
+		return
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(o.logLevel)); err != nil {
+		logger.Error("SIGHUP: configuration not reloaded", "err", fmt.Sprintf("log level %q", o.logLevel))
+		return
+	}
+	if err := node.Reload(peer.Reloadable{Trusted: o.cfg.Trusted, APIToken: o.cfg.APIToken}); err != nil {
+		logger.Error("SIGHUP: configuration not reloaded", "err", err)
+		return
+	}
+	level.Set(lv)
+	old.fs.VisitAll(func(f *flag.Flag) {
+		switch f.Name {
+		case "trust", "api-token", "log-level", "config":
+			return
+		}
+		if nf := o.fs.Lookup(f.Name); nf != nil && nf.Value.String() != f.Value.String() {
+			logger.Warn("SIGHUP: setting changed; it takes effect at the next restart", "setting", f.Name)
+		}
+	})
+}
+
+// runOptions are run's parsed settings.
+type runOptions struct {
+	cfg                           peer.Config
+	fs                            *flag.FlagSet
+	logLevel, logFormat, defModel string
+	demoRAG                       bool
+}
+
+// parseRun parses run's settings: flags over $SHOAL_* over the --config
+// file over defaults.
+func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 	fileSettings = map[string]string{}
 	cfgFile := configPath(args)
 	if cfgFile != "" {
@@ -48,7 +157,7 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 			known[n] = true
 		}
 		if err := loadConfigFile(cfgFile, known); err != nil {
-			return usageError("%v", err)
+			return nil, usageError("%v", err)
 		}
 	}
 	def := peer.DefaultConfig()
@@ -56,47 +165,47 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	fs.String("config", cfgFile, "TOML file of these settings (keys are the flag names); flags and $SHOAL_* override it (env SHOAL_CONFIG)")
 	mdnsDef, err := envBool("MDNS", def.MDNS)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	dhtDef, err := envBool("DHT", def.DHT)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	natDef, err := envBool("NAT", false)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	relayDef, err := envBool("RELAY_SERVICE", false)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	keepDef, err := envInt("KEEP_VERSIONS", def.KeepVersions)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	threadsDef, err := envInt("INTRA_OP_THREADS", 0)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	cacheMBDef, err := envInt("CACHE_MB", 64)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	persistDef, err := envBool("CACHE_PERSIST", false)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	demoDef, err := envBool("DEMO_RAG", true)
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	minFreeDef, err := envInt("MIN_FREE_MB", int(store.DefaultMinFree>>20))
 	if err != nil {
-		return usageError("%v", err)
+		return nil, usageError("%v", err)
 	}
 	ttlDef, err := time.ParseDuration(envString("CACHE_TTL", "10m"))
 	if err != nil {
-		return usageError("SHOAL_CACHE_TTL: %v", err)
+		return nil, usageError("SHOAL_CACHE_TTL: %v", err)
 	}
 	var (
 		dataDir   = fs.String("data", envString("DATA", def.DataDir), "data directory (env SHOAL_DATA)")
@@ -129,65 +238,19 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	fs.Var(listen, "listen", "libp2p listen multiaddr, repeatable (env SHOAL_LISTEN, comma-separated; default TCP and QUIC on port 4010)")
 	fs.Var(bootstrap, "bootstrap", "bootstrap peer multiaddr ending in /p2p/<id>, repeatable (env SHOAL_BOOTSTRAP, comma-separated)")
 	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
+		return nil, err
 	}
-	if printOnly {
-		return printSettings(stdout, fs)
-	}
-	logger, err := newLogger(stderr, *logLevel, *logFormat)
-	if err != nil {
-		return usageError("%v", err)
-	}
-	slog.SetDefault(logger)
-
 	cacheBytes := int64(*cacheMB) << 20
 	if *cacheMB <= 0 {
 		cacheBytes = -1
 	}
 	cfg := peer.Config{
 		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, DHT: *dhtOn, NAT: *nat, RelayService: *relaySvc, ORTLibrary: *ortLib,
-		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(), Logger: logger,
+		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(),
 		APIToken: *apiToken, PSKFile: *psk, EncryptKeyFile: *encKey, MinFreeBytes: int64(*minFreeMB) << 20,
 		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
 	}
-	switch *defModel {
-	case "none":
-	case "":
-		if path, ok := inference.FindAsset(inference.DefaultModelPath); ok {
-			cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: path}
-		} else {
-			logger.Warn("default model not found; run `make setup` to fetch it", "path", inference.DefaultModelPath)
-		}
-	default:
-		if _, err := os.Stat(*defModel); err != nil {
-			return usageError("--default-model: %v", err)
-		}
-		cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: *defModel}
-	}
-	if *demoRAG {
-		if tok, ok := inference.FindAsset(DefaultTokenizerPath); ok {
-			cfg.DemoRAG = demoRAGConfig(tok)
-		} else {
-			logger.Warn("default tokenizer not found; run `make setup` for the demo collection", "path", DefaultTokenizerPath)
-		}
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	node, err := peer.New(ctx, cfg)
-	if err != nil {
-		return explainStartError(err)
-	}
-	fmt.Fprintf(stdout, "shoal %s: peer %s in mesh %q\n  API     http://%s\n", buildVersion(), node.ID(), cfg.Mesh, node.APIAddr())
-	for _, a := range node.Addrs() {
-		fmt.Fprintf(stdout, "  libp2p  %s\n", a)
-	}
-	<-ctx.Done()
-	stop()
-	logger.Info("shutting down")
-	if err := node.Close(); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	return nil
+	return &runOptions{cfg: cfg, fs: fs, logLevel: *logLevel, logFormat: *logFormat, defModel: *defModel, demoRAG: *demoRAG}, nil
 }
 
 // explainStartError turns start-up failures into one line an operator can
@@ -208,11 +271,14 @@ func explainStartError(err error) error {
 	return err
 }
 
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
+// newLogger makes run's logger; its level lives in lv, so SIGHUP can
+// change it.
+func newLogger(w io.Writer, level, format string, lv *slog.LevelVar) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", level)
 	}
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	switch strings.ToLower(format) {
 	case "json":

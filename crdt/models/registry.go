@@ -136,8 +136,10 @@ func short(p PublisherID) string {
 type Registry struct {
 	r       *crdt.Replica
 	pub     *Publisher
+	tmu     sync.RWMutex
 	trusted map[PublisherID]bool
 	maxSkew time.Duration
+	refresh chan struct{}
 	log     *slog.Logger
 
 	mu       sync.Mutex
@@ -159,7 +161,7 @@ func New(cfg Config) (*Registry, error) {
 		cfg.MaxClockSkew = time.Minute
 	}
 	g := &Registry{
-		r: cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, log: cfg.Logger.With("component", "registry"),
+		r: cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, refresh: make(chan struct{}, 1), log: cfg.Logger.With("component", "registry"),
 		trusted:  map[PublisherID]bool{cfg.Publisher.ID(): true},
 		rejected: map[string]string{}, counts: map[string]uint64{}, last: map[string]ModelState{},
 	}
@@ -178,6 +180,8 @@ func (g *Registry) Publisher() *Publisher { return g.pub }
 
 // Trusted lists the trusted publisher ids.
 func (g *Registry) Trusted() []PublisherID {
+	g.tmu.RLock()
+	defer g.tmu.RUnlock()
 	var out []PublisherID
 	for id := range g.trusted {
 		out = append(out, id)
@@ -195,23 +199,61 @@ func (g *Registry) Subscribe() <-chan Change {
 	return ch
 }
 
+// SetTrusted replaces the trusted publishers (this peer's own key stays
+// trusted) and has Run re-evaluate every model, so records of a publisher
+// no longer trusted stop counting at once and those of a newly trusted
+// one start to.
+func (g *Registry) SetTrusted(ids []PublisherID) {
+	set := map[PublisherID]bool{g.pub.ID(): true}
+	for _, id := range ids {
+		set[id] = true
+	}
+	g.tmu.Lock()
+	g.trusted = set
+	g.tmu.Unlock()
+	select {
+	case g.refresh <- struct{}{}:
+	default:
+	}
+}
+
+func (g *Registry) isTrusted(id PublisherID) bool {
+	g.tmu.RLock()
+	defer g.tmu.RUnlock()
+	return g.trusted[id]
+}
+
+// reevaluateEvery re-reads every model even without a change, so an
+// activation that was early (ReasonClockSkew) counts once the clock passes
+// its stamp.
+const reevaluateEvery = 30 * time.Second
+
 // Run emits the initial state (a CurrentChanged and VersionAdded for every
 // model, since hooks are not replayed after a restart) and then follows the
 // replica until ctx ends.
 func (g *Registry) Run(ctx context.Context) {
 	sub := g.r.Subscribe(Prefix, 256)
 	defer sub.Close()
-	if all, err := g.Models(ctx); err == nil {
-		for _, st := range all {
-			g.diff(st)
+	all := func() {
+		if all, err := g.Models(ctx); err == nil {
+			for _, st := range all {
+				g.diff(st)
+			}
 		}
 	}
+	all()
+	tick := time.NewTicker(reevaluateEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-sub.Done():
 			return
+		case <-tick.C:
+			all()
+		case <-g.refresh:
+			all()
 		case ev := <-sub.C():
 			model, _, ok := strings.Cut(strings.TrimPrefix(ev.Key, Prefix), "/")
 			if !ok {
@@ -357,7 +399,7 @@ func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 				g.reject(e, ReasonBadSignature, err)
 				continue
 			}
-			if !g.trusted[m.Publisher] {
+			if !g.isTrusted(m.Publisher) {
 				g.reject(e, ReasonUntrusted, fmt.Errorf("publisher %s", m.Publisher))
 				continue
 			}
@@ -378,7 +420,7 @@ func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 				g.reject(e, ReasonBadSignature, err)
 				continue
 			}
-			if !g.trusted[a.Publisher] {
+			if !g.isTrusted(a.Publisher) {
 				g.reject(e, ReasonUntrusted, fmt.Errorf("publisher %s", a.Publisher))
 				continue
 			}

@@ -1,0 +1,49 @@
+package peer
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/shoal-mesh/shoal/crdt/models"
+)
+
+// Reloadable are the settings a running peer can change without a
+// restart (`shoal run` applies them on SIGHUP). Everything else — data
+// directory, addresses, mesh, keys, device — is fixed for the life of the
+// process.
+type Reloadable struct {
+	// Trusted publishers, as in Config.Trusted.
+	Trusted []string
+	// APIToken, as in Config.APIToken. It may not become empty while the
+	// API listens on a non-loopback address.
+	APIToken string
+}
+
+// Reload applies r. On error nothing changes.
+func (n *Node) Reload(r Reloadable) error {
+	var ids []models.PublisherID
+	for _, t := range r.Trusted {
+		_, id, err := models.ParsePublisherID(t)
+		if err != nil {
+			return fmt.Errorf("%w: --trust: %v", ErrBadConfig, err)
+		}
+		ids = append(ids, id)
+	}
+	if r.APIToken == "" {
+		host, _, _ := net.SplitHostPort(n.cfg.APIAddr)
+		if ip := net.ParseIP(host); ip == nil && host != "localhost" || ip != nil && !ip.IsLoopback() {
+			return fmt.Errorf("%w: the API listens on %s: its token cannot be removed", ErrBadConfig, n.cfg.APIAddr)
+		}
+	}
+	n.registry.SetTrusted(ids)
+	n.apiToken.Store(&r.APIToken)
+	n.log.Info("configuration reloaded", "trusted", len(ids), "api_token", r.APIToken != "")
+	return nil
+}
+
+func (n *Node) token() string {
+	if t := n.apiToken.Load(); t != nil {
+		return *t
+	}
+	return ""
+}
