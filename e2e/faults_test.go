@@ -457,7 +457,15 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 	}()
 	// Kill once the pull is part-way and some writes were acknowledged.
 	var before float64
+	sawProgress := false
 	for {
+		if st, err := victim.Status(ctx); err == nil {
+			for _, p := range st.Progress {
+				if p.Kind == "artifact_pull" && p.Name == "big@v1" && p.Total == size && p.Done > 0 && p.Done < size {
+					sawProgress = true
+				}
+			}
+		}
 		before = metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
 		if before >= size/4 && len(w.ids()) >= 20 {
 			break
@@ -469,6 +477,9 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 	}
 	victim.Kill()
 	close(stop)
+	if !sawProgress {
+		t.Error("/v1/status never showed the pull's progress")
+	}
 	<-streamDone
 	acked := w.ids()
 	if before >= size {

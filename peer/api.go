@@ -47,6 +47,19 @@ type Status struct {
 	Runtime          RuntimeStatus   `json:"runtime"`
 	Inference        InferenceStatus `json:"inference"`
 	Models           []ModelSummary  `json:"models"`
+	// Progress lists long operations under way: artifact pulls and
+	// retrieval index builds.
+	Progress []Progress `json:"progress"`
+}
+
+// Progress is one long operation in Status.
+type Progress struct {
+	Kind      string    `json:"kind"` // "artifact_pull" or "index_build"
+	Name      string    `json:"name"` // model@version or collection
+	Done      int64     `json:"done"` // bytes or documents
+	Total     int64     `json:"total"`
+	Unit      string    `json:"unit"` // "bytes" or "documents"
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 }
 
 // ModelSummary is one model in Status.
@@ -126,9 +139,36 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 			s.Models = append(s.Models, ms)
 		}
 	}
+	s.Progress = n.progress(ctx)
 	s.Inference = n.inferenceStatus()
 	s.Runtime = RuntimeStatus{ONNXRuntime: s.Inference.ONNXRuntime, Library: s.Inference.Library, Device: s.Inference.Device, Error: s.Inference.Error}
 	return s, nil
+}
+
+// progress lists the artifact pulls and index builds under way.
+func (n *Node) progress(ctx context.Context) []Progress {
+	out := []Progress{}
+	seen := map[string]int{}
+	if all, err := n.artifacts.All(ctx); err == nil {
+		for _, a := range all {
+			if a.State != artifacts.StateFetching {
+				continue
+			}
+			p := Progress{Kind: "artifact_pull", Name: a.Ref, Done: a.Fetched, Total: a.Size, Unit: "bytes", UpdatedAt: a.UpdatedAt}
+			if i, ok := seen[a.Ref]; ok {
+				out[i] = p // the live entry comes last
+				continue
+			}
+			seen[a.Ref] = len(out)
+			out = append(out, p)
+		}
+	}
+	if n.rag != nil {
+		for _, b := range n.rag.m.Building() {
+			out = append(out, Progress{Kind: "index_build", Name: b.Collection, Done: b.Done, Total: b.Total, Unit: "documents", UpdatedAt: time.Now().UTC()})
+		}
+	}
+	return out
 }
 
 func (n *Node) routes() http.Handler {

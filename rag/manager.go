@@ -32,6 +32,35 @@ type Manager struct {
 	replica *crdt.Replica
 	sub     *crdt.Subscription
 	applied atomic.Uint64 // Seq of the last event handled
+
+	building sync.Map // collection → *buildProgress, while its index is built
+}
+
+type buildProgress struct {
+	total   int
+	done    atomic.Int64
+	started time.Time
+}
+
+// Build is the progress of one index being built from the store.
+type Build struct {
+	Collection string    `json:"collection"`
+	Done       int64     `json:"done"`
+	Total      int64     `json:"total"`
+	StartedAt  time.Time `json:"started_at"`
+}
+
+// Building lists the indexes being built now (at start-up every
+// collection's index is rebuilt from Badger).
+func (m *Manager) Building() []Build {
+	var out []Build
+	m.building.Range(func(k, v any) bool {
+		p := v.(*buildProgress)
+		out = append(out, Build{Collection: k.(string), Done: p.done.Load(), Total: int64(p.total), StartedAt: p.started})
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Collection < out[j].Collection })
+	return out
 }
 
 // collectionIndex is one collection's index and the metadata filters read.
@@ -148,9 +177,13 @@ func (m *Manager) rebuild(ctx context.Context, spec collections.Spec) int {
 	if err != nil {
 		m.log.Error("reading documents", "collection", spec.Name, "err", err)
 	}
+	prog := &buildProgress{total: len(docs), started: time.Now().UTC()}
+	m.building.Store(spec.Name, prog)
+	defer m.building.Delete(spec.Name)
 	last := time.Now()
 	for i, d := range docs {
 		m.addDoc(ci, d)
+		prog.done.Store(int64(i + 1))
 		if time.Since(last) > 2*time.Second {
 			last = time.Now()
 			m.log.Info("building retrieval index", "collection", spec.Name, "done", i+1, "of", len(docs))
