@@ -10,6 +10,8 @@ command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)   # cgo, for onnxruntime_
 command -v npm >/dev/null || need_apt+=(npm)             # fetches the pinned onnxruntime build
 command -v node >/dev/null || need_apt+=(nodejs)         # runs the OpenAI client in the tests
 command -v chromium >/dev/null || need_apt+=(chromium)   # renders the status page in the tests
+command -v curl >/dev/null || need_apt+=(curl)           # the README's quick start, run by a test
+command -v ip >/dev/null || need_apt+=(iproute2)         # network namespaces of the fault and discovery tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2

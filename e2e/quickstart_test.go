@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shoal-mesh/shoal/e2e/netsim"
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
+)
+
+// quickStart returns the README's first-screen command that runs a peer
+// and the shell block that follows "In another terminal:", line by line.
+func quickStart(t *testing.T) (string, []string) {
+	t.Helper()
+	f, err := os.Open(testmesh.RepoFile("README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var run string
+	var block []string
+	state := 0 // 0: before the block, 1: waiting for its fence, 2: inside, 3: done
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if run == "" && strings.HasPrefix(line, "make run") {
+			run, _, _ = strings.Cut(line, "#")
+			run = strings.TrimSpace(run)
+		}
+		switch {
+		case state == 0 && strings.Contains(line, "In another terminal:"):
+			state = 1
+		case state == 1 && strings.HasPrefix(line, "```"):
+			state = 2
+		case state == 2 && strings.HasPrefix(line, "```"):
+			state = 3
+		case state == 2 && strings.TrimSpace(line) != "":
+			block = append(block, line)
+		}
+	}
+	if run == "" || len(block) == 0 {
+		t.Fatalf("README has no quick start to run (make run: %q, %d commands)", run, len(block))
+	}
+	return run, block
+}
+
+// TestReadmeQuickStart runs the README's quick start literally — `make
+// run`, then every command of the block that follows — in a network
+// namespace of its own (so its fixed port 127.0.0.1:7480 is free) on a
+// fresh data directory, and expects an inference and a retrieval answer.
+func TestReadmeQuickStart(t *testing.T) {
+	run, cmds := quickStart(t)
+	nw := netsim.Require(t, "shoal-readme")
+	h, err := nw.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	start := h.Command("sh", "-c", run)
+	start.Dir = testmesh.RepoFile(".")
+	start.Env = append(os.Environ(), "SHOAL_DATA="+data)
+	start.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	logf, err := os.Create(data + ".log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start.Stdout, start.Stderr = logf, logf
+	if err := start.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-start.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { start.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			syscall.Kill(-start.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(data + ".log")
+			t.Logf("%s log:\n%s", run, tail(string(b), 40))
+		}
+	})
+	// `make run` builds first; wait until the default model answers.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for {
+		_, err := h.Command("curl", "-sf", "127.0.0.1:7480/v2/models/ocr-cls/ready").CombinedOutput()
+		if err == nil {
+			if st, err := h.Command("curl", "-sf", "127.0.0.1:7480/v1/collections/demo").CombinedOutput(); err == nil && strings.Contains(string(st), `"documents"`) {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the peer of %q never served the default model and the demo collection", run)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	var sawInference, sawRetrieval bool
+	for _, c := range cmds {
+		cmd := h.Command("sh", "-c", c)
+		cmd.Dir = testmesh.RepoFile(".")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("README command %q: %v\n%s", c, err, out)
+			continue
+		}
+		t.Logf("$ %s\n%s", c, tail(string(out), 8))
+		switch {
+		case strings.Contains(c, "/infer") || strings.Contains(c, "shoal infer"):
+			if !strings.Contains(string(out), "outputs") && !strings.Contains(string(out), "softmax") {
+				t.Errorf("README command %q printed no inference outputs:\n%s", c, out)
+			}
+			sawInference = true
+		case strings.Contains(c, "doc query"):
+			if len(strings.TrimSpace(string(out))) == 0 || strings.Contains(string(out), "no results") {
+				t.Errorf("README command %q found nothing:\n%s", c, out)
+			}
+			sawRetrieval = true
+		}
+	}
+	if !sawInference || !sawRetrieval {
+		t.Errorf("the quick start lacks an inference (%v) or a retrieval query (%v)", sawInference, sawRetrieval)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
