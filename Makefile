@@ -36,7 +36,10 @@ test: setup vet
 	$(GO) test -race -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 
+# Side-by-side benchmarks (etcd, Redis, NATS from Debian; the delay/loss row
+# needs root for network namespaces). Rewrites docs/benchmarks.md.
 bench: setup
+	@scripts/setup-bench.sh
 	$(GO) run ./e2e/cmd/shoal-bench -out docs/benchmarks.md
 
 # Fault scenarios with real processes in network namespaces (root).

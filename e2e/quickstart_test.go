@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,18 +76,37 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// A clean stop: SIGTERM to make and the peer, which must then leave
+		// the namespace empty (shut down) within a bound.
 		syscall.Kill(-start.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { start.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			syscall.Kill(-start.Process.Pid, syscall.SIGKILL)
-			<-done
+		go start.Wait()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, _ := exec.Command("ip", "netns", "pids", h.Name).Output()
+			pids := strings.Fields(string(out))
+			if len(pids) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				for _, p := range pids {
+					if pid, err := strconv.Atoi(p); err == nil {
+						syscall.Kill(pid, syscall.SIGQUIT) // goroutine dump into the log
+					}
+				}
+				time.Sleep(time.Second)
+				for _, p := range pids {
+					if pid, err := strconv.Atoi(p); err == nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+				t.Errorf("processes %v still running 30 s after SIGTERM", pids)
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(data + ".log")
-			t.Logf("%s log:\n%s", run, tail(string(b), 40))
+			t.Logf("%s log:\n%s", run, tail(string(b), 200))
 		}
 	})
 	// `make run` builds first; wait until the default model answers.

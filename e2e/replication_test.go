@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,8 +39,25 @@ func eventually(t *testing.T, what string, f func() error) {
 	ctx, cancel := context.WithTimeout(context.Background(), converge)
 	defer cancel()
 	if err := testmesh.Eventually(ctx, 50*time.Millisecond, f); err != nil {
+		t.Logf("goroutines of the peers when %q timed out:\n%s", what, peerStacks())
 		t.Fatalf("%s: %v", what, err)
 	}
+}
+
+// peerStacks returns the stacks of goroutines running Shoal's own code,
+// so a timeout in CI shows what the peers were doing.
+func peerStacks() string {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "shoal-mesh/shoal/peer.") || strings.Contains(g, "shoal-mesh/shoal/inference.") {
+			if !strings.Contains(g, "testing.tRunner") {
+				out = append(out, g)
+			}
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
 
 type kv struct {

@@ -162,6 +162,9 @@ func Open(cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// closeTimeout bounds Close.
+const closeTimeout = 20 * time.Second
+
 // DefaultMinFree is Config.MinFree's default.
 const DefaultMinFree = 64 << 20
 
@@ -213,8 +216,19 @@ func (s *Store) Sync(ctx context.Context) error { return s.db.Sync(ctx, ds.NewKe
 // Close syncs and closes the database and marks the shutdown clean.
 func (s *Store) Close() error {
 	err := s.db.Sync(context.Background(), ds.NewKey("/"))
-	if cerr := s.db.Close(); cerr != nil {
-		err = errors.Join(err, cerr)
+	// Badger retries a failing memtable flush forever (a vanished or full
+	// disk), which would hang the peer's shutdown. Bound it: every write it
+	// acknowledged is in its write-ahead log already, replayed at the next
+	// start, and the RUNNING marker stays to say the close was not clean.
+	closed := make(chan error, 1)
+	go func() { closed <- s.db.Close() }()
+	select {
+	case cerr := <-closed:
+		if cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	case <-time.After(closeTimeout):
+		err = errors.Join(err, fmt.Errorf("badger did not close within %v (disk errors?); its write-ahead log is replayed at the next start", closeTimeout))
 	}
 	if err == nil {
 		os.Remove(filepath.Join(s.dir, runningMarker))

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/testmesh"
 )
 
@@ -34,7 +35,19 @@ func main() {
 		ragN   = flag.Int("rag-vectors", 100000, "vectors in the retrieval scenario")
 		ragDim = flag.Int("rag-dim", 384, "their dimension")
 		ragQ   = flag.Int("rag-queries", 500, "queries in the retrieval scenario")
-		only   = flag.String("only", "", "run one scenario: propagation, models, inference or rag")
+		cmpN   = flag.String("compare-subscribers", "3,10,25", "subscriber counts of the comparison with etcd, Redis and NATS")
+		cmpK   = flag.Int("compare-notices", 100, "change notices per system and size in the comparison")
+		cmpA   = flag.Int("compare-activations", 10, "Shoal activations per size in the comparison")
+		zipfK  = flag.Int("zipf-inputs", 256, "distinct inputs of the case-study workload")
+		zipfS  = flag.Float64("zipf-s", 1.1, "Zipf exponent of the case-study workload (> 1)")
+		zipfC  = flag.Int("zipf-clients", 4, "clients of the case-study workload")
+		zipfD  = flag.Duration("zipf-time", 30*time.Second, "duration of each case-study run")
+		zipfE  = flag.Duration("zipf-every", 10*time.Second, "a new model version every this long in the case study")
+		lossyN = flag.Int("lossy-subscribers", 10, "subscribers of the delay/loss comparison")
+		lossyK = flag.Int("lossy-notices", 20, "version changes per system in the delay/loss comparison")
+		lossyD = flag.Duration("lossy-delay", 50*time.Millisecond, "one-way delay per link in the delay/loss comparison")
+		lossyL = flag.Float64("lossy-loss", 0.01, "packet loss per link in the delay/loss comparison")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -42,7 +55,12 @@ func main() {
 		run  func() error
 	}{
 		{"propagation", func() error { return run(*sizes, *writes, *gap, *out) }},
+		{"compare", func() error { return runCompare(*cmpN, *cmpK, *cmpA, *gap, *out) }},
+		{"lossy", func() error {
+			return runLossy(*lossyN, *lossyK, netsim.Link{Delay: *lossyD, Loss: *lossyL}, *out)
+		}},
 		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
+		{"casestudy", func() error { return runCaseStudy(*zipfK, *zipfS, *zipfC, *zipfD, *zipfE, *out) }},
 		{"rag", func() error { return runRAG(*ragN, *ragDim, *ragQ, *out) }},
 		{"inference", func() error {
 			for _, s := range strings.Split(*thr, ",") {

@@ -1,0 +1,477 @@
+package main
+
+// The systems an operator would otherwise use to tell gateways that the
+// current model version changed: etcd watches, Redis pub/sub and NATS
+// subjects. Each runs as its real server (Debian's etcd-server,
+// redis-server and nats-server) on loopback; the subscribers and the
+// publisher speak each server's wire protocol directly (RESP, the NATS text
+// protocol, etcd's JSON gRPC gateway), one TCP connection per subscriber,
+// so no client library sits between the measurement and the server.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// notifier delivers a change notice from one publisher to subscribers.
+type notifier interface {
+	Name() string
+	// Version is the server's own version string.
+	Version() string
+	// Subscribe opens n subscribers; got is called with the subscriber's
+	// index and each notice it receives.
+	Subscribe(n int, got func(sub int, notice string)) error
+	Publish(notice string) error
+	Close()
+}
+
+// server is a child process listening on a loopback port.
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+	dir  string
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func startServer(addr string, name string, args ...string) (*server, error) {
+	if _, err := exec.LookPath(name); err != nil {
+		return nil, fmt.Errorf("%s not installed (scripts/setup-bench.sh installs it): %w", name, err)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &server{cmd: cmd, addr: addr}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("%s did not listen on %s", name, addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *server) stop() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+}
+
+func commandVersion(name string, args ...string) string {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return "?"
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
+}
+
+// --- Redis pub/sub -------------------------------------------------------
+
+type redisNotifier struct {
+	srv   *server
+	subs  []net.Conn
+	pub   net.Conn
+	pubRd *bufio.Reader
+	wg    sync.WaitGroup
+}
+
+func newRedis() (notifier, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	srv, err := startServer(fmt.Sprintf("127.0.0.1:%d", port), "redis-server",
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "1000")
+	if err != nil {
+		return nil, err
+	}
+	r := &redisNotifier{srv: srv}
+	if r.pub, err = net.Dial("tcp", srv.addr); err != nil {
+		srv.stop()
+		return nil, err
+	}
+	r.pubRd = bufio.NewReader(r.pub)
+	return r, nil
+}
+
+func (r *redisNotifier) Name() string { return "Redis pub/sub" }
+func (r *redisNotifier) Version() string {
+	return commandVersion("redis-server", "--version")
+}
+
+func respCommand(args ...string) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	return b.Bytes()
+}
+
+// readRESP reads one RESP value: arrays become []any, bulk and simple
+// strings string, integers int64.
+func readRESP(rd *bufio.Reader) (any, error) {
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return nil, errors.New("empty RESP line")
+	}
+	switch line[0] {
+	case '+':
+		return line[1:], nil
+	case '-':
+		return nil, errors.New(line[1:])
+	case ':':
+		return strconv.ParseInt(line[1:], 10, 64)
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return nil, err
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			return nil, err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil {
+			return nil, err
+		}
+		out := make([]any, 0, max(n, 0))
+		for i := 0; i < n; i++ {
+			v, err := readRESP(rd)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unexpected RESP %q", line)
+}
+
+func (r *redisNotifier) Subscribe(n int, got func(int, string)) error {
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", r.srv.addr)
+		if err != nil {
+			return err
+		}
+		r.subs = append(r.subs, c)
+		rd := bufio.NewReader(c)
+		if _, err := c.Write(respCommand("SUBSCRIBE", "model-current")); err != nil {
+			return err
+		}
+		if _, err := readRESP(rd); err != nil { // the subscribe confirmation
+			return err
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			for {
+				v, err := readRESP(rd)
+				if err != nil {
+					return
+				}
+				if a, ok := v.([]any); ok && len(a) == 3 && a[0] == "message" {
+					got(i, a[2].(string))
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+func (r *redisNotifier) Publish(notice string) error {
+	if _, err := r.pub.Write(respCommand("PUBLISH", "model-current", notice)); err != nil {
+		return err
+	}
+	_, err := readRESP(r.pubRd)
+	return err
+}
+
+func (r *redisNotifier) Close() {
+	for _, c := range r.subs {
+		c.Close()
+	}
+	r.pub.Close()
+	r.wg.Wait()
+	r.srv.stop()
+}
+
+// --- NATS ----------------------------------------------------------------
+
+type natsNotifier struct {
+	srv  *server
+	subs []net.Conn
+	pub  net.Conn
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+}
+
+func newNATS() (notifier, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	srv, err := startServer(fmt.Sprintf("127.0.0.1:%d", port), "nats-server", "-a", "127.0.0.1", "-p", strconv.Itoa(port))
+	if err != nil {
+		return nil, err
+	}
+	n := &natsNotifier{srv: srv}
+	if n.pub, _, err = natsConnect(srv.addr); err != nil {
+		srv.stop()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *natsNotifier) Name() string    { return "NATS" }
+func (n *natsNotifier) Version() string { return commandVersion("nats-server", "--version") }
+
+// natsConnect opens a connection, reads INFO and sends CONNECT; PING/PONG
+// makes sure the server has processed it.
+func natsConnect(addr string, extra ...string) (net.Conn, *bufio.Reader, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	rd := bufio.NewReader(c)
+	if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO") {
+		c.Close()
+		return nil, nil, fmt.Errorf("NATS greeting %q: %v", line, err)
+	}
+	msg := "CONNECT {\"verbose\":false,\"pedantic\":false}\r\n" + strings.Join(extra, "") + "PING\r\n"
+	if _, err := c.Write([]byte(msg)); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		if strings.HasPrefix(line, "PONG") {
+			return c, rd, nil
+		}
+		if strings.HasPrefix(line, "-ERR") {
+			c.Close()
+			return nil, nil, errors.New(strings.TrimSpace(line))
+		}
+	}
+}
+
+func (n *natsNotifier) Subscribe(count int, got func(int, string)) error {
+	for i := 0; i < count; i++ {
+		c, rd, err := natsConnect(n.srv.addr, "SUB model.current 1\r\n")
+		if err != nil {
+			return err
+		}
+		n.subs = append(n.subs, c)
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			for {
+				line, err := rd.ReadString('\n')
+				if err != nil {
+					return
+				}
+				switch {
+				case strings.HasPrefix(line, "MSG "):
+					f := strings.Fields(line)
+					size, _ := strconv.Atoi(f[len(f)-1])
+					buf := make([]byte, size+2)
+					if _, err := io.ReadFull(rd, buf); err != nil {
+						return
+					}
+					got(i, string(buf[:size]))
+				case strings.HasPrefix(line, "PING"):
+					c.Write([]byte("PONG\r\n"))
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+func (n *natsNotifier) Publish(notice string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, err := fmt.Fprintf(n.pub, "PUB model.current %d\r\n%s\r\n", len(notice), notice)
+	return err
+}
+
+func (n *natsNotifier) Close() {
+	for _, c := range n.subs {
+		c.Close()
+	}
+	n.pub.Close()
+	n.wg.Wait()
+	n.srv.stop()
+}
+
+// --- etcd watch ------------------------------------------------------------
+
+type etcdNotifier struct {
+	srv    *server
+	url    string
+	cancel context.CancelFunc
+	ctx    context.Context
+	wg     sync.WaitGroup
+	client *http.Client
+}
+
+func newEtcd() (notifier, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	peerPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "shoal-bench-etcd-*")
+	if err != nil {
+		return nil, err
+	}
+	client := fmt.Sprintf("http://127.0.0.1:%d", port)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+	srv, err := startServer(fmt.Sprintf("127.0.0.1:%d", port), "etcd", "--name", "bench", "--data-dir", dir,
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "bench="+peerURL)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	srv.dir = dir
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &etcdNotifier{srv: srv, url: client, ctx: ctx, cancel: cancel,
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}}
+	// The gateway answers once the member is ready.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := e.Publish("ready"); err == nil {
+			return e, nil
+		} else if time.Now().After(deadline) {
+			e.Close()
+			return nil, fmt.Errorf("etcd not ready: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (e *etcdNotifier) Name() string    { return "etcd watch" }
+func (e *etcdNotifier) Version() string { return commandVersion("etcd", "--version") }
+
+var etcdKey = base64.StdEncoding.EncodeToString([]byte("/models/detector/current"))
+
+func (e *etcdNotifier) Subscribe(n int, got func(int, string)) error {
+	for i := 0; i < n; i++ {
+		body := fmt.Sprintf(`{"create_request":{"key":%q}}`, etcdKey)
+		req, err := http.NewRequestWithContext(e.ctx, "POST", e.url+"/v3/watch", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		// One connection per watcher, as separate gateways would have.
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true}}
+		res, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		if res.StatusCode != 200 {
+			res.Body.Close()
+			return fmt.Errorf("etcd watch: %s", res.Status)
+		}
+		dec := json.NewDecoder(res.Body)
+		var first struct {
+			Result struct {
+				Created bool `json:"created"`
+			} `json:"result"`
+		}
+		if err := dec.Decode(&first); err != nil || !first.Result.Created {
+			res.Body.Close()
+			return fmt.Errorf("etcd watch not created: %v", err)
+		}
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			defer res.Body.Close()
+			for {
+				var msg struct {
+					Result struct {
+						Events []struct {
+							KV struct {
+								Value string `json:"value"`
+							} `json:"kv"`
+						} `json:"events"`
+					} `json:"result"`
+				}
+				if err := dec.Decode(&msg); err != nil {
+					return
+				}
+				for _, ev := range msg.Result.Events {
+					if v, err := base64.StdEncoding.DecodeString(ev.KV.Value); err == nil {
+						got(i, string(v))
+					}
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+func (e *etcdNotifier) Publish(notice string) error {
+	body := fmt.Sprintf(`{"key":%q,"value":%q}`, etcdKey, base64.StdEncoding.EncodeToString([]byte(notice)))
+	res, err := e.client.Post(e.url+"/v3/kv/put", "application/json", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		return fmt.Errorf("etcd put: %s", res.Status)
+	}
+	return nil
+}
+
+func (e *etcdNotifier) Close() {
+	e.cancel()
+	e.srv.stop()
+	e.wg.Wait()
+}
