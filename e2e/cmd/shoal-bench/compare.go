@@ -157,7 +157,8 @@ func renderCompare(rows []lagStats, versions map[string]string, notices, acts in
 		versions["etcd watch"], versions["Redis pub/sub"], versions["NATS"])
 	fmt.Fprintf(&b, `For each size N one publisher tells N subscribers that the current version changed, %d times, one every %s;
 lag = from the start of the publish call until the last subscriber had the notice. Shoal's publisher and
-subscribers are N+1 peers in one process (Badger fsync on); *activation record* is the signed record's
+subscribers are N+1 peers in one process (Badger fsync on) — each a full libp2p host, CRDT replica and Badger
+store, all sharing the machine's cores, while the alternatives' subscribers are sockets; *activation record* is the signed record's
 replication (the notice itself), *activation → serving* (%d activations) adds what the alternatives leave to
 the gateway: fetching the new 256 KiB artifact over bitswap, checking its sha256 and swapping it in. etcd runs as
 one member with fsync (a put is committed before the watchers hear of it); its watchers use the JSON gateway,

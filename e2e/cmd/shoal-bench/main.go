@@ -28,7 +28,7 @@ func main() {
 		out    = flag.String("out", "", "also write the results to this Markdown file")
 		acts   = flag.Int("activations", 20, "activations measured per mesh size")
 		fanout = flag.String("fanout-mib", "20,100", "artifact sizes (MiB) for the fan-out scenario, comma-separated")
-		fanN   = flag.Int("fanout-peers", 5, "peers in the fan-out scenario")
+		fanN   = flag.Int("fanout-peers", 11, "peers in the fan-out scenario")
 		iters  = flag.Int("infer-requests", 500, "requests per row of the inference scenario")
 		tput   = flag.Duration("throughput-time", 5*time.Second, "duration of each throughput row")
 		thr    = flag.String("intra-op-threads", "0,1", "intra-op thread settings for the inference scenario, comma-separated (0 = one per core)")
@@ -36,7 +36,8 @@ func main() {
 		ragDim = flag.Int("rag-dim", 384, "their dimension")
 		ragQ   = flag.Int("rag-queries", 500, "queries in the retrieval scenario")
 		cmpN   = flag.String("compare-subscribers", "3,10,25", "subscriber counts of the comparison with etcd, Redis and NATS")
-		cmpK   = flag.Int("compare-notices", 100, "change notices per system and size in the comparison")
+		cmpK   = flag.Int("compare-notices", 50, "change notices per system and size in the comparison")
+		cmpG   = flag.Duration("compare-gap", 200*time.Millisecond, "pause between change notices in the comparison (version changes are rare; this measures latency, not throughput)")
 		cmpA   = flag.Int("compare-activations", 10, "Shoal activations per size in the comparison")
 		zipfK  = flag.Int("zipf-inputs", 256, "distinct inputs of the case-study workload")
 		zipfS  = flag.Float64("zipf-s", 1.1, "Zipf exponent of the case-study workload (> 1)")
@@ -55,7 +56,7 @@ func main() {
 		run  func() error
 	}{
 		{"propagation", func() error { return run(*sizes, *writes, *gap, *out) }},
-		{"compare", func() error { return runCompare(*cmpN, *cmpK, *cmpA, *gap, *out) }},
+		{"compare", func() error { return runCompare(*cmpN, *cmpK, *cmpA, *cmpG, *out) }},
 		{"lossy", func() error {
 			return runLossy(*lossyN, *lossyK, netsim.Link{Delay: *lossyD, Loss: *lossyL}, *out)
 		}},
