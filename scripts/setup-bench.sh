@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # setup-bench.sh: the systems `make bench` measures Shoal against, from
 # Debian's packages: etcd (etcd-server), Redis (redis-server) and NATS
-# (nats-server). The benchmark starts and stops its own instances on
-# loopback; nothing here runs as a service.
+# (nats-server), and hnswlib and faiss for the retrieval rows. The benchmark
+# starts and stops its own instances on loopback; nothing here runs as a
+# service.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v nats-server >/dev/null || need+=(nats-server)
+/usr/bin/python3 -c 'import hnswlib' 2>/dev/null || need+=(python3-hnswlib)
+/usr/bin/python3 -c 'import faiss' 2>/dev/null || need+=(python3-faiss)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-bench: please install: ${need[*]} (apt-get install ${need[*]})" >&2
