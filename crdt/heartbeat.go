@@ -42,6 +42,12 @@ func (r *Replica) sendHeartbeat() {
 			hb.Addrs = hb.Addrs[:maxHeartbeatAddrs]
 		}
 	}
+	if r.cfg.Loaded != nil {
+		hb.Loaded = r.cfg.Loaded()
+		if len(hb.Loaded) > maxHeartbeatLoaded {
+			hb.Loaded = hb.Loaded[:maxHeartbeatLoaded]
+		}
+	}
 	for i, c := range st.Heads {
 		if i == maxHeartbeatHeads {
 			break

@@ -80,8 +80,14 @@ type Config struct {
 	// MaxInlineBlock is the largest head block attached to a broadcast.
 	// Default 512 KiB.
 	MaxInlineBlock int
-	// Unclean says the previous run did not shut down cleanly: the DAG is
-	// marked dirty and repaired on start (go-ds-crdt #279).
+	// Unclean says the previous run did not shut down cleanly. The state
+	// is then rebuilt from the DAG: a kill between go-ds-crdt merging a
+	// local write into the state and recording the new head leaves the
+	// write in this peer's state but in no DAG any other peer can reach
+	// (found by the kill -9 fault test: one peer's state hash differed
+	// forever while every peer had the same head). Rebuilding drops such a
+	// write — it was never acknowledged — and repairs half-processed
+	// branches (go-ds-crdt #279) on the way.
 	Unclean bool
 
 	// HeartbeatInterval between heartbeats. Default 1s.
@@ -96,6 +102,9 @@ type Config struct {
 	// Addrs, when set, returns the multiaddrs this peer announces in its
 	// heartbeats, so mesh peers can dial each other directly.
 	Addrs func() []string
+	// Loaded, when set, returns the model@version refs this peer announces
+	// in its heartbeats as loaded and open to forwarded inference.
+	Loaded func() []string
 	// MaxClockSkew bounds how far ahead of the local clock a remote HLC may
 	// be and still advance the local clock. Default 1m.
 	MaxClockSkew time.Duration
@@ -262,6 +271,13 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		return fail(fmt.Errorf("subscribe heartbeat topic: %w", err))
 	}
 
+	if cfg.Unclean {
+		n, err := resetState(ctx, cfg.Datastore)
+		if err != nil {
+			return fail(fmt.Errorf("reset state after an unclean shutdown: %w", err))
+		}
+		r.log.Warn("previous shutdown was unclean: rebuilding the replicated state from the DAG", "dropped_keys", n)
+	}
 	opts := dscrdt.DefaultOptions()
 	opts.Logger = slogAdapter{r.log}
 	opts.RebroadcastInterval = cfg.RebroadcastInterval
@@ -274,7 +290,6 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		return fail(fmt.Errorf("open crdt datastore: %w", err))
 	}
 	if cfg.Unclean {
-		r.log.Warn("previous shutdown was unclean: marking the DAG dirty and repairing")
 		r.ds.MarkDirty(ctx)
 		r.wg.Add(1)
 		go func() {
@@ -521,6 +536,55 @@ func (r *Replica) Stats(ctx context.Context) Stats {
 func (r *Replica) Processed(ctx context.Context, c cid.Cid) (bool, error) {
 	key := Namespace.ChildString("b").ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
 	return r.cfg.Datastore.Has(ctx, key)
+}
+
+// resetState deletes go-ds-crdt's state (the set under /crdt/s) and its
+// processed-block markers (/crdt/b), keeping heads and DAG blocks, so that
+// a repair reprocesses every block reachable from the heads and the state
+// is exactly what the DAG says. Like Processed, it reads go-ds-crdt's
+// internal layout (guarded by TestProcessedLayout and TestResetState).
+func resetState(ctx context.Context, d ds.Datastore) (int, error) {
+	n := 0
+	for _, ns := range []string{"s", "b"} {
+		res, err := d.Query(ctx, query.Query{Prefix: Namespace.ChildString(ns).String(), KeysOnly: true})
+		if err != nil {
+			return n, err
+		}
+		var keys []ds.Key
+		for e := range res.Next() {
+			if e.Error != nil {
+				res.Close()
+				return n, e.Error
+			}
+			keys = append(keys, ds.NewKey(e.Key))
+		}
+		res.Close()
+		if b, ok := d.(ds.Batching); ok {
+			for i := 0; i < len(keys); i += 4096 {
+				batch, err := b.Batch(ctx)
+				if err != nil {
+					return n, err
+				}
+				for _, k := range keys[i:min(i+4096, len(keys))] {
+					if err := batch.Delete(ctx, k); err != nil {
+						return n, err
+					}
+				}
+				if err := batch.Commit(ctx); err != nil {
+					return n, err
+				}
+			}
+			n += len(keys)
+			continue
+		}
+		for _, k := range keys {
+			if err := d.Delete(ctx, k); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
 }
 
 // Staleness reports how fresh this replica's view is.

@@ -158,3 +158,86 @@ func TestHostileRecordsAreCountedByReason(t *testing.T) {
 		t.Errorf("hostile records listed: %+v", entries)
 	}
 }
+
+// TestResetState: after an unclean shutdown the state is rebuilt from the
+// DAG. A value that is in the state but in no DAG block (what a kill
+// between go-ds-crdt's state merge and its head update leaves) is gone;
+// every value the DAG holds is back.
+func TestResetState(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	open := func(unclean bool) (*Replica, func()) {
+		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := store.Open(store.Config{Dir: dir, NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := pubsub.NewGossipSub(ctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks := store.NewBlocks(ctx, h, st.Blockstore(), store.BlocksConfig{})
+		r, err := Open(ctx, Config{
+			Mesh: "unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
+			DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
+			StartupGrace: time.Millisecond, Unclean: unclean,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, func() { r.Close(); blocks.Close(); st.Close(); h.Close() }
+	}
+	r, closeAll := open(false)
+	for _, k := range []string{"/t/a", "/t/b", "/t/c"} {
+		if _, err := r.Put(ctx, k, "test", map[string]string{"k": k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Delete(ctx, "/t/b"); err != nil {
+		t.Fatal(err)
+	}
+	// An orphan: a value in the state that no DAG block carries.
+	rec := Record{V: RecordVersion, Kind: "test", HLC: r.Clock().Now(), Writer: r.Self().String(), Body: []byte(`{"k":"orphan"}`)}
+	val, _ := rec.Encode()
+	for _, kv := range []struct{ k, v string }{{"/crdt/s/k/t/orphan/v", string(val)}, {"/crdt/s/s/t/orphan/bafyorphan", ""}} {
+		if err := r.cfg.Datastore.Put(ctx, ds.NewKey(kv.k), []byte(kv.v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := r.List(ctx, "/t/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(before) != 3 {
+		t.Fatalf("the planted orphan is not in the state: %d entries", len(before))
+	}
+	closeAll()
+
+	r, closeAll = open(true)
+	defer closeAll()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, err := r.List(ctx, "/t/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, e := range entries {
+			keys = append(keys, e.Key)
+		}
+		if len(keys) == 2 && keys[0] == "/t/a" && keys[1] == "/t/c" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the rebuild: %v (before it: %d entries with the orphan)", keys, len(before))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := r.Get(ctx, "/t/orphan"); err == nil {
+		t.Error("the orphan value survived the rebuild")
+	}
+}

@@ -20,12 +20,18 @@ type Heartbeat struct {
 	Heads  []string `json:"heads"`
 	Height uint64   `json:"height"`
 	Addrs  []string `json:"addrs,omitempty"`
+	// Loaded lists model@version refs the sender has loaded and accepts
+	// forwarded inference for (warm-peer routing); empty when it does not.
+	Loaded []string `json:"loaded,omitempty"`
 }
 
 // maxHeartbeatHeads bounds how many heads one heartbeat carries; a peer
 // with more heads than this is mid-merge and announces a sample (the rest
 // will show up in later heartbeats or broadcasts).
 const maxHeartbeatHeads = 64
+
+// maxHeartbeatLoaded bounds the loaded refs one heartbeat carries.
+const maxHeartbeatLoaded = 64
 
 // maxHeartbeatAddrs bounds the addresses one heartbeat carries.
 const maxHeartbeatAddrs = 16
@@ -47,6 +53,7 @@ type peerView struct {
 	height    uint64
 	heads     int
 	addrs     []string
+	loaded    []string
 	fresh     HLC // newest announcement whose heads are all processed here
 	pending   []announcement
 }
@@ -65,6 +72,9 @@ type PeerStatus struct {
 	Heads      int     `json:"heads"`
 	// Addrs are the multiaddrs the peer announced.
 	Addrs []string `json:"addrs,omitempty"`
+	// Loaded are the model@version refs the peer announced as loaded and
+	// open to forwarded requests.
+	Loaded []string `json:"loaded,omitempty"`
 }
 
 // Staleness is the freshness of this peer's replicated view.
@@ -151,6 +161,9 @@ func (t *Tracker) Observe(hb Heartbeat) []cid.Cid {
 	p.lastHLC = hb.HLC
 	p.height = hb.Height
 	p.heads = len(hb.Heads)
+	if len(hb.Loaded) <= maxHeartbeatLoaded {
+		p.loaded = hb.Loaded
+	}
 	if len(hb.Addrs) <= maxHeartbeatAddrs {
 		p.addrs = hb.Addrs
 	}
@@ -269,7 +282,7 @@ func (t *Tracker) Staleness() Staleness {
 		}
 		ps := PeerStatus{
 			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.peerTimeout,
-			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs,
+			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs, Loaded: p.loaded,
 		}
 		if !p.fresh.IsZero() {
 			ps.FreshUpTo = p.fresh.Time()
