@@ -291,13 +291,27 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	}
 	if cfg.Unclean {
 		r.ds.MarkDirty(ctx)
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			if err := r.ds.Repair(rctx); err != nil && rctx.Err() == nil {
-				r.log.Error("dag repair failed", "err", err)
-			}
-		}()
+		// Rebuild before the peer serves anything: reads must not see a
+		// state that lacks acknowledged writes. Blocks are local, so this
+		// is bounded by the DAG's size; if some are not (a branch that was
+		// still being fetched), the rest of the repair goes on in the
+		// background and staleness stays high until it is done.
+		start := time.Now()
+		sctx, scancel := context.WithTimeout(rctx, syncRepairTimeout)
+		err := r.ds.Repair(sctx)
+		scancel()
+		if err == nil && !r.ds.IsDirty(ctx) {
+			r.log.Info("replicated state rebuilt from the DAG", "seconds", time.Since(start).Seconds())
+		} else {
+			r.log.Warn("state rebuild continues in the background", "err", err)
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				if err := r.ds.Repair(rctx); err != nil && rctx.Err() == nil {
+					r.log.Error("dag repair failed", "err", err)
+				}
+			}()
+		}
 	}
 
 	r.tracker = NewTracker(TrackerConfig{
@@ -537,6 +551,9 @@ func (r *Replica) Processed(ctx context.Context, c cid.Cid) (bool, error) {
 	key := Namespace.ChildString("b").ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
 	return r.cfg.Datastore.Has(ctx, key)
 }
+
+// syncRepairTimeout bounds the rebuild an unclean start waits for.
+const syncRepairTimeout = 2 * time.Minute
 
 // resetState deletes go-ds-crdt's state (the set under /crdt/s) and its
 // processed-block markers (/crdt/b), keeping heads and DAG blocks, so that
