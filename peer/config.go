@@ -49,6 +49,12 @@ type Config struct {
 	// found through any peer already known — a bootstrap address per site
 	// is enough. DefaultConfig turns it on.
 	DHT bool
+	// WarmRouting lets this peer forward a pinned inference request that
+	// carries "Shoal-Route: warm" to a peer that has the version loaded,
+	// when it has not loaded it itself, and lets it serve such requests
+	// for others (it announces its loaded versions in its heartbeats).
+	// Off by default.
+	WarmRouting bool
 	// NAT turns on libp2p's NAT helpers: UPnP/NAT-PMP port mapping, hole
 	// punching and the AutoNAT service. Off by default.
 	NAT bool

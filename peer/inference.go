@@ -56,6 +56,13 @@ type inferenceStats struct {
 	requests     map[[3]string]uint64 // model, version, outcome
 	cache        map[[3]string]uint64 // model, version, hit|miss|cold_miss
 	loadFailures map[string]uint64    // model
+	forwarded    map[[2]string]uint64 // direction, outcome (warm routing)
+}
+
+func (s *inferenceStats) addForward(direction, outcome string) {
+	s.mu.Lock()
+	s.forwarded[[2]string{direction, outcome}]++
+	s.mu.Unlock()
 }
 
 func (s *inferenceStats) add(m map[[3]string]uint64, k [3]string) {
@@ -67,7 +74,7 @@ func (s *inferenceStats) add(m map[[3]string]uint64, k [3]string) {
 func (n *Node) initInference() error {
 	n.inf = &inferenceState{pool: inference.NewPool(), bad: map[string]string{}, manifests: map[string]models.Manifest{}}
 	n.inf.stats = inferenceStats{requests: map[[3]string]uint64{}, cache: map[[3]string]uint64{},
-		loadFailures: map[string]uint64{}}
+		loadFailures: map[string]uint64{}, forwarded: map[[2]string]uint64{}}
 	e, err := inference.Open(inference.Config{Library: n.cfg.ORTLibrary, Device: n.cfg.Device,
 		IntraOpThreads: n.cfg.IntraOpThreads, Logger: n.log})
 	if err != nil {
@@ -418,6 +425,25 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 		outcome = "bad_request"
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	}
+	if version != "" && n.cfg.WarmRouting && r.Header.Get(HeaderRoute) == "warm" && r.Header.Get(headerForwardedBy) == "" &&
+		!n.inf.pool.Has(model, version) {
+		if pid, ok := n.warmPeer(model + "@" + version); ok {
+			// Load it here too, for the requests that follow.
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				lctx, cancel := context.WithTimeout(n.ctx, forwardTimeout)
+				defer cancel()
+				if s, _, err := n.session(lctx, model, version); err == nil {
+					s.Release()
+				}
+			}()
+			if n.forward(ctx, w, r, pid, body) {
+				outcome = "forwarded"
+				return
+			}
+		}
 	}
 	s, m, err := n.session(ctx, model, version)
 	if err != nil {

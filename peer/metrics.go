@@ -54,6 +54,7 @@ func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
 
 var (
 	descBuild         = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
+	descForwarded     = prometheus.NewDesc("shoal_inference_forwarded_total", "Pinned inference requests routed to a warm peer (out) or served for one (in), by outcome.", []string{"direction", "outcome"}, nil)
 	descDiscovered    = prometheus.NewDesc("shoal_discovered_peers_total", "Connections made to peers found by each discovery source (bootstrap, mdns, heartbeat, dht).", []string{"source"}, nil)
 	descDiskFree      = prometheus.NewDesc("shoal_disk_free_bytes", "Free space on the data directory's file system; writes are refused (507) below the reserve.", nil, nil)
 	descDiskReserve   = prometheus.NewDesc("shoal_disk_reserve_bytes", "Free space the peer keeps in reserve (writes that would cut into it are refused).", nil, nil)
@@ -102,7 +103,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descDiscovered, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
+	for _, d := range []*prometheus.Desc{descBuild, descForwarded, descDiscovered, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
 		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
 		descRAGDocs, descRAGUpdated, descRAGPending, descRAGApplied, descRAGBuild, descRAGUpdate, descRAGQuery, descEmbedCache, descEmbedded,
@@ -221,6 +222,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for model, v := range inf.stats.loadFailures {
 		counter(descLoadFailures, v, model)
+	}
+	for k, v := range inf.stats.forwarded {
+		counter(descForwarded, v, k[0], k[1])
 	}
 	inf.stats.mu.Unlock()
 	if r := n.rag; r != nil {

@@ -58,6 +58,9 @@ type Node struct {
 	replica *crdt.Replica
 	mdns    mdns.Service
 	dht     *dht.IpfsDHT
+	// infReady is set once n.inf is (heartbeats, which start earlier,
+	// read the loaded sessions).
+	infReady atomic.Bool
 	// apiToken is Config.APIToken, replaced by Reload.
 	apiToken atomic.Pointer[string]
 	found    sync.Map // discovery source → *atomic.Uint64
@@ -182,7 +185,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		Local: n.blocks.Local(), Adder: n.blocks.Service(),
 		Logger: n.log, Unclean: n.store.Unclean(),
 		HeartbeatInterval: cfg.HeartbeatInterval, PeerTimeout: cfg.PeerTimeout,
-		Addrs: n.shareableAddrs,
+		Addrs: n.shareableAddrs, Loaded: n.loadedRefs,
 	}); err != nil {
 		return n, err
 	}
@@ -210,6 +213,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err := n.initInference(); err != nil {
 		return n, err
 	}
+	n.infReady.Store(true)
 	changes := n.registry.Subscribe()
 	flushes := n.replica.Subscribe("/shoal/cache/", 64)
 	n.rag = n.initRAG()
@@ -234,6 +238,9 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		}
 	}()
 
+	if cfg.WarmRouting {
+		n.host.SetStreamHandler(n.routeProtocol(), n.handleRouteStream)
+	}
 	if cfg.MDNS {
 		n.mdns = mdns.NewMdnsService(n.host, "shoal-"+cfg.Mesh, mdnsNotifee{n})
 		if err := n.mdns.Start(); err != nil {

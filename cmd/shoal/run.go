@@ -34,7 +34,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 // settingNames are the environment/config-file names of run's settings.
 var settingNames = []string{"DATA", "API", "MESH", "MDNS", "ORT_LIB", "LOG_LEVEL", "LOG_FORMAT", "LISTEN", "BOOTSTRAP", "TRUST",
 	"KEEP_VERSIONS", "DEVICE", "INTRA_OP_THREADS", "CACHE_MB", "CACHE_TTL", "CACHE_PERSIST", "PSK", "API_TOKEN", "DEMO_RAG", "DEFAULT_MODEL",
-	"ENCRYPT_KEY_FILE", "MIN_FREE_MB", "DHT", "NAT", "RELAY_SERVICE"}
+	"ENCRYPT_KEY_FILE", "MIN_FREE_MB", "DHT", "NAT", "RELAY_SERVICE", "WARM_ROUTING"}
 
 // runPeer parses run's settings (flags over $SHOAL_* over the --config
 // file over defaults) and starts a peer, or with printOnly prints the
@@ -171,6 +171,10 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	warmDef, err := envBool("WARM_ROUTING", false)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
 	natDef, err := envBool("NAT", false)
 	if err != nil {
 		return nil, usageError("%v", err)
@@ -213,6 +217,7 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 		mesh      = fs.String("mesh", envString("MESH", def.Mesh), "mesh name: peers replicate only within a mesh (env SHOAL_MESH)")
 		mdns      = fs.Bool("mdns", mdnsDef, "discover peers on the LAN with mDNS (env SHOAL_MDNS)")
 		dhtOn     = fs.Bool("dht", dhtDef, "find peers of other sites through the mesh's own Kademlia DHT (env SHOAL_DHT)")
+		warm      = fs.Bool("warm-routing", warmDef, "forward pinned inference requests that carry 'Shoal-Route: warm' to a peer that has the version loaded when this one has not, and serve such requests for others (env SHOAL_WARM_ROUTING)")
 		nat       = fs.Bool("nat", natDef, "UPnP/NAT-PMP port mapping, hole punching and the AutoNAT service, for peers behind NATs (env SHOAL_NAT)")
 		relaySvc  = fs.Bool("relay-service", relayDef, "relay connections for peers behind NATs (circuit relay v2), e.g. on a MEC node with a public address (env SHOAL_RELAY_SERVICE)")
 		ortLib    = fs.String("ort-lib", envString("ORT_LIB", ""), "onnxruntime shared library (env SHOAL_ORT_LIB; default deps/onnxruntime/libonnxruntime.so)")
@@ -245,7 +250,7 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 		cacheBytes = -1
 	}
 	cfg := peer.Config{
-		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, DHT: *dhtOn, NAT: *nat, RelayService: *relaySvc, ORTLibrary: *ortLib,
+		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, DHT: *dhtOn, NAT: *nat, RelayService: *relaySvc, WarmRouting: *warm, ORTLibrary: *ortLib,
 		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(),
 		APIToken: *apiToken, PSKFile: *psk, EncryptKeyFile: *encKey, MinFreeBytes: int64(*minFreeMB) << 20,
 		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
