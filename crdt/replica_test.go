@@ -18,12 +18,20 @@ func openReplica(t *testing.T) *Replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	r, closeAll := openReplicaAt(t, ctx, t.TempDir(), false)
+	t.Cleanup(closeAll)
+	return r
+}
+
+// openReplicaAt opens a replica over the store in dir; the returned
+// function closes it, checking every close.
+func openReplicaAt(t *testing.T, ctx context.Context, dir string, unclean bool) (*Replica, func()) {
+	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Close() })
-	st, err := store.Open(store.Config{Dir: t.TempDir(), NoSync: true})
+	st, err := store.Open(store.Config{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,12 +43,12 @@ func openReplica(t *testing.T) *Replica {
 	r, err := Open(ctx, Config{
 		Mesh: "unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
 		DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
-		StartupGrace: time.Millisecond,
+		StartupGrace: time.Millisecond, Unclean: unclean,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	return r, func() {
 		if err := r.Close(); err != nil {
 			t.Errorf("close replica: %v", err)
 		}
@@ -48,8 +56,8 @@ func openReplica(t *testing.T) *Replica {
 		if err := st.Close(); err != nil {
 			t.Errorf("close store: %v", err)
 		}
-	})
-	return r
+		h.Close()
+	}
 }
 
 // TestProcessedLayout guards the one place that reads go-ds-crdt's internal
@@ -167,30 +175,7 @@ func TestResetState(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
-	open := func(unclean bool) (*Replica, func()) {
-		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := store.Open(store.Config{Dir: dir, NoSync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ps, err := pubsub.NewGossipSub(ctx, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		blocks := store.NewBlocks(ctx, h, st.Blockstore(), store.BlocksConfig{})
-		r, err := Open(ctx, Config{
-			Mesh: "unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
-			DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
-			StartupGrace: time.Millisecond, Unclean: unclean,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r, func() { r.Close(); blocks.Close(); st.Close(); h.Close() }
-	}
+	open := func(unclean bool) (*Replica, func()) { return openReplicaAt(t, ctx, dir, unclean) }
 	r, closeAll := open(false)
 	for _, k := range []string{"/t/a", "/t/b", "/t/c"} {
 		if _, err := r.Put(ctx, k, "test", map[string]string{"k": k}); err != nil {

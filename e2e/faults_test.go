@@ -316,6 +316,18 @@ func TestFaultPartitionHeal(t *testing.T) {
 		Acked: len(w.ids()) + 2, Lost: lost, Converge: converge.Seconds()})
 }
 
+// waitServing waits until p serves model@version.
+func waitServing(ctx context.Context, p *procmesh.Peer, model, version string) error {
+	return p.WaitFor(ctx, func(st peer.Status) bool {
+		for _, ms := range st.Models {
+			if ms.Name == model && ms.Serving == version {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func hostsOf(ps []*procmesh.Peer) []*netsim.Host {
 	var hs []*netsim.Host
 	for _, p := range ps {
@@ -574,14 +586,7 @@ func TestFaultLongOffline(t *testing.T) {
 		t.Errorf("rejoined peer misses %d documents", len(miss))
 	}
 	// And it serves the current version's bytes once it has fetched them.
-	if err := away.WaitFor(ctx, func(st peer.Status) bool {
-		for _, ms := range st.Models {
-			if ms.Name == "detector" && ms.Serving == want.Version {
-				return true
-			}
-		}
-		return false
-	}); err != nil {
+	if err := waitServing(ctx, away, "detector", want.Version); err != nil {
 		t.Error(err)
 	}
 	record(t, nw, reliabilityRow{Scenario: "peer offline through 15 versions and 300 docs, rejoins", Peers: 3,
@@ -700,14 +705,7 @@ func TestFaultDiskFull(t *testing.T) {
 	}
 	converge := waitConverged(t, ctx, m.Peers)
 	// With space back, the activated version is fetched and served.
-	if err := full.WaitFor(ctx, func(st peer.Status) bool {
-		for _, ms := range st.Models {
-			if ms.Name == "big" && ms.Serving == "v1" {
-				return true
-			}
-		}
-		return false
-	}); err != nil {
+	if err := waitServing(ctx, full, "big", "v1"); err != nil {
 		t.Error(err)
 	}
 	record(t, nw, reliabilityRow{Scenario: "data dir fills up (192 MiB tmpfs), space returns", Peers: 2,

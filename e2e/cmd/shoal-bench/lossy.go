@@ -10,8 +10,6 @@ import (
 	"net"
 	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -185,16 +183,16 @@ func lossyNATS(n, notices int, link netsim.Link) ([]time.Duration, error) {
 		return nil, err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	dial := func(h *netsim.Host) (net.Conn, *bufio.Reader, error) {
+	dial := func(h *netsim.Host, extra ...string) (net.Conn, *bufio.Reader, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for {
 			c, err := h.DialContext(ctx, "tcp", addr)
 			if err == nil {
-				rd := bufio.NewReader(c)
-				if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO") {
+				rd, err := natsHandshake(c, extra...)
+				if err != nil {
 					c.Close()
-					return nil, nil, fmt.Errorf("NATS greeting %q: %v", line, err)
+					return nil, nil, err
 				}
 				return c, rd, nil
 			}
@@ -216,48 +214,18 @@ func lossyNATS(n, notices int, link netsim.Link) ([]time.Duration, error) {
 		}
 	}()
 	for _, h := range hosts[1:] {
-		c, rd, err := dial(h)
+		c, rd, err := dial(h, "SUB model.current 1\r\n")
 		if err != nil {
 			return nil, err
 		}
 		conns = append(conns, c)
-		fmt.Fprint(c, "CONNECT {\"verbose\":false}\r\nSUB model.current 1\r\nPING\r\n")
-		for {
-			line, err := rd.ReadString('\n')
-			if err != nil {
-				return nil, err
-			}
-			if strings.HasPrefix(line, "PONG") {
-				break
-			}
-		}
-		go func() {
-			for {
-				line, err := rd.ReadString('\n')
-				if err != nil {
-					return
-				}
-				switch {
-				case strings.HasPrefix(line, "MSG "):
-					f := strings.Fields(line)
-					size, _ := strconv.Atoi(f[len(f)-1])
-					buf := make([]byte, size+2)
-					if _, err := io.ReadFull(rd, buf); err != nil {
-						return
-					}
-					arrivals <- arrival{string(buf[:size]), time.Now()}
-				case strings.HasPrefix(line, "PING"):
-					c.Write([]byte("PONG\r\n"))
-				}
-			}
-		}()
+		go natsReceive(c, rd, func(p string) { arrivals <- arrival{p, time.Now()} })
 	}
 	pub, _, err := dial(hosts[0])
 	if err != nil {
 		return nil, err
 	}
 	conns = append(conns, pub)
-	fmt.Fprint(pub, "CONNECT {\"verbose\":false}\r\n")
 	nw.SetLink(link)
 	var lags []time.Duration
 	for i := 0; i < notices+2; i++ {

@@ -263,35 +263,64 @@ func newNATS() (notifier, error) {
 func (n *natsNotifier) Name() string    { return "NATS" }
 func (n *natsNotifier) Version() string { return commandVersion("nats-server", "--version") }
 
-// natsConnect opens a connection, reads INFO and sends CONNECT; PING/PONG
-// makes sure the server has processed it.
+// natsConnect opens a connection and handshakes (natsHandshake).
 func natsConnect(addr string, extra ...string) (net.Conn, *bufio.Reader, error) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
+	rd, err := natsHandshake(c, extra...)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, rd, nil
+}
+
+// natsHandshake reads INFO, sends CONNECT and extra (SUB lines), and waits
+// for the PONG that says the server has processed them.
+func natsHandshake(c net.Conn, extra ...string) (*bufio.Reader, error) {
 	rd := bufio.NewReader(c)
 	if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO") {
-		c.Close()
-		return nil, nil, fmt.Errorf("NATS greeting %q: %v", line, err)
+		return nil, fmt.Errorf("NATS greeting %q: %v", line, err)
 	}
 	msg := "CONNECT {\"verbose\":false,\"pedantic\":false}\r\n" + strings.Join(extra, "") + "PING\r\n"
 	if _, err := c.Write([]byte(msg)); err != nil {
-		c.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	for {
 		line, err := rd.ReadString('\n')
 		if err != nil {
-			c.Close()
-			return nil, nil, err
+			return nil, err
 		}
 		if strings.HasPrefix(line, "PONG") {
-			return c, rd, nil
+			return rd, nil
 		}
 		if strings.HasPrefix(line, "-ERR") {
-			c.Close()
-			return nil, nil, errors.New(strings.TrimSpace(line))
+			return nil, errors.New(strings.TrimSpace(line))
+		}
+	}
+}
+
+// natsReceive hands got the payload of every MSG until the connection
+// ends, answering the server's PINGs.
+func natsReceive(c net.Conn, rd *bufio.Reader, got func(payload string)) {
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			return
+		}
+		switch {
+		case strings.HasPrefix(line, "MSG "):
+			f := strings.Fields(line)
+			size, _ := strconv.Atoi(f[len(f)-1])
+			buf := make([]byte, size+2)
+			if _, err := io.ReadFull(rd, buf); err != nil {
+				return
+			}
+			got(string(buf[:size]))
+		case strings.HasPrefix(line, "PING"):
+			c.Write([]byte("PONG\r\n"))
 		}
 	}
 }
@@ -306,24 +335,7 @@ func (n *natsNotifier) Subscribe(count int, got func(int, string)) error {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			for {
-				line, err := rd.ReadString('\n')
-				if err != nil {
-					return
-				}
-				switch {
-				case strings.HasPrefix(line, "MSG "):
-					f := strings.Fields(line)
-					size, _ := strconv.Atoi(f[len(f)-1])
-					buf := make([]byte, size+2)
-					if _, err := io.ReadFull(rd, buf); err != nil {
-						return
-					}
-					got(i, string(buf[:size]))
-				case strings.HasPrefix(line, "PING"):
-					c.Write([]byte("PONG\r\n"))
-				}
-			}
+			natsReceive(c, rd, func(p string) { got(i, p) })
 		}()
 	}
 	return nil
