@@ -144,7 +144,7 @@ func readFrameHeader(r io.Reader, hdr any) error {
 
 // forward sends a pinned inference request to peer pid and copies the
 // answer to w. It returns false, having written nothing, when the stream
-// fails before an answer arrives, so the caller can serve locally.
+// fails or the warm peer answers 5xx, so the caller serves locally.
 func (n *Node) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, pid libp2ppeer.ID, body []byte) bool {
 	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
 	defer cancel()
@@ -181,6 +181,12 @@ func (n *Node) forward(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if resp.BodyLen < 0 || resp.BodyLen > MaxInferBodyBytes {
 		s.Reset()
 		return fail(fmt.Errorf("answer of %d bytes", resp.BodyLen))
+	}
+	if resp.Status >= 500 {
+		// The warm peer cannot serve it now (its own staleness, a load
+		// failure): this peer still may.
+		s.Reset()
+		return fail(fmt.Errorf("warm peer answered %d", resp.Status))
 	}
 	out := make([]byte, resp.BodyLen)
 	if _, err := io.ReadFull(rd, out); err != nil {
