@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -44,7 +45,7 @@ type Config struct {
 	// CUDADeviceID selects the GPU. Default 0.
 	CUDADeviceID int
 	// IntraOpThreads bounds the threads one inference uses; 0 leaves
-	// onnxruntime's default (one per core).
+	// one per core (runtime.NumCPU, threads not pinned).
 	IntraOpThreads int
 	// Logger receives engine logs; default slog.Default().
 	Logger *slog.Logger
@@ -244,15 +245,22 @@ func (e *Engine) LoadFile(ctx context.Context, ref Ref, path string, warmup *Inf
 }
 
 // ApplyThreading sets the thread options every Shoal session uses:
-// intraOp threads per inference (0: onnxruntime's default, one per core)
+// intraOp threads per inference (0: one per core, unpinned)
 // and no spinning. onnxruntime's worker threads spin-wait after a run by
 // default, which wins microseconds in a benchmark loop but, on a gateway,
 // burns the cores the HTTP server, replication and other models need.
 func ApplyThreading(opts *ort.SessionOptions, intraOp int) error {
-	if intraOp > 0 {
-		if err := opts.SetIntraOpNumThreads(intraOp); err != nil {
-			return err
-		}
+	// 0 means one thread per core, and is passed to onnxruntime as that
+	// count: left at its own default, onnxruntime also pins each thread to
+	// a core, which on a gateway's shared cores buys nothing, and session
+	// creation was seen to stall for more than 30 s now and then on this
+	// project's 2-core test machines with the default (the e2e timeouts'
+	// goroutine dumps show the wait inside OrtCreateSession).
+	if intraOp == 0 {
+		intraOp = runtime.NumCPU()
+	}
+	if err := opts.SetIntraOpNumThreads(intraOp); err != nil {
+		return err
 	}
 	return opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0")
 }

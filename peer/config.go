@@ -73,7 +73,7 @@ type Config struct {
 	// Default auto.
 	Device string
 	// IntraOpThreads bounds the threads of one inference; 0 leaves
-	// onnxruntime's default (one per core).
+	// one per core (runtime.NumCPU, threads not pinned).
 	IntraOpThreads int
 	// CacheBytes bounds the in-memory result cache. Default 64 MiB;
 	// negative turns the cache off.
@@ -224,7 +224,7 @@ func (c *Config) validate() (parsed, error) {
 		return p, fmt.Errorf("%w: device %q: use auto, cpu or cuda", ErrBadConfig, c.Device)
 	}
 	if c.IntraOpThreads < 0 {
-		return p, fmt.Errorf("%w: intra-op threads %d: use 0 (onnxruntime's default) or more", ErrBadConfig, c.IntraOpThreads)
+		return p, fmt.Errorf("%w: intra-op threads %d: use 0 (one per core) or more", ErrBadConfig, c.IntraOpThreads)
 	}
 	host, _, err := net.SplitHostPort(c.APIAddr)
 	if err != nil {
