@@ -44,7 +44,7 @@ type Config struct {
 	Device string
 	// CUDADeviceID selects the GPU. Default 0.
 	CUDADeviceID int
-	// IntraOpThreads bounds the threads one inference uses; 0 leaves
+	// IntraOpThreads bounds the threads one inference uses; 0 means
 	// one per core (runtime.NumCPU, threads not pinned).
 	IntraOpThreads int
 	// Logger receives engine logs; default slog.Default().
