@@ -81,7 +81,10 @@ func modelErr(err error) error {
 		code = http.StatusNotFound
 	case errors.Is(err, models.ErrDuplicate), errors.Is(err, models.ErrNoPrevious), errors.Is(err, artifacts.ErrBad):
 		code = http.StatusConflict
-	case errors.Is(err, artifacts.ErrIncomplete), errors.Is(err, artifacts.ErrNotLocal):
+	case errors.Is(err, artifacts.ErrIncomplete), errors.Is(err, artifacts.ErrNotLocal),
+		errors.Is(err, context.DeadlineExceeded):
+		// Not available within the request's time (Shoal-Timeout): the
+		// caller may retry; the fetch or load goes on.
 		return &apiError{code: http.StatusServiceUnavailable, msg: err.Error(), retry: 5 * time.Second}
 	}
 	return &apiError{code: code, msg: err.Error()}
