@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -275,4 +276,22 @@ func (g *Gater) InterceptSecured(network.Direction, libp2ppeer.ID, network.ConnM
 }
 func (g *Gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
 	return !g.blocked.Load(), 0
+}
+
+// CPUModel is the "model name" of /proc/cpuinfo, or "" where there is none;
+// the benchmark and reliability reports name the machine with it.
+func CPUModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "model name") {
+			if _, v, ok := strings.Cut(l, ":"); ok {
+				return strings.TrimSpace(v)
+			}
+			return ""
+		}
+	}
+	return ""
 }

@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
 )
 
 type row struct {
@@ -98,17 +101,7 @@ process carries every packet and injects the faults (see [Fault harness](#fault-
 }
 
 func machine() string {
-	cpu := runtime.GOARCH
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				if _, v, ok := strings.Cut(l, ":"); ok {
-					cpu = strings.TrimSpace(v)
-				}
-				break
-			}
-		}
-	}
+	cpu := cmp.Or(testmesh.CPUModel(), runtime.GOARCH)
 	kernel := ""
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		kernel = ", Linux " + strings.TrimSpace(string(b))
