@@ -230,7 +230,7 @@ func (c *Config) validate() (parsed, error) {
 	if err != nil {
 		return p, fmt.Errorf("%w: API address %q: %v", ErrBadConfig, c.APIAddr, err)
 	}
-	if ip := net.ParseIP(host); c.APIToken == "" && (ip == nil && host != "localhost" || ip != nil && !ip.IsLoopback()) {
+	if c.APIToken == "" && !loopbackHost(host) {
 		return p, fmt.Errorf("%w: refusing to serve the API on %s without an API token (--api-token or SHOAL_API_TOKEN); loopback addresses need none", ErrBadConfig, c.APIAddr)
 	}
 	for _, r := range c.Mesh {
@@ -239,4 +239,13 @@ func (c *Config) validate() (parsed, error) {
 		}
 	}
 	return p, nil
+}
+
+// loopbackHost reports whether an API listen host is loopback only: an
+// API elsewhere needs a token (at start and through every reload).
+func loopbackHost(host string) bool {
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return host == "localhost"
 }

@@ -31,7 +31,7 @@ func (n *Node) Reload(r Reloadable) error {
 	}
 	if r.APIToken == "" {
 		host, _, _ := net.SplitHostPort(n.cfg.APIAddr)
-		if ip := net.ParseIP(host); ip == nil && host != "localhost" || ip != nil && !ip.IsLoopback() {
+		if !loopbackHost(host) {
 			return fmt.Errorf("%w: the API listens on %s: its token cannot be removed", ErrBadConfig, n.cfg.APIAddr)
 		}
 	}
