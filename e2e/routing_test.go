@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/inference/onnxmodel"
 	"github.com/shoal-mesh/shoal/peer"
 )
@@ -131,4 +138,154 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// chainBody asks the MatMulChain model for an n×n chain (x = 0).
+func chainBody(n int) []byte {
+	b, _ := json.Marshal(inference.InferRequest{Inputs: []inference.RequestInput{
+		{Name: "x", Shape: []int64{1, 1}, Datatype: "FP32", Data: json.RawMessage(`[0]`)},
+		{Name: "n", Shape: []int64{2}, Datatype: "INT64", Data: json.RawMessage(fmt.Sprintf("[%d, %d]", n, n))},
+	}})
+	return b
+}
+
+// TestWarmRoutingWhenBusy (issue 8, "no capacity"): a peer with one
+// inference slot (--max-inflight 1), kept busy by a long inference,
+//   - forwards a pinned request that opted in to a warm peer,
+//   - makes a request that did not opt in wait for the slot, and refuses
+//     it (503, Retry-After) when its deadline passes first,
+//   - refuses at once a request forwarded to it by a peer that lacks the
+//     version, so that peer falls back to loading and serving it itself
+//     (the warm peer's 5xx path).
+//
+// Every answer must carry exactly the pinned version's outputs.
+func TestWarmRoutingWhenBusy(t *testing.T) {
+	m := startMesh(t, 2, func(i int, c *peer.Config) {
+		c.WarmRouting = true
+		if i == 0 {
+			c.MaxInflight = 1
+		}
+	})
+	busy, other := m.Node(0), m.Node(1)
+	v1, _ := clsModels(t)
+	push(t, busy, "cls", "v1", v1, onnxQuery+"&activate=true")
+	push(t, busy, "chain", "v1", onnxmodel.MatMulChain(4), onnxQuery+"&activate=true")
+	eventually(t, "both serve cls and chain", func() error {
+		for _, n := range m.Nodes() {
+			for _, model := range []string{"cls", "chain"} {
+				if v, _ := n.Serving(model); v != "v1" {
+					return fmt.Errorf("%s serving %q", model, v)
+				}
+			}
+		}
+		return nil
+	})
+	announced(t, busy, other, "cls@v1")
+	st, err := busy.Status(context.Background())
+	if s := sample(scrape(t, busy), "shoal_inference_slots"); err != nil || s != 1 || st.Inference.Slots != 1 {
+		t.Fatalf("shoal_inference_slots = %v, status slots %d (%v), want 1", s, st.Inference.Slots, err)
+	}
+
+	// Size the long inference to last a few seconds on this machine.
+	start := time.Now()
+	if r := inferHTTP(t, busy, "chain", "v1", chainBody(384)); r.code != 200 || !strings.Contains(string(r.body), `"data":[0]`) {
+		t.Fatalf("chain: %d %s", r.code, r.body)
+	}
+	size := int(384 * math.Cbrt(3/max(time.Since(start).Seconds(), 0.001)))
+	size = min(max(size, 384), 4096)
+	t.Logf("long inference: %d×%d matrices, %d products", size, size, 4)
+
+	type answer struct {
+		code int
+		body []byte
+	}
+	for attempt := 1; ; attempt++ {
+		// A version only the busy peer has loaded, for the fallback path.
+		version := fmt.Sprintf("b%d", attempt)
+		vb, err := onnxmodel.ScaleWeights(v1, 1+0.1*float32(attempt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		push(t, busy, "cls", version, vb, onnxQuery)
+		if r := inferHTTP(t, busy, "cls", version, clsBody(100+attempt)); r.code != 200 {
+			t.Fatalf("%s on the busy peer: %d %s", version, r.code, r.body)
+		}
+		announced(t, other, busy, "cls@"+version)
+		bodyA, bodyB, bodyC := clsBody(1000+attempt), clsBody(2000+attempt), clsBody(3000+attempt)
+		wantA, wantC := reference(t, v1, bodyA), reference(t, vb, bodyC)
+
+		long := make(chan answer, 1)
+		go func() {
+			req, _ := http.NewRequest(http.MethodPost, api(busy)+"/v2/models/chain/versions/v1/infer", bytes.NewReader(chainBody(size)))
+			req.Header.Set(peer.HeaderTimeout, "120")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				long <- answer{code: -1, body: []byte(err.Error())}
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			long <- answer{resp.StatusCode, b}
+		}()
+		running := func() bool { return sample(scrape(t, busy), "shoal_inference_running") == 1 }
+		deadline := time.Now().Add(30 * time.Second)
+		for !running() && time.Now().Before(deadline) && len(long) == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if len(long) > 0 || !running() {
+			a := <-long
+			t.Fatalf("the long inference (%d×%d) never showed as running: %d %s", size, size, a.code, a.body)
+		}
+
+		checks := time.Now()
+		ra := inferHTTP(t, busy, "cls", "v1", bodyA, peer.HeaderRoute, "warm", peer.HeaderTimeout, "2")
+		waitStart := time.Now()
+		rb := inferHTTP(t, busy, "cls", "v1", bodyB, peer.HeaderTimeout, "0.3")
+		waited := time.Since(waitStart)
+		rc := inferHTTP(t, other, "cls", version, bodyC, peer.HeaderRoute, "warm")
+		// Only the long inference can be running on the busy peer now. If
+		// it ended while quick checks were still going (a fast machine),
+		// they did not all see a busy peer: make it longer and go again.
+		// Checks that took long were held up by it: judge them.
+		stillBusy := running() && len(long) == 0
+		quick := time.Since(checks) < 2*time.Second
+		a := <-long
+		if a.code != 200 {
+			t.Fatalf("the long inference: %d %s", a.code, a.body)
+		}
+		if !stillBusy && quick {
+			if attempt == 4 {
+				t.Fatalf("the long inference (%d×%d) kept ending before the checks did", size, size)
+			}
+			t.Logf("the long inference (%d×%d) ended before the checks did; longer", size, size)
+			size = min(size*3/2, 4096)
+			continue
+		}
+
+		if ra.code != 200 || ra.header.Get(peer.HeaderRoutedTo) != other.ID().String() || outputsOf(ra.resp) != wantA {
+			t.Errorf("opted-in request at a busy peer: %d routed to %q (want %s), v1 outputs: %v %s",
+				ra.code, ra.header.Get(peer.HeaderRoutedTo), other.ID(), outputsOf(ra.resp) == wantA, ra.body)
+		}
+		if rb.code != http.StatusServiceUnavailable || rb.header.Get("Retry-After") == "" || rb.header.Get(peer.HeaderRoutedTo) != "" ||
+			!strings.Contains(rb.errMsg(), "slot") || waited < 300*time.Millisecond {
+			t.Errorf("a request that did not opt in, past its deadline: %d after %v, Retry-After %q, routed to %q: %s",
+				rb.code, waited, rb.header.Get("Retry-After"), rb.header.Get(peer.HeaderRoutedTo), rb.body)
+		}
+		if rc.code != 200 || rc.header.Get(peer.HeaderRoutedTo) != "" || rc.header.Get(peer.HeaderModelVersion) != version || outputsOf(rc.resp) != wantC {
+			t.Errorf("fallback after the warm peer refused: %d routed to %q, version %q, outputs right: %v %s",
+				rc.code, rc.header.Get(peer.HeaderRoutedTo), rc.header.Get(peer.HeaderModelVersion), outputsOf(rc.resp) == wantC, rc.body)
+		}
+		bm, om := scrape(t, busy), scrape(t, other)
+		if f, r := sample(bm, `shoal_inference_saturated_total{outcome="forwarded"}`), sample(bm, `shoal_inference_saturated_total{outcome="refused"}`); f < 1 || r < 2 {
+			t.Errorf("busy peer's saturation counters: forwarded %v (want ≥1), refused %v (want ≥2)\n%s", f, r, grepLines(bm, "saturated"))
+		}
+		if f := sample(om, `shoal_inference_forwarded_total{direction="out",outcome="failed"}`); f < 1 {
+			t.Errorf("the fallback is not counted as a failed forward:\n%s", grepLines(om, "forwarded"))
+		}
+		// With the slot free again, the busy peer serves locally.
+		if r := inferHTTP(t, busy, "cls", "v1", clsBody(4000+attempt), peer.HeaderRoute, "warm"); r.code != 200 || r.header.Get(peer.HeaderRoutedTo) != "" {
+			t.Errorf("an idle peer still forwards: %d routed to %q", r.code, r.header.Get(peer.HeaderRoutedTo))
+		}
+		return
+	}
 }

@@ -192,6 +192,25 @@ func TestEveryDatatypeRoundTripsThroughONNXRuntime(t *testing.T) {
 	}
 }
 
+// TestMatMulChain checks the test model whose cost the request picks
+// (the e2e capacity tests keep an inference running with it): sum(E^3)
+// for E = 0.5 everywhere, 4×4, is 16 · 4² · 0.5³ = 32.
+func TestMatMulChain(t *testing.T) {
+	e := openEngine(t)
+	s, err := e.Load(context.Background(), Ref{Model: "chain", Version: "1"}, onnxmodel.MatMulChain(2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Retire()
+	out := infer(t, s, &InferRequest{Inputs: []RequestInput{
+		{Name: "x", Shape: []int64{1, 1}, Datatype: "FP32", Data: json.RawMessage(`[0.5]`)},
+		{Name: "n", Shape: []int64{2}, Datatype: "INT64", Data: json.RawMessage(`[4, 4]`)},
+	}})
+	if got, _ := json.Marshal(out[0].Data); string(got) != "[32]" || fmt.Sprint(out[0].Shape) != "[1 1]" {
+		t.Errorf("got %s %v, want [32] [1 1]", got, out[0].Shape)
+	}
+}
+
 func TestMalformedRequestsAreBadRequests(t *testing.T) {
 	e := openEngine(t)
 	s, err := e.Load(context.Background(), Ref{Model: "cls", Version: "1"}, repoModel(t, "ocr-cls.onnx"), nil)

@@ -128,6 +128,7 @@ func TestConfigValidation(t *testing.T) {
 		"api token": {APIAddr: "0.0.0.0:0"},
 		"device":    {Device: "tpu"},
 		"threads":   {IntraOpThreads: -1},
+		"inflight":  {MaxInflight: -1},
 	}
 	for name, c := range cases {
 		c.DataDir = t.TempDir()

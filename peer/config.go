@@ -51,10 +51,19 @@ type Config struct {
 	DHT bool
 	// WarmRouting lets this peer forward a pinned inference request that
 	// carries "Shoal-Route: warm" to a peer that has the version loaded,
-	// when it has not loaded it itself, and lets it serve such requests
+	// when it has not loaded it itself or has no inference slot free (see
+	// MaxInflight), and lets it serve such requests
 	// for others (it announces its loaded versions in its heartbeats).
 	// Off by default.
 	WarmRouting bool
+	// MaxInflight bounds the inferences this peer runs at once, across
+	// models (result-cache hits take no slot). A request that finds every
+	// slot taken waits for one within its deadline and is refused past it
+	// (503, Retry-After); with WarmRouting, a pinned request that opted in
+	// goes instead to a peer that has the version loaded, and a forwarded
+	// request is refused at once so that its origin serves it. 0 (the
+	// default) leaves inferences unbounded.
+	MaxInflight int
 	// NAT turns on libp2p's NAT helpers: UPnP/NAT-PMP port mapping, hole
 	// punching and the AutoNAT service. Off by default.
 	NAT bool
@@ -225,6 +234,9 @@ func (c *Config) validate() (parsed, error) {
 	}
 	if c.IntraOpThreads < 0 {
 		return p, fmt.Errorf("%w: intra-op threads %d: use 0 (one per core) or more", ErrBadConfig, c.IntraOpThreads)
+	}
+	if c.MaxInflight < 0 {
+		return p, fmt.Errorf("%w: max in-flight inferences %d: use 0 (unbounded) or more", ErrBadConfig, c.MaxInflight)
 	}
 	host, _, err := net.SplitHostPort(c.APIAddr)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -47,6 +48,11 @@ type inferenceState struct {
 	// need no registry read.
 	manifests map[string]models.Manifest
 
+	// slots bounds the inferences running at once (Config.MaxInflight);
+	// nil when unbounded. running counts them either way.
+	slots   chan struct{}
+	running atomic.Int64
+
 	stats inferenceStats
 }
 
@@ -57,11 +63,18 @@ type inferenceStats struct {
 	cache        map[[3]string]uint64 // model, version, hit|miss|cold_miss
 	loadFailures map[string]uint64    // model
 	forwarded    map[[2]string]uint64 // direction, outcome (warm routing)
+	saturated    map[string]uint64    // outcome: waited|forwarded|refused
 }
 
 func (s *inferenceStats) addForward(direction, outcome string) {
 	s.mu.Lock()
 	s.forwarded[[2]string{direction, outcome}]++
+	s.mu.Unlock()
+}
+
+func (s *inferenceStats) addSaturated(outcome string) {
+	s.mu.Lock()
+	s.saturated[outcome]++
 	s.mu.Unlock()
 }
 
@@ -74,7 +87,10 @@ func (s *inferenceStats) add(m map[[3]string]uint64, k [3]string) {
 func (n *Node) initInference() error {
 	n.inf = &inferenceState{pool: inference.NewPool(), bad: map[string]string{}, manifests: map[string]models.Manifest{}}
 	n.inf.stats = inferenceStats{requests: map[[3]string]uint64{}, cache: map[[3]string]uint64{},
-		loadFailures: map[string]uint64{}, forwarded: map[[2]string]uint64{}}
+		loadFailures: map[string]uint64{}, forwarded: map[[2]string]uint64{}, saturated: map[string]uint64{}}
+	if n.cfg.MaxInflight > 0 {
+		n.inf.slots = make(chan struct{}, n.cfg.MaxInflight)
+	}
 	e, err := inference.Open(inference.Config{Library: n.cfg.ORTLibrary, Device: n.cfg.Device,
 		IntraOpThreads: n.cfg.IntraOpThreads, Logger: n.log})
 	if err != nil {
@@ -426,8 +442,7 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if version != "" && n.cfg.WarmRouting && r.Header.Get(HeaderRoute) == "warm" && r.Header.Get(headerForwardedBy) == "" &&
-		!n.inf.pool.Has(model, version) {
+	if n.mayRoute(r, version) && !n.inf.pool.Has(model, version) {
 		if pid, ok := n.warmPeer(model + "@" + version); ok {
 			// Load it here too, for the requests that follow.
 			n.wg.Add(1)
@@ -488,9 +503,17 @@ func (n *Node) handleInfer(w http.ResponseWriter, r *http.Request) {
 	} else {
 		h.Set(HeaderCache, CacheBypass)
 	}
-	start := time.Now()
-	outs, err := s.Run(ctx, p)
-	n.metrics.inferSeconds.WithLabelValues(model).Observe(time.Since(start).Seconds())
+	release, answered, err := n.acquireSlot(ctx, w, r, model, version, body)
+	if answered {
+		outcome = "forwarded"
+		return
+	}
+	if err != nil {
+		outcome = "busy"
+		writeAPIError(w, err)
+		return
+	}
+	outs, err := n.runInference(ctx, s, p, release)
 	if err != nil {
 		switch {
 		case errors.Is(err, inference.ErrBadRequest):
@@ -658,10 +681,13 @@ type InferenceStatus struct {
 	Loaded      []inference.LoadedSession `json:"loaded"`
 	Bad         map[string]string         `json:"bad,omitempty"`
 	Cache       *resultcache.Stats        `json:"cache,omitempty"`
+	// Running inferences now, against Slots (--max-inflight; 0 unbounded).
+	Running int64 `json:"running"`
+	Slots   int   `json:"slots"`
 }
 
 func (n *Node) inferenceStatus() InferenceStatus {
-	st := InferenceStatus{Loaded: n.inf.pool.Loaded()}
+	st := InferenceStatus{Loaded: n.inf.pool.Loaded(), Running: n.inf.running.Load(), Slots: cap(n.inf.slots)}
 	if st.Loaded == nil {
 		st.Loaded = []inference.LoadedSession{}
 	}
@@ -683,4 +709,66 @@ func (n *Node) inferenceStatus() InferenceStatus {
 		st.Cache = &cs
 	}
 	return st
+}
+
+// runInference runs p on s holding an inference slot, which it releases
+// as soon as the run ends (not when the response is written).
+func (n *Node) runInference(ctx context.Context, s *inference.Session, p *inference.Prepared, release func()) ([]inference.ResponseOutput, error) {
+	defer release()
+	n.inf.running.Add(1)
+	defer n.inf.running.Add(-1)
+	start := time.Now()
+	defer func() { n.metrics.inferSeconds.WithLabelValues(s.Model).Observe(time.Since(start).Seconds()) }()
+	return s.Run(ctx, p)
+}
+
+// mayRoute reports whether r may be forwarded to a warm peer: this peer
+// and the request opted in, the request is pinned, and it did not arrive
+// over the routing stream itself.
+func (n *Node) mayRoute(r *http.Request, version string) bool {
+	return version != "" && n.cfg.WarmRouting && r.Header.Get(HeaderRoute) == "warm" && r.Header.Get(headerForwardedBy) == ""
+}
+
+// acquireSlot takes one of this peer's inference slots (Config.MaxInflight)
+// for r; call release once the inference ran. When every slot is taken, a
+// request that may be routed goes to a warm peer (answered: the response
+// is written), a request forwarded here is refused at once (its origin
+// then serves it), and any other waits for a slot within its deadline.
+func (n *Node) acquireSlot(ctx context.Context, w http.ResponseWriter, r *http.Request, model, version string, body []byte) (release func(), answered bool, err error) {
+	slots := n.inf.slots
+	if slots == nil {
+		return func() {}, false, nil
+	}
+	release = func() { <-slots }
+	select {
+	case slots <- struct{}{}:
+		return release, false, nil
+	default:
+	}
+	busy := &apiError{code: http.StatusServiceUnavailable, retry: time.Second,
+		msg: fmt.Sprintf("no inference slot free on this peer (%d in flight, --max-inflight)", cap(slots))}
+	if n.mayRoute(r, version) {
+		if pid, ok := n.warmPeer(model + "@" + version); ok {
+			// The headers set for a local answer give way to the warm
+			// peer's.
+			w.Header().Del(HeaderCache)
+			w.Header().Del(HeaderModelVersion)
+			if n.forward(ctx, w, r, pid, body) {
+				n.inf.stats.addSaturated("forwarded")
+				return nil, true, nil
+			}
+		}
+	} else if r.Header.Get(headerForwardedBy) != "" {
+		n.inf.stats.addSaturated("refused")
+		return nil, false, busy
+	}
+	select {
+	case slots <- struct{}{}:
+		n.inf.stats.addSaturated("waited")
+		return release, false, nil
+	case <-ctx.Done():
+		n.inf.stats.addSaturated("refused")
+		busy.msg = fmt.Sprintf("no inference slot came free within the request's deadline (%d in flight, --max-inflight)", cap(slots))
+		return nil, false, busy
+	}
 }

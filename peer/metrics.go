@@ -54,6 +54,9 @@ func registerMetrics(reg *prometheus.Registry, n *Node) *httpMetrics {
 
 var (
 	descBuild         = prometheus.NewDesc("shoal_build_info", "Build and runtime of this peer (always 1).", []string{"version", "go_version", "mesh", "peer_id"}, nil)
+	descRunning       = prometheus.NewDesc("shoal_inference_running", "Inferences running on this peer now.", nil, nil)
+	descSlots         = prometheus.NewDesc("shoal_inference_slots", "Inferences this peer runs at once at most (--max-inflight; 0 = unbounded).", nil, nil)
+	descSaturated     = prometheus.NewDesc("shoal_inference_saturated_total", "Inference requests that found every slot taken, by what became of them: waited (then ran here), forwarded (to a warm peer), refused (503).", []string{"outcome"}, nil)
 	descForwarded     = prometheus.NewDesc("shoal_inference_forwarded_total", "Pinned inference requests routed to a warm peer (out) or served for one (in), by outcome.", []string{"direction", "outcome"}, nil)
 	descDiscovered    = prometheus.NewDesc("shoal_discovered_peers_total", "Connections made to peers found by each discovery source (bootstrap, mdns, heartbeat, dht).", []string{"source"}, nil)
 	descDiskFree      = prometheus.NewDesc("shoal_disk_free_bytes", "Free space on the data directory's file system; writes are refused (507) below the reserve.", nil, nil)
@@ -103,7 +106,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descForwarded, descDiscovered, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
+	for _, d := range []*prometheus.Desc{descBuild, descRunning, descSlots, descSaturated, descForwarded, descDiscovered, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
 		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
 		descRAGDocs, descRAGUpdated, descRAGPending, descRAGApplied, descRAGBuild, descRAGUpdate, descRAGQuery, descEmbedCache, descEmbedded,
@@ -206,6 +209,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if inf.engine != nil {
 		gauge(descDevice, 1, inf.engine.Device())
 	}
+	gauge(descRunning, float64(inf.running.Load()))
+	gauge(descSlots, float64(cap(inf.slots)))
 	for _, s := range inf.pool.Loaded() {
 		role := "pinned"
 		if s.Current {
@@ -225,6 +230,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, v := range inf.stats.forwarded {
 		counter(descForwarded, v, k[0], k[1])
+	}
+	for k, v := range inf.stats.saturated {
+		counter(descSaturated, v, k)
 	}
 	inf.stats.mu.Unlock()
 	if r := n.rag; r != nil {

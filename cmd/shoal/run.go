@@ -34,7 +34,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 // settingNames are the environment/config-file names of run's settings.
 var settingNames = []string{"DATA", "API", "MESH", "MDNS", "ORT_LIB", "LOG_LEVEL", "LOG_FORMAT", "LISTEN", "BOOTSTRAP", "TRUST",
 	"KEEP_VERSIONS", "DEVICE", "INTRA_OP_THREADS", "CACHE_MB", "CACHE_TTL", "CACHE_PERSIST", "PSK", "API_TOKEN", "DEMO_RAG", "DEFAULT_MODEL",
-	"ENCRYPT_KEY_FILE", "MIN_FREE_MB", "DHT", "NAT", "RELAY_SERVICE", "WARM_ROUTING"}
+	"ENCRYPT_KEY_FILE", "MIN_FREE_MB", "DHT", "NAT", "RELAY_SERVICE", "WARM_ROUTING", "MAX_INFLIGHT"}
 
 // runPeer parses run's settings (flags over $SHOAL_* over the --config
 // file over defaults) and starts a peer, or with printOnly prints the
@@ -191,6 +191,10 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	inflightDef, err := envInt("MAX_INFLIGHT", 0)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
 	cacheMBDef, err := envInt("CACHE_MB", 64)
 	if err != nil {
 		return nil, usageError("%v", err)
@@ -217,7 +221,7 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 		mesh      = fs.String("mesh", envString("MESH", def.Mesh), "mesh name: peers replicate only within a mesh (env SHOAL_MESH)")
 		mdns      = fs.Bool("mdns", mdnsDef, "discover peers on the LAN with mDNS (env SHOAL_MDNS)")
 		dhtOn     = fs.Bool("dht", dhtDef, "find peers of other sites through the mesh's own Kademlia DHT (env SHOAL_DHT)")
-		warm      = fs.Bool("warm-routing", warmDef, "forward pinned inference requests that carry 'Shoal-Route: warm' to a peer that has the version loaded when this one has not, and serve such requests for others (env SHOAL_WARM_ROUTING)")
+		warm      = fs.Bool("warm-routing", warmDef, "forward pinned inference requests that carry 'Shoal-Route: warm' to a peer that has the version loaded when this one has not (or has no inference slot free, see --max-inflight), and serve such requests for others (env SHOAL_WARM_ROUTING)")
 		nat       = fs.Bool("nat", natDef, "UPnP/NAT-PMP port mapping, hole punching and the AutoNAT service, for peers behind NATs (env SHOAL_NAT)")
 		relaySvc  = fs.Bool("relay-service", relayDef, "relay connections for peers behind NATs (circuit relay v2), e.g. on a MEC node with a public address (env SHOAL_RELAY_SERVICE)")
 		ortLib    = fs.String("ort-lib", envString("ORT_LIB", ""), "onnxruntime shared library (env SHOAL_ORT_LIB; default deps/onnxruntime/libonnxruntime.so)")
@@ -229,6 +233,7 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 		keep      = fs.Int("keep-versions", keepDef, "verified versions of each model kept on disk (env SHOAL_KEEP_VERSIONS)")
 		device    = fs.String("device", envString("DEVICE", "auto"), "inference device: auto (CUDA when available, else CPU), cpu or cuda (env SHOAL_DEVICE)")
 		threads   = fs.Int("intra-op-threads", threadsDef, "threads per inference; 0 = one per core (env SHOAL_INTRA_OP_THREADS)")
+		inflight  = fs.Int("max-inflight", inflightDef, "inferences run at once at most; a request finding all taken waits within its deadline (503 past it) or, with --warm-routing and 'Shoal-Route: warm', goes to a warm peer; 0 = unbounded (env SHOAL_MAX_INFLIGHT)")
 		cacheMB   = fs.Int("cache-mb", cacheMBDef, "in-memory result cache size in MiB; 0 turns the cache off (env SHOAL_CACHE_MB)")
 		cacheTTL  = fs.Duration("cache-ttl", ttlDef, "how long a cached result lives (env SHOAL_CACHE_TTL)")
 		persist   = fs.Bool("cache-persist", persistDef, "keep cached results in Badger too, across restarts (env SHOAL_CACHE_PERSIST)")
@@ -253,7 +258,7 @@ func parseRun(args []string, stderr io.Writer) (*runOptions, error) {
 		DataDir: *dataDir, APIAddr: *apiAddr, Mesh: *mesh, MDNS: *mdns, DHT: *dhtOn, NAT: *nat, RelayService: *relaySvc, WarmRouting: *warm, ORTLibrary: *ortLib,
 		ListenAddrs: listen.vals, Bootstrap: bootstrap.vals, Trusted: trust.vals, KeepVersions: *keep, Version: buildVersion(),
 		APIToken: *apiToken, PSKFile: *psk, EncryptKeyFile: *encKey, MinFreeBytes: int64(*minFreeMB) << 20,
-		Device: *device, IntraOpThreads: *threads, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
+		Device: *device, IntraOpThreads: *threads, MaxInflight: *inflight, CacheBytes: cacheBytes, CacheTTL: *cacheTTL, CachePersist: *persist,
 	}
 	return &runOptions{cfg: cfg, fs: fs, logLevel: *logLevel, logFormat: *logFormat, defModel: *defModel, demoRAG: *demoRAG}, nil
 }

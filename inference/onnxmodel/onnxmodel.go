@@ -182,3 +182,27 @@ func walk(b []byte, f func(num protowire.Number, typ protowire.Type, val []byte,
 	}
 	return nil
 }
+
+// MatMulChain returns a model whose cost the request picks: inputs "x"
+// (float32 [1,1]) and "n" (int64 [2], the matrix shape), output "y"
+// (float32 [1,1]) = the sum of E^(rounds+1), where E is x expanded to an
+// n[0]×n[1] square. Work grows with rounds·n³ while the request stays a
+// few bytes, so tests can keep an inference running for as long as they
+// need (x = 0 keeps every value finite).
+func MatMulChain(rounds int) []byte {
+	var graph []byte
+	graph = appendMsg(graph, 1, node("Expand", []string{"x", "n"}, "e"))
+	prev := "e"
+	for i := range rounds {
+		out := fmt.Sprintf("m%d", i)
+		graph = appendMsg(graph, 1, node("MatMul", []string{prev, "e"}, out))
+		prev = out
+	}
+	graph = appendMsg(graph, 1, node("ReduceSum", []string{prev}, "y"))
+	graph = protowire.AppendTag(graph, 2, protowire.BytesType)
+	graph = protowire.AppendString(graph, "matmul_chain")
+	graph = appendMsg(graph, 11, valueInfoNamed("x", Float, []string{"", ""}, []int64{1, 1}))
+	graph = appendMsg(graph, 11, valueInfoNamed("n", Int64, []string{""}, []int64{2}))
+	graph = appendMsg(graph, 12, valueInfoNamed("y", Float, []string{"", ""}, []int64{1, 1}))
+	return modelProto(graph)
+}
