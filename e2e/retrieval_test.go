@@ -77,6 +77,18 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 		}
 		tok = res.header.Get(peer.HeaderToken)
 	}
+	// The embedder (12 MiB) is activated, so every peer fetches it in the
+	// background; on a loaded CI machine that can outlast a query's
+	// default 10 s wait, which would answer 503 with Retry-After (correct,
+	// but not what this test is about).
+	eventually(t, "every peer serves the embedder", func() error {
+		for _, n := range m.Nodes() {
+			if v, _ := n.Serving("emb"); v != "v1" {
+				return fmt.Errorf("%s serving emb %q", n.ID(), v)
+			}
+		}
+		return nil
+	})
 	// Peer 3, with the token: every document is found by its own text.
 	far := m.Node(2)
 	for i := 0; i < total; i++ {

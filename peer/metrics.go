@@ -80,6 +80,7 @@ var (
 	descModelLag      = prometheus.NewDesc("shoal_model_version_lag_seconds", "Time from a version's activation (its HLC) to this peer serving it.", []string{"model"}, nil)
 	descModelServing  = prometheus.NewDesc("shoal_model_serving", "The version of each model this peer serves (always 1).", []string{"model", "version"}, nil)
 	descConflicts     = prometheus.NewDesc("shoal_model_conflicts", "Versions published more than once with different content.", []string{"model"}, nil)
+	descFetchStalls   = prometheus.NewDesc("shoal_artifact_fetch_stalls_total", "Artifact fetch batches that went 15 s without a block and were asked for again through a fresh bitswap session.", nil, nil)
 	descArtifactBytes = prometheus.NewDesc("shoal_artifact_bytes_total", "Artifact bytes moved, by direction and source.", []string{"direction", "source"}, nil)
 	descRuntimeInfo   = prometheus.NewDesc("shoal_onnxruntime_available", "1 when the onnxruntime library loaded.", []string{"version"}, nil)
 	descDevice        = prometheus.NewDesc("shoal_inference_device", "The device inference runs on (always 1).", []string{"device"}, nil)
@@ -108,7 +109,7 @@ type nodeCollector struct{ n *Node }
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descRunning, descSlots, descSaturated, descForwarded, descDiscovered, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descPeers, descConnected, descHeads, descHeight,
 		descQueued, descEvents, descRejected, descHeartbeats, descInjected, descInline, descBlocks, descBlockBytes, descUptime, descRuntimeInfo,
-		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes,
+		descModelsLocal, descModelLag, descModelServing, descConflicts, descArtifactBytes, descFetchStalls,
 		descRAGDocs, descRAGUpdated, descRAGPending, descRAGApplied, descRAGBuild, descRAGUpdate, descRAGQuery, descEmbedCache, descEmbedded,
 		descDevice, descInferRequests, descCacheRequests, descCacheBytes, descCacheEntries, descCacheEvicted, descSessions, descLoadFailures} {
 		ch <- d
@@ -175,6 +176,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBlockBytes, bs.BytesSent, "out")
 
 	counter(descArtifactBytes, n.artifacts.BytesFetched(), "in", "bitswap")
+	counter(descFetchStalls, n.artifacts.Stalls())
 	counter(descArtifactBytes, bs.BytesSent, "out", "bitswap")
 	counter(descArtifactBytes, n.artifactBytesOut.Load(), "out", "api")
 	local := 0

@@ -95,6 +95,7 @@ type Manager struct {
 	blocks  *store.Blocks
 	space   func(need int64) error
 	offline ipld.DAGService
+	network ipld.NodeGetter // bitswap-backed; fetches go through sessions of it
 	log     *slog.Logger
 
 	mu       sync.Mutex
@@ -103,6 +104,7 @@ type Manager struct {
 
 	bytesIn      atomic.Uint64
 	fetches      atomic.Uint64
+	stalls       atomic.Uint64
 	fetchSeconds func(float64)
 }
 
@@ -122,6 +124,7 @@ func New(cfg Config) *Manager {
 	return &Manager{
 		ds: cfg.Datastore, blocks: cfg.Blocks, space: cfg.Space, log: cfg.Logger.With("component", "artifacts"),
 		offline:  merkledag.NewDAGService(blockservice.New(cfg.Blocks.Local(), nil)),
+		network:  cfg.Blocks.DAG(),
 		inflight: map[string]*flight{}, live: map[string]*Status{},
 	}
 }
@@ -259,6 +262,67 @@ const fetchBatch = 8
 // fetchTimeout bounds one artifact fetch that nobody waits for any more.
 const fetchTimeout = 30 * time.Minute
 
+// fetchStall is how long a batch may go without a block arriving before
+// its bitswap session is dropped and the blocks still missing are asked
+// for again through a fresh one. A session can stall on a want that was
+// lost (a peer that reconnected, a message dropped under load) and only
+// rebroadcasts after backing off; a fresh session asks every connected
+// peer at once.
+var fetchStall = 15 * time.Second
+
+// getBatch fetches the blocks of batch through bitswap, calling each for
+// every node as it arrives, and retries the ones still missing through a
+// fresh session whenever fetchStall passes without progress, until ctx
+// ends.
+func (m *Manager) getBatch(ctx context.Context, ref string, batch []cid.Cid, each func(ipld.Node)) error {
+	pending := batch
+	for stalls := 1; ; stalls++ {
+		sctx, cancel := context.WithCancel(ctx)
+		var stalled atomic.Bool
+		watchdog := time.AfterFunc(fetchStall, func() { stalled.Store(true); cancel() })
+		arrived := make(map[cid.Cid]bool, len(pending))
+		var err error
+		for opt := range merkledag.NewSession(sctx, m.network).GetMany(sctx, pending) {
+			if opt.Err != nil {
+				err = opt.Err
+				continue // drain: GetMany closes its channel once sctx ends
+			}
+			watchdog.Reset(fetchStall)
+			if !arrived[opt.Node.Cid()] {
+				arrived[opt.Node.Cid()] = true
+				each(opt.Node)
+			}
+		}
+		watchdog.Stop()
+		cancel()
+		var rest []cid.Cid
+		for _, c := range pending {
+			if !arrived[c] {
+				rest = append(rest, c)
+			}
+		}
+		switch {
+		case len(rest) == 0:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !stalled.Load():
+			if err == nil {
+				err = fmt.Errorf("%d of %d blocks arrived", len(pending)-len(rest), len(pending))
+			}
+			return err
+		}
+		m.stalls.Add(1)
+		if stalls&(stalls-1) == 0 { // 1st, 2nd, 4th, 8th…: an absent origin is not a log flood
+			m.log.Warn("artifact fetch stalled; asking again through a fresh session", "ref", ref, "missing_blocks", len(rest), "stalls", stalls, "after", fetchStall)
+		}
+		pending = rest
+	}
+}
+
+// Stalls counts the fetch batches that stalled and were asked for again.
+func (m *Manager) Stalls() uint64 { return m.stalls.Load() }
+
 func (m *Manager) fetch(s Spec, f *flight) {
 	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 	defer cancel()
@@ -324,24 +388,22 @@ func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 				fresh = append(fresh, c)
 			}
 		}
-		sess := merkledag.NewSession(ctx, m.blocks.DAG())
 		got := 0
-		for opt := range sess.GetMany(ctx, batch) {
-			if opt.Err != nil {
-				st.State, st.Reason = StateFailed, opt.Err.Error()
-				return st, fmt.Errorf("%w: %s: %v", ErrIncomplete, s.Ref, opt.Err)
-			}
+		err := m.getBatch(ctx, s.Ref, batch, func(nd ipld.Node) {
 			got++
-			n := int64(len(opt.Node.RawData()))
-			m.progress(s.Ref, n)
+			m.progress(s.Ref, int64(len(nd.RawData())))
 			var links []cid.Cid
-			for _, l := range opt.Node.Links() {
+			for _, l := range nd.Links() {
 				if visited.Visit(l.Cid) {
 					links = append(links, l.Cid)
 				}
 			}
 			rand.Shuffle(len(links), func(i, j int) { links[i], links[j] = links[j], links[i] })
 			queue = append(queue, links...)
+		})
+		if err != nil {
+			st.State, st.Reason = StateFailed, err.Error()
+			return st, fmt.Errorf("%w: %s: %v", ErrIncomplete, s.Ref, err)
 		}
 		if got != len(batch) {
 			st.State, st.Reason = StateFailed, "blocks missing"
