@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -182,7 +183,7 @@ func (r Ref) String() string { return r.Model + "@" + r.Version }
 // which suits models whose dynamic dimensions take any size.
 func (e *Engine) Load(ctx context.Context, ref Ref, data []byte, warmup *InferRequest) (*Session, error) {
 	start := time.Now()
-	inputs, outputs, err := ort.GetInputOutputInfoWithONNXData(data)
+	inputs, outputs, err := probeIO(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrLoad, ref, err)
 	}
@@ -252,10 +253,9 @@ func (e *Engine) LoadFile(ctx context.Context, ref Ref, path string, warmup *Inf
 func ApplyThreading(opts *ort.SessionOptions, intraOp int) error {
 	// 0 means one thread per core, and is passed to onnxruntime as that
 	// count: left at its own default, onnxruntime also pins each thread to
-	// a core, which on a gateway's shared cores buys nothing, and session
-	// creation was seen to stall for more than 30 s now and then on this
-	// project's 2-core test machines with the default (the e2e timeouts'
-	// goroutine dumps show the wait inside OrtCreateSession).
+	// a core, which on a gateway's shared cores buys nothing (and the
+	// stalls of OrtCreateSession seen on loaded test machines were all in
+	// sessions made with the default options; see probeIO).
 	if intraOp == 0 {
 		intraOp = runtime.NumCPU()
 	}
@@ -263,6 +263,63 @@ func ApplyThreading(opts *ort.SessionOptions, intraOp int) error {
 		return err
 	}
 	return opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0")
+}
+
+// probeIO reads a model's inputs and outputs through a throwaway session
+// with minimal, explicit options: one thread (so no thread pool at all),
+// no graph optimisation. onnxruntime_go's in-memory variant of this call
+// creates its session with onnxruntime's default options, and that
+// OrtCreateSession was seen to stall for more than 30 s now and then on
+// loaded 2-core machines (the e2e timeouts' goroutine dumps end there).
+// The variant that takes options takes a path, so the bytes go through an
+// in-memory file.
+func probeIO(data []byte) ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
+	opts, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer opts.Destroy()
+	for _, set := range []func() error{
+		func() error { return opts.SetIntraOpNumThreads(1) },
+		func() error { return opts.SetInterOpNumThreads(1) },
+		func() error { return opts.SetGraphOptimizationLevel(ort.GraphOptimizationLevelDisableAll) },
+		func() error { return opts.SetLogSeverityLevel(ort.LoggingLevelFatal) },
+	} {
+		if err := set(); err != nil {
+			return nil, nil, err
+		}
+	}
+	path, cleanup, err := memFile("shoal-model.onnx", data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("staging the model for inspection: %v", err)
+	}
+	defer cleanup()
+	ins, outs, err := ort.GetInputOutputInfoWithOptions(path, opts)
+	if err != nil {
+		// onnxruntime names the staging path, which means nothing to the
+		// operator reading the version's load error.
+		return nil, nil, errors.New(strings.ReplaceAll(err.Error(), path, "the artifact"))
+	}
+	return ins, outs, nil
+}
+
+// tempFile writes data to a temporary file; cleanup removes it.
+func tempFile(name string, data []byte) (path string, cleanup func(), err error) {
+	f, err := os.CreateTemp("", "*-"+name)
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { os.Remove(f.Name()) }
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		cleanup()
+		return "", nil, err
+	}
+	if err := f.Close(); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return f.Name(), cleanup, nil
 }
 
 func tensorMeta(info ort.InputOutputInfo) (TensorMetadata, error) {
