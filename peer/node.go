@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -57,7 +58,13 @@ type Node struct {
 	blocks  *store.Blocks
 	replica *crdt.Replica
 	mdns    mdns.Service
-	dht     *dht.IpfsDHT
+	// lanPeers are the peers mDNS announced, with when it last did: the
+	// redial loop keeps trying them, so one failed dial (two peers dialling
+	// each other at the same instant fail both) does not leave a peer
+	// alone on its LAN.
+	lanMu    sync.Mutex
+	lanPeers map[libp2ppeer.ID]lanPeer
+	dht      *dht.IpfsDHT
 	// infReady is set once n.inf is (heartbeats, which start earlier,
 	// read the loaded sessions).
 	infReady atomic.Bool
@@ -315,10 +322,12 @@ func (n *Node) shareableAddrs() []string {
 	return out
 }
 
-// redialLoop keeps bootstrap peers connected and dials mesh peers learned
-// from heartbeats that this peer is not connected to, so every peer of a
-// mesh ends up connected to every other (bitswap fetches only from
-// connected peers). Failed dials back off per peer, up to 30s.
+// redialLoop keeps bootstrap peers connected and dials the peers mDNS
+// announced and mesh peers learned from heartbeats that this peer is not
+// connected to, so every peer of a mesh ends up connected to every other
+// (bitswap fetches only from connected peers). Failed dials back off per
+// peer, with jitter (two peers retrying each other in lockstep would
+// collide again), up to 30s.
 func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	defer n.wg.Done()
 	for _, ai := range bootstrap {
@@ -354,12 +363,14 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 				delete(backoffs, ai.ID)
 				return
 			}
-			if b := backoffs[ai.ID]; b != nil {
+			b := backoffs[ai.ID]
+			if b != nil {
 				b.delay = min(2*b.delay, 30*time.Second)
-				b.next = time.Now().Add(b.delay)
 			} else {
-				backoffs[ai.ID] = &backoff{next: time.Now().Add(time.Second), delay: time.Second}
+				b = &backoff{delay: time.Second}
+				backoffs[ai.ID] = b
 			}
+			b.next = time.Now().Add(b.delay/2 + rand.N(b.delay))
 		}()
 	}
 	t := time.NewTicker(n.cfg.RedialInterval)
@@ -367,6 +378,9 @@ func (n *Node) redialLoop(bootstrap []libp2ppeer.AddrInfo) {
 	for {
 		for _, ai := range bootstrap {
 			try(ai, sourceBootstrap)
+		}
+		for _, ai := range n.recentLANPeers() {
+			try(ai, sourceMDNS)
 		}
 		for _, ps := range n.replica.Staleness().Peers {
 			id, err := libp2ppeer.Decode(ps.ID)
@@ -409,12 +423,43 @@ func (n *Node) dial(ai libp2ppeer.AddrInfo, source string) error {
 	return err
 }
 
+type lanPeer struct {
+	ai   libp2ppeer.AddrInfo
+	seen time.Time
+}
+
+// lanPeerTTL is how long a peer mDNS announced stays a redial candidate
+// after its last announcement.
+const lanPeerTTL = 10 * time.Minute
+
+// recentLANPeers returns the peers mDNS announced within lanPeerTTL and
+// forgets older ones.
+func (n *Node) recentLANPeers() []libp2ppeer.AddrInfo {
+	n.lanMu.Lock()
+	defer n.lanMu.Unlock()
+	var out []libp2ppeer.AddrInfo
+	for id, p := range n.lanPeers {
+		if time.Since(p.seen) > lanPeerTTL {
+			delete(n.lanPeers, id)
+			continue
+		}
+		out = append(out, p.ai)
+	}
+	return out
+}
+
 type mdnsNotifee struct{ n *Node }
 
 func (m mdnsNotifee) HandlePeerFound(ai libp2ppeer.AddrInfo) {
 	if ai.ID == m.n.host.ID() {
 		return
 	}
+	m.n.lanMu.Lock()
+	if m.n.lanPeers == nil {
+		m.n.lanPeers = map[libp2ppeer.ID]lanPeer{}
+	}
+	m.n.lanPeers[ai.ID] = lanPeer{ai: ai, seen: time.Now()}
+	m.n.lanMu.Unlock()
 	m.n.wg.Add(1)
 	go func() {
 		defer m.n.wg.Done()
