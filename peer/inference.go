@@ -750,13 +750,17 @@ func (n *Node) acquireSlot(ctx context.Context, w http.ResponseWriter, r *http.R
 	if n.mayRoute(r, version) {
 		if pid, ok := n.warmPeer(model + "@" + version); ok {
 			// The headers set for a local answer give way to the warm
-			// peer's.
-			w.Header().Del(HeaderCache)
-			w.Header().Del(HeaderModelVersion)
+			// peer's, and come back if this peer serves after all.
+			h := w.Header()
+			hCache, hVersion := h.Get(HeaderCache), h.Get(HeaderModelVersion)
+			h.Del(HeaderCache)
+			h.Del(HeaderModelVersion)
 			if n.forward(ctx, w, r, pid, body) {
 				n.inf.stats.addSaturated("forwarded")
 				return nil, true, nil
 			}
+			h.Set(HeaderCache, hCache)
+			h.Set(HeaderModelVersion, hVersion)
 		}
 	} else if r.Header.Get(headerForwardedBy) != "" {
 		n.inf.stats.addSaturated("refused")
