@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,9 +18,11 @@ import (
 	"github.com/shoal-mesh/shoal/peer"
 )
 
-// converge bounds how long replicated state may take to settle on
-// loopback. Generous: CI machines are small and shared.
-const converge = 30 * time.Second
+// converge bounds how long replicated state may take to settle, or a
+// model to load, on loopback. Generous: CI machines are small and shared,
+// and a first model load there has been seen to sit in onnxruntime's
+// session creation for more than 30 s (see nativeThreads).
+const converge = 90 * time.Second
 
 func startMesh(t *testing.T, n int, tweak func(int, *peer.Config)) *testmesh.Mesh {
 	t.Helper()
@@ -40,6 +46,7 @@ func eventually(t *testing.T, what string, f func() error) {
 	defer cancel()
 	if err := testmesh.Eventually(ctx, 50*time.Millisecond, f); err != nil {
 		t.Logf("goroutines of the peers when %q timed out:\n%s", what, peerStacks())
+		t.Logf("threads of this process:\n%s", nativeThreads())
 		t.Fatalf("%s: %v", what, err)
 	}
 }
@@ -58,6 +65,42 @@ func peerStacks() string {
 		}
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// nativeThreads describes this process's threads as the kernel sees them
+// (state, wait channel, kernel stack of those not sleeping), and, where gdb
+// is installed, the native stacks of threads inside onnxruntime: a
+// goroutine stuck in a cgo call shows only "[syscall]" in Go's dump.
+func nativeThreads() string {
+	var b strings.Builder
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		dir := "/proc/self/task/" + task.Name()
+		stat, _ := os.ReadFile(dir + "/stat")
+		state := "?"
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = string(stat[i+2])
+		}
+		wchan, _ := os.ReadFile(dir + "/wchan")
+		fmt.Fprintf(&b, "tid %s state %s wchan %s\n", task.Name(), state, wchan)
+		if state != "S" {
+			if stack, err := os.ReadFile(dir + "/stack"); err == nil {
+				b.Write(stack)
+			}
+		}
+	}
+	if gdb, err := exec.LookPath("gdb"); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, gdb, "-p", strconv.Itoa(os.Getpid()), "-batch", "-nx",
+			"-ex", "thread apply all bt 25").CombinedOutput()
+		for _, th := range strings.Split(string(out), "\nThread ") {
+			if strings.Contains(th, "onnxruntime") {
+				b.WriteString("Thread " + th + "\n")
+			}
+		}
+	}
+	return b.String()
 }
 
 type kv struct {

@@ -183,6 +183,13 @@ func (r Ref) String() string { return r.Model + "@" + r.Version }
 // which suits models whose dynamic dimensions take any size.
 func (e *Engine) Load(ctx context.Context, ref Ref, data []byte, warmup *InferRequest) (*Session, error) {
 	start := time.Now()
+	// Creating a session is normally well under a second; one was seen to
+	// take more than 30 s on a loaded machine, inside onnxruntime. Say so
+	// while it happens rather than only in the load time afterwards.
+	slow := time.AfterFunc(slowLoad, func() {
+		e.log.Warn("model session still being created by onnxruntime", "model", ref.Model, "version", ref.Version, "after", slowLoad)
+	})
+	defer slow.Stop()
 	inputs, outputs, err := probeIO(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrLoad, ref, err)
@@ -224,6 +231,7 @@ func (e *Engine) Load(ctx context.Context, ref Ref, data []byte, warmup *InferRe
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrLoad, ref, err)
 	}
+	slow.Stop()
 	s.LoadTime = time.Since(start)
 	wstart := time.Now()
 	if err := s.warmUp(ctx, warmup); err != nil {
@@ -235,6 +243,9 @@ func (e *Engine) Load(ctx context.Context, ref Ref, data []byte, warmup *InferRe
 		"load_ms", s.LoadTime.Milliseconds(), "warmup_ms", s.WarmupTime.Milliseconds())
 	return s, nil
 }
+
+// slowLoad is when Load warns that onnxruntime is still creating a session.
+const slowLoad = 10 * time.Second
 
 // LoadFile is Load from a file on disk, for tools and benchmarks.
 func (e *Engine) LoadFile(ctx context.Context, ref Ref, path string, warmup *InferRequest) (*Session, error) {
