@@ -277,13 +277,12 @@ func ApplyThreading(opts *ort.SessionOptions, intraOp int) error {
 }
 
 // probeIO reads a model's inputs and outputs through a throwaway session
-// with minimal, explicit options: one thread (so no thread pool at all),
-// no graph optimisation. onnxruntime_go's in-memory variant of this call
-// creates its session with onnxruntime's default options, and that
-// OrtCreateSession was seen to stall for more than 30 s now and then on
-// loaded 2-core machines (the e2e timeouts' goroutine dumps end there).
-// The variant that takes options takes a path, so the bytes go through an
-// in-memory file.
+// with minimal, explicit options: one thread (so no thread pool is made and
+// torn down for it), no graph optimisation. onnxruntime_go's in-memory
+// variant of this call uses onnxruntime's default options; the variant
+// that takes options takes a path, so the bytes go through an in-memory
+// file. (The rare session creation that takes more than 30 s on loaded
+// test machines happens with these options too; see Load.)
 func probeIO(data []byte) ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
 	opts, err := ort.NewSessionOptions()
 	if err != nil {
