@@ -108,11 +108,20 @@ func TestArtifactFansOutToFivePeers(t *testing.T) {
 		!strings.Contains(string(res.body), `shoal_model_serving{model="detector",version="v1"} 1`) {
 		t.Errorf("/metrics lacks the lag or serving series of detector")
 	}
+	// Without spreading the origin would send 4× the artifact. Measured on
+	// a 2-core VM: 2.1–2.6× alone, up to 3.05× with the rest of the suite
+	// running beside it (slower peers ask the origin more often). So: under
+	// 3.5×, and the other peers must have served each other at least half
+	// an artifact's worth.
 	sent := m.Node(0).Blocks().Stats().BytesSent
-	ratio := float64(sent) / float64(len(data))
-	t.Logf("origin uploaded %d bytes = %.2f× the artifact to 4 peers", sent, ratio)
-	if ratio >= 3 {
-		t.Errorf("origin uploaded %.2f× the artifact; bitswap should spread it (< 3×)", ratio)
+	var relayed uint64
+	for _, n := range m.Nodes()[1:] {
+		relayed += n.Blocks().Stats().BytesSent
+	}
+	ratio, relayedRatio := float64(sent)/float64(len(data)), float64(relayed)/float64(len(data))
+	t.Logf("origin uploaded %.2f× the artifact to 4 peers, which sent each other %.2f×", ratio, relayedRatio)
+	if ratio >= 3.5 || relayedRatio < 0.5 {
+		t.Errorf("origin uploaded %.2f× the artifact and the peers relayed %.2f×; bitswap should spread it (< 3.5× from the origin, ≥ 0.5× between peers)", ratio, relayedRatio)
 	}
 }
 
