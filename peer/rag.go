@@ -101,6 +101,14 @@ func (n *Node) embedder(ctx context.Context, ref string) (*rag.Embedder, *infere
 	tm, err := n.registry.Manifest(ctx, model+TokenizerSuffix, version)
 	if err != nil {
 		s.Release()
+		if ctx.Err() != nil {
+			// The request's time ran out while looking (the session may
+			// just have loaded): not the publisher's mistake.
+			return nil, nil, m, modelErr(fmt.Errorf("looking up %s's tokenizer: %w", ref, context.DeadlineExceeded))
+		}
+		if !errors.Is(err, models.ErrUnknownModel) && !errors.Is(err, models.ErrUnknownVersion) {
+			return nil, nil, m, modelErr(err)
+		}
 		return nil, nil, m, &apiError{code: http.StatusConflict, msg: fmt.Sprintf("%s has no tokenizer: publish it as %s%s@%s (media type %s)", ref, model, TokenizerSuffix, version, MediaTypeTokenizer)}
 	}
 	tok, err := n.readArtifact(ctx, tm)
