@@ -98,12 +98,29 @@ func commandVersion(name string, args ...string) string {
 
 // --- Redis pub/sub -------------------------------------------------------
 
+// wireConns are a server process and the raw connections a notifier
+// speaks its protocol over: one publisher, one per subscriber.
+type wireConns struct {
+	srv  *server
+	subs []net.Conn
+	pub  net.Conn
+	wg   sync.WaitGroup // the subscribers' readers
+}
+
+// Close closes every connection, waits for the readers and stops the
+// server.
+func (w *wireConns) Close() {
+	for _, c := range w.subs {
+		c.Close()
+	}
+	w.pub.Close()
+	w.wg.Wait()
+	w.srv.stop()
+}
+
 type redisNotifier struct {
-	srv   *server
-	subs  []net.Conn
-	pub   net.Conn
+	wireConns
 	pubRd *bufio.Reader
-	wg    sync.WaitGroup
 }
 
 func newRedis() (notifier, error) {
@@ -116,7 +133,7 @@ func newRedis() (notifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &redisNotifier{srv: srv}
+	r := &redisNotifier{wireConns: wireConns{srv: srv}}
 	if r.pub, err = net.Dial("tcp", srv.addr); err != nil {
 		srv.stop()
 		return nil, err
@@ -224,23 +241,11 @@ func (r *redisNotifier) Publish(notice string) error {
 	return err
 }
 
-func (r *redisNotifier) Close() {
-	for _, c := range r.subs {
-		c.Close()
-	}
-	r.pub.Close()
-	r.wg.Wait()
-	r.srv.stop()
-}
-
 // --- NATS ----------------------------------------------------------------
 
 type natsNotifier struct {
-	srv  *server
-	subs []net.Conn
-	pub  net.Conn
-	wg   sync.WaitGroup
-	mu   sync.Mutex
+	wireConns
+	mu sync.Mutex
 }
 
 func newNATS() (notifier, error) {
@@ -252,7 +257,7 @@ func newNATS() (notifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &natsNotifier{srv: srv}
+	n := &natsNotifier{wireConns: wireConns{srv: srv}}
 	if n.pub, _, err = natsConnect(srv.addr); err != nil {
 		srv.stop()
 		return nil, err
@@ -346,15 +351,6 @@ func (n *natsNotifier) Publish(notice string) error {
 	defer n.mu.Unlock()
 	_, err := fmt.Fprintf(n.pub, "PUB model.current %d\r\n%s\r\n", len(notice), notice)
 	return err
-}
-
-func (n *natsNotifier) Close() {
-	for _, c := range n.subs {
-		c.Close()
-	}
-	n.pub.Close()
-	n.wg.Wait()
-	n.srv.stop()
 }
 
 // --- etcd watch ------------------------------------------------------------
