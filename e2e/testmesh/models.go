@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
@@ -37,7 +38,8 @@ func (m *Mesh) WaitServing(ctx context.Context, model, version string, start tim
 	nodes := m.Nodes()
 	done := make([]time.Duration, len(nodes))
 	remaining := len(nodes) - 1
-	for remaining > 0 {
+	// A short interval: the times measured are propagation latencies.
+	if err := poll.Wait(ctx, 2*time.Millisecond, func() error {
 		for i, n := range nodes[1:] {
 			if done[i+1] != 0 {
 				continue
@@ -47,11 +49,12 @@ func (m *Mesh) WaitServing(ctx context.Context, model, version string, start tim
 				remaining--
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%d peers do not serve %s@%s: %w", remaining, model, version, ctx.Err())
-		case <-time.After(2 * time.Millisecond):
+		if remaining > 0 {
+			return fmt.Errorf("%d peers do not serve %s@%s", remaining, model, version)
 		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	out := done[1:]
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })

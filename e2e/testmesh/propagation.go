@@ -48,7 +48,7 @@ func (m *Mesh) MeasurePropagation(ctx context.Context, writes int, gap time.Dura
 		if _, err := nodes[0].Replica().Put(ctx, key, "bench.kv", map[string]int{"i": i}); err != nil {
 			return nil, err
 		}
-		time.Sleep(gap)
+		time.Sleep(gap) // paces the writes (the load), not synchronisation
 	}
 	want := len(nodes) - 1
 	complete := 0
