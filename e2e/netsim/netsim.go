@@ -308,7 +308,7 @@ func (h *Host) writeLoop() {
 	defer h.net.wg.Done()
 	for p := range h.out {
 		if d := time.Until(p.due); d > 0 {
-			time.Sleep(d)
+			time.Sleep(d) // the simulated link delay itself, not synchronisation
 		}
 		if _, err := h.tun.Write(p.data); err == nil {
 			h.net.forwarded.Add(1)

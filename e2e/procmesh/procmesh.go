@@ -34,6 +34,7 @@ import (
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/testmesh"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -279,18 +280,30 @@ func (p *Peer) Start(ctx context.Context) error {
 		p.mu.Unlock()
 		close(done)
 	}()
-	for {
+	exited := false
+	err = poll.Wait(ctx, 100*time.Millisecond, func() error {
 		select {
 		case <-done:
-			return fmt.Errorf("peer %d exited at start (%v); log:\n%s", p.Index, p.exit, p.LogTail(40))
-		case <-ctx.Done():
-			return fmt.Errorf("peer %d API not up: %w", p.Index, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+			exited = true
+			return nil // no use waiting on
+		default:
 		}
-		if r, err := p.Do(ctx, "GET", "/healthz", nil); err == nil && r.Code == 200 {
-			return nil
+		r, err := p.Do(ctx, "GET", "/healthz", nil)
+		if err != nil {
+			return err
 		}
+		if r.Code != 200 {
+			return fmt.Errorf("/healthz: %s", r)
+		}
+		return nil
+	})
+	if exited {
+		return fmt.Errorf("peer %d exited at start (%v); log:\n%s", p.Index, p.exit, p.LogTail(40))
 	}
+	if err != nil {
+		return fmt.Errorf("peer %d API not up: %w", p.Index, err)
+	}
+	return nil
 }
 
 // Running reports whether the process runs.
@@ -406,7 +419,7 @@ var ErrTimeout = errors.New("condition not met in time")
 func (p *Peer) WaitFor(ctx context.Context, cond func(peer.Status) bool) error {
 	var last peer.Status
 	var lastErr error
-	for {
+	if poll.Wait(ctx, 100*time.Millisecond, func() error {
 		st, err := p.Status(ctx)
 		if err == nil && cond(st) {
 			return nil
@@ -415,13 +428,12 @@ func (p *Peer) WaitFor(ctx context.Context, cond func(peer.Status) bool) error {
 			last = st
 		}
 		lastErr = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (peer %d: last status heads=%d hash=%.12s connected=%d, err=%v)",
-				ErrTimeout, p.Index, len(last.Heads), last.StateHash, last.Connected, lastErr)
-		case <-time.After(100 * time.Millisecond):
-		}
+		return errors.New("condition not met")
+	}) != nil {
+		return fmt.Errorf("%w (peer %d: last status heads=%d hash=%.12s connected=%d, err=%v)",
+			ErrTimeout, p.Index, len(last.Heads), last.StateHash, last.Connected, lastErr)
 	}
+	return nil
 }
 
 // Model reads /v1/models/{name}.
