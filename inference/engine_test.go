@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoal-mesh/shoal/inference/onnxmodel"
+	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
 // repoModel reads a model `make setup` fetched into deps/models.
@@ -287,14 +288,31 @@ func TestPoolSwapDrainsWithoutDroppingRequests(t *testing.T) {
 	defer pool.Close()
 	pool.Swap(v1)
 	req := clsRequest(0)
+	const workers, each = 8, 6
 	var failures, afterSwapOld atomic.Int64
 	var swapped atomic.Bool
+	// How many workers have finished `each` requests they started before
+	// the swap, and `each` they started after it (each: about what the
+	// fixed 200 ms waits gave on a 2-core machine).
+	var readyBefore, readyAfter atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
+	halt := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer halt() // before pool.Close, also when a wait below fails the test
+	for i := 0; i < workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var before, after int
+			finished := func(wasSwapped bool) {
+				if !wasSwapped {
+					if before++; before == each {
+						readyBefore.Add(1)
+					}
+				} else if after++; after == each {
+					readyAfter.Add(1)
+				}
+			}
 			for {
 				select {
 				case <-stop:
@@ -305,6 +323,7 @@ func TestPoolSwapDrainsWithoutDroppingRequests(t *testing.T) {
 				s, err := pool.Acquire("cls", "")
 				if err != nil {
 					failures.Add(1)
+					finished(wasSwapped)
 					continue
 				}
 				p, err := s.Prepare(req)
@@ -318,10 +337,17 @@ func TestPoolSwapDrainsWithoutDroppingRequests(t *testing.T) {
 					afterSwapOld.Add(1)
 				}
 				s.Release()
+				finished(wasSwapped)
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	// The swap comes while every worker keeps requests coming.
+	poll.Until(t, 30*time.Second, "the workers run requests before the swap", func() error {
+		if n := readyBefore.Load(); n < workers {
+			return fmt.Errorf("%d of %d workers have finished %d requests", n, workers, each)
+		}
+		return nil
+	})
 	old := pool.Swap(v2)
 	swapped.Store(true)
 	if old != v1 {
@@ -332,9 +358,13 @@ func TestPoolSwapDrainsWithoutDroppingRequests(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("old session never drained")
 	}
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	poll.Until(t, 30*time.Second, "the workers run requests after the swap", func() error {
+		if n := readyAfter.Load(); n < workers {
+			return fmt.Errorf("%d of %d workers have finished %d requests started after the swap", n, workers, each)
+		}
+		return nil
+	})
+	halt()
 	if failures.Load() != 0 {
 		t.Errorf("%d requests failed across the swap", failures.Load())
 	}
