@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/store"
 )
 
@@ -147,17 +149,12 @@ func TestHostileRecordsAreCountedByReason(t *testing.T) {
 	if err := r.ds.Put(ctx, ds.NewKey("/hostile/garbage"), []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c := r.Counters()
-		if c.OversizeRecords == 1 && c.BadRecords == 1 {
-			break
+	poll.Until(t, 10*time.Second, "one oversize and one bad record counted", func() error {
+		if c := r.Counters(); c.OversizeRecords != 1 || c.BadRecords != 1 {
+			return fmt.Errorf("counters %+v", c)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("counters %+v, want one oversize and one bad record", c)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	entries, err := r.List(ctx, "/hostile/")
 	if err != nil {
 		t.Fatal(err)
@@ -204,8 +201,7 @@ func TestResetState(t *testing.T) {
 
 	r, closeAll = open(true)
 	defer closeAll()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, 10*time.Second, "the state rebuilt from the DAG", func() error {
 		entries, err := r.List(ctx, "/t/")
 		if err != nil {
 			t.Fatal(err)
@@ -215,13 +211,10 @@ func TestResetState(t *testing.T) {
 			keys = append(keys, e.Key)
 		}
 		if len(keys) == 2 && keys[0] == "/t/a" && keys[1] == "/t/c" {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the rebuild: %v (before it: %d entries with the orphan)", keys, len(before))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("after the rebuild: %v (before it: %d entries with the orphan)", keys, len(before))
+	})
 	if _, err := r.Get(ctx, "/t/orphan"); err == nil {
 		t.Error("the orphan value survived the rebuild")
 	}
