@@ -19,6 +19,7 @@ import (
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/e2e/testmesh"
 	"github.com/shoal-mesh/shoal/inference/onnxmodel"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -101,15 +102,18 @@ func replay(cache bool, distinct int, skew float64, clients int, d, every time.D
 		return start, nil
 	}
 	waitServing := func(v int, start time.Time) (time.Duration, error) {
-		for {
-			if got, _ := server.Serving("cls"); got == fmt.Sprintf("v%d", v) {
-				return time.Since(start), nil
+		var lag time.Duration
+		// A short interval: the lag measured is the invalidation's.
+		if err := poll.Wait(ctx, 2*time.Millisecond, func() error {
+			if got, _ := server.Serving("cls"); got != fmt.Sprintf("v%d", v) {
+				return fmt.Errorf("serving %q", got)
 			}
-			if ctx.Err() != nil {
-				return 0, fmt.Errorf("peer 1 never served v%d", v)
-			}
-			time.Sleep(2 * time.Millisecond)
+			lag = time.Since(start)
+			return nil
+		}); err != nil {
+			return 0, fmt.Errorf("peer 1 never served v%d: %w", v, err)
 		}
+		return lag, nil
 	}
 	start, err := push(1)
 	if err != nil {
@@ -130,7 +134,7 @@ func replay(cache bool, distinct int, skew float64, clients int, d, every time.D
 		wg             sync.WaitGroup
 		failed         atomic.Value
 	)
-	deadline := time.Now().Add(d)
+	deadline := time.Now().Add(d) // how long the load runs, not a wait
 	for c := 0; c < clients; c++ {
 		wg.Add(1)
 		go func(seed uint64) {
@@ -170,7 +174,7 @@ func replay(cache bool, distinct int, skew float64, clients int, d, every time.D
 	var lags []time.Duration
 	t0 := time.Now()
 	for v := 2; time.Since(t0)+every <= d; v++ {
-		time.Sleep(every)
+		time.Sleep(every) // paces the invalidations, not synchronisation
 		start, err := push(v)
 		if err != nil {
 			return res, err

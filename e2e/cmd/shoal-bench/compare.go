@@ -51,7 +51,7 @@ func measureNotifier(nt notifier, n, warm, notices int, gap time.Duration) ([]ti
 				pubErr <- err
 				return
 			}
-			time.Sleep(gap)
+			time.Sleep(gap) // paces the notices, not synchronisation
 		}
 		pubErr <- nil
 	}()

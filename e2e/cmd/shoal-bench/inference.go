@@ -141,7 +141,7 @@ func httpLatencies(url string, body []byte, headerLen, iters int) (latencies, er
 
 func throughput(url string, body []byte, headerLen, clients int, d time.Duration) (float64, error) {
 	var done, failed atomic.Int64
-	deadline := time.Now().Add(d)
+	deadline := time.Now().Add(d) // how long the load runs, not a wait
 	var wg sync.WaitGroup
 	tr := &http.Transport{MaxIdleConnsPerHost: clients}
 	client := &http.Client{Transport: tr}

@@ -16,6 +16,7 @@ import (
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
 	"github.com/shoal-mesh/shoal/e2e/testmesh"
+	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
 // runLossy measures version-change propagation to n subscribers when every
@@ -118,31 +119,35 @@ func lossyShoal(n, notices int, link netsim.Link) (rec, serve []time.Duration, e
 			go func() {
 				defer wg.Done()
 				gotRec := false
-				for ctx.Err() == nil {
+				// A short interval: the times measured are propagation latencies.
+				err := poll.Wait(ctx, 10*time.Millisecond, func() error {
 					st, err := p.Status(ctx)
-					if err == nil {
-						for _, ms := range st.Models {
-							if ms.Name != "bench" {
-								continue
-							}
-							now := time.Since(start)
-							mu.Lock()
-							if !gotRec && ms.Current == version {
-								gotRec, lastRec = true, max(lastRec, now)
-							}
-							if ms.Serving == version {
-								lastServe = max(lastServe, now)
-								mu.Unlock()
-								return
-							}
-							mu.Unlock()
-						}
+					if err != nil {
+						return err
 					}
-					time.Sleep(10 * time.Millisecond)
+					for _, ms := range st.Models {
+						if ms.Name != "bench" {
+							continue
+						}
+						now := time.Since(start)
+						mu.Lock()
+						if !gotRec && ms.Current == version {
+							gotRec, lastRec = true, max(lastRec, now)
+						}
+						if ms.Serving == version {
+							lastServe = max(lastServe, now)
+							mu.Unlock()
+							return nil
+						}
+						mu.Unlock()
+					}
+					return fmt.Errorf("not serving %s", version)
+				})
+				if err != nil {
+					mu.Lock()
+					werr = fmt.Errorf("peer %d never served %s: %w", p.Index, version, err)
+					mu.Unlock()
 				}
-				mu.Lock()
-				werr = fmt.Errorf("peer %d never served %s", p.Index, version)
-				mu.Unlock()
 			}()
 		}
 		wg.Wait()
@@ -186,21 +191,19 @@ func lossyNATS(n, notices int, link netsim.Link) ([]time.Duration, error) {
 	dial := func(h *netsim.Host, extra ...string) (net.Conn, *bufio.Reader, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		for {
-			c, err := h.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				rd, err := natsHandshake(c, extra...)
-				if err != nil {
-					c.Close()
-					return nil, nil, err
-				}
-				return c, rd, nil
-			}
-			if ctx.Err() != nil {
-				return nil, nil, err
-			}
-			time.Sleep(50 * time.Millisecond)
+		var c net.Conn
+		if err := poll.Wait(ctx, 50*time.Millisecond, func() (err error) {
+			c, err = h.DialContext(ctx, "tcp", addr)
+			return err
+		}); err != nil {
+			return nil, nil, err
 		}
+		rd, err := natsHandshake(c, extra...)
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		return c, rd, nil
 	}
 	type arrival struct {
 		id string
@@ -251,7 +254,7 @@ func lossyNATS(n, notices int, link netsim.Link) ([]time.Duration, error) {
 		if i >= 2 {
 			lags = append(lags, last.Sub(start))
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // paces the notices, not synchronisation
 	}
 	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
 	return lags, nil

@@ -25,6 +25,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
 // notifier delivers a change notice from one publisher to subscribers.
@@ -65,18 +67,20 @@ func startServer(addr string, name string, args ...string) (*server, error) {
 		return nil, err
 	}
 	s := &server{cmd: cmd, addr: addr}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return s, nil
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := poll.Wait(ctx, 50*time.Millisecond, func() error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			s.stop()
-			return nil, fmt.Errorf("%s did not listen on %s", name, addr)
-		}
-		time.Sleep(50 * time.Millisecond)
+		c.Close()
+		return nil
+	}); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("%s did not listen on %s: %w", name, addr, err)
 	}
+	return s, nil
 }
 
 func (s *server) stop() {
@@ -392,16 +396,13 @@ func newEtcd() (notifier, error) {
 	e := &etcdNotifier{srv: srv, url: client, ctx: ctx, cancel: cancel,
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}}
 	// The gateway answers once the member is ready.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if err := e.Publish("ready"); err == nil {
-			return e, nil
-		} else if time.Now().After(deadline) {
-			e.Close()
-			return nil, fmt.Errorf("etcd not ready: %w", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	readyCtx, readyCancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer readyCancel()
+	if err := poll.Wait(readyCtx, 100*time.Millisecond, func() error { return e.Publish("ready") }); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("etcd not ready: %w", err)
 	}
+	return e, nil
 }
 
 func (e *etcdNotifier) Name() string    { return "etcd watch" }
