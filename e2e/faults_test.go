@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/peer"
 	"github.com/shoal-mesh/shoal/store"
 )
@@ -170,7 +171,8 @@ func missingDocs(ctx context.Context, p *procmesh.Peer, ids []string) ([]string,
 func waitConverged(t *testing.T, ctx context.Context, peers []*procmesh.Peer) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
+	var took time.Duration
+	if err := poll.Wait(ctx, 200*time.Millisecond, func() error {
 		hashes := map[string][]int{}
 		for _, p := range peers {
 			st, err := p.Status(ctx)
@@ -180,15 +182,15 @@ func waitConverged(t *testing.T, ctx context.Context, peers []*procmesh.Peer) ti
 			}
 			hashes[st.StateHash] = append(hashes[st.StateHash], p.Index)
 		}
-		if len(hashes) == 1 {
-			return time.Since(start)
+		if len(hashes) != 1 {
+			return fmt.Errorf("state hashes by peer %v", hashes)
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("no convergence after %v: state hashes by peer %v", time.Since(start).Round(time.Millisecond), hashes)
-		case <-time.After(200 * time.Millisecond):
-		}
+		took = time.Since(start)
+		return nil
+	}); err != nil {
+		t.Fatalf("no convergence after %v: %v", time.Since(start).Round(time.Millisecond), err)
 	}
+	return took
 }
 
 // reliabilityRow is one line of docs/reliability.md.
@@ -388,19 +390,21 @@ func TestFaultDelayLoss(t *testing.T) {
 		}
 		return false
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		done := true
-		for _, p := range m.Peers {
+	// At most 2 minutes; waitConverged then judges whether they caught up.
+	watchCtx, cancelWatch := context.WithTimeout(ctx, 2*time.Minute)
+	_ = poll.Wait(watchCtx, 150*time.Millisecond, func() error {
+		var behind []int
+		for _, p := range m.Peers { // every peer, every round: each is watched
 			if !honest(p) {
-				done = false
+				behind = append(behind, p.Index)
 			}
 		}
-		if done || time.Now().After(deadline) {
-			break
+		if len(behind) > 0 {
+			return fmt.Errorf("peers %v lack the activation", behind)
 		}
-		time.Sleep(150 * time.Millisecond)
-	}
+		return nil
+	})
+	cancelWatch()
 	waitConverged(t, ctx, m.Peers)
 	converge := time.Since(acked)
 	lost := 0
@@ -470,7 +474,7 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 	// Kill once the pull is part-way and some writes were acknowledged.
 	var before float64
 	sawProgress := false
-	for {
+	if err := poll.Wait(ctx, 20*time.Millisecond, func() error {
 		if st, err := victim.Status(ctx); err == nil {
 			for _, p := range st.Progress {
 				if p.Kind == "artifact_pull" && p.Name == "big@v1" && p.Total == size && p.Done > 0 && p.Done < size {
@@ -479,13 +483,12 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 			}
 		}
 		before = metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
-		if before >= size/4 && len(w.ids()) >= 20 {
-			break
+		if acked := len(w.ids()); before < size/4 || acked < 20 {
+			return fmt.Errorf("%.0f bytes pulled, %d writes acknowledged", before, acked)
 		}
-		if ctx.Err() != nil {
-			t.Fatal("no progress before the kill")
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatalf("no progress before the kill: %v", err)
 	}
 	victim.Kill()
 	close(stop)
@@ -510,18 +513,17 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 	// The pull resumes: asked again, the victim fetches only what it lacked.
 	restartAt := time.Now()
 	must(t, 200)(victim.Do(ctx, "POST", "/v1/models/big/versions/v1/pull", nil))
-	for {
+	if err := poll.Wait(ctx, 100*time.Millisecond, func() error {
 		mi, err := victim.Model(ctx, "big")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(mi.Versions) == 1 && mi.Versions[0].Local != nil && mi.Versions[0].Local.State == "verified" {
-			break
+			return nil
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("the pull never completed after restart: %+v", mi.Versions)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("versions %+v", mi.Versions)
+	}); err != nil {
+		t.Fatalf("the pull never completed after restart: %v", err)
 	}
 	after := metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
 	if after > size-before+(1<<20) {
@@ -669,7 +671,7 @@ func TestFaultDiskFull(t *testing.T) {
 	pushVersion(t, ctx, m.Peers[0], "big", "v1", 24<<20, true)
 	waitConverged(t, ctx, m.Peers)
 	must(t, http.StatusInsufficientStorage)(full.Do(ctx, "POST", "/v1/models/big/versions/v1/pull", nil))
-	for {
+	if err := poll.Wait(ctx, 100*time.Millisecond, func() error {
 		mi, err := full.Model(ctx, "big")
 		if err != nil {
 			t.Fatal(err)
@@ -678,12 +680,11 @@ func TestFaultDiskFull(t *testing.T) {
 			if !strings.Contains(l.Reason, "disk full") {
 				t.Errorf("pull failed for another reason: %s", l.Reason)
 			}
-			break
+			return nil
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("pull on a full disk never failed: %+v", mi.Versions[0].Local)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("local state %+v", mi.Versions[0].Local)
+	}); err != nil {
+		t.Fatalf("pull on a full disk never failed: %v", err)
 	}
 
 	// Space returns: writes work again, and nothing stored was harmed —

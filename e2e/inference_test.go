@@ -198,7 +198,7 @@ func TestHotSwapUnderLoadDropsNothing(t *testing.T) {
 	)
 	client := &http.Client{Timeout: 30 * time.Second}
 	defer client.CloseIdleConnections()
-	deadline := time.Now().Add(duration)
+	deadline := time.Now().Add(duration) // how long the load runs, not a wait
 	var wg sync.WaitGroup
 	for c := 0; c < clients; c++ {
 		wg.Add(1)
@@ -235,7 +235,7 @@ func TestHotSwapUnderLoadDropsNothing(t *testing.T) {
 			}
 		}(c)
 	}
-	time.Sleep(duration / 3)
+	time.Sleep(duration / 3) // the switch comes a third into the load: the scenario's timing, not synchronisation
 	res := do(t, http.MethodPost, api(n)+"/v1/models/cls/activate", []byte(`{"version":"v2"}`))
 	if res.code != http.StatusOK {
 		t.Fatalf("activate: %d %s", res.code, res.body)

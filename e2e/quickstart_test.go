@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/testmesh"
+	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
 // quickStart returns the README's first-screen command that runs a peer
@@ -80,29 +82,34 @@ func TestReadmeQuickStart(t *testing.T) {
 		// the namespace empty (shut down) within a bound.
 		syscall.Kill(-start.Process.Pid, syscall.SIGTERM)
 		go start.Wait()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		var pids []string
+		inNamespace := func() error {
 			out, _ := exec.Command("ip", "netns", "pids", h.Name).Output()
-			pids := strings.Fields(string(out))
-			if len(pids) == 0 {
-				break
+			if pids = strings.Fields(string(out)); len(pids) > 0 {
+				return fmt.Errorf("processes %v in the namespace", pids)
 			}
-			if time.Now().After(deadline) {
-				for _, p := range pids {
-					if pid, err := strconv.Atoi(p); err == nil {
-						syscall.Kill(pid, syscall.SIGQUIT) // goroutine dump into the log
-					}
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if poll.Wait(ctx, 200*time.Millisecond, inNamespace) != nil {
+			stuck := pids
+			for _, p := range stuck {
+				if pid, err := strconv.Atoi(p); err == nil {
+					syscall.Kill(pid, syscall.SIGQUIT) // goroutine dump into the log
 				}
-				time.Sleep(time.Second)
-				for _, p := range pids {
-					if pid, err := strconv.Atoi(p); err == nil {
-						syscall.Kill(pid, syscall.SIGKILL)
-					}
-				}
-				t.Errorf("processes %v still running 30 s after SIGTERM", pids)
-				break
 			}
-			time.Sleep(200 * time.Millisecond)
+			// A Go process exits once it has written its dump: wait for
+			// that (up to 5 s; it was a fixed 1 s), then kill what is left.
+			dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = poll.Wait(dctx, 200*time.Millisecond, inNamespace)
+			dcancel()
+			for _, p := range pids { // those still there
+				if pid, err := strconv.Atoi(p); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			t.Errorf("processes %v still running 30 s after SIGTERM", stuck)
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(data + ".log")
@@ -112,17 +119,20 @@ func TestReadmeQuickStart(t *testing.T) {
 	// `make run` builds first; wait until the default model answers.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	for {
-		_, err := h.Command("curl", "-sf", "127.0.0.1:7480/v2/models/ocr-cls/ready").CombinedOutput()
-		if err == nil {
-			if st, err := h.Command("curl", "-sf", "127.0.0.1:7480/v1/collections/demo").CombinedOutput(); err == nil && strings.Contains(string(st), `"documents"`) {
-				break
-			}
+	if err := poll.Wait(ctx, 500*time.Millisecond, func() error {
+		if _, err := h.Command("curl", "-sf", "127.0.0.1:7480/v2/models/ocr-cls/ready").CombinedOutput(); err != nil {
+			return fmt.Errorf("ocr-cls not ready: %v", err)
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("the peer of %q never served the default model and the demo collection", run)
+		st, err := h.Command("curl", "-sf", "127.0.0.1:7480/v1/collections/demo").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("demo collection: %v", err)
 		}
-		time.Sleep(500 * time.Millisecond)
+		if !strings.Contains(string(st), `"documents"`) {
+			return fmt.Errorf("demo collection without documents: %s", st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the peer of %q never served the default model and the demo collection: %v", run, err)
 	}
 	var sawInference, sawRetrieval bool
 	for _, c := range cmds {

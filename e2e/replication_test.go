@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/e2e/testmesh"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -40,11 +41,14 @@ func startMesh(t *testing.T, n int, tweak func(int, *peer.Config)) *testmesh.Mes
 	return m
 }
 
+// eventually is poll.Until with the converge bound that, on a timeout,
+// also logs what the peers' goroutines and this process's threads were
+// doing.
 func eventually(t *testing.T, what string, f func() error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), converge)
 	defer cancel()
-	if err := testmesh.Eventually(ctx, 50*time.Millisecond, f); err != nil {
+	if err := poll.Wait(ctx, 50*time.Millisecond, f); err != nil {
 		t.Logf("goroutines of the peers when %q timed out:\n%s", what, peerStacks())
 		t.Logf("threads of this process:\n%s", nativeThreads())
 		t.Fatalf("%s: %v", what, err)
@@ -301,7 +305,7 @@ func TestStalenessWhileCutOff(t *testing.T) {
 	go func() {
 		for j := 0; j < 20 && time.Since(cutAt) < 6*time.Second; j++ {
 			m.Node(0).Replica().Put(ctx, fmt.Sprintf("/test/while-cut/%d", j), "test.kv", kv{"z"})
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(200 * time.Millisecond) // paces the writes, not synchronisation
 		}
 	}()
 	eventually(t, "staleness rises while cut off", func() error {

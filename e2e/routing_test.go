@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/inference/onnxmodel"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -228,10 +229,13 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 			long <- answer{resp.StatusCode, b}
 		}()
 		running := func() bool { return sample(scrape(t, busy), "shoal_inference_running") == 1 }
-		deadline := time.Now().Add(30 * time.Second)
-		for !running() && time.Now().Before(deadline) && len(long) == 0 {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// Wait (at most 30 s) until it runs, or until it ended without
+		// showing as running; the check below tells which.
+		waitCtx, cancelWait := context.WithTimeout(context.Background(), 30*time.Second)
+		_ = poll.Wait(waitCtx, 10*time.Millisecond, poll.True(
+			func() bool { return len(long) > 0 || running() },
+			func() string { return "the long inference is not running yet" }))
+		cancelWait()
 		if len(long) > 0 || !running() {
 			a := <-long
 			t.Fatalf("the long inference (%d×%d) never showed as running: %d %s", size, size, a.code, a.body)

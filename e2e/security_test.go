@@ -75,10 +75,13 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 		}
 	}
 	boot := m.Node(0).Addrs()[0]
-	start := func(psk string) *peer.Node {
+	start := func(psk string, gater *testmesh.Gater) *peer.Node {
 		cfg := peer.Config{DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 			Mesh: "testmesh", NoSync: true, PSKFile: psk, Bootstrap: []string{boot}, Version: "test",
 			ORTLibrary: testmesh.RepoFile("deps/onnxruntime/libonnxruntime.so"), Logger: slog.New(slog.DiscardHandler)}
+		if gater != nil {
+			cfg.Gater = gater
+		}
 		n, err := peer.New(t.Context(), cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -87,8 +90,16 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 		return n
 	}
 	for name, psk := range map[string]string{"another key": theirs, "no key": ""} {
-		stranger := start(psk)
-		time.Sleep(3 * time.Second) // several redial rounds
+		// The stranger's gater lets everything through and counts its
+		// attempts to dial the bootstrap peer.
+		dials := &testmesh.Gater{}
+		stranger := start(psk, dials)
+		eventually(t, name+": stranger tries the bootstrap peer several times", func() error {
+			if d := dials.Dials(m.Node(0).ID()); d < 3 {
+				return fmt.Errorf("%d dials", d)
+			}
+			return nil
+		})
 		if c := len(stranger.Host().Network().Peers()); c != 0 {
 			t.Errorf("%s: stranger connected to %d peers", name, c)
 		}
@@ -96,7 +107,7 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 			t.Errorf("%s: the mesh accepted the stranger", name)
 		}
 	}
-	friend := start(ours)
+	friend := start(ours, nil)
 	eventually(t, "a peer with the key joins", func() error {
 		if len(friend.Host().Network().ConnsToPeer(m.Node(0).ID())) == 0 {
 			return fmt.Errorf("not connected")
@@ -131,7 +142,7 @@ func TestSlowClientsCannotStarveTheAPI(t *testing.T) {
 			start := time.Now()
 			c.Write([]byte("GET /v1/status HTTP/1.1\r\nHost: x\r\n"))
 			for {
-				time.Sleep(200 * time.Millisecond)
+				time.Sleep(200 * time.Millisecond) // the trickle itself (Slowloris), not synchronisation
 				if _, err := c.Write([]byte("X-Slow: 1\r\n")); err != nil {
 					closed <- time.Since(start)
 					return
@@ -151,7 +162,7 @@ func TestSlowClientsCannotStarveTheAPI(t *testing.T) {
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("status took %v while slow clients hang on", d)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // spreads the probes over the attack, not synchronisation
 	}
 	for i := 0; i < slow; i++ {
 		if d := <-closed; d < 0 {
