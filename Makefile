@@ -35,7 +35,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZEXECS)x ./inference/
 	$(GO) test -run '^$$' -fuzz '^FuzzDocumentRecords$$' -fuzztime $(FUZZEXECS)x ./crdt/collections/
 	$(GO) test -run '^$$' -fuzz '^FuzzManifestVerify$$' -fuzztime $(FUZZEXECS)x ./crdt/models/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseQuery$$' -fuzztime $(FUZZEXECS)x ./peer/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseQuery$$' -fuzztime $(FUZZEXECS)x ./httpapi/
 
 test: setup vet
 	$(GO) test -race -count=1 -timeout 30m ./...

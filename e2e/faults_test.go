@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,7 +24,6 @@ import (
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
 	"github.com/shoal-mesh/shoal/internal/poll"
-	"github.com/shoal-mesh/shoal/peer"
 	"github.com/shoal-mesh/shoal/store"
 )
 
@@ -280,7 +280,7 @@ func TestFaultPartitionHeal(t *testing.T) {
 		for _, o := range other {
 			gone[o.ID.String()] = true
 		}
-		if err := p.WaitFor(ctx, func(st peer.Status) bool {
+		if err := p.WaitFor(ctx, func(st api.Status) bool {
 			for _, pi := range st.Peers {
 				if gone[pi.ID] && pi.Reachable {
 					return false
@@ -320,7 +320,7 @@ func TestFaultPartitionHeal(t *testing.T) {
 
 // waitServing waits until p serves model@version.
 func waitServing(ctx context.Context, p *procmesh.Peer, model, version string) error {
-	return p.WaitFor(ctx, func(st peer.Status) bool {
+	return p.WaitFor(ctx, func(st api.Status) bool {
 		for _, ms := range st.Models {
 			if ms.Name == model && ms.Serving == version {
 				return true
@@ -373,7 +373,7 @@ func TestFaultDelayLoss(t *testing.T) {
 		if err != nil || (r.Code != 200 && r.Code != 404) {
 			t.Fatalf("peer %d: %v %v", p.Index, r, err)
 		}
-		var mi peer.ModelInfo
+		var mi api.ModelInfo
 		if r.Code == 200 {
 			if err := r.JSON(&mi); err != nil {
 				t.Fatal(err)

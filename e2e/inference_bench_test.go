@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -53,8 +54,8 @@ func serveInfer(b *testing.B, h http.Handler, body []byte, wantCache string) {
 	req := httptest.NewRequest(http.MethodPost, "/v2/models/cls/infer", bytes.NewReader(body))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	if rec.Code != 200 || (wantCache != "" && rec.Header().Get(peer.HeaderCache) != wantCache) {
-		b.Fatalf("%d cache %q %s", rec.Code, rec.Header().Get(peer.HeaderCache), rec.Body)
+	if rec.Code != 200 || (wantCache != "" && rec.Header().Get(api.HeaderCache) != wantCache) {
+		b.Fatalf("%d cache %q %s", rec.Code, rec.Header().Get(api.HeaderCache), rec.Body)
 	}
 }
 
@@ -67,7 +68,7 @@ func BenchmarkCacheHit(b *testing.B) {
 	serveInfer(b, h, body, "")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		serveInfer(b, h, body, peer.CacheHit)
+		serveInfer(b, h, body, api.CacheHit)
 	}
 }
 
@@ -78,7 +79,7 @@ func BenchmarkInferJSON(b *testing.B) {
 	h := n.Handler()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		serveInfer(b, h, body, peer.CacheBypass)
+		serveInfer(b, h, body, api.CacheBypass)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"log/slog"
 	"math"
 	"net/http"
@@ -67,7 +68,7 @@ func inferHTTP(t *testing.T, n *peer.Node, model, version string, body []byte, h
 	if version != "" {
 		path += "/versions/" + version
 	}
-	res := inferResult{httpResult: do(t, http.MethodPost, api(n)+path+"/infer", body, headers...)}
+	res := inferResult{httpResult: do(t, http.MethodPost, baseURL(n)+path+"/infer", body, headers...)}
 	if res.code == http.StatusOK {
 		res.json(t, &res.resp)
 	}
@@ -129,12 +130,12 @@ func TestPinnedInferenceAcrossPeersAndActivation(t *testing.T) {
 	// activated and not local yet; the request waits for the fetch and
 	// the load within its deadline.
 	for _, tc := range []struct{ version, want string }{{"v2", want2}, {"v1", want1}} {
-		r := inferHTTP(t, far, "cls", tc.version, body, peer.HeaderAfter, tok)
+		r := inferHTTP(t, far, "cls", tc.version, body, api.HeaderAfter, tok)
 		if r.code != http.StatusOK {
 			t.Fatalf("pinned %s: %d %s", tc.version, r.code, r.body)
 		}
-		if r.resp.ModelVersion != tc.version || r.header.Get(peer.HeaderModelVersion) != tc.version || r.resp.ModelName != "cls" {
-			t.Errorf("pinned %s answered by %q / %q", tc.version, r.resp.ModelVersion, r.header.Get(peer.HeaderModelVersion))
+		if r.resp.ModelVersion != tc.version || r.header.Get(api.HeaderModelVersion) != tc.version || r.resp.ModelName != "cls" {
+			t.Errorf("pinned %s answered by %q / %q", tc.version, r.resp.ModelVersion, r.header.Get(api.HeaderModelVersion))
 		}
 		if got := outputsOf(r.resp); got != tc.want {
 			t.Errorf("pinned %s outputs %s, want %s", tc.version, got, tc.want)
@@ -151,7 +152,7 @@ func TestPinnedInferenceAcrossPeersAndActivation(t *testing.T) {
 		}
 		return nil
 	})
-	res := do(t, http.MethodPost, api(m.Node(0))+"/v1/models/cls/activate", []byte(`{"version":"v2"}`))
+	res := do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/models/cls/activate", []byte(`{"version":"v2"}`))
 	if res.code != http.StatusOK {
 		t.Fatalf("activate: %d %s", res.code, res.body)
 	}
@@ -207,7 +208,7 @@ func TestHotSwapUnderLoadDropsNothing(t *testing.T) {
 			for i := 0; time.Now().Before(deadline); i++ {
 				k := (c + i) % len(bodies)
 				started := time.Now().UnixNano()
-				resp, err := client.Post(api(n)+"/v2/models/cls/infer", "application/json", bytes.NewReader(bodies[k]))
+				resp, err := client.Post(baseURL(n)+"/v2/models/cls/infer", "application/json", bytes.NewReader(bodies[k]))
 				total.Add(1)
 				if err != nil {
 					failed.Add(1)
@@ -226,7 +227,7 @@ func TestHotSwapUnderLoadDropsNothing(t *testing.T) {
 					mu.Unlock()
 					continue
 				}
-				if r.ModelVersion != resp.Header.Get(peer.HeaderModelVersion) || outputsOf(r) != want[r.ModelVersion][k] {
+				if r.ModelVersion != resp.Header.Get(api.HeaderModelVersion) || outputsOf(r) != want[r.ModelVersion][k] {
 					wrong.Add(1)
 				}
 				if sw := switchedAt.Load(); sw != 0 && started > sw && r.ModelVersion != "v2" {
@@ -236,7 +237,7 @@ func TestHotSwapUnderLoadDropsNothing(t *testing.T) {
 		}(c)
 	}
 	time.Sleep(duration / 3) // the switch comes a third into the load: the scenario's timing, not synchronisation
-	res := do(t, http.MethodPost, api(n)+"/v1/models/cls/activate", []byte(`{"version":"v2"}`))
+	res := do(t, http.MethodPost, baseURL(n)+"/v1/models/cls/activate", []byte(`{"version":"v2"}`))
 	if res.code != http.StatusOK {
 		t.Fatalf("activate: %d %s", res.code, res.body)
 	}
@@ -282,8 +283,8 @@ func TestCorruptModelIsMarkedBadAndPreviousKeepsServing(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		n := m.Node(i)
 		eventually(t, "v2 marked bad", func() error {
-			var mi peer.ModelInfo
-			do(t, "GET", api(n)+"/v1/models/cls", nil).json(t, &mi)
+			var mi api.ModelInfo
+			do(t, "GET", baseURL(n)+"/v1/models/cls", nil).json(t, &mi)
 			for _, v := range mi.Versions {
 				if v.Version == "v2" && v.LoadError != "" {
 					if !strings.Contains(v.LoadError, "does not load") {
@@ -307,8 +308,8 @@ func TestCorruptModelIsMarkedBadAndPreviousKeepsServing(t *testing.T) {
 		if got := metricValue(t, n, "shoal_model_load_failures_total", map[string]string{"model": "cls"}); got < 1 {
 			t.Errorf("load failures metric %v", got)
 		}
-		var st peer.Status
-		do(t, "GET", api(n)+"/v1/status", nil).json(t, &st)
+		var st api.Status
+		do(t, "GET", baseURL(n)+"/v1/status", nil).json(t, &st)
 		if st.Inference.Bad["cls@v2"] == "" || st.Models[0].Bad != 1 {
 			t.Errorf("status does not show v2 bad: %+v %+v", st.Inference.Bad, st.Models)
 		}
@@ -377,7 +378,7 @@ func truncate(b []byte) string {
 func TestOpenInferenceProtocolConformance(t *testing.T) {
 	m := startMesh(t, 1, nil)
 	n := m.Node(0)
-	base := api(n)
+	base := baseURL(n)
 
 	// Live before anything is loaded; ready (vacuously) with no models.
 	var live map[string]any
@@ -404,7 +405,7 @@ func TestOpenInferenceProtocolConformance(t *testing.T) {
 	push(t, n, "blob", "b1", []byte("not a model"), "activate=true")
 
 	var md inference.ModelMetadata
-	r = do(t, "GET", base+"/v2/models/cls", nil, peer.HeaderAfter, tok)
+	r = do(t, "GET", base+"/v2/models/cls", nil, api.HeaderAfter, tok)
 	r.json(t, &md)
 	if r.code != 200 || md.Name != "cls" || md.Platform != "onnxruntime_onnx" || len(md.Versions) != 1 || md.Versions[0] != "v1" {
 		t.Errorf("model metadata: %d %s", r.code, r.body)
@@ -545,8 +546,8 @@ func TestResultCacheHitsMissesAndReplicatedFlush(t *testing.T) {
 	})
 	first := inferHTTP(t, n, "cls", "", clsBody(6))
 	second := inferHTTP(t, n, "cls", "", clsBody(6))
-	if first.header.Get(peer.HeaderCache) != "miss" || second.header.Get(peer.HeaderCache) != "hit" {
-		t.Errorf("cache headers %q then %q", first.header.Get(peer.HeaderCache), second.header.Get(peer.HeaderCache))
+	if first.header.Get(api.HeaderCache) != "miss" || second.header.Get(api.HeaderCache) != "hit" {
+		t.Errorf("cache headers %q then %q", first.header.Get(api.HeaderCache), second.header.Get(api.HeaderCache))
 	}
 	if outputsOf(first.resp) != outputsOf(second.resp) || second.resp.ID != "req-6" {
 		t.Errorf("hit differs from the miss: %s vs %s (id %q)", outputsOf(first.resp), outputsOf(second.resp), second.resp.ID)
@@ -562,17 +563,17 @@ func TestResultCacheHitsMissesAndReplicatedFlush(t *testing.T) {
 	}
 
 	// A flush on peer 1 reaches peer 2: the next request misses.
-	res := do(t, "POST", api(m.Node(0))+"/v1/cache/flush?model=cls", nil)
+	res := do(t, "POST", baseURL(m.Node(0))+"/v1/cache/flush?model=cls", nil)
 	if res.code != 200 {
 		t.Fatalf("flush: %d %s", res.code, res.body)
 	}
-	tok := res.header.Get(peer.HeaderToken)
-	r := inferHTTP(t, n, "cls", "", clsBody(6), peer.HeaderAfter, tok)
-	if r.code != 200 || r.header.Get(peer.HeaderCache) != "miss" {
-		t.Errorf("after the replicated flush: %d cache %q", r.code, r.header.Get(peer.HeaderCache))
+	tok := res.header.Get(api.HeaderToken)
+	r := inferHTTP(t, n, "cls", "", clsBody(6), api.HeaderAfter, tok)
+	if r.code != 200 || r.header.Get(api.HeaderCache) != "miss" {
+		t.Errorf("after the replicated flush: %d cache %q", r.code, r.header.Get(api.HeaderCache))
 	}
-	if r := inferHTTP(t, n, "cls", "", clsBody(6)); r.header.Get(peer.HeaderCache) != "hit" {
-		t.Errorf("no hit after refilling: %q", r.header.Get(peer.HeaderCache))
+	if r := inferHTTP(t, n, "cls", "", clsBody(6)); r.header.Get(api.HeaderCache) != "hit" {
+		t.Errorf("no hit after refilling: %q", r.header.Get(api.HeaderCache))
 	}
 
 	// A new version never answers from the old version's entries.
@@ -584,8 +585,8 @@ func TestResultCacheHitsMissesAndReplicatedFlush(t *testing.T) {
 		return nil
 	})
 	r = inferHTTP(t, n, "cls", "", clsBody(6))
-	if r.resp.ModelVersion != "v2" || r.header.Get(peer.HeaderCache) != "miss" || outputsOf(r.resp) != reference(t, v2, clsBody(6)) {
-		t.Errorf("v2 request: %s cache %q", r.resp.ModelVersion, r.header.Get(peer.HeaderCache))
+	if r.resp.ModelVersion != "v2" || r.header.Get(api.HeaderCache) != "miss" || outputsOf(r.resp) != reference(t, v2, clsBody(6)) {
+		t.Errorf("v2 request: %s cache %q", r.resp.ModelVersion, r.header.Get(api.HeaderCache))
 	}
 
 	// A model that opts out is never cached.
@@ -596,8 +597,8 @@ func TestResultCacheHitsMissesAndReplicatedFlush(t *testing.T) {
 		}
 		return nil
 	})
-	if r := inferHTTP(t, n, "vad", "", body); r.header.Get(peer.HeaderCache) != "bypass" {
-		t.Errorf("opted-out model: cache %q", r.header.Get(peer.HeaderCache))
+	if r := inferHTTP(t, n, "vad", "", body); r.header.Get(api.HeaderCache) != "bypass" {
+		t.Errorf("opted-out model: cache %q", r.header.Get(api.HeaderCache))
 	}
 }
 
@@ -605,7 +606,7 @@ func TestResultCacheHitsMissesAndReplicatedFlush(t *testing.T) {
 // samples matching labels).
 func metricValue(t *testing.T, n *peer.Node, name string, labels map[string]string) float64 {
 	t.Helper()
-	res := do(t, "GET", api(n)+"/metrics", nil)
+	res := do(t, "GET", baseURL(n)+"/metrics", nil)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(bytes.NewReader(res.body))
 	if err != nil {

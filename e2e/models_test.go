@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"strings"
@@ -56,7 +57,7 @@ func do(t *testing.T, method, url string, body []byte, headers ...string) httpRe
 	return httpResult{resp.StatusCode, resp.Header, b}
 }
 
-func api(n *peer.Node) string { return "http://" + n.APIAddr() }
+func baseURL(n *peer.Node) string { return "http://" + n.APIAddr() }
 
 func randomBytes(t *testing.T, n int) []byte {
 	b := make([]byte, n)
@@ -71,11 +72,11 @@ func sha(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:
 // push uploads an artifact through the HTTP API and returns the token.
 func push(t *testing.T, n *peer.Node, model, version string, data []byte, query string) string {
 	t.Helper()
-	res := do(t, http.MethodPut, fmt.Sprintf("%s/v1/models/%s/versions/%s?%s", api(n), model, version, query), data)
+	res := do(t, http.MethodPut, fmt.Sprintf("%s/v1/models/%s/versions/%s?%s", baseURL(n), model, version, query), data)
 	if res.code != http.StatusCreated {
 		t.Fatalf("push %s@%s: %d %s", model, version, res.code, res.body)
 	}
-	tok := res.header.Get(peer.HeaderToken)
+	tok := res.header.Get(api.HeaderToken)
 	if tok == "" {
 		t.Fatal("push returned no token")
 	}
@@ -90,11 +91,11 @@ func TestArtifactFansOutToFivePeers(t *testing.T) {
 
 	for i, n := range m.Nodes() {
 		eventually(t, fmt.Sprintf("peer %d serves detector@v1", i), func() error {
-			res := do(t, http.MethodGet, api(n)+"/v1/models/detector/artifact", nil)
+			res := do(t, http.MethodGet, baseURL(n)+"/v1/models/detector/artifact", nil)
 			if res.code != http.StatusOK {
 				return fmt.Errorf("%d %s", res.code, res.errMsg())
 			}
-			if got := res.header.Get(peer.HeaderModelVersion); got != "v1" {
+			if got := res.header.Get(api.HeaderModelVersion); got != "v1" {
 				return fmt.Errorf("Shoal-Model-Version %q", got)
 			}
 			if got := sha(res.body); got != want {
@@ -103,7 +104,7 @@ func TestArtifactFansOutToFivePeers(t *testing.T) {
 			return nil
 		})
 	}
-	res := do(t, http.MethodGet, api(m.Node(3))+"/metrics", nil)
+	res := do(t, http.MethodGet, baseURL(m.Node(3))+"/metrics", nil)
 	if !strings.Contains(string(res.body), `shoal_model_version_lag_seconds{model="detector"}`) ||
 		!strings.Contains(string(res.body), `shoal_model_serving{model="detector",version="v1"} 1`) {
 		t.Errorf("/metrics lacks the lag or serving series of detector")
@@ -133,18 +134,18 @@ func TestPinnedFetchAndErrors(t *testing.T) {
 
 	// Peer 1 with the token: the manifest of v2 is there, and the pinned
 	// fetch waits for the bytes.
-	res := do(t, http.MethodGet, api(m.Node(1))+"/v1/models/cls/versions/v2/artifact", nil, peer.HeaderAfter, tok)
-	if res.code != http.StatusOK || sha(res.body) != sha(v2) || res.header.Get(peer.HeaderModelVersion) != "v2" {
-		t.Fatalf("pinned v2: %d, version %q", res.code, res.header.Get(peer.HeaderModelVersion))
+	res := do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/cls/versions/v2/artifact", nil, api.HeaderAfter, tok)
+	if res.code != http.StatusOK || sha(res.body) != sha(v2) || res.header.Get(api.HeaderModelVersion) != "v2" {
+		t.Fatalf("pinned v2: %d, version %q", res.code, res.header.Get(api.HeaderModelVersion))
 	}
 	if etag := res.header.Get("ETag"); !strings.HasPrefix(etag, `"`) || len(etag) < 10 {
 		t.Errorf("ETag %q", etag)
 	}
 	// The unpinned artifact is still v1: v2 was published, not activated.
 	eventually(t, "peer 1 serves v1", func() error {
-		res := do(t, http.MethodGet, api(m.Node(1))+"/v1/models/cls/artifact", nil)
-		if res.code != 200 || res.header.Get(peer.HeaderModelVersion) != "v1" || sha(res.body) != sha(v1) {
-			return fmt.Errorf("%d %q", res.code, res.header.Get(peer.HeaderModelVersion))
+		res := do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/cls/artifact", nil)
+		if res.code != 200 || res.header.Get(api.HeaderModelVersion) != "v1" || sha(res.body) != sha(v1) {
+			return fmt.Errorf("%d %q", res.code, res.header.Get(api.HeaderModelVersion))
 		}
 		return nil
 	})
@@ -157,8 +158,8 @@ func TestPinnedFetchAndErrors(t *testing.T) {
 	}{
 		{"unknown version", "GET", "/v1/models/cls/versions/v9/artifact", nil, nil, 404},
 		{"unknown model", "GET", "/v1/models/nope/artifact", nil, nil, 404},
-		{"malformed token", "GET", "/v1/models/cls/artifact", nil, []string{peer.HeaderAfter, "!!not-a-token"}, 400},
-		{"bad staleness bound", "GET", "/v1/models", nil, []string{peer.HeaderMaxStaleness, "soon"}, 400},
+		{"malformed token", "GET", "/v1/models/cls/artifact", nil, []string{api.HeaderAfter, "!!not-a-token"}, 400},
+		{"bad staleness bound", "GET", "/v1/models", nil, []string{api.HeaderMaxStaleness, "soon"}, 400},
 		{"duplicate version, other bytes", "PUT", "/v1/models/cls/versions/v1", []byte("different"), nil, 409},
 		{"bad model name", "PUT", "/v1/models/bad%2Fname/versions/v1", []byte("x"), nil, 400},
 		{"empty artifact", "PUT", "/v1/models/cls/versions/v3", nil, nil, 400},
@@ -168,12 +169,12 @@ func TestPinnedFetchAndErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before := do(t, "GET", api(m.Node(0))+"/v1/models/cls", nil)
-			res := do(t, c.method, api(m.Node(0))+c.path, c.body, c.headers...)
+			before := do(t, "GET", baseURL(m.Node(0))+"/v1/models/cls", nil)
+			res := do(t, c.method, baseURL(m.Node(0))+c.path, c.body, c.headers...)
 			if res.code != c.code || res.errMsg() == "" {
 				t.Errorf("%d %s, want %d with a JSON error", res.code, res.body, c.code)
 			}
-			after := do(t, "GET", api(m.Node(0))+"/v1/models/cls", nil)
+			after := do(t, "GET", baseURL(m.Node(0))+"/v1/models/cls", nil)
 			if !bytes.Equal(before.body, after.body) {
 				t.Errorf("the model changed:\nbefore %s\nafter %s", before.body, after.body)
 			}
@@ -185,15 +186,15 @@ func TestReadYourWritesAndStalenessBound(t *testing.T) {
 	m := startMesh(t, 4, func(i int, c *peer.Config) { c.PeerTimeout = 2 * time.Second })
 	push(t, m.Node(0), "det", "v1", randomBytes(t, 64<<10), "activate=true")
 	push(t, m.Node(0), "det", "v2", randomBytes(t, 64<<10), "")
-	res := do(t, http.MethodPost, api(m.Node(0))+"/v1/models/det/activate", []byte(`{"version":"v2"}`))
+	res := do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/models/det/activate", []byte(`{"version":"v2"}`))
 	if res.code != 200 {
 		t.Fatalf("activate: %d %s", res.code, res.body)
 	}
-	tok := res.header.Get(peer.HeaderToken)
+	tok := res.header.Get(api.HeaderToken)
 
 	// Peer 3 with the token sees v2 as current, never v1.
-	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderAfter, tok)
-	var mi peer.ModelInfo
+	res = do(t, http.MethodGet, baseURL(m.Node(3))+"/v1/models/det", nil, api.HeaderAfter, tok)
+	var mi api.ModelInfo
 	res.json(t, &mi)
 	if res.code != 200 || mi.Current == nil || mi.Current.Version != "v2" {
 		t.Fatalf("with token: %d current %+v", res.code, mi.Current)
@@ -202,19 +203,19 @@ func TestReadYourWritesAndStalenessBound(t *testing.T) {
 	// Isolate peer 3; a token from a write it cannot receive times out
 	// with 503 naming what is missing.
 	m.Isolate(3)
-	res = do(t, http.MethodPost, api(m.Node(0))+"/v1/models/det/rollback", nil)
+	res = do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/models/det/rollback", nil)
 	if res.code != 200 {
 		t.Fatalf("rollback: %d %s", res.code, res.body)
 	}
-	tok = res.header.Get(peer.HeaderToken)
-	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderAfter, tok, peer.HeaderTimeout, "1s")
+	tok = res.header.Get(api.HeaderToken)
+	res = do(t, http.MethodGet, baseURL(m.Node(3))+"/v1/models/det", nil, api.HeaderAfter, tok, api.HeaderTimeout, "1s")
 	if res.code != http.StatusServiceUnavailable || !strings.Contains(res.errMsg(), "missing heads") || res.header.Get("Retry-After") == "" {
 		t.Fatalf("unsatisfiable token: %d %s", res.code, res.body)
 	}
 
 	// Staleness: the isolated peer refuses a 2s bound once it is stale…
 	eventually(t, "isolated peer refuses a 2s staleness bound", func() error {
-		res := do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s")
+		res := do(t, http.MethodGet, baseURL(m.Node(3))+"/v1/models/det", nil, api.HeaderMaxStaleness, "2s")
 		if res.code != http.StatusServiceUnavailable {
 			return fmt.Errorf("%d", res.code)
 		}
@@ -228,20 +229,20 @@ func TestReadYourWritesAndStalenessBound(t *testing.T) {
 		return nil
 	})
 	// …serves and flags it when asked to…
-	res = do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s", peer.HeaderStalenessPolicy, "flag")
-	if res.code != 200 || res.header.Get(peer.HeaderStale) != "true" {
-		t.Errorf("flag policy: %d stale=%q staleness %s", res.code, res.header.Get(peer.HeaderStale), res.header.Get(peer.HeaderStaleness))
+	res = do(t, http.MethodGet, baseURL(m.Node(3))+"/v1/models/det", nil, api.HeaderMaxStaleness, "2s", api.HeaderStalenessPolicy, "flag")
+	if res.code != 200 || res.header.Get(api.HeaderStale) != "true" {
+		t.Errorf("flag policy: %d stale=%q staleness %s", res.code, res.header.Get(api.HeaderStale), res.header.Get(api.HeaderStaleness))
 	}
 	// …and after rejoining answers 200 with the rolled-back version.
 	if err := m.Heal(t.Context(), 3); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "rejoined peer meets the bound", func() error {
-		res := do(t, http.MethodGet, api(m.Node(3))+"/v1/models/det", nil, peer.HeaderMaxStaleness, "2s", peer.HeaderAfter, tok)
+		res := do(t, http.MethodGet, baseURL(m.Node(3))+"/v1/models/det", nil, api.HeaderMaxStaleness, "2s", api.HeaderAfter, tok)
 		if res.code != 200 {
 			return fmt.Errorf("%d %s", res.code, res.errMsg())
 		}
-		var mi peer.ModelInfo
+		var mi api.ModelInfo
 		res.json(t, &mi)
 		if mi.Current == nil || mi.Current.Version != "v1" {
 			return fmt.Errorf("current %+v after rollback", mi.Current)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"math"
 	"net/http"
 	"os"
@@ -225,16 +226,16 @@ func TestONNXBackendCasesThroughTheEndpoint(t *testing.T) {
 		headers := []string{}
 		if hl < 0 && len(body) <= models.MaxWarmup {
 			// The case's own input is the right warm-up for its model.
-			headers = append(headers, peer.HeaderWarmup, base64.StdEncoding.EncodeToString(body))
+			headers = append(headers, api.HeaderWarmup, base64.StdEncoding.EncodeToString(body))
 		}
-		res := do(t, http.MethodPut, fmt.Sprintf("%s/v1/models/%s/versions/v1?%s", api(n), c.name, onnxQuery), c.model, headers...)
+		res := do(t, http.MethodPut, fmt.Sprintf("%s/v1/models/%s/versions/v1?%s", baseURL(n), c.name, onnxQuery), c.model, headers...)
 		if res.code != http.StatusCreated {
 			t.Fatalf("%s: push: %d %s", c.name, res.code, res.body)
 		}
 		if hl >= 0 {
 			headers = []string{inference.HeaderInferenceHeaderLength, strconv.Itoa(hl)}
 		}
-		r := do(t, http.MethodPost, api(n)+"/v2/models/"+c.name+"/versions/v1/infer", body, headers...)
+		r := do(t, http.MethodPost, baseURL(n)+"/v2/models/"+c.name+"/versions/v1/infer", body, headers...)
 		var out result
 		switch {
 		case r.code == http.StatusConflict:

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,10 +15,10 @@ import (
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
-func modelInfo(t *testing.T, n *peer.Node, model string) peer.ModelInfo {
+func modelInfo(t *testing.T, n *peer.Node, model string) api.ModelInfo {
 	t.Helper()
-	res := do(t, http.MethodGet, api(n)+"/v1/models/"+model, nil)
-	var mi peer.ModelInfo
+	res := do(t, http.MethodGet, baseURL(n)+"/v1/models/"+model, nil)
+	var mi api.ModelInfo
 	if res.code == 200 {
 		res.json(t, &mi)
 	}
@@ -164,13 +165,13 @@ func TestForgedAndCorruptPublicationsAreRejected(t *testing.T) {
 	if v := servingVersion(t, m.Node(1), "ocr"); v != "v1" {
 		t.Errorf("peer 1 serves %q after a bad activation, want the last verified v1", v)
 	}
-	res := do(t, http.MethodGet, api(m.Node(1))+"/v1/models/ocr/versions/v2/artifact", nil)
+	res := do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/ocr/versions/v2/artifact", nil)
 	if res.code != http.StatusConflict || !strings.Contains(res.errMsg(), "sha256") {
 		t.Errorf("pinned fetch of the bad version: %d %s", res.code, res.body)
 	}
-	res = do(t, http.MethodGet, api(m.Node(1))+"/v1/models/ocr/artifact", nil)
-	if res.code != 200 || res.header.Get(peer.HeaderModelVersion) != "v1" || sha(res.body) != sha(good) {
-		t.Errorf("unpinned fetch: %d version %q", res.code, res.header.Get(peer.HeaderModelVersion))
+	res = do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/ocr/artifact", nil)
+	if res.code != 200 || res.header.Get(api.HeaderModelVersion) != "v1" || sha(res.body) != sha(good) {
+		t.Errorf("unpinned fetch: %d version %q", res.code, res.header.Get(api.HeaderModelVersion))
 	}
 }
 
@@ -259,7 +260,7 @@ func TestRollbackGarbageCollectionAndRestart(t *testing.T) {
 		return nil
 	})
 
-	res := do(t, http.MethodPost, api(m.Node(0))+"/v1/models/det/rollback", nil)
+	res := do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/models/det/rollback", nil)
 	if res.code != 200 {
 		t.Fatalf("rollback: %d %s", res.code, res.body)
 	}
@@ -286,7 +287,7 @@ func TestRollbackGarbageCollectionAndRestart(t *testing.T) {
 	if got := m.Node(1).Artifacts().BytesFetched(); got != 0 {
 		t.Errorf("restarted peer fetched %d artifact bytes; verified versions must not be fetched again", got)
 	}
-	res = do(t, http.MethodGet, api(m.Node(1))+"/v1/models/det/artifact", nil)
+	res = do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/det/artifact", nil)
 	if res.code != 200 || sha(res.body) != sha(blobs["v2"]) {
 		t.Errorf("after restart: %d", res.code)
 	}
@@ -339,7 +340,7 @@ func TestPrefetchAndVersionConflicts(t *testing.T) {
 	eventually(t, "every peer shows the same winner and the conflict", func() error {
 		var seen []string
 		for i, n := range m.Nodes() {
-			var v2 *peer.VersionInfo
+			var v2 *api.VersionInfo
 			mi := modelInfo(t, n, "asr")
 			for j := range mi.Versions {
 				if mi.Versions[j].Version == "v2" {
@@ -359,7 +360,7 @@ func TestPrefetchAndVersionConflicts(t *testing.T) {
 		}
 		return nil
 	})
-	res := do(t, http.MethodGet, api(m.Node(1))+"/metrics", nil)
+	res := do(t, http.MethodGet, baseURL(m.Node(1))+"/metrics", nil)
 	for _, want := range []string{`shoal_model_conflicts{model="asr"} 1`, "shoal_models_local ", "shoal_artifact_fetch_seconds_count", `shoal_artifact_bytes_total{direction="in",source="bitswap"}`} {
 		if !strings.Contains(string(res.body), want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,17 +26,17 @@ func publishEmbedder(t *testing.T, n *peer.Node, name string) string {
 	if err != nil {
 		t.Fatalf("tokenizer missing (%v): run `make setup`", err)
 	}
-	return push(t, n, name+peer.TokenizerSuffix, "v1", tok, "media_type="+url.QueryEscape(peer.MediaTypeTokenizer))
+	return push(t, n, name+api.TokenizerSuffix, "v1", tok, "media_type="+url.QueryEscape(api.MediaTypeTokenizer))
 }
 
 func createCollection(t *testing.T, n *peer.Node, name, embedder, token string) string {
 	t.Helper()
-	body, _ := json.Marshal(peer.CreateCollectionRequest{Name: name, Embedder: embedder})
-	res := do(t, http.MethodPost, api(n)+"/v1/collections", body, peer.HeaderAfter, token)
+	body, _ := json.Marshal(api.CreateCollectionRequest{Name: name, Embedder: embedder})
+	res := do(t, http.MethodPost, baseURL(n)+"/v1/collections", body, api.HeaderAfter, token)
 	if res.code != http.StatusCreated {
 		t.Fatalf("create collection: %d %s", res.code, res.body)
 	}
-	return res.header.Get(peer.HeaderToken)
+	return res.header.Get(api.HeaderToken)
 }
 
 // docText is a distinct text per document: shared words make neighbours,
@@ -45,11 +46,11 @@ func docText(i int) string {
 	return fmt.Sprintf("Report %d on %s at site %d, shift %d, line %d.", i, topics[i%len(topics)], i/7, i%3, i%11)
 }
 
-func query(t *testing.T, n *peer.Node, c string, q peer.QueryRequest, headers ...string) (peer.QueryResponse, httpResult) {
+func query(t *testing.T, n *peer.Node, c string, q api.QueryRequest, headers ...string) (api.QueryResponse, httpResult) {
 	t.Helper()
 	body, _ := json.Marshal(q)
-	res := do(t, http.MethodPost, api(n)+"/v1/collections/"+c+"/query", body, headers...)
-	var out peer.QueryResponse
+	res := do(t, http.MethodPost, baseURL(n)+"/v1/collections/"+c+"/query", body, headers...)
+	var out api.QueryResponse
 	if res.code == http.StatusOK {
 		res.json(t, &out)
 	}
@@ -66,16 +67,16 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 	// 1,000 documents on peer 1, in batches.
 	const total = 1000
 	for start := 0; start < total; start += 250 {
-		var docs []peer.DocRequest
+		var docs []api.DocRequest
 		for i := start; i < start+250; i++ {
-			docs = append(docs, peer.DocRequest{ID: fmt.Sprintf("r%04d", i), Text: docText(i), Metadata: map[string]string{"site": fmt.Sprint(i / 7 % 5)}})
+			docs = append(docs, api.DocRequest{ID: fmt.Sprintf("r%04d", i), Text: docText(i), Metadata: map[string]string{"site": fmt.Sprint(i / 7 % 5)}})
 		}
 		body, _ := json.Marshal(map[string]any{"docs": docs})
-		res := do(t, http.MethodPost, api(m.Node(0))+"/v1/collections/reports/docs", body)
+		res := do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/collections/reports/docs", body)
 		if res.code != http.StatusOK {
 			t.Fatalf("add docs: %d %s", res.code, res.body)
 		}
-		tok = res.header.Get(peer.HeaderToken)
+		tok = res.header.Get(api.HeaderToken)
 	}
 	// The embedder (12 MiB) is activated, so every peer fetches it in the
 	// background; on a loaded CI machine that can outlast a query's
@@ -92,7 +93,7 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 	// Peer 3, with the token: every document is found by its own text.
 	far := m.Node(2)
 	for i := 0; i < total; i++ {
-		out, res := query(t, far, "reports", peer.QueryRequest{Text: docText(i), K: ptr(3)}, peer.HeaderAfter, tok)
+		out, res := query(t, far, "reports", api.QueryRequest{Text: docText(i), K: ptr(3)}, api.HeaderAfter, tok)
 		if res.code != http.StatusOK {
 			t.Fatalf("query %d: %d %s", i, res.code, res.body)
 		}
@@ -104,7 +105,7 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 		}
 	}
 	// Filters.
-	out, _ := query(t, far, "reports", peer.QueryRequest{Text: "camera frame analytics", K: ptr(20), Filter: map[string]string{"site": "3"}})
+	out, _ := query(t, far, "reports", api.QueryRequest{Text: "camera frame analytics", K: ptr(20), Filter: map[string]string{"site": "3"}})
 	if len(out.Results) != 20 {
 		t.Errorf("filtered query returned %d", len(out.Results))
 	}
@@ -116,17 +117,17 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 
 	// Delete 100 on peer 2: gone everywhere after convergence.
 	for i := 0; i < 100; i++ {
-		res := do(t, http.MethodDelete, fmt.Sprintf("%s/v1/collections/reports/docs/r%04d", api(m.Node(1)), i*10), nil, peer.HeaderAfter, tok)
+		res := do(t, http.MethodDelete, fmt.Sprintf("%s/v1/collections/reports/docs/r%04d", baseURL(m.Node(1)), i*10), nil, api.HeaderAfter, tok)
 		if res.code != http.StatusOK {
 			t.Fatalf("delete: %d %s", res.code, res.body)
 		}
-		tok = res.header.Get(peer.HeaderToken)
+		tok = res.header.Get(api.HeaderToken)
 	}
 	for p := 0; p < 3; p++ {
 		n := m.Node(p)
 		for i := 0; i < 100; i++ {
 			id := fmt.Sprintf("r%04d", i*10)
-			out, res := query(t, n, "reports", peer.QueryRequest{Text: docText(i * 10), K: ptr(5)}, peer.HeaderAfter, tok)
+			out, res := query(t, n, "reports", api.QueryRequest{Text: docText(i * 10), K: ptr(5)}, api.HeaderAfter, tok)
 			if res.code != http.StatusOK {
 				t.Fatalf("peer %d query: %d %s", p, res.code, res.body)
 			}
@@ -139,7 +140,7 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 				t.Fatalf("peer %d index holds %d documents", p, out.Index.Documents)
 			}
 		}
-		if r := do(t, "GET", api(n)+"/v1/collections/reports/docs/r0000", nil); r.code != http.StatusNotFound {
+		if r := do(t, "GET", baseURL(n)+"/v1/collections/reports/docs/r0000", nil); r.code != http.StatusNotFound {
 			t.Errorf("peer %d: deleted document readable: %d", p, r.code)
 		}
 	}
@@ -157,8 +158,8 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 		wg.Add(1)
 		go func(p int, text string) {
 			defer wg.Done()
-			body, _ := json.Marshal(peer.DocRequest{Text: text})
-			if res := do(t, http.MethodPut, api(m.Node(p))+"/v1/collections/reports/docs/r0001", body); res.code != http.StatusOK {
+			body, _ := json.Marshal(api.DocRequest{Text: text})
+			if res := do(t, http.MethodPut, baseURL(m.Node(p))+"/v1/collections/reports/docs/r0001", body); res.code != http.StatusOK {
 				t.Errorf("update on %d: %d %s", p, res.code, res.body)
 			}
 		}(p, text)
@@ -167,13 +168,13 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 	eventually(t, "the concurrent updates converge", func() error {
 		var docs [3]struct{ Text, Vector string }
 		for p := 0; p < 3; p++ {
-			do(t, "GET", api(m.Node(p))+"/v1/collections/reports/docs/r0001", nil).json(t, &docs[p])
+			do(t, "GET", baseURL(m.Node(p))+"/v1/collections/reports/docs/r0001", nil).json(t, &docs[p])
 		}
 		if docs[0] != docs[1] || docs[1] != docs[2] || !strings.HasPrefix(docs[0].Text, "Updated") {
 			return fmt.Errorf("texts %q / %q / %q", docs[0].Text, docs[1].Text, docs[2].Text)
 		}
 		for p := 0; p < 3; p++ {
-			out, _ := query(t, m.Node(p), "reports", peer.QueryRequest{Text: docs[0].Text, K: ptr(1)})
+			out, _ := query(t, m.Node(p), "reports", api.QueryRequest{Text: docs[0].Text, K: ptr(1)})
 			if len(out.Results) == 0 || out.Results[0].ID != "r0001" || out.Results[0].Text != docs[0].Text {
 				return fmt.Errorf("peer %d ranks %+v", p, out.Results)
 			}
@@ -185,7 +186,7 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 	probes := []string{"camera frame analytics at site 4", "battery health", docText(555)}
 	before := map[string]string{}
 	for _, q := range probes {
-		out, _ := query(t, far, "reports", peer.QueryRequest{Text: q, K: ptr(10)})
+		out, _ := query(t, far, "reports", api.QueryRequest{Text: q, K: ptr(10)})
 		b, _ := json.Marshal(out.Results)
 		before[q] = string(b)
 	}
@@ -198,7 +199,7 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 	for _, q := range probes {
 		var got string
 		eventually(t, "restarted peer answers", func() error {
-			out, res := query(t, m.Node(2), "reports", peer.QueryRequest{Text: q, K: ptr(10)})
+			out, res := query(t, m.Node(2), "reports", api.QueryRequest{Text: q, K: ptr(10)})
 			if res.code != http.StatusOK {
 				return fmt.Errorf("%d %s", res.code, res.body)
 			}
@@ -243,29 +244,29 @@ func TestRetrievalBadInput(t *testing.T) {
 		{"embeddings: not an embedder", "POST", "/v1/embeddings", `{"model":"emb.tokenizer@v1","input":"x"}`, 400, "not an ONNX model"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := do(t, tc.method, api(n)+tc.path, []byte(tc.body), peer.HeaderAfter, tok)
+			res := do(t, tc.method, baseURL(n)+tc.path, []byte(tc.body), api.HeaderAfter, tok)
 			if res.code != tc.code || !strings.Contains(res.errMsg(), tc.msg) || res.errMsg() == "" {
 				t.Errorf("%d %s, want %d with %q", res.code, truncate(res.body), tc.code, tc.msg)
 			}
 		})
 	}
 	// Nothing was lost: the collection still works and holds nothing stray.
-	body, _ := json.Marshal(peer.DocRequest{Text: "a real note"})
-	if res := do(t, http.MethodPut, api(n)+"/v1/collections/notes/docs/ok", body); res.code != http.StatusOK {
+	body, _ := json.Marshal(api.DocRequest{Text: "a real note"})
+	if res := do(t, http.MethodPut, baseURL(n)+"/v1/collections/notes/docs/ok", body); res.code != http.StatusOK {
 		t.Fatalf("good write after bad ones: %d %s", res.code, res.body)
 	}
-	out, _ := query(t, n, "notes", peer.QueryRequest{Text: "a real note"})
+	out, _ := query(t, n, "notes", api.QueryRequest{Text: "a real note"})
 	if len(out.Results) != 1 || out.Results[0].ID != "ok" {
 		t.Errorf("collection after bad input: %+v", out.Results)
 	}
 
 	// An embedder version that is known but cannot be fetched in time: 503.
 	tok = publishEmbedder(t, n, "emb2")
-	if res := do(t, "GET", api(m.Node(1))+"/v1/models/emb2", nil, peer.HeaderAfter, tok); res.code != 200 {
+	if res := do(t, "GET", baseURL(m.Node(1))+"/v1/models/emb2", nil, api.HeaderAfter, tok); res.code != 200 {
 		t.Fatalf("peer 2 does not know emb2: %d", res.code)
 	}
 	m.Isolate(0)
-	res := do(t, "POST", api(m.Node(1))+"/v1/embeddings", []byte(`{"model":"emb2@v1","input":"hello"}`), peer.HeaderTimeout, "2")
+	res := do(t, "POST", baseURL(m.Node(1))+"/v1/embeddings", []byte(`{"model":"emb2@v1","input":"hello"}`), api.HeaderTimeout, "2")
 	if res.code != http.StatusServiceUnavailable || res.header.Get("Retry-After") == "" {
 		t.Errorf("embedder not local and unreachable: %d %s", res.code, res.body)
 	}
@@ -280,7 +281,7 @@ func TestOpenAIClientGetsEmbeddings(t *testing.T) {
 	m := startMesh(t, 1, nil)
 	n := m.Node(0)
 	tok := publishEmbedder(t, n, "emb")
-	do(t, "GET", api(n)+"/v1/models/emb", nil, peer.HeaderAfter, tok)
+	do(t, "GET", baseURL(n)+"/v1/models/emb", nil, api.HeaderAfter, tok)
 	script := `
 const OpenAI = require(process.argv[1]);
 const client = new OpenAI({ apiKey: "unused", baseURL: process.argv[2] + "/v1" });
@@ -357,7 +358,7 @@ func TestEmbedderMatchesAnIndependentReference(t *testing.T) {
 		t.Fatalf("reference output: %v %s", err, out)
 	}
 	body, _ := json.Marshal(map[string]any{"model": "emb@v1", "input": texts})
-	res := do(t, http.MethodPost, api(n)+"/v1/embeddings", body, peer.HeaderAfter, tok)
+	res := do(t, http.MethodPost, baseURL(n)+"/v1/embeddings", body, api.HeaderAfter, tok)
 	var got struct {
 		Data []struct {
 			Index     int       `json:"index"`

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"math"
 	"net/http"
@@ -66,26 +67,26 @@ func TestWarmPeerRouting(t *testing.T) {
 	announced(t, cold, warm, "cls@v2")
 
 	// A bound this peer cannot meet is refused here, not forwarded.
-	r := inferHTTP(t, cold, "cls", "v2", body, peer.HeaderRoute, "warm", peer.HeaderMaxStaleness, "0.000001")
-	if r.code != http.StatusServiceUnavailable || r.header.Get(peer.HeaderRoutedTo) != "" {
-		t.Errorf("a request beyond the staleness bound: %d routed to %q", r.code, r.header.Get(peer.HeaderRoutedTo))
+	r := inferHTTP(t, cold, "cls", "v2", body, api.HeaderRoute, "warm", api.HeaderMaxStaleness, "0.000001")
+	if r.code != http.StatusServiceUnavailable || r.header.Get(api.HeaderRoutedTo) != "" {
+		t.Errorf("a request beyond the staleness bound: %d routed to %q", r.code, r.header.Get(api.HeaderRoutedTo))
 	}
 	// Opted in: answered by the warm peer, exactly v2.
-	r = inferHTTP(t, cold, "cls", "v2", body, peer.HeaderRoute, "warm")
+	r = inferHTTP(t, cold, "cls", "v2", body, api.HeaderRoute, "warm")
 	if r.code != 200 {
 		t.Fatalf("routed request: %d %s", r.code, r.body)
 	}
-	if got := r.header.Get(peer.HeaderRoutedTo); got != warm.ID().String() {
+	if got := r.header.Get(api.HeaderRoutedTo); got != warm.ID().String() {
 		t.Errorf("Shoal-Routed-To %q, want the warm peer %s", got, warm.ID())
 	}
-	if r.header.Get(peer.HeaderModelVersion) != "v2" || r.resp.ModelVersion != "v2" || outputsOf(r.resp) != want {
-		t.Errorf("routed answer: version %q/%q, outputs equal to v2's: %v", r.header.Get(peer.HeaderModelVersion), r.resp.ModelVersion, outputsOf(r.resp) == want)
+	if r.header.Get(api.HeaderModelVersion) != "v2" || r.resp.ModelVersion != "v2" || outputsOf(r.resp) != want {
+		t.Errorf("routed answer: version %q/%q, outputs equal to v2's: %v", r.header.Get(api.HeaderModelVersion), r.resp.ModelVersion, outputsOf(r.resp) == want)
 	}
 	// Meanwhile the cold peer loads v2 and then answers itself.
 	eventually(t, "the cold peer answers v2 itself", func() error {
-		r := inferHTTP(t, cold, "cls", "v2", body, peer.HeaderRoute, "warm")
-		if r.code != 200 || r.header.Get(peer.HeaderRoutedTo) != "" {
-			return fmt.Errorf("%d routed to %q", r.code, r.header.Get(peer.HeaderRoutedTo))
+		r := inferHTTP(t, cold, "cls", "v2", body, api.HeaderRoute, "warm")
+		if r.code != 200 || r.header.Get(api.HeaderRoutedTo) != "" {
+			return fmt.Errorf("%d routed to %q", r.code, r.header.Get(api.HeaderRoutedTo))
 		}
 		if outputsOf(r.resp) != want {
 			t.Errorf("local v2 answer differs from the warm peer's")
@@ -104,8 +105,8 @@ func TestWarmPeerRouting(t *testing.T) {
 	}
 	announced(t, cold, warm, "cls@v3")
 	r = inferHTTP(t, cold, "cls", "v3", body)
-	if r.code != 200 || r.header.Get(peer.HeaderRoutedTo) != "" {
-		t.Errorf("a request without %s: %d routed to %q", peer.HeaderRoute, r.code, r.header.Get(peer.HeaderRoutedTo))
+	if r.code != 200 || r.header.Get(api.HeaderRoutedTo) != "" {
+		t.Errorf("a request without %s: %d routed to %q", api.HeaderRoute, r.code, r.header.Get(api.HeaderRoutedTo))
 	}
 	out, in := scrape(t, cold), scrape(t, warm)
 	sent, served := sample(out, `shoal_inference_forwarded_total{direction="out",outcome="ok"}`), sample(in, `shoal_inference_forwarded_total{direction="in",outcome="ok"}`)
@@ -116,7 +117,7 @@ func TestWarmPeerRouting(t *testing.T) {
 
 func scrape(t *testing.T, n *peer.Node) string {
 	t.Helper()
-	return string(do(t, "GET", api(n)+"/metrics", nil).body)
+	return string(do(t, "GET", baseURL(n)+"/metrics", nil).body)
 }
 
 // sample reads one series' value from a Prometheus text page (0 if absent).
@@ -217,8 +218,8 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 
 		long := make(chan answer, 1)
 		go func() {
-			req, _ := http.NewRequest(http.MethodPost, api(busy)+"/v2/models/chain/versions/v1/infer", bytes.NewReader(chainBody(size)))
-			req.Header.Set(peer.HeaderTimeout, "120")
+			req, _ := http.NewRequest(http.MethodPost, baseURL(busy)+"/v2/models/chain/versions/v1/infer", bytes.NewReader(chainBody(size)))
+			req.Header.Set(api.HeaderTimeout, "120")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				long <- answer{code: -1, body: []byte(err.Error())}
@@ -242,11 +243,11 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 		}
 
 		checks := time.Now()
-		ra := inferHTTP(t, busy, "cls", "v1", bodyA, peer.HeaderRoute, "warm", peer.HeaderTimeout, "2")
+		ra := inferHTTP(t, busy, "cls", "v1", bodyA, api.HeaderRoute, "warm", api.HeaderTimeout, "2")
 		waitStart := time.Now()
-		rb := inferHTTP(t, busy, "cls", "v1", bodyB, peer.HeaderTimeout, "0.3")
+		rb := inferHTTP(t, busy, "cls", "v1", bodyB, api.HeaderTimeout, "0.3")
 		waited := time.Since(waitStart)
-		rc := inferHTTP(t, other, "cls", version, bodyC, peer.HeaderRoute, "warm")
+		rc := inferHTTP(t, other, "cls", version, bodyC, api.HeaderRoute, "warm")
 		// Only the long inference can be running on the busy peer now. If
 		// it ended while quick checks were still going (a fast machine),
 		// they did not all see a busy peer: make it longer and go again.
@@ -266,18 +267,18 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 			continue
 		}
 
-		if ra.code != 200 || ra.header.Get(peer.HeaderRoutedTo) != other.ID().String() || outputsOf(ra.resp) != wantA {
+		if ra.code != 200 || ra.header.Get(api.HeaderRoutedTo) != other.ID().String() || outputsOf(ra.resp) != wantA {
 			t.Errorf("opted-in request at a busy peer: %d routed to %q (want %s), v1 outputs: %v %s",
-				ra.code, ra.header.Get(peer.HeaderRoutedTo), other.ID(), outputsOf(ra.resp) == wantA, ra.body)
+				ra.code, ra.header.Get(api.HeaderRoutedTo), other.ID(), outputsOf(ra.resp) == wantA, ra.body)
 		}
-		if rb.code != http.StatusServiceUnavailable || rb.header.Get("Retry-After") == "" || rb.header.Get(peer.HeaderRoutedTo) != "" ||
+		if rb.code != http.StatusServiceUnavailable || rb.header.Get("Retry-After") == "" || rb.header.Get(api.HeaderRoutedTo) != "" ||
 			!strings.Contains(rb.errMsg(), "slot") || waited < 300*time.Millisecond {
 			t.Errorf("a request that did not opt in, past its deadline: %d after %v, Retry-After %q, routed to %q: %s",
-				rb.code, waited, rb.header.Get("Retry-After"), rb.header.Get(peer.HeaderRoutedTo), rb.body)
+				rb.code, waited, rb.header.Get("Retry-After"), rb.header.Get(api.HeaderRoutedTo), rb.body)
 		}
-		if rc.code != 200 || rc.header.Get(peer.HeaderRoutedTo) != "" || rc.header.Get(peer.HeaderModelVersion) != version || outputsOf(rc.resp) != wantC {
+		if rc.code != 200 || rc.header.Get(api.HeaderRoutedTo) != "" || rc.header.Get(api.HeaderModelVersion) != version || outputsOf(rc.resp) != wantC {
 			t.Errorf("fallback after the warm peer refused: %d routed to %q, version %q, outputs right: %v %s",
-				rc.code, rc.header.Get(peer.HeaderRoutedTo), rc.header.Get(peer.HeaderModelVersion), outputsOf(rc.resp) == wantC, rc.body)
+				rc.code, rc.header.Get(api.HeaderRoutedTo), rc.header.Get(api.HeaderModelVersion), outputsOf(rc.resp) == wantC, rc.body)
 		}
 		bm, om := scrape(t, busy), scrape(t, other)
 		if f, r := sample(bm, `shoal_inference_saturated_total{outcome="forwarded"}`), sample(bm, `shoal_inference_saturated_total{outcome="refused"}`); f < 1 || r < 2 {
@@ -287,8 +288,8 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 			t.Errorf("the fallback is not counted as a failed forward:\n%s", grepLines(om, "forwarded"))
 		}
 		// With the slot free again, the busy peer serves locally.
-		if r := inferHTTP(t, busy, "cls", "v1", clsBody(4000+attempt), peer.HeaderRoute, "warm"); r.code != 200 || r.header.Get(peer.HeaderRoutedTo) != "" {
-			t.Errorf("an idle peer still forwards: %d routed to %q", r.code, r.header.Get(peer.HeaderRoutedTo))
+		if r := inferHTTP(t, busy, "cls", "v1", clsBody(4000+attempt), api.HeaderRoute, "warm"); r.code != 200 || r.header.Get(api.HeaderRoutedTo) != "" {
+			t.Errorf("an idle peer still forwards: %d routed to %q", r.code, r.header.Get(api.HeaderRoutedTo))
 		}
 		return
 	}

@@ -22,14 +22,14 @@ func TestAPITokenGuardsWrites(t *testing.T) {
 	m := startMesh(t, 1, func(_ int, c *peer.Config) { c.APIToken = "s3cret-token" })
 	n := m.Node(0)
 	v1, _ := clsModels(t)
-	url := api(n) + "/v1/models/cls/versions/v1?" + onnxQuery + "&activate=true"
+	url := baseURL(n) + "/v1/models/cls/versions/v1?" + onnxQuery + "&activate=true"
 	for _, auth := range []string{"", "Bearer wrong", "s3cret-token", "Basic s3cret-token"} {
 		res := do(t, http.MethodPut, url, v1, "Authorization", auth)
 		if res.code != http.StatusUnauthorized || !strings.Contains(res.errMsg(), "Bearer") || res.header.Get("WWW-Authenticate") == "" {
 			t.Errorf("Authorization %q: %d %s", auth, res.code, res.body)
 		}
 	}
-	if res := do(t, "GET", api(n)+"/v1/models", nil); res.code != 200 || !strings.Contains(string(res.body), `"models": []`) {
+	if res := do(t, "GET", baseURL(n)+"/v1/models", nil); res.code != 200 || !strings.Contains(string(res.body), `"models": []`) {
 		t.Errorf("refused writes changed state or reads need a token: %d %s", res.code, res.body)
 	}
 	res := do(t, http.MethodPut, url, v1, "Authorization", "Bearer s3cret-token")
@@ -42,7 +42,7 @@ func TestAPITokenGuardsWrites(t *testing.T) {
 		{"POST", "/v1/collections", `{"name":"c","embedder":"e@v1"}`},
 		{"DELETE", "/v1/collections/c/docs/x", ``},
 	} {
-		if res := do(t, w.method, api(n)+w.path, []byte(w.body)); res.code != http.StatusUnauthorized {
+		if res := do(t, w.method, baseURL(n)+w.path, []byte(w.body)); res.code != http.StatusUnauthorized {
 			t.Errorf("%s %s without a token: %d", w.method, w.path, res.code)
 		}
 	}
@@ -129,7 +129,7 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 func TestSlowClientsCannotStarveTheAPI(t *testing.T) {
 	m := startMesh(t, 1, func(_ int, c *peer.Config) { c.APIHeaderTimeout = time.Second })
 	n := m.Node(0)
-	addr := strings.TrimPrefix(api(n), "http://")
+	addr := strings.TrimPrefix(baseURL(n), "http://")
 	const slow = 200
 	closed := make(chan time.Duration, slow)
 	for i := 0; i < slow; i++ {
@@ -156,7 +156,7 @@ func TestSlowClientsCannotStarveTheAPI(t *testing.T) {
 	}
 	for i := 0; i < 5; i++ {
 		start := time.Now()
-		if res := do(t, "GET", api(n)+"/v1/status", nil); res.code != 200 {
+		if res := do(t, "GET", baseURL(n)+"/v1/status", nil); res.code != 200 {
 			t.Fatalf("status while slow clients hang on: %d", res.code)
 		}
 		if d := time.Since(start); d > 2*time.Second {

@@ -96,7 +96,7 @@ func TestStatusPageInHeadlessChromium(t *testing.T) {
 		}
 	}
 	// The page is self-contained: no external scripts, styles or images.
-	res := do(t, "GET", api(n)+"/", nil)
+	res := do(t, "GET", baseURL(n)+"/", nil)
 	if res.code != 200 || !strings.HasPrefix(res.header.Get("Content-Type"), "text/html") ||
 		strings.Contains(string(res.body), "src=\"http") || strings.Contains(string(res.body), "href=\"http") {
 		t.Errorf("status page: %d %s", res.code, res.header)

@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -52,8 +52,8 @@ func TestStatusEndpoint(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
-	if h := resp.Header.Get(HeaderStaleness); !strings.HasSuffix(h, "s") {
-		t.Errorf("%s header = %q", HeaderStaleness, h)
+	if h := resp.Header.Get(api.HeaderStaleness); !strings.HasSuffix(h, "s") {
+		t.Errorf("%s header = %q", api.HeaderStaleness, h)
 	}
 	var raw map[string]any
 	if err := json.Unmarshal(body, &raw); err != nil {
@@ -64,7 +64,7 @@ func TestStatusEndpoint(t *testing.T) {
 			t.Errorf("status lacks %q: %s", k, body)
 		}
 	}
-	var st Status
+	var st api.Status
 	json.Unmarshal(body, &st)
 	want, _ := n.Replica().StateHash(context.Background())
 	if st.PeerID != n.ID().String() || st.Mesh != "apitest" || st.StateHash != want || len(st.Heads) != 1 {
@@ -100,22 +100,16 @@ func TestMetricsParse(t *testing.T) {
 	}
 }
 
-func TestErrorsAreJSON(t *testing.T) {
+// TestUnknownRouteAnswersWithACode is the issue's own check, on a whole
+// peer: a 404 with a stable code, for a route and for a model.
+func TestUnknownRouteAnswersWithACode(t *testing.T) {
 	n := startNode(t)
-	resp, body := get(t, "http://"+n.APIAddr()+"/no/such/route")
-	var e struct{ Error string }
-	if resp.StatusCode != 404 || json.Unmarshal(body, &e) != nil || e.Error == "" {
-		t.Errorf("unknown route: %d %s", resp.StatusCode, body)
-	}
-	// A panicking handler becomes a 500 with a JSON body, not a dropped
-	// connection.
-	srv := httptest.NewServer(n.middleware(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
-		panic("boom")
-	})))
-	defer srv.Close()
-	resp, body = get(t, srv.URL)
-	if resp.StatusCode != 500 || json.Unmarshal(body, &e) != nil || e.Error != "internal error" {
-		t.Errorf("panic: %d %s", resp.StatusCode, body)
+	for path, code := range map[string]string{"/no/such/route": api.CodeRouteUnknown, "/v1/models/nosuch": api.CodeModelUnknown} {
+		resp, body := get(t, "http://"+n.APIAddr()+path)
+		var e api.Error
+		if resp.StatusCode != 404 || json.Unmarshal(body, &e) != nil || e.Code != code || e.Message == "" {
+			t.Errorf("GET %s: %d %s, want 404 with code %s", path, resp.StatusCode, body, code)
+		}
 	}
 }
 

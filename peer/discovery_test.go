@@ -2,6 +2,8 @@ package peer
 
 import (
 	"context"
+	"fmt"
+	"github.com/shoal-mesh/shoal/internal/poll"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -14,12 +16,22 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// refuser refuses every connection while closed.
-type refuser struct{ closed atomic.Bool }
+// refuser refuses every connection while closed, counting the inbound
+// connections it refused.
+type refuser struct {
+	closed  atomic.Bool
+	refused atomic.Int64
+}
 
 func (g *refuser) InterceptPeerDial(libp2ppeer.ID) bool               { return !g.closed.Load() }
 func (g *refuser) InterceptAddrDial(libp2ppeer.ID, ma.Multiaddr) bool { return !g.closed.Load() }
-func (g *refuser) InterceptAccept(network.ConnMultiaddrs) bool        { return !g.closed.Load() }
+func (g *refuser) InterceptAccept(network.ConnMultiaddrs) bool {
+	if g.closed.Load() {
+		g.refused.Add(1)
+		return false
+	}
+	return true
+}
 func (g *refuser) InterceptSecured(network.Direction, libp2ppeer.ID, network.ConnMultiaddrs) bool {
 	return !g.closed.Load()
 }
@@ -55,18 +67,21 @@ func TestLANPeerIsRedialedAfterAFailedDial(t *testing.T) {
 	defer b.Close()
 
 	mdnsNotifee{b}.HandlePeerFound(libp2ppeer.AddrInfo{ID: a.host.ID(), Addrs: a.host.Addrs()})
-	time.Sleep(1500 * time.Millisecond) // the announcement's dial, and a retry, fail
+	// The announcement's dial fails (waiting for more failures would
+	// only lengthen the redial backoff this test then sits out).
+	poll.Until(t, 20*time.Second, "a refused dial", poll.True(
+		func() bool { return g.refused.Load() >= 1 },
+		func() string { return fmt.Sprintf("%d refused", g.refused.Load()) }))
 	if b.host.Network().Connectedness(a.host.ID()) == network.Connected {
 		t.Fatal("connected through a gater that refuses everything")
 	}
 	g.closed.Store(false)
-	deadline := time.Now().Add(20 * time.Second)
 	// Connected, and counted as an mDNS discovery once the dial returns.
-	for b.host.Network().Connectedness(a.host.ID()) != network.Connected || b.discovered(sourceMDNS) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the LAN peer was not dialled again once it accepted connections (connectedness %v, mdns discoveries %d)",
-				b.host.Network().Connectedness(a.host.ID()), b.discovered(sourceMDNS))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 45*time.Second, "the LAN peer dialled again once it accepts connections", poll.True(
+		func() bool {
+			return b.host.Network().Connectedness(a.host.ID()) == network.Connected && b.discovered(sourceMDNS) > 0
+		},
+		func() string {
+			return fmt.Sprintf("connectedness %v, mdns discoveries %d", b.host.Network().Connectedness(a.host.ID()), b.discovered(sourceMDNS))
+		}))
 }

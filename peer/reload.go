@@ -3,8 +3,6 @@ package peer
 import (
 	"fmt"
 	"net"
-
-	"github.com/shoal-mesh/shoal/crdt/models"
 )
 
 // Reloadable are the settings a running peer can change without a
@@ -21,13 +19,9 @@ type Reloadable struct {
 
 // Reload applies r. On error nothing changes.
 func (n *Node) Reload(r Reloadable) error {
-	var ids []models.PublisherID
-	for _, t := range r.Trusted {
-		_, id, err := models.ParsePublisherID(t)
-		if err != nil {
-			return fmt.Errorf("%w: --trust: %v", ErrBadConfig, err)
-		}
-		ids = append(ids, id)
+	ids, err := parseTrusted(r.Trusted)
+	if err != nil {
+		return err
 	}
 	if r.APIToken == "" {
 		host, _, _ := net.SplitHostPort(n.cfg.APIAddr)

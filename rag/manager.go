@@ -3,6 +3,7 @@ package rag
 import (
 	"context"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"log/slog"
 	"sort"
 	"sync"
@@ -273,20 +274,12 @@ func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
 	m.statsMu.Unlock()
 }
 
-// Result is one query hit with its document.
-type Result struct {
-	ID       string            `json:"id"`
-	Score    float32           `json:"score"`
-	Text     string            `json:"text"`
-	Metadata map[string]string `json:"metadata,omitempty"`
-}
-
-// Freshness describes how current a collection's index is.
-type Freshness struct {
-	Documents      int       `json:"documents"`
-	LastApplied    time.Time `json:"last_applied"`
-	NewestDocument time.Time `json:"newest_document,omitzero"`
-}
+// Result is one query hit with its document; Freshness describes how
+// current a collection's index is. Both are wire types (package api).
+type (
+	Result    = api.Result
+	Freshness = api.Freshness
+)
 
 // Query returns the k best documents for vector q in collection c whose
 // metadata has every key/value of filter.
@@ -344,11 +337,9 @@ func (m *Manager) freshness(ci *collectionIndex) Freshness {
 	return f
 }
 
-// CollectionInfo is a collection with its index's state here.
-type CollectionInfo struct {
-	collections.Spec
-	Freshness Freshness `json:"index"`
-}
+// CollectionInfo is a collection with its index's state here (a wire
+// type).
+type CollectionInfo = api.CollectionInfo
 
 // Collections lists the indexed collections.
 func (m *Manager) Collections() []CollectionInfo {

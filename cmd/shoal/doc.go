@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"net/url"
@@ -16,8 +17,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/shoal-mesh/shoal/peer"
 )
 
 // cmdCollection handles `shoal collection create|ls`.
@@ -28,7 +27,7 @@ func cmdCollection(args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "create":
 		fs := flag.NewFlagSet("collection create", flag.ContinueOnError)
-		api := apiFlag(fs)
+		addr := apiFlag(fs)
 		embedder := fs.String("embedder", "", "embedding model as MODEL@VERSION (required)")
 		dim := fs.Int("dimension", 0, "vector dimension (default: what the embedder makes)")
 		metric := fs.String("metric", "cosine", "cosine, dot or l2")
@@ -39,7 +38,7 @@ func cmdCollection(args []string, stdout, stderr io.Writer) error {
 		if len(pos) != 1 || *embedder == "" {
 			return usageError("usage: shoal collection create NAME --embedder MODEL@VERSION [--metric cosine|dot|l2]")
 		}
-		body, _ := json.Marshal(peer.CreateCollectionRequest{Name: pos[0], Embedder: *embedder, Dimension: *dim, Metric: *metric})
+		body, _ := json.Marshal(api.CreateCollectionRequest{Name: pos[0], Embedder: *embedder, Dimension: *dim, Metric: *metric})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		var res struct {
@@ -51,7 +50,7 @@ func cmdCollection(args []string, stdout, stderr io.Writer) error {
 			} `json:"collection"`
 			Token string `json:"token"`
 		}
-		if _, err := call(ctx, http.MethodPost, apiURL(*api)+"/v1/collections", bytes.NewReader(body), &res); err != nil {
+		if _, err := call(ctx, http.MethodPost, apiURL(*addr)+"/v1/collections", bytes.NewReader(body), &res); err != nil {
 			return err
 		}
 		c := res.Collection
@@ -59,7 +58,7 @@ func cmdCollection(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "ls":
 		fs := flag.NewFlagSet("collection ls", flag.ContinueOnError)
-		api := apiFlag(fs)
+		addr := apiFlag(fs)
 		if err := parseFlags(fs, args[1:], stderr); err != nil {
 			return err
 		}
@@ -77,7 +76,7 @@ func cmdCollection(args []string, stdout, stderr io.Writer) error {
 				} `json:"index"`
 			} `json:"collections"`
 		}
-		if _, err := call(ctx, http.MethodGet, apiURL(*api)+"/v1/collections", nil, &res); err != nil {
+		if _, err := call(ctx, http.MethodGet, apiURL(*addr)+"/v1/collections", nil, &res); err != nil {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
@@ -100,7 +99,7 @@ func cmdDoc(args []string, stdout, stderr io.Writer) error {
 		return cmdDocAdd(args[1:], stdout, stderr)
 	case "rm":
 		fs := flag.NewFlagSet("doc rm", flag.ContinueOnError)
-		api := apiFlag(fs)
+		addr := apiFlag(fs)
 		pos, err := interleave(fs, args[1:], stderr)
 		if err != nil {
 			return err
@@ -111,14 +110,14 @@ func cmdDoc(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		var res struct{ Token string }
-		if _, err := call(ctx, http.MethodDelete, apiURL(*api)+"/v1/collections/"+url.PathEscape(pos[0])+"/docs/"+url.PathEscape(pos[1]), nil, &res); err != nil {
+		if _, err := call(ctx, http.MethodDelete, apiURL(*addr)+"/v1/collections/"+url.PathEscape(pos[0])+"/docs/"+url.PathEscape(pos[1]), nil, &res); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "deleted %s/%s\ntoken %s\n", pos[0], pos[1], res.Token)
 		return nil
 	case "query":
 		fs := flag.NewFlagSet("doc query", flag.ContinueOnError)
-		api := apiFlag(fs)
+		addr := apiFlag(fs)
 		k := fs.Int("k", 5, "results")
 		filter := fs.String("filter", "", "metadata filter key=value[,key=value]")
 		asJSON := fs.Bool("json", false, "print the API's JSON")
@@ -131,7 +130,7 @@ func cmdDoc(args []string, stdout, stderr io.Writer) error {
 		if len(pos) != 2 {
 			return usageError("usage: shoal doc query COLLECTION TEXT [-k 5] [--filter key=value]")
 		}
-		req := peer.QueryRequest{Text: pos[1], K: k}
+		req := api.QueryRequest{Text: pos[1], K: k}
 		if *filter != "" {
 			req.Filter = map[string]string{}
 			for _, kv := range strings.Split(*filter, ",") {
@@ -145,15 +144,15 @@ func cmdDoc(args []string, stdout, stderr io.Writer) error {
 		body, _ := json.Marshal(req)
 		hdr := http.Header{}
 		if *maxStale != "" {
-			hdr.Set(peer.HeaderMaxStaleness, *maxStale)
+			hdr.Set(api.HeaderMaxStaleness, *maxStale)
 		}
 		if *after != "" {
-			hdr.Set(peer.HeaderAfter, *after)
+			hdr.Set(api.HeaderAfter, *after)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		var raw json.RawMessage
-		if _, err := callH(ctx, http.MethodPost, apiURL(*api)+"/v1/collections/"+url.PathEscape(pos[0])+"/query", hdr, bytes.NewReader(body), &raw); err != nil {
+		if _, err := callH(ctx, http.MethodPost, apiURL(*addr)+"/v1/collections/"+url.PathEscape(pos[0])+"/query", hdr, bytes.NewReader(body), &raw); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -162,7 +161,7 @@ func cmdDoc(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stdout, out.String())
 			return nil
 		}
-		var res peer.QueryResponse
+		var res api.QueryResponse
 		if err := json.Unmarshal(raw, &res); err != nil {
 			return err
 		}
@@ -202,7 +201,7 @@ func docID(path string) string {
 // ({"id", "text", "metadata"}), in batches, with progress.
 func cmdDocAdd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("doc add", flag.ContinueOnError)
-	api := apiFlag(fs)
+	addr := apiFlag(fs)
 	batch := fs.Int("batch", 200, "documents per request")
 	pos, err := interleave(fs, args, stderr)
 	if err != nil {
@@ -212,7 +211,7 @@ func cmdDocAdd(args []string, stdout, stderr io.Writer) error {
 		return usageError("usage: shoal doc add COLLECTION FILE... (one document per file; *.jsonl: one {\"id\",\"text\",\"metadata\"} per line)")
 	}
 	c := pos[0]
-	var docs []peer.DocRequest
+	var docs []api.DocRequest
 	for _, path := range pos[1:] {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -225,7 +224,7 @@ func cmdDocAdd(args []string, stdout, stderr io.Writer) error {
 				if strings.TrimSpace(sc.Text()) == "" {
 					continue
 				}
-				var d peer.DocRequest
+				var d api.DocRequest
 				if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
 					return fmt.Errorf("%s:%d: %w", path, line, err)
 				}
@@ -236,7 +235,7 @@ func cmdDocAdd(args []string, stdout, stderr io.Writer) error {
 			}
 			continue
 		}
-		docs = append(docs, peer.DocRequest{ID: docID(path), Text: string(b), Metadata: map[string]string{"file": filepath.Base(path)}})
+		docs = append(docs, api.DocRequest{ID: docID(path), Text: string(b), Metadata: map[string]string{"file": filepath.Base(path)}})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
@@ -245,7 +244,7 @@ func cmdDocAdd(args []string, stdout, stderr io.Writer) error {
 		end := min(start+*batch, len(docs))
 		body, _ := json.Marshal(map[string]any{"docs": docs[start:end]})
 		var res struct{ Token string }
-		if _, err := call(ctx, http.MethodPost, apiURL(*api)+"/v1/collections/"+url.PathEscape(c)+"/docs", bytes.NewReader(body), &res); err != nil {
+		if _, err := call(ctx, http.MethodPost, apiURL(*addr)+"/v1/collections/"+url.PathEscape(c)+"/docs", bytes.NewReader(body), &res); err != nil {
 			return fmt.Errorf("documents %d-%d: %w", start+1, end, err)
 		}
 		token = res.Token

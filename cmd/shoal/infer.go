@@ -6,20 +6,19 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/shoal-mesh/shoal/peer"
 )
 
 // cmdInfer sends one OIP v2 inference request and prints the response.
 func cmdInfer(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("infer", flag.ContinueOnError)
-	api := apiFlag(fs)
+	addr := apiFlag(fs)
 	input := fs.String("input", "", "OIP v2 inference request body (JSON file; - for stdin) (required)")
 	maxStale := fs.String("max-staleness", "", "refuse (or with --flag-stale, flag) answers from a view staler than this, e.g. 5s")
 	flagStale := fs.Bool("flag-stale", false, "with --max-staleness: answer anyway and report the staleness instead of refusing")
@@ -38,7 +37,7 @@ func cmdInfer(args []string, stdout, stderr io.Writer) error {
 	}
 	var body []byte
 	if *input == "-" {
-		body, err = io.ReadAll(io.LimitReader(os.Stdin, peer.MaxInferBodyBytes+1))
+		body, err = io.ReadAll(io.LimitReader(os.Stdin, api.MaxInferBodyBytes+1))
 	} else {
 		body, err = os.ReadFile(*input)
 	}
@@ -55,19 +54,19 @@ func cmdInfer(args []string, stdout, stderr io.Writer) error {
 	path += "/infer"
 	hdr := http.Header{"Content-Type": {"application/json"}}
 	if *maxStale != "" {
-		hdr.Set(peer.HeaderMaxStaleness, *maxStale)
+		hdr.Set(api.HeaderMaxStaleness, *maxStale)
 		if *flagStale {
-			hdr.Set(peer.HeaderStalenessPolicy, "flag")
+			hdr.Set(api.HeaderStalenessPolicy, "flag")
 		}
 	}
 	if *after != "" {
-		hdr.Set(peer.HeaderAfter, *after)
+		hdr.Set(api.HeaderAfter, *after)
 	}
-	hdr.Set(peer.HeaderTimeout, fmt.Sprintf("%.0f", min(timeout.Seconds(), 120)))
+	hdr.Set(api.HeaderTimeout, fmt.Sprintf("%.0f", min(timeout.Seconds(), 120)))
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	var resp json.RawMessage
-	h, err := callH(ctx, http.MethodPost, apiURL(*api)+path, hdr, bytes.NewReader(body), &resp)
+	h, err := callH(ctx, http.MethodPost, apiURL(*addr)+path, hdr, bytes.NewReader(body), &resp)
 	if err != nil {
 		return err
 	}
@@ -76,8 +75,8 @@ func cmdInfer(args []string, stdout, stderr io.Writer) error {
 		out.Write(resp)
 	}
 	fmt.Fprintln(stdout, out.String())
-	fmt.Fprintf(stderr, "answered by %s@%s (cache %s, staleness %s)\n", model, h.Get(peer.HeaderModelVersion), h.Get(peer.HeaderCache), h.Get(peer.HeaderStaleness))
-	if h.Get(peer.HeaderStale) != "" {
+	fmt.Fprintf(stderr, "answered by %s@%s (cache %s, staleness %s)\n", model, h.Get(api.HeaderModelVersion), h.Get(api.HeaderCache), h.Get(api.HeaderStaleness))
+	if h.Get(api.HeaderStale) != "" {
 		fmt.Fprintf(stderr, "warning: the answer is staler than %s\n", *maxStale)
 	}
 	return nil
@@ -89,7 +88,7 @@ func cmdCache(args []string, stdout, stderr io.Writer) error {
 		return usageError("usage: shoal cache flush [MODEL] [--api URL]")
 	}
 	fs := flag.NewFlagSet("cache flush", flag.ContinueOnError)
-	api := apiFlag(fs)
+	addr := apiFlag(fs)
 	pos, err := interleave(fs, args[1:], stderr)
 	if err != nil {
 		return err
@@ -106,10 +105,10 @@ func cmdCache(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var res struct {
-		Flush peer.CacheFlush `json:"flush"`
-		Token string          `json:"token"`
+		Flush api.CacheFlush `json:"flush"`
+		Token string         `json:"token"`
 	}
-	if _, err := call(ctx, http.MethodPost, apiURL(*api)+"/v1/cache/flush"+q, nil, &res); err != nil {
+	if _, err := call(ctx, http.MethodPost, apiURL(*addr)+"/v1/cache/flush"+q, nil, &res); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "flushed cached results of %s on every peer (as of %s)\ntoken %s\n", what, time.Unix(0, res.Flush.HLC.Wall).UTC().Format(time.RFC3339Nano), res.Token)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"net/url"
@@ -155,7 +156,7 @@ func isTerminal(w io.Writer) bool {
 
 func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("model push", flag.ContinueOnError)
-	api := apiFlag(fs)
+	addr := apiFlag(fs)
 	name := fs.String("name", "", "model name (required)")
 	version := fs.String("version", "", "version (required)")
 	activate := fs.Bool("activate", false, "make it the current version right away")
@@ -185,7 +186,7 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 		if !json.Valid(b) {
 			return fmt.Errorf("--warmup: %s is not JSON", *warmup)
 		}
-		hdr.Set(peer.HeaderWarmup, base64.StdEncoding.EncodeToString(b))
+		hdr.Set(api.HeaderWarmup, base64.StdEncoding.EncodeToString(b))
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
@@ -213,7 +214,7 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	if isTerminal(stderr) {
 		pr.w = stderr
 	}
-	u := fmt.Sprintf("%s/v1/models/%s/versions/%s?%s", apiURL(*api), url.PathEscape(*name), url.PathEscape(*version), q.Encode())
+	u := fmt.Sprintf("%s/v1/models/%s/versions/%s?%s", apiURL(*addr), url.PathEscape(*name), url.PathEscape(*version), q.Encode())
 	var res struct {
 		Manifest   models.Manifest    `json:"manifest"`
 		Activation *models.Activation `json:"activation"`
@@ -236,7 +237,7 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 func activationCmd(name string, nargs int, path func(pos []string) string, body func(pos []string) []byte) func([]string, io.Writer, io.Writer) error {
 	return func(args []string, stdout, stderr io.Writer) error {
 		fs := flag.NewFlagSet("model "+name, flag.ContinueOnError)
-		api := apiFlag(fs)
+		addr := apiFlag(fs)
 		pos, err := interleave(fs, args, stderr)
 		if err != nil {
 			return err
@@ -250,7 +251,7 @@ func activationCmd(name string, nargs int, path func(pos []string) string, body 
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := call(ctx, http.MethodPost, apiURL(*api)+path(pos), bytes.NewReader(body(pos)), &res); err != nil {
+		if _, err := call(ctx, http.MethodPost, apiURL(*addr)+path(pos), bytes.NewReader(body(pos)), &res); err != nil {
 			return err
 		}
 		a := res.Activation
@@ -277,7 +278,7 @@ func orDash(s string) string {
 
 func cmdModelLs(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("model ls", flag.ContinueOnError)
-	api := apiFlag(fs)
+	addr := apiFlag(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON of /v1/models")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -285,7 +286,7 @@ func cmdModelLs(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var raw json.RawMessage
-	if err := getJSON(ctx, apiURL(*api)+"/v1/models", &raw); err != nil {
+	if err := getJSON(ctx, apiURL(*addr)+"/v1/models", &raw); err != nil {
 		return err
 	}
 	if *asJSON {
@@ -293,7 +294,7 @@ func cmdModelLs(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var res struct {
-		Models []peer.ModelInfo `json:"models"`
+		Models []api.ModelInfo `json:"models"`
 	}
 	if err := json.Unmarshal(raw, &res); err != nil {
 		return err

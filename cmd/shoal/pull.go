@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"net/url"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
-	"github.com/shoal-mesh/shoal/peer"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
@@ -21,7 +21,7 @@ import (
 // verified or refused.
 func cmdModelPull(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("model pull", flag.ContinueOnError)
-	api := apiFlag(fs)
+	addr := apiFlag(fs)
 	timeout := fs.Duration("timeout", time.Hour, "give up after this long")
 	pos, err := interleave(fs, args, stderr)
 	if err != nil {
@@ -31,11 +31,11 @@ func cmdModelPull(args []string, stdout, stderr io.Writer) error {
 		return usageError("usage: shoal model pull MODEL[@VERSION]")
 	}
 	model, version, _ := strings.Cut(pos[0], "@")
-	base := apiURL(*api)
+	base := apiURL(*addr)
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	info := func() (peer.ModelInfo, error) {
-		var mi peer.ModelInfo
+	info := func() (api.ModelInfo, error) {
+		var mi api.ModelInfo
 		_, err := call(ctx, http.MethodGet, base+"/v1/models/"+url.PathEscape(model), nil, &mi)
 		return mi, err
 	}
@@ -63,7 +63,7 @@ func cmdModelPull(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var vi *peer.VersionInfo
+		var vi *api.VersionInfo
 		for i := range mi.Versions {
 			if mi.Versions[i].Version == version {
 				vi = &mi.Versions[i]

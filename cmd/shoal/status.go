@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"strings"
@@ -53,14 +54,14 @@ func getJSON(ctx context.Context, url string, v any) error {
 
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	api := fs.String("api", envString("API", peer.DefaultAPIAddr), "the peer's API address or URL (env SHOAL_API)")
+	addr := fs.String("api", envString("API", peer.DefaultAPIAddr), "the peer's API address or URL (env SHOAL_API)")
 	asJSON := fs.Bool("json", false, "print the raw JSON of /v1/status")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	url := apiURL(*api) + "/v1/status"
+	url := apiURL(*addr) + "/v1/status"
 	if *asJSON {
 		var raw json.RawMessage
 		if err := getJSON(ctx, url, &raw); err != nil {
@@ -69,7 +70,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		_, err := stdout.Write(raw)
 		return err
 	}
-	var st peer.Status
+	var st api.Status
 	if err := getJSON(ctx, url, &st); err != nil {
 		return err
 	}
@@ -77,7 +78,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func printStatus(w io.Writer, st peer.Status) {
+func printStatus(w io.Writer, st api.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "peer\t%s\n", st.PeerID)
 	fmt.Fprintf(tw, "mesh\t%s\n", st.Mesh)

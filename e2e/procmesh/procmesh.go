@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"net/http"
 	"os"
@@ -217,7 +218,7 @@ func (m *Mesh) StartAll(ctx context.Context) error {
 // peers.
 func (m *Mesh) WaitConnected(ctx context.Context, peers ...*Peer) error {
 	for _, p := range peers {
-		err := p.WaitFor(ctx, func(st peer.Status) bool {
+		err := p.WaitFor(ctx, func(st api.Status) bool {
 			conn := map[string]bool{}
 			for _, pi := range st.Peers {
 				if pi.Connected {
@@ -400,8 +401,8 @@ func (p *Peer) Do(ctx context.Context, method, path string, body any, hdr ...str
 }
 
 // Status reads /v1/status.
-func (p *Peer) Status(ctx context.Context) (peer.Status, error) {
-	var st peer.Status
+func (p *Peer) Status(ctx context.Context) (api.Status, error) {
+	var st api.Status
 	r, err := p.Do(ctx, "GET", "/v1/status", nil)
 	if err != nil {
 		return st, err
@@ -416,8 +417,8 @@ func (p *Peer) Status(ctx context.Context) (peer.Status, error) {
 var ErrTimeout = errors.New("condition not met in time")
 
 // WaitFor polls the peer's status until cond holds or ctx ends.
-func (p *Peer) WaitFor(ctx context.Context, cond func(peer.Status) bool) error {
-	var last peer.Status
+func (p *Peer) WaitFor(ctx context.Context, cond func(api.Status) bool) error {
+	var last api.Status
 	var lastErr error
 	if poll.Wait(ctx, 100*time.Millisecond, func() error {
 		st, err := p.Status(ctx)
@@ -437,8 +438,8 @@ func (p *Peer) WaitFor(ctx context.Context, cond func(peer.Status) bool) error {
 }
 
 // Model reads /v1/models/{name}.
-func (p *Peer) Model(ctx context.Context, name string) (peer.ModelInfo, error) {
-	var st peer.ModelInfo
+func (p *Peer) Model(ctx context.Context, name string) (api.ModelInfo, error) {
+	var st api.ModelInfo
 	r, err := p.Do(ctx, "GET", "/v1/models/"+name, nil)
 	if err != nil {
 		return st, err

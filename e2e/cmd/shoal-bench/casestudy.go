@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -161,7 +162,7 @@ func replay(cache bool, distinct int, skew float64, clients int, d, every time.D
 				}
 				requests.Add(1)
 				httpBytes.Add(uint64(len(body)) + uint64(n))
-				if r.Header.Get(peer.HeaderCache) == "hit" {
+				if r.Header.Get(api.HeaderCache) == "hit" {
 					hits.Add(1)
 				}
 			}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"math"
 	"net/http"
@@ -349,8 +350,8 @@ func handlerLatencies(n *peer.Node, path string, body []byte, headerLen, iters i
 		if rec.Code != 200 {
 			return nil, fmt.Errorf("%s: %d %s", path, rec.Code, rec.Body.Bytes())
 		}
-		if wantHit && i > 0 && rec.Header().Get(peer.HeaderCache) != peer.CacheHit {
-			return nil, fmt.Errorf("request %d was a cache %s", i, rec.Header().Get(peer.HeaderCache))
+		if wantHit && i > 0 && rec.Header().Get(api.HeaderCache) != api.CacheHit {
+			return nil, fmt.Errorf("request %d was a cache %s", i, rec.Header().Get(api.HeaderCache))
 		}
 		if i >= 20 {
 			lat = append(lat, el)

@@ -1,7 +1,7 @@
-package peer
+package httpapi
 
 import (
-	"errors"
+	"github.com/shoal-mesh/shoal/api"
 	"strings"
 	"testing"
 
@@ -10,7 +10,8 @@ import (
 
 // FuzzParseQuery: any body either parses into a query the handler can run
 // (exactly one of text and vector, k in range, bounded text) or fails with
-// an apiError carrying a 4xx status — never a panic, never a 5xx.
+// an error the catalogue answers with a 4xx status — never a panic,
+// never a 5xx.
 func FuzzParseQuery(f *testing.F) {
 	for _, s := range []string{
 		`{"text":"gearbox noise","k":3}`,
@@ -29,16 +30,15 @@ func FuzzParseQuery(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, k, err := ParseQuery(strings.NewReader(string(body)))
 		if err != nil {
-			var ae *apiError
-			if !errors.As(err, &ae) || ae.code < 400 || ae.code >= 500 {
-				t.Fatalf("error %v is not a 4xx apiError", err)
+			if _, info := bodyOf(err); info.Status < 400 || info.Status >= 500 {
+				t.Fatalf("error %v answers %d (%s), not a 4xx", err, info.Status, info.Code)
 			}
 			return
 		}
 		if (req.Text == "") == (req.Vector == nil) {
 			t.Fatalf("accepted a query with text %q and vector %v", req.Text, req.Vector)
 		}
-		if k < 1 || k > MaxQueryK {
+		if k < 1 || k > api.MaxQueryK {
 			t.Fatalf("accepted k %d", k)
 		}
 		if len(req.Text) > collections.MaxTextBytes {

@@ -1,0 +1,79 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/shoal-mesh/shoal/api"
+	"github.com/shoal-mesh/shoal/crdt"
+)
+
+// parseSeconds reads "2s", "1500ms" or a bare number of seconds.
+func parseSeconds(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return d, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("%q is not a duration (e.g. 2s, 500ms)", s)
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+// consistent applies the caller's consistency demands to a read: it bounds
+// the request by Shoal-Timeout, waits for a Shoal-After token's heads, and
+// checks Shoal-Max-Staleness (refusing, or flagging under
+// Shoal-Staleness-Policy: flag). It returns the context the read must use;
+// on error the context is already cancelled.
+func (a *API) consistent(w http.ResponseWriter, r *http.Request) (context.Context, context.CancelFunc, error) {
+	wait := api.DefaultWait
+	if v := r.Header.Get(api.HeaderTimeout); v != "" {
+		d, err := parseSeconds(v)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: %v", errBadHeader, api.HeaderTimeout, err)
+		}
+		wait = min(d, api.MaxWait)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	if err := a.checkConsistency(ctx, w, r, wait); err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return ctx, cancel, nil
+}
+
+func (a *API) checkConsistency(ctx context.Context, w http.ResponseWriter, r *http.Request, wait time.Duration) error {
+	if tok := r.Header.Get(api.HeaderAfter); tok != "" {
+		_, heads, err := crdt.ParseToken(tok)
+		if err != nil {
+			return fmt.Errorf("%s: %w", api.HeaderAfter, err)
+		}
+		if err := a.cfg.Consistency.WaitFor(ctx, heads); err != nil {
+			return fmt.Errorf("%w: this peer has not caught up with the write yet (waited %s): %v", crdt.ErrNotCaughtUp, wait, err)
+		}
+	}
+	stale := a.cfg.Consistency.Staleness()
+	w.Header().Set(api.HeaderStaleness, FormatStaleness(stale))
+	v := r.Header.Get(api.HeaderMaxStaleness)
+	if v == "" {
+		return nil
+	}
+	maxStale, err := parseSeconds(v)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", errBadHeader, api.HeaderMaxStaleness, err)
+	}
+	if stale.Duration() <= maxStale {
+		return nil
+	}
+	if strings.EqualFold(r.Header.Get(api.HeaderStalenessPolicy), "flag") {
+		w.Header().Set(api.HeaderStale, "true")
+		return nil
+	}
+	return &stalenessError{msg: fmt.Sprintf("staleness %.3fs exceeds the requested bound %s", stale.Seconds, maxStale),
+		staleness: stale.Seconds, maxStale: maxStale.Seconds()}
+}
