@@ -302,7 +302,7 @@ func TestCorruptModelIsMarkedBadAndPreviousKeepsServing(t *testing.T) {
 			t.Errorf("peer %d serves %q", i, v)
 		}
 		r := inferHTTP(t, n, "cls", "v2", body)
-		if r.code != http.StatusConflict || !strings.Contains(r.errMsg(), "does not load") {
+		if r.code != http.StatusConflict || r.errCode() != api.CodeModelLoadFailed {
 			t.Errorf("pinned bad v2: %d %s", r.code, r.body)
 		}
 		if got := metricValue(t, n, "shoal_model_load_failures_total", map[string]string{"model": "cls"}); got < 1 {
@@ -343,21 +343,22 @@ func TestMalformedTensorsAreRejectedAndThePeerKeepsServing(t *testing.T) {
 		body []byte
 		code int
 		msg  string
+		api  string
 	}{
-		{"wrong shape", input(func(in map[string]any) { in["shape"] = []int{1, 4, 32, 48} }), 400, "dimension 1 must be 3"},
-		{"wrong rank", input(func(in map[string]any) { in["shape"] = []int{3, 32, 64} }), 400, "has 3 dimensions"},
-		{"wrong datatype", input(func(in map[string]any) { in["datatype"] = "INT32" }), 400, "datatype INT32, the model expects FP32"},
-		{"data length mismatch", input(func(in map[string]any) { in["shape"] = []int{1, 3, 32, 65} }), 400, "which needs 6240"},
-		{"unknown input name", input(func(in map[string]any) { in["name"] = "image" }), 400, `missing input "x"`},
-		{"strings in a float tensor", input(func(in map[string]any) { in["data"] = []string{"a", "b", "c"}; in["shape"] = []int{1, 3, 1, 1} }), 400, "not a number"},
-		{"not JSON", []byte("{inputs"), 400, "not an OIP v2 inference request"},
-		{"no inputs", []byte(`{"inputs":[]}`), 400, "no inputs"},
-		{"huge body", huge, 413, "larger than"},
+		{"wrong shape", input(func(in map[string]any) { in["shape"] = []int{1, 4, 32, 48} }), 400, "dimension 1 must be 3", api.CodeInferenceInput},
+		{"wrong rank", input(func(in map[string]any) { in["shape"] = []int{3, 32, 64} }), 400, "has 3 dimensions", api.CodeInferenceInput},
+		{"wrong datatype", input(func(in map[string]any) { in["datatype"] = "INT32" }), 400, "datatype INT32, the model expects FP32", api.CodeInferenceInput},
+		{"data length mismatch", input(func(in map[string]any) { in["shape"] = []int{1, 3, 32, 65} }), 400, "which needs 6240", api.CodeInferenceInput},
+		{"unknown input name", input(func(in map[string]any) { in["name"] = "image" }), 400, `missing input "x"`, api.CodeInferenceInput},
+		{"strings in a float tensor", input(func(in map[string]any) { in["data"] = []string{"a", "b", "c"}; in["shape"] = []int{1, 3, 1, 1} }), 400, "not a number", api.CodeInferenceInput},
+		{"not JSON", []byte("{inputs"), 400, "not an OIP v2 inference request", api.CodeInferenceInput},
+		{"no inputs", []byte(`{"inputs":[]}`), 400, "no inputs", api.CodeInferenceInput},
+		{"huge body", huge, 413, "larger than", api.CodeBodyTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := inferHTTP(t, n, "cls", "", tc.body)
-			if r.code != tc.code || !strings.Contains(r.errMsg(), tc.msg) {
-				t.Errorf("%d %s, want %d with %q", r.code, truncate(r.body), tc.code, tc.msg)
+			if r.code != tc.code || r.errCode() != tc.api || !strings.Contains(r.errMsg(), tc.msg) {
+				t.Errorf("%d %s, want %d %s with %q", r.code, truncate(r.body), tc.code, tc.api, tc.msg)
 			}
 			if r := inferHTTP(t, n, "cls", "", good); r.code != 200 {
 				t.Errorf("peer stopped serving: %d %s", r.code, r.body)

@@ -31,9 +31,16 @@ func (h httpResult) json(t *testing.T, v any) {
 }
 
 func (h httpResult) errMsg() string {
-	var e struct{ Error string }
+	var e api.Error
 	json.Unmarshal(h.body, &e)
-	return e.Error
+	return e.Message
+}
+
+// errCode is the stable code of an error answer ("" when there is none).
+func (h httpResult) errCode() string {
+	var e api.Error
+	json.Unmarshal(h.body, &e)
+	return e.Code
 }
 
 func do(t *testing.T, method, url string, body []byte, headers ...string) httpResult {
@@ -209,7 +216,7 @@ func TestReadYourWritesAndStalenessBound(t *testing.T) {
 	}
 	tok = res.header.Get(api.HeaderToken)
 	res = do(t, http.MethodGet, baseURL(m.Node(3))+"/v1/models/det", nil, api.HeaderAfter, tok, api.HeaderTimeout, "1s")
-	if res.code != http.StatusServiceUnavailable || !strings.Contains(res.errMsg(), "missing heads") || res.header.Get("Retry-After") == "" {
+	if res.code != http.StatusServiceUnavailable || res.errCode() != api.CodeTokenNotReached || !strings.Contains(res.errMsg(), "missing heads") || res.header.Get("Retry-After") == "" {
 		t.Fatalf("unsatisfiable token: %d %s", res.code, res.body)
 	}
 

@@ -240,7 +240,7 @@ func TestONNXBackendCasesThroughTheEndpoint(t *testing.T) {
 		switch {
 		case r.code == http.StatusConflict:
 			out = result{"runtime: does not load or run in onnxruntime", r.errMsg()}
-		case r.code == http.StatusBadRequest && strings.Contains(r.errMsg(), "onnxruntime"):
+		case r.code == http.StatusBadRequest && r.errCode() == api.CodeInferenceInput && strings.Contains(r.errMsg(), "onnxruntime"):
 			out = result{"runtime: onnxruntime refused the inputs", r.errMsg()}
 		case r.code != http.StatusOK:
 			out = result{"failed", fmt.Sprintf("%d %s", r.code, r.errMsg())}

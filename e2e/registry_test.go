@@ -166,7 +166,7 @@ func TestForgedAndCorruptPublicationsAreRejected(t *testing.T) {
 		t.Errorf("peer 1 serves %q after a bad activation, want the last verified v1", v)
 	}
 	res := do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/ocr/versions/v2/artifact", nil)
-	if res.code != http.StatusConflict || !strings.Contains(res.errMsg(), "sha256") {
+	if res.code != http.StatusConflict || res.errCode() != api.CodeArtifactBad {
 		t.Errorf("pinned fetch of the bad version: %d %s", res.code, res.body)
 	}
 	res = do(t, http.MethodGet, baseURL(m.Node(1))+"/v1/models/ocr/artifact", nil)

@@ -223,30 +223,31 @@ func TestRetrievalBadInput(t *testing.T) {
 		name, method, path, body string
 		code                     int
 		msg                      string
+		api                      string
 	}{
-		{"unknown collection", "POST", "/v1/collections/nope/query", `{"text":"x"}`, 404, "unknown collection"},
-		{"wrong vector dimension (query)", "POST", "/v1/collections/notes/query", `{"vector":[1,2,3]}`, 400, "dimension 384"},
-		{"wrong vector dimension (doc)", "PUT", "/v1/collections/notes/docs/a", `{"text":"t","vector":[1,2,3]}`, 400, "dimension 384"},
-		{"empty text", "PUT", "/v1/collections/notes/docs/a", `{"text":"   "}`, 400, "empty"},
-		{"k zero", "POST", "/v1/collections/notes/query", `{"text":"x","k":0}`, 400, "k 0"},
-		{"k huge", "POST", "/v1/collections/notes/query", `{"text":"x","k":100000}`, 400, "k 100000"},
-		{"text and vector", "POST", "/v1/collections/notes/query", `{}`, 400, "exactly one"},
-		{"oversized document", "PUT", "/v1/collections/notes/docs/a", `{"text":"` + big + `"}`, 413, "at most"},
-		{"bad id", "PUT", "/v1/collections/notes/docs/a%2Fb", `{"text":"t"}`, 400, ""},
-		{"delete unknown doc", "DELETE", "/v1/collections/notes/docs/zzz", ``, 404, "unknown document"},
-		{"unknown field", "POST", "/v1/collections/notes/query", `{"txt":"x"}`, 400, "unknown field"},
-		{"embedder version unknown", "POST", "/v1/collections", `{"name":"c2","embedder":"emb@v9"}`, 404, "unknown model version"},
-		{"bad embedder ref", "POST", "/v1/collections", `{"name":"c3","embedder":"emb"}`, 400, "model@version"},
-		{"same name, other spec", "POST", "/v1/collections", `{"name":"notes","embedder":"emb@v1","dimension":12}`, 409, "exists"},
-		{"embeddings: empty input", "POST", "/v1/embeddings", `{"model":"emb@v1","input":""}`, 400, "empty"},
-		{"embeddings: bad input type", "POST", "/v1/embeddings", `{"model":"emb@v1","input":{"a":1}}`, 400, "string or an array"},
-		{"embeddings: unknown model", "POST", "/v1/embeddings", `{"model":"nope@v1","input":"x"}`, 404, "unknown model"},
-		{"embeddings: not an embedder", "POST", "/v1/embeddings", `{"model":"emb.tokenizer@v1","input":"x"}`, 400, "not an ONNX model"},
+		{"unknown collection", "POST", "/v1/collections/nope/query", `{"text":"x"}`, 404, "unknown collection", api.CodeCollectionUnknown},
+		{"wrong vector dimension (query)", "POST", "/v1/collections/notes/query", `{"vector":[1,2,3]}`, 400, "dimension 384", api.CodeDocumentInvalid},
+		{"wrong vector dimension (doc)", "PUT", "/v1/collections/notes/docs/a", `{"text":"t","vector":[1,2,3]}`, 400, "dimension 384", api.CodeDocumentInvalid},
+		{"empty text", "PUT", "/v1/collections/notes/docs/a", `{"text":"   "}`, 400, "empty", api.CodeDocumentInvalid},
+		{"k zero", "POST", "/v1/collections/notes/query", `{"text":"x","k":0}`, 400, "k 0", api.CodeQueryInvalid},
+		{"k huge", "POST", "/v1/collections/notes/query", `{"text":"x","k":100000}`, 400, "k 100000", api.CodeQueryInvalid},
+		{"text and vector", "POST", "/v1/collections/notes/query", `{}`, 400, "exactly one", api.CodeQueryInvalid},
+		{"oversized document", "PUT", "/v1/collections/notes/docs/a", `{"text":"` + big + `"}`, 413, "at most", api.CodeDocumentTooLarge},
+		{"bad id", "PUT", "/v1/collections/notes/docs/a%2Fb", `{"text":"t"}`, 400, "", api.CodeNameInvalid},
+		{"delete unknown doc", "DELETE", "/v1/collections/notes/docs/zzz", ``, 404, "unknown document", api.CodeDocumentUnknown},
+		{"unknown field", "POST", "/v1/collections/notes/query", `{"txt":"x"}`, 400, "unknown field", api.CodeBodyMalformed},
+		{"embedder version unknown", "POST", "/v1/collections", `{"name":"c2","embedder":"emb@v9"}`, 404, "unknown model version", api.CodeVersionUnknown},
+		{"bad embedder ref", "POST", "/v1/collections", `{"name":"c3","embedder":"emb"}`, 400, "model@version", api.CodeCollectionInvalid},
+		{"same name, other spec", "POST", "/v1/collections", `{"name":"notes","embedder":"emb@v1","dimension":12}`, 409, "exists", api.CodeCollectionExists},
+		{"embeddings: empty input", "POST", "/v1/embeddings", `{"model":"emb@v1","input":""}`, 400, "empty", api.CodeQueryInvalid},
+		{"embeddings: bad input type", "POST", "/v1/embeddings", `{"model":"emb@v1","input":{"a":1}}`, 400, "string or an array", api.CodeQueryInvalid},
+		{"embeddings: unknown model", "POST", "/v1/embeddings", `{"model":"nope@v1","input":"x"}`, 404, "unknown model", api.CodeModelUnknown},
+		{"embeddings: not an embedder", "POST", "/v1/embeddings", `{"model":"emb.tokenizer@v1","input":"x"}`, 400, "not an ONNX model", api.CodeModelNotONNX},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := do(t, tc.method, baseURL(n)+tc.path, []byte(tc.body), api.HeaderAfter, tok)
-			if res.code != tc.code || !strings.Contains(res.errMsg(), tc.msg) || res.errMsg() == "" {
-				t.Errorf("%d %s, want %d with %q", res.code, truncate(res.body), tc.code, tc.msg)
+			if res.code != tc.code || res.errCode() != tc.api || !strings.Contains(res.errMsg(), tc.msg) || res.errMsg() == "" {
+				t.Errorf("%d %s, want %d %s with %q", res.code, truncate(res.body), tc.code, tc.api, tc.msg)
 			}
 		})
 	}

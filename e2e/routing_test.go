@@ -272,7 +272,7 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 				ra.code, ra.header.Get(api.HeaderRoutedTo), other.ID(), outputsOf(ra.resp) == wantA, ra.body)
 		}
 		if rb.code != http.StatusServiceUnavailable || rb.header.Get("Retry-After") == "" || rb.header.Get(api.HeaderRoutedTo) != "" ||
-			!strings.Contains(rb.errMsg(), "slot") || waited < 300*time.Millisecond {
+			rb.errCode() != api.CodeBusy || waited < 300*time.Millisecond {
 			t.Errorf("a request that did not opt in, past its deadline: %d after %v, Retry-After %q, routed to %q: %s",
 				rb.code, waited, rb.header.Get("Retry-After"), rb.header.Get(api.HeaderRoutedTo), rb.body)
 		}

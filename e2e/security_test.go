@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,7 +26,7 @@ func TestAPITokenGuardsWrites(t *testing.T) {
 	url := baseURL(n) + "/v1/models/cls/versions/v1?" + onnxQuery + "&activate=true"
 	for _, auth := range []string{"", "Bearer wrong", "s3cret-token", "Basic s3cret-token"} {
 		res := do(t, http.MethodPut, url, v1, "Authorization", auth)
-		if res.code != http.StatusUnauthorized || !strings.Contains(res.errMsg(), "Bearer") || res.header.Get("WWW-Authenticate") == "" {
+		if res.code != http.StatusUnauthorized || res.errCode() != api.CodeAuthRequired || res.header.Get("WWW-Authenticate") == "" {
 			t.Errorf("Authorization %q: %d %s", auth, res.code, res.body)
 		}
 	}

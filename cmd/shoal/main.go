@@ -109,11 +109,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil && !errors.Is(ee.err, errHelpShown) {
-			fmt.Fprintln(stderr, "shoal:", ee.err)
+			fmt.Fprintln(stderr, "shoal:", describe(ee.err))
 		}
 		return ee.code
 	}
-	fmt.Fprintln(stderr, "shoal:", err)
+	fmt.Fprintln(stderr, "shoal:", describe(err))
 	return 1
 }
 

@@ -110,11 +110,7 @@ func callH(ctx context.Context, method, u string, hdr http.Header, body io.Reade
 		return nil, err
 	}
 	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return resp.Header, fmt.Errorf("%s", e.Error)
-		}
-		return resp.Header, fmt.Errorf("%s", resp.Status)
+		return resp.Header, answerError(resp, b)
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

@@ -39,11 +39,7 @@ func getJSON(ctx context.Context, url string, v any) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s: %s", resp.Status, e.Error)
-		}
-		return fmt.Errorf("%s", resp.Status)
+		return answerError(resp, body)
 	}
 	if raw, ok := v.(*json.RawMessage); ok {
 		*raw = body
