@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"io/fs"
 	"net/http"
@@ -18,7 +21,7 @@ import (
 	"time"
 
 	"github.com/shoal-mesh/shoal/inference/onnxmodel"
-	"github.com/shoal-mesh/shoal/peer"
+	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
 // buildBinary compiles shoal once per test binary run.
@@ -51,10 +54,30 @@ func shoalBinary(t *testing.T) string {
 // proc is a `shoal run` child process.
 type proc struct {
 	cmd    *exec.Cmd
+	mu     sync.Mutex // guards api and addr while the peer starts
 	api    string
 	addr   string // first libp2p multiaddr
-	stderr *bytes.Buffer
+	stderr *syncBuffer
 	done   chan error
+}
+
+// syncBuffer holds a child's stderr: the exec package writes it while a
+// test polls it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // startPeer runs `shoal run` with args and waits for it to print its API
@@ -67,44 +90,52 @@ func startPeer(t *testing.T, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	p := &proc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		p.done <- cmd.Wait()
-	}()
 	t.Cleanup(func() { p.stop(t) })
-	deadline := time.After(30 * time.Second)
-	for p.api == "" || p.addr == "" {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("shoal run exited early:\n%s", p.stderr)
-			}
-			f := strings.Fields(l)
-			if len(f) == 2 && f[0] == "API" {
-				p.api = f[1]
-			}
-			if len(f) == 2 && f[0] == "libp2p" && p.addr == "" {
-				p.addr = f[1]
-			}
-		case <-deadline:
-			t.Fatalf("shoal run did not report its addresses:\n%s", p.stderr)
+	// The wait ends early, cancelled, when the peer exits.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go p.readStdout(stdout, cancel)
+	if err := poll.Wait(ctx, poll.Interval, p.addrsKnown); err != nil {
+		if errors.Is(err, context.Canceled) {
+			t.Fatalf("shoal run exited early:\n%s", p.stderr)
 		}
+		t.Fatalf("shoal run did not report its addresses (%v):\n%s", err, p.stderr)
 	}
-	go func() {
-		for range lines {
-		}
-	}()
 	return p
+}
+
+// readStdout notes the API and the first libp2p address the peer prints;
+// when its output ends (it exited) it calls exited and reaps it.
+func (p *proc) readStdout(stdout io.Reader, exited func()) {
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		p.mu.Lock()
+		if len(f) == 2 && f[0] == "API" {
+			p.api = f[1]
+		}
+		if len(f) == 2 && f[0] == "libp2p" && p.addr == "" {
+			p.addr = f[1]
+		}
+		p.mu.Unlock()
+	}
+	exited()
+	p.done <- p.cmd.Wait()
+}
+
+// addrsKnown is nil once the peer has printed both addresses.
+func (p *proc) addrsKnown() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.api == "" || p.addr == "" {
+		return fmt.Errorf("API %q, libp2p %q so far", p.api, p.addr)
+	}
+	return nil
 }
 
 func (p *proc) stop(t *testing.T) {
@@ -120,6 +151,17 @@ func (p *proc) stop(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		p.cmd.Process.Kill()
 		t.Errorf("shoal run ignored SIGTERM")
+	}
+}
+
+// pollCLI is poll.Until at a slower pace: each check runs a shoal command
+// (a process), and a few a second are plenty.
+func pollCLI(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := poll.Wait(ctx, 200*time.Millisecond, cond); err != nil {
+		t.Fatalf("%s: not within %s: %v", what, timeout, err)
 	}
 }
 
@@ -154,18 +196,18 @@ func TestTwoProcessesSeeEachOther(t *testing.T) {
 	a := startPeer(t, loopbackArgs(t.TempDir())...)
 	b := startPeer(t, append(loopbackArgs(t.TempDir()), "--bootstrap", a.addr)...)
 
-	statusOf := func(p *proc) peer.Status {
+	statusOf := func(p *proc) api.Status {
 		out, stderr, code := shoal(t, "status", "--api", p.api, "--json")
 		if code != 0 {
 			t.Fatalf("shoal status exited %d: %s", code, stderr)
 		}
-		var st peer.Status
+		var st api.Status
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatalf("status JSON: %v\n%s", err, out)
 		}
 		return st
 	}
-	sees := func(st peer.Status, id string) bool {
+	sees := func(st api.Status, id string) bool {
 		for _, p := range st.Peers {
 			if p.ID == id && p.Reachable {
 				return true
@@ -173,19 +215,16 @@ func TestTwoProcessesSeeEachOther(t *testing.T) {
 		}
 		return false
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		sa, sb := statusOf(a), statusOf(b)
+	var sa, sb api.Status
+	pollCLI(t, 30*time.Second, "the peers see each other", func() error {
+		sa, sb = statusOf(a), statusOf(b)
 		if sees(sa, sb.PeerID) && sees(sb, sa.PeerID) {
-			if sa.Mesh != "proctest" || sa.StateHash != sb.StateHash {
-				t.Errorf("mesh %q, state hashes %s vs %s", sa.Mesh, sa.StateHash, sb.StateHash)
-			}
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("peers never saw each other:\nA: %+v\nB: %+v", sa.Peers, sb.Peers)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return fmt.Errorf("A: %+v, B: %+v", sa.Peers, sb.Peers)
+	})
+	if sa.Mesh != "proctest" || sa.StateHash != sb.StateHash {
+		t.Errorf("mesh %q, state hashes %s vs %s", sa.Mesh, sa.StateHash, sb.StateHash)
 	}
 	// The readable form names the other peer too.
 	out, _, code := shoal(t, "status", "--api", b.api)
@@ -287,21 +326,17 @@ func TestModelWorkflowAcrossProcesses(t *testing.T) {
 	}
 
 	// Peer B trusts A's key: it fetches, verifies and serves v1.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	pollCLI(t, 30*time.Second, "peer B serves cls@v1", func() error {
 		out, _, _ := shoal(t, "model", "ls", "--json", "--api", b.api)
 		var res struct {
-			Models []peer.ModelInfo `json:"models"`
+			Models []api.ModelInfo `json:"models"`
 		}
 		json.Unmarshal([]byte(out), &res)
 		if len(res.Models) == 1 && res.Models[0].Serving != nil && res.Models[0].Serving.Version == "v1" {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("peer B never served cls@v1:\n%s", out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return fmt.Errorf("model ls: %s", out)
+	})
 	out, _, code = shoal(t, "model", "ls", "--api", b.api)
 	if code != 0 || !strings.Contains(out, "only trusted activation") || !strings.Contains(out, "verified") {
 		t.Errorf("model ls:\n%s", out)
@@ -319,18 +354,13 @@ func TestDefaultModelAndInferCommand(t *testing.T) {
 	p := startPeer(t, args...)
 	example := repoFile("examples/ocr-cls-request.json")
 	var out, stderr string
-	var code int
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, stderr, code = shoal(t, "infer", "ocr-cls", "--input", example, "--api", p.api)
-		if code == 0 || time.Now().After(deadline) {
-			break
+	pollCLI(t, 30*time.Second, "shoal infer answers", func() error {
+		var code int
+		if out, stderr, code = shoal(t, "infer", "ocr-cls", "--input", example, "--api", p.api); code != 0 {
+			return fmt.Errorf("infer: exit %d\n%s%s", code, out, stderr)
 		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if code != 0 {
-		t.Fatalf("infer: exit %d\n%s%s", code, out, stderr)
-	}
+		return nil
+	})
 	var resp struct {
 		ModelName    string `json:"model_name"`
 		ModelVersion string `json:"model_version"`
@@ -397,7 +427,7 @@ func TestRetrievalCommands(t *testing.T) {
 		t.Fatalf("push embedder: %d %s%s", code, out, stderr)
 	}
 	if out, stderr, code := shoal(t, "model", "push", repoFile("deps/models/minilm-tokenizer.json"), "--name", "emb.tokenizer", "--version", "v1",
-		"--media-type", peer.MediaTypeTokenizer, "--api", p.api); code != 0 {
+		"--media-type", api.MediaTypeTokenizer, "--api", p.api); code != 0 {
 		t.Fatalf("push tokenizer: %d %s%s", code, out, stderr)
 	}
 	out, stderr, code := shoal(t, "collection", "create", "manuals", "--embedder", "emb@v1", "--api", p.api)
@@ -430,7 +460,7 @@ func TestRetrievalCommands(t *testing.T) {
 		t.Errorf("query freshness line: %s", stderr)
 	}
 	out, _, code = shoal(t, "doc", "query", "manuals", "valve", "--filter", "team=maintenance", "--json", "--api", p.api)
-	var res peer.QueryResponse
+	var res api.QueryResponse
 	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || len(res.Results) != 1 || res.Results[0].ID != "valve-torque" {
 		t.Errorf("filtered query: %d %s", code, out)
 	}
@@ -487,13 +517,12 @@ func TestModelPull(t *testing.T) {
 	}
 	var out, stderr string
 	var code int
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) { // until B has the manifest
-		if out, stderr, code = shoal(t, "model", "pull", "det@v1", "--api", b.api); code == 0 || !strings.Contains(stderr, "unknown model") {
-			break
+	pollCLI(t, 20*time.Second, "peer B has the manifest of det@v1", func() error {
+		if out, stderr, code = shoal(t, "model", "pull", "det@v1", "--api", b.api); code != 0 && strings.Contains(stderr, "unknown model") {
+			return fmt.Errorf("pull: %s", stderr)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if code != 0 || !strings.Contains(out, "det@v1 verified here (3200000 bytes") {
 		t.Fatalf("pull: %d %s%s", code, out, stderr)
 	}
@@ -543,7 +572,7 @@ demo_rag = false
 	}
 	p := startPeer(t, "--config", file, "--ort-lib", repoFile("deps/onnxruntime/libonnxruntime.so"))
 	out, stderr, code = shoal(t, "status", "--json", "--api", p.api)
-	var st peer.Status
+	var st api.Status
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Mesh != "from-file" {
 		t.Errorf("peer started with the file: %d mesh %q %s", code, st.Mesh, stderr)
 	}
@@ -660,19 +689,20 @@ demo_rag = false
 	}
 	os.WriteFile(file, []byte(base+"api_token = \"s3cret\"\nmesh = \"renamed\"\n"), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for create("b", "") != http.StatusUnauthorized {
-		if time.Now().After(deadline) {
-			t.Fatal("the API token from the reloaded file never took effect")
+	poll.Until(t, 10*time.Second, "the API token from the reloaded file takes effect", func() error {
+		if code := create("b", ""); code != http.StatusUnauthorized {
+			return fmt.Errorf("a write without it answered %d", code)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	if code := create("c", "s3cret"); code/100 != 2 {
 		t.Errorf("write with the reloaded token: %d", code)
 	}
 	os.WriteFile(file, []byte(base+"bogus = 1\n"), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	time.Sleep(500 * time.Millisecond)
+	poll.Until(t, 10*time.Second, "the peer refuses the broken file", poll.True(
+		func() bool { return strings.Contains(p.stderr.String(), "configuration not reloaded") },
+		func() string { return "its log does not say so yet" }))
 	if code := create("d", ""); code != http.StatusUnauthorized {
 		t.Errorf("a broken file changed the token: write without it answered %d", code)
 	}
