@@ -49,7 +49,7 @@ func (l *Manager) activate(ctx context.Context, a models.Activation) {
 // verified, retrying while the activation is still the effective one
 // (nobody may have had the blocks yet). It reports success.
 func (l *Manager) fetchActivated(ctx context.Context, a models.Activation, m models.Manifest) bool {
-	spec, err := SpecOf(m)
+	spec, err := ArtifactSpec(m)
 	if err != nil {
 		l.log.Error("cannot activate", "ref", m.Ref(), "err", err)
 		return false

@@ -155,8 +155,8 @@ func (l *Manager) All() map[string]Serving {
 	return out
 }
 
-// SpecOf is the artifact a manifest names.
-func SpecOf(m models.Manifest) (artifacts.Spec, error) {
+// ArtifactSpec is the artifact a manifest names.
+func ArtifactSpec(m models.Manifest) (artifacts.Spec, error) {
 	c, err := cid.Decode(m.CID)
 	if err != nil {
 		return artifacts.Spec{}, fmt.Errorf("manifest %s has a bad CID: %w", m.Ref(), err)
@@ -200,7 +200,7 @@ func (l *Manager) spawn(f func()) {
 // Fetch makes m's artifact local and verified (prefetch); failures are
 // logged.
 func (l *Manager) Fetch(ctx context.Context, m models.Manifest) {
-	spec, err := SpecOf(m)
+	spec, err := ArtifactSpec(m)
 	if err != nil {
 		return
 	}

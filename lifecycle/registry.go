@@ -100,7 +100,7 @@ func (l *Manager) StartPull(ctx context.Context, model, version string) (api.Pul
 	if err != nil {
 		return api.PullResult{}, false, err
 	}
-	if _, err := SpecOf(m); err != nil {
+	if _, err := ArtifactSpec(m); err != nil {
 		return api.PullResult{}, false, err
 	}
 	if st, ok := l.cfg.Artifacts.Status(ctx, m.Ref()); ok && st.CID == m.CID && st.State == artifacts.StateVerified {
@@ -137,7 +137,7 @@ func (l *Manager) Artifact(ctx context.Context, model, version string) (models.M
 	if err != nil {
 		return m, nil, err
 	}
-	spec, err := SpecOf(m)
+	spec, err := ArtifactSpec(m)
 	if err != nil {
 		return m, nil, err
 	}

@@ -82,7 +82,7 @@ func (l *Manager) Bad() map[string]string {
 // ReadArtifact fetches (within ctx) and reads a version's artifact, at
 // most limit bytes when limit ≥ 0.
 func (l *Manager) ReadArtifact(ctx context.Context, m models.Manifest, limit int64) ([]byte, error) {
-	spec, err := SpecOf(m)
+	spec, err := ArtifactSpec(m)
 	if err != nil {
 		return nil, err
 	}

@@ -165,7 +165,7 @@ func DefaultConfig() Config {
 	}
 }
 
-func (c *Config) fill() {
+func (c *Config) applyDefaults() {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}

@@ -97,7 +97,7 @@ type Node struct {
 // New starts a peer. It returns once the peer is listening and has joined
 // the mesh; discovery continues in the background. Close it to stop.
 func New(ctx context.Context, cfg Config) (n *Node, err error) {
-	cfg.fill()
+	cfg.applyDefaults()
 	p, err := cfg.validate()
 	if err != nil {
 		return nil, err

@@ -278,7 +278,7 @@ func (r *Router) serveLocally(from libp2ppeer.ID, req routeRequest, body []byte)
 	}
 	hr.Header.Set(HeaderForwardedBy, from.String())
 	hr.ContentLength = int64(len(body))
-	rec := &recorder{header: http.Header{}, code: http.StatusOK}
+	rec := &bufferedResponse{header: http.Header{}, code: http.StatusOK}
 	r.handler.ServeHTTP(rec, hr)
 	hdr := map[string]string{}
 	for _, h := range returnedHeaders {
@@ -289,21 +289,21 @@ func (r *Router) serveLocally(from libp2ppeer.ID, req routeRequest, body []byte)
 	return rec.code, hdr, rec.body.Bytes()
 }
 
-// recorder is a minimal in-memory http.ResponseWriter.
-type recorder struct {
+// bufferedResponse is a minimal in-memory http.ResponseWriter.
+type bufferedResponse struct {
 	header http.Header
 	code   int
 	wrote  bool
 	body   bytes.Buffer
 }
 
-func (r *recorder) Header() http.Header { return r.header }
-func (r *recorder) WriteHeader(code int) {
+func (r *bufferedResponse) Header() http.Header { return r.header }
+func (r *bufferedResponse) WriteHeader(code int) {
 	if !r.wrote {
 		r.code, r.wrote = code, true
 	}
 }
-func (r *recorder) Write(b []byte) (int, error) {
+func (r *bufferedResponse) Write(b []byte) (int, error) {
 	r.wrote = true
 	return r.body.Write(b)
 }
