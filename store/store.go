@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4/options"
@@ -76,6 +75,7 @@ type Config struct {
 type Store struct {
 	dir     string
 	db      *badger4.Datastore
+	lock    *os.File // held while open (see lockDir)
 	bs      blockstore.Blockstore
 	unclean bool
 	minFree int64
@@ -133,21 +133,16 @@ func Open(cfg Config) (*Store, error) {
 		// Badger needs an index cache when blocks are encrypted.
 		opts.Options = opts.Options.WithEncryptionKey(cfg.EncryptionKey).WithIndexCacheSize(16 << 20)
 	}
-	path := filepath.Join(cfg.Dir, "badger")
-	db, err := badger4.NewDatastore(path, &opts)
+	lock, err := lockDir(cfg.Dir)
 	if err != nil {
-		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
-			return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Dir)
-		}
-		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("%w: %s: %v", ErrUnwritable, cfg.Dir, err)
-		}
-		if msg := err.Error(); strings.Contains(msg, "Encryption key mismatch") || strings.Contains(msg, "encryption key") || strings.Contains(msg, "Invalid encryption key") {
-			return nil, fmt.Errorf("%w: %s: %v", ErrEncryptionKey, cfg.Dir, err)
-		}
-		return nil, fmt.Errorf("open badger in %s: %w", path, err)
+		return nil, err
 	}
-	s := &Store{dir: cfg.Dir, db: db, minFree: cfg.MinFree, log: cfg.Logger}
+	db, err := openBadger(cfg, opts)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	s := &Store{dir: cfg.Dir, db: db, lock: lock, minFree: cfg.MinFree, log: cfg.Logger}
 	// The marker exists only while a peer runs: finding it at start means
 	// the last run ended without Close (kill -9, power cut).
 	marker := filepath.Join(cfg.Dir, runningMarker)
@@ -156,10 +151,32 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if err := os.WriteFile(marker, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o600); err != nil {
 		db.Close()
+		lock.Close()
 		return nil, fmt.Errorf("%w: %v", ErrUnwritable, err)
 	}
 	s.bs = blockstore.NewBlockstore(namespace.Wrap(db, BlocksPrefix), blockstore.NoPrefix())
 	return s, nil
+}
+
+// openBadger opens the datastore after checking the encryption key
+// against the data dir's fingerprint, and records the fingerprint.
+func openBadger(cfg Config, opts badger4.Options) (*badger4.Datastore, error) {
+	if err := checkKey(cfg.Dir, cfg.EncryptionKey); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(cfg.Dir, "badger")
+	db, err := badger4.NewDatastore(path, &opts)
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnwritable, cfg.Dir, err)
+	case err != nil:
+		return nil, fmt.Errorf("open badger in %s: %w", path, err)
+	}
+	if err := recordKey(cfg.Dir, cfg.EncryptionKey); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // closeTimeout bounds Close.
@@ -227,6 +244,9 @@ func (s *Store) Close() error {
 		if cerr != nil {
 			err = errors.Join(err, cerr)
 		}
+		// Badger let go of its files: so may the lock. (A Badger that
+		// did not close keeps the lock to the end of the process.)
+		s.lock.Close()
 	case <-time.After(closeTimeout):
 		err = errors.Join(err, fmt.Errorf("badger did not close within %v (disk errors?); its write-ahead log is replayed at the next start", closeTimeout))
 	}

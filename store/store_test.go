@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -48,10 +49,12 @@ func TestOpenLockedAndUnclean(t *testing.T) {
 	if got, err := s.Blockstore().Get(ctx, blk.Cid()); err != nil || string(got.RawData()) != "block bytes" {
 		t.Errorf("block after reopen: %v", err)
 	}
-	// Simulate a crash: the marker stays behind.
+	// Simulate a crash: the process's lock goes with it, the marker
+	// stays behind.
 	if err := s.db.Close(); err != nil {
 		t.Fatal(err)
 	}
+	s.lock.Close()
 	s, err = Open(Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -77,5 +80,39 @@ func TestOpenUnwritable(t *testing.T) {
 	defer os.Chmod(dir, 0o700)
 	if _, err := Open(Config{Dir: filepath.Join(dir, "data")}); !errors.Is(err, ErrUnwritable) {
 		t.Fatalf("err = %v, want ErrUnwritable", err)
+	}
+}
+
+// TestEncryptionKeyIsChecked: a data dir opens only with the key it was
+// created with (or without one, if it was created without), and a wrong
+// key is ErrEncryptionKey before Badger touches anything.
+func TestEncryptionKeyIsChecked(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	other := bytes.Repeat([]byte{9}, 32)
+	enc, plain := t.TempDir(), t.TempDir()
+	for dir, k := range map[string][]byte{enc: key, plain: nil} {
+		s, err := Open(Config{Dir: dir, EncryptionKey: k, NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, tc := range map[string]struct {
+		dir string
+		key []byte
+		ok  bool
+	}{
+		"encrypted, its key": {enc, key, true}, "encrypted, no key": {enc, nil, false}, "encrypted, another key": {enc, other, false},
+		"plain, no key": {plain, nil, true}, "plain, a key": {plain, key, false},
+	} {
+		s, err := Open(Config{Dir: tc.dir, EncryptionKey: tc.key, NoSync: true})
+		if tc.ok != (err == nil) || (!tc.ok && !errors.Is(err, ErrEncryptionKey)) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+		if s != nil {
+			s.Close()
+		}
 	}
 }
