@@ -74,6 +74,10 @@ func (a *API) handleModelReady(w http.ResponseWriter, r *http.Request) {
 			body["error"] = rd.Reason
 		}
 		if !rd.Ready {
+			body["code"] = api.CodeModelNotLoaded
+			if rd.Reason != "" {
+				body["code"] = api.CodeModelLoadFailed
+			}
 			w.Header().Set("Retry-After", "5")
 			writeJSON(w, http.StatusServiceUnavailable, body)
 			return nil
