@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -148,11 +149,7 @@ func (l *Manager) Serving(model string) (Serving, bool) {
 func (l *Manager) All() map[string]Serving {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make(map[string]Serving, len(l.serving))
-	for k, v := range l.serving {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(l.serving)
 }
 
 // ArtifactSpec is the artifact a manifest names.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/inference"
@@ -72,11 +73,7 @@ func (l *Manager) BadReason(ref string) string {
 func (l *Manager) Bad() map[string]string {
 	l.loadMu.Lock()
 	defer l.loadMu.Unlock()
-	out := make(map[string]string, len(l.bad))
-	for k, v := range l.bad {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(l.bad)
 }
 
 // ReadArtifact fetches (within ctx) and reads a version's artifact, at
