@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,10 +20,14 @@ func parseSeconds(s string) (time.Duration, error) {
 		return d, nil
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 {
+	if err != nil || !(f >= 0) || math.IsInf(f, 1) {
 		return 0, fmt.Errorf("%q is not a duration (e.g. 2s, 500ms)", s)
 	}
-	return time.Duration(f * float64(time.Second)), nil
+	if ns := f * float64(time.Second); ns < math.MaxInt64 {
+		return time.Duration(ns), nil
+	}
+	// Past what a Duration holds: the longest, not a negative overflow.
+	return math.MaxInt64, nil
 }
 
 // consistent applies the caller's consistency demands to a read: it bounds

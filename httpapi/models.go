@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -137,6 +138,12 @@ func parseWarmup(h string) (json.RawMessage, error) {
 func (a *API) handleActivate(w http.ResponseWriter, r *http.Request) {
 	var req api.ActivateRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Version == "" {
+		// A body past the limit is 413, not a malformed one.
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, err)
+			return
+		}
 		writeError(w, fmt.Errorf(`%w: body must be {"version": "..."}`, errBadBody))
 		return
 	}
