@@ -162,24 +162,25 @@ func TestPinnedFetchAndErrors(t *testing.T) {
 		body               []byte
 		headers            []string
 		code               int
+		api                string
 	}{
-		{"unknown version", "GET", "/v1/models/cls/versions/v9/artifact", nil, nil, 404},
-		{"unknown model", "GET", "/v1/models/nope/artifact", nil, nil, 404},
-		{"malformed token", "GET", "/v1/models/cls/artifact", nil, []string{api.HeaderAfter, "!!not-a-token"}, 400},
-		{"bad staleness bound", "GET", "/v1/models", nil, []string{api.HeaderMaxStaleness, "soon"}, 400},
-		{"duplicate version, other bytes", "PUT", "/v1/models/cls/versions/v1", []byte("different"), nil, 409},
-		{"bad model name", "PUT", "/v1/models/bad%2Fname/versions/v1", []byte("x"), nil, 400},
-		{"empty artifact", "PUT", "/v1/models/cls/versions/v3", nil, nil, 400},
-		{"activate unknown version", "POST", "/v1/models/cls/activate", []byte(`{"version":"v9"}`), nil, 404},
-		{"activate bad body", "POST", "/v1/models/cls/activate", []byte(`{`), nil, 400},
-		{"oversized JSON body", "POST", "/v1/models/cls/activate", bytes.Repeat([]byte(" "), 2<<20), nil, 400},
+		{"unknown version", "GET", "/v1/models/cls/versions/v9/artifact", nil, nil, 404, api.CodeVersionUnknown},
+		{"unknown model", "GET", "/v1/models/nope/artifact", nil, nil, 404, api.CodeModelUnknown},
+		{"malformed token", "GET", "/v1/models/cls/artifact", nil, []string{api.HeaderAfter, "!!not-a-token"}, 400, api.CodeTokenMalformed},
+		{"bad staleness bound", "GET", "/v1/models", nil, []string{api.HeaderMaxStaleness, "soon"}, 400, api.CodeHeaderInvalid},
+		{"duplicate version, other bytes", "PUT", "/v1/models/cls/versions/v1", []byte("different"), nil, 409, api.CodeVersionDuplicate},
+		{"bad model name", "PUT", "/v1/models/bad%2Fname/versions/v1", []byte("x"), nil, 400, api.CodeNameInvalid},
+		{"empty artifact", "PUT", "/v1/models/cls/versions/v3", nil, nil, 400, api.CodeArtifactEmpty},
+		{"activate unknown version", "POST", "/v1/models/cls/activate", []byte(`{"version":"v9"}`), nil, 404, api.CodeVersionUnknown},
+		{"activate bad body", "POST", "/v1/models/cls/activate", []byte(`{`), nil, 400, api.CodeBodyMalformed},
+		{"oversized JSON body", "POST", "/v1/models/cls/activate", bytes.Repeat([]byte(" "), 2<<20), nil, 413, api.CodeBodyTooLarge},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			before := do(t, "GET", baseURL(m.Node(0))+"/v1/models/cls", nil)
 			res := do(t, c.method, baseURL(m.Node(0))+c.path, c.body, c.headers...)
-			if res.code != c.code || res.errMsg() == "" {
-				t.Errorf("%d %s, want %d with a JSON error", res.code, res.body, c.code)
+			if res.code != c.code || res.errCode() != c.api || res.errMsg() == "" {
+				t.Errorf("%d %s, want %d %s", res.code, res.body, c.code, c.api)
 			}
 			after := do(t, "GET", baseURL(m.Node(0))+"/v1/models/cls", nil)
 			if !bytes.Equal(before.body, after.body) {

@@ -160,13 +160,13 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		rec := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		defer a.finish(rec, r, start)
 		r.Body = http.MaxBytesReader(rec, r.Body, bodyLimit(r))
+		if a.cfg.Consistency != nil {
+			rec.Header().Set(api.HeaderStaleness, FormatStaleness(a.cfg.Consistency.Staleness()))
+		}
 		if a.cfg.Token() != "" && isWrite(r) && !a.authorized(r) {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
 			writeError(rec, errUnauthorized)
 			return
-		}
-		if a.cfg.Consistency != nil {
-			rec.Header().Set(api.HeaderStaleness, FormatStaleness(a.cfg.Consistency.Staleness()))
 		}
 		if isWrite(r) && a.cfg.Disk != nil {
 			if err := a.cfg.Disk.CheckSpace(r.ContentLength); err != nil {

@@ -272,6 +272,11 @@ func TestStalenessHeaderOnEveryResponse(t *testing.T) {
 			t.Errorf("%s %s (%d): %s = %q, want 1.500s", c.method, c.path, w.Code, api.HeaderStaleness, got)
 		}
 	}
+	// A write refused for want of the token is an answer too.
+	h.token = "s3cret"
+	if w := h.doJSON(t, "POST", "/v1/models/m/rollback", ""); w.Code != 401 || w.Header().Get(api.HeaderStaleness) != "1.500s" {
+		t.Errorf("401 (%d): %s = %q, want 1.500s", w.Code, api.HeaderStaleness, w.Header().Get(api.HeaderStaleness))
+	}
 }
 
 func TestFormatStaleness(t *testing.T) {

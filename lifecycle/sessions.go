@@ -43,13 +43,25 @@ func (l *Manager) load(ctx context.Context, m models.Manifest) (*inference.Sessi
 	l.manifests[m.CID] = m
 	l.loadMu.Unlock()
 	s, err := l.cfg.Engine.Load(ctx, inference.Ref{Model: m.Model, Version: m.Version, CID: m.CID}, data, warm)
-	if err != nil {
-		if errors.Is(err, inference.ErrLoad) || errors.Is(err, inference.ErrWarmup) {
-			return nil, l.markBad(m, err)
-		}
-		return nil, err
+	switch {
+	case err == nil:
+		return s, nil
+	case doesNotLoad(ctx, err):
+		return nil, l.markBad(m, err)
+	case ctx.Err() != nil:
+		// Not the version's fault: the caller's time ran out (a request's
+		// Shoal-Timeout while the session warmed up). The next caller
+		// loads it again.
+		return nil, fmt.Errorf("loading %s: %w", m.Ref(), ctx.Err())
 	}
-	return s, nil
+	return nil, err
+}
+
+// doesNotLoad reports whether err, from Engine.Load under ctx, says the
+// version cannot be served here — a verdict worth remembering — rather
+// than that the load was cut short.
+func doesNotLoad(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && (errors.Is(err, inference.ErrLoad) || errors.Is(err, inference.ErrWarmup))
 }
 
 func (l *Manager) markBad(m models.Manifest, err error) error {
