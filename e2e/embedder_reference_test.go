@@ -189,3 +189,57 @@ func cosine(a, b []float64) float64 {
 	}
 	return dot / (math.Sqrt(na) * math.Sqrt(nb))
 }
+
+// TestOpenAIPythonClientGetsEmbeddings points the official openai package
+// from PyPI (pinned in scripts/python-requirements.txt) at a peer serving
+// the default embedder: the client's own base64 decoding, float vectors,
+// usage, a semantic neighbour, and an error it reports with our code.
+func TestOpenAIPythonClientGetsEmbeddings(t *testing.T) {
+	python := testmesh.RepoFile("deps/python/bin/python3")
+	if _, err := os.Stat(python); err != nil {
+		t.Fatalf("the tests' Python is missing (%v): run `make setup`", err)
+	}
+	m := startMesh(t, 1, nil)
+	n := m.Node(0)
+	tok := publishDefaultEmbedder(t, n, "minilm")
+	do(t, "GET", baseURL(n)+"/v1/models/minilm", nil, api.HeaderAfter, tok)
+	var stderr bytes.Buffer
+	cmd := exec.Command(python, testmesh.RepoFile("e2e/testdata/openai_embeddings.py"), "http://"+n.APIAddr(), "minilm@v1")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python client: %v\n%s", err, stderr.String())
+	}
+	var got struct {
+		Model   string
+		N       int
+		Dim     int
+		Indexes []int
+		Usage   int
+		First   []float64
+		Float   []float64
+		Sims    []float64
+		Error   *struct {
+			Status  int
+			Code    string
+			Message string
+		}
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got.Model != "minilm@v1" || got.N != 3 || got.Dim != 384 || got.Usage == 0 || fmt.Sprint(got.Indexes) != "[0 1 2]" {
+		t.Errorf("the python client saw %+v", got)
+	}
+	for i := range got.First {
+		if d := got.First[i] - got.Float[i]; d > 1e-6 || d < -1e-6 {
+			t.Errorf("base64 and float encodings differ: %v vs %v", got.First, got.Float)
+		}
+	}
+	if got.Sims[0] <= got.Sims[1]+0.2 {
+		t.Errorf("the question's paraphrase (%.3f) is not clearly closer than an unrelated text (%.3f)", got.Sims[0], got.Sims[1])
+	}
+	if got.Error == nil || got.Error.Status != http.StatusNotFound || got.Error.Code != api.CodeModelUnknown || got.Error.Message == "" {
+		t.Errorf("unknown model: the client saw %+v, want 404 %s", got.Error, api.CodeModelUnknown)
+	}
+}
