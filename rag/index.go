@@ -3,27 +3,25 @@ package rag
 import (
 	"fmt"
 	"math"
-	"math/rand"
 	"sort"
 	"sync"
 
-	"github.com/coder/hnsw"
 	"github.com/viterin/vek/vek32"
 )
 
-// Index is one collection's vectors: an HNSW graph (github.com/coder/hnsw)
-// for approximate search, and the vectors themselves, which are the source
-// of truth the graph can always be rebuilt from.
+// Index is one collection's vectors: an HNSW graph held by hnswlib
+// (hnswlib.go) for approximate search, and the vectors themselves, which
+// are the source of truth the graph can always be rebuilt from.
 //
-// coder/hnsw is not safe for concurrent use, re-adding an existing key can
-// corrupt it (coder/hnsw#15), and its Delete isolates nodes in ways that
-// cost recall. Hence the graph is append-only here: every upsert adds a
-// node under a fresh internal key, the replaced or deleted node stays as a
-// tombstone that searches skip, and the graph is rebuilt from the vectors
-// once tombstones exceed a quarter of the live vectors. One RWMutex:
-// searches share it, writes exclude. A panic inside the library rebuilds
-// the graph instead of taking the peer down. Small collections are searched
-// exactly: below ExactBelow vectors a scan is as fast and has recall 1.
+// Every upsert adds a node under a fresh label; the node it replaces, or a
+// deleted one, is marked deleted in the graph (hnswlib's searches skip
+// such nodes) and counted as a tombstone, and the graph is rebuilt from
+// the vectors once tombstones exceed a quarter of the live vectors, since
+// deleted nodes still take memory and search steps. Re-using a label is
+// never needed, so no update can leave the graph inconsistent. One
+// RWMutex: searches share it, writes exclude (see graph for what hnswlib
+// allows). Small collections are searched exactly: below ExactBelow
+// vectors a scan is as fast and has recall 1.
 type Index struct {
 	dim    int
 	metric string
@@ -32,18 +30,22 @@ type Index struct {
 	// (SIMD dot products; about 2.5 ms per query at 10,000 384-d vectors on
 	// one core). Default 8192.
 	ExactBelow int
-	// EfSearch is the HNSW result list size at query time (at least k).
-	// Default 400.
+	// EfSearch is the HNSW result list size at query time (hnswlib
+	// widens it to k when k is larger), read when the graph is built.
+	// Default 100: see docs/benchmarks.md for the recall it gives.
 	EfSearch int
 
 	mu      sync.RWMutex
 	vectors map[string][]float32
-	keyOf   map[string]uint64 // live id → graph key
-	idOf    map[uint64]string // graph key → live id
+	keyOf   map[string]uint64 // live id → graph label
+	idOf    map[uint64]string // graph label → live id
 	next    uint64
-	graph   *hnsw.Graph[uint64]
+	graph   *graph
 	tombs   int // graph nodes that are no longer live
 	seed    int64
+	// bulk defers the graph while a new index is filled (endBulk builds
+	// it on every core at once).
+	bulk bool
 }
 
 // Hit is one search result.
@@ -54,37 +56,22 @@ type Hit struct {
 
 // NewIndex returns an empty index for vectors of dim components.
 func NewIndex(dim int, metric string) *Index {
-	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 400, vectors: map[string][]float32{},
+	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 100, vectors: map[string][]float32{},
 		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 1}
-	x.graph = x.newGraph()
+	x.graph = x.newGraph(0)
 	return x
 }
 
-func (x *Index) newGraph() *hnsw.Graph[uint64] {
-	g := hnsw.NewGraph[uint64]()
-	// M 64 and a 400-long result list: coder/hnsw's greedy search stops at
-	// the first expansion that does not improve its best candidate, so
-	// recall depends on connectivity. On 10,000 clustered 384-d vectors,
-	// recall@10 was 0.78 with M 32 and 0.97 with M 64 (build 3.6× slower);
-	// see docs/benchmarks.md.
-	g.M = 64
-	g.Ml = 0.5
-	g.EfSearch = x.EfSearch
-	g.Rng = rand.New(rand.NewSource(x.seed))
-	switch x.metric {
-	case "l2":
-		g.Distance = hnsw.EuclideanDistance
-	default:
-		// Cosine vectors are normalised on insert, so both cosine and dot
-		// rank by the negated dot product.
-		g.Distance = negDot
+// newGraph returns an empty graph with room for n vectors, or nil if
+// hnswlib could not allocate it (searches are then exact).
+func (x *Index) newGraph(n int) *graph {
+	g, err := newGraph(x.dim, x.metric, max(n, 1024), x.seed)
+	if err != nil {
+		return nil
 	}
+	g.setEf(x.EfSearch)
 	return g
 }
-
-// negDot is the graph's distance for normalised (cosine) and dot-product
-// collections; vek32 uses the CPU's SIMD instructions where it has them.
-func negDot(a, b []float32) float32 { return -vek32.Dot(a, b) }
 
 // prepare copies v, normalised for cosine.
 func (x *Index) prepare(v []float32) []float32 {
@@ -106,7 +93,12 @@ func (x *Index) prepare(v []float32) []float32 {
 
 func (x *Index) score(a, b []float32) float32 {
 	if x.metric == "l2" {
-		return -hnsw.EuclideanDistance(a, b)
+		var s float32
+		for i := range a {
+			d := a[i] - b[i]
+			s += d * d
+		}
+		return -float32(math.Sqrt(float64(s)))
 	}
 	return vek32.Dot(a, b)
 }
@@ -118,6 +110,17 @@ func (x *Index) Len() int {
 	return len(x.vectors)
 }
 
+// GraphBytes estimates the memory the HNSW graph holds outside the Go
+// heap (hnswlib's own allocations).
+func (x *Index) GraphBytes() int64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if x.graph == nil {
+		return 0
+	}
+	return x.graph.bytes()
+}
+
 // Upsert adds or replaces id's vector.
 func (x *Index) Upsert(id string, v []float32) error {
 	if len(v) != x.dim {
@@ -126,48 +129,81 @@ func (x *Index) Upsert(id string, v []float32) error {
 	p := x.prepare(v)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if old, ok := x.keyOf[id]; ok {
-		delete(x.idOf, old)
-		x.tombs++
-	}
+	x.forgetLocked(id)
 	x.next++
 	key := x.next
 	x.vectors[id] = p
 	x.keyOf[id], x.idOf[key] = key, id
-	x.graphOp(func() { x.graph.Add(hnsw.MakeNode(key, p)) })
+	if x.bulk {
+		return nil
+	}
+	if x.graph != nil && x.graph.add(p, key) != nil {
+		x.graph = nil // rebuilt below
+	}
 	x.maybeRebuild()
 	return nil
+}
+
+// UpsertAll adds or replaces many vectors at once and builds the graph
+// again on every core: an import, or a start-up load, is faster this way
+// than vector by vector.
+func (x *Index) UpsertAll(ids []string, vs [][]float32) error {
+	if len(ids) != len(vs) {
+		return fmt.Errorf("%d ids for %d vectors", len(ids), len(vs))
+	}
+	for _, v := range vs {
+		if len(v) != x.dim {
+			return fmt.Errorf("vector of %d components in an index of dimension %d", len(v), x.dim)
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for i, id := range ids {
+		x.vectors[id] = x.prepare(vs[i])
+	}
+	x.rebuildLocked()
+	return nil
+}
+
+// endBulk builds the graph of an index filled with bulk set.
+func (x *Index) endBulk() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.bulk = false
+	x.rebuildLocked()
 }
 
 // Delete removes id; it reports whether it was there.
 func (x *Index) Delete(id string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	key, ok := x.keyOf[id]
-	if !ok {
+	if _, ok := x.keyOf[id]; !ok {
 		return false
 	}
+	x.forgetLocked(id)
 	delete(x.vectors, id)
-	delete(x.keyOf, id)
-	delete(x.idOf, key)
-	x.tombs++
-	x.maybeRebuild()
+	if !x.bulk {
+		x.maybeRebuild()
+	}
 	return true
 }
 
-// graphOp runs f on the graph; a panic in the library rebuilds the graph
-// from the vectors. Call with x.mu held for writing.
-func (x *Index) graphOp(f func()) {
-	defer func() {
-		if r := recover(); r != nil {
-			x.rebuildLocked()
-		}
-	}()
-	f()
+// forgetLocked retires id's graph node, if it has one.
+func (x *Index) forgetLocked(id string) {
+	key, ok := x.keyOf[id]
+	if !ok {
+		return
+	}
+	delete(x.keyOf, id)
+	delete(x.idOf, key)
+	x.tombs++
+	if !x.bulk && x.graph != nil && x.graph.markDeleted(key) != nil {
+		x.graph = nil
+	}
 }
 
 func (x *Index) maybeRebuild() {
-	if x.tombs > 64 && x.tombs*4 > len(x.vectors) {
+	if x.graph == nil || x.tombs > 64 && x.tombs*4 > len(x.vectors) {
 		x.rebuildLocked()
 	}
 }
@@ -184,19 +220,25 @@ func (x *Index) rebuildLocked() {
 	for id := range x.vectors {
 		ids = append(ids, id)
 	}
-	sort.Strings(ids) // deterministic graphs for equal contents
-	x.graph = x.newGraph()
+	sort.Strings(ids) // deterministic labels for equal contents
+	if x.graph != nil {
+		x.graph.free()
+	}
+	x.graph = x.newGraph(len(ids))
 	x.keyOf, x.idOf, x.next, x.tombs = make(map[string]uint64, len(ids)), make(map[uint64]string, len(ids)), 0, 0
 	for _, id := range ids {
 		x.next++
 		x.keyOf[id], x.idOf[x.next] = x.next, id
-		x.graph.Add(hnsw.MakeNode(x.next, x.vectors[id]))
+	}
+	if x.graph != nil && x.graph.addAll(ids, x.vectors, x.keyOf) != nil {
+		x.graph.free()
+		x.graph = nil // searches are exact until the next write rebuilds it
 	}
 }
 
 // Search returns the k best hits for q among the ids filter accepts (nil
 // accepts all). With a filter or a small collection it scans exactly;
-// otherwise it asks the graph for k (widened when a filter rejects many).
+// otherwise it asks the graph.
 func (x *Index) Search(q []float32, k int, filter func(id string) bool) ([]Hit, error) {
 	if len(q) != x.dim {
 		return nil, fmt.Errorf("query vector of %d components in an index of dimension %d", len(q), x.dim)
@@ -207,44 +249,29 @@ func (x *Index) Search(q []float32, k int, filter func(id string) bool) ([]Hit, 
 	p := x.prepare(q)
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if len(x.vectors) < x.ExactBelow || filter != nil {
+	if len(x.vectors) < x.ExactBelow || filter != nil || x.graph == nil {
 		return x.exactLocked(p, k, filter), nil
 	}
-	hits, ok := x.approxLocked(p, k)
-	if !ok || len(hits) < min(k, len(x.vectors)) {
+	hits, err := x.approxLocked(p, k)
+	if err != nil || len(hits) < min(k, len(x.vectors)) {
 		return x.exactLocked(p, k, nil), nil
 	}
 	return hits, nil
 }
 
-func (x *Index) approxLocked(p []float32, k int) (hits []Hit, ok bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			hits, ok = nil, false // searched exactly instead
-		}
-	}()
-	// coder/hnsw keeps a result list of the size asked for and stops when
-	// it no longer improves, so asking for only k costs recall: ask for
-	// EfSearch (and enough to cover the tombstones the list may hold),
-	// then keep the best k.
-	want := max(x.EfSearch, k+min(x.tombs, k+16))
-	if want > 4096 {
-		return nil, false
+func (x *Index) approxLocked(p []float32, k int) ([]Hit, error) {
+	labels, err := x.graph.search(p, k)
+	if err != nil {
+		return nil, err
 	}
-	nodes := x.graph.Search(p, want)
-	hits = make([]Hit, 0, k)
-	for _, n := range nodes {
-		id, live := x.idOf[n.Key]
-		if !live {
-			continue
+	hits := make([]Hit, 0, len(labels))
+	for _, l := range labels {
+		if id, live := x.idOf[l]; live {
+			hits = append(hits, Hit{ID: id, Score: x.score(p, x.vectors[id])})
 		}
-		hits = append(hits, Hit{ID: id, Score: x.score(p, n.Value)})
 	}
 	sort.Slice(hits, func(i, j int) bool { return less(hits[j], hits[i]) })
-	if len(hits) > k {
-		hits = hits[:k]
-	}
-	return hits, true
+	return hits, nil
 }
 
 // Exact is a brute-force search (the reference recall is measured against).
@@ -254,7 +281,6 @@ func (x *Index) Exact(q []float32, k int) []Hit {
 	defer x.mu.RUnlock()
 	return x.exactLocked(p, k, nil)
 }
-
 func (x *Index) exactLocked(p []float32, k int, filter func(string) bool) []Hit {
 	hits := make([]Hit, 0, k+1)
 	worst := func() int {

@@ -145,3 +145,46 @@ func TestIndexConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// TestUpsertAllMatchesOneByOne: a bulk load (the graph built on every
+// core) answers like vectors added one at a time, and later upserts and
+// deletes keep working on it.
+func TestUpsertAllMatchesOneByOne(t *testing.T) {
+	const n, dim = 3000, 32
+	r := rand.New(rand.NewSource(7))
+	ids := make([]string, n)
+	vs := make([][]float32, n)
+	for i := range vs {
+		ids[i] = fmt.Sprintf("d%05d", i)
+		vs[i] = make([]float32, dim)
+		for j := range vs[i] {
+			vs[i][j] = float32(r.NormFloat64())
+		}
+	}
+	x := NewIndex(dim, "cosine")
+	x.ExactBelow = 100
+	if err := x.UpsertAll(ids, vs); err != nil {
+		t.Fatal(err)
+	}
+	if x.Len() != n || x.GraphBytes() <= 0 {
+		t.Fatalf("len %d, graph bytes %d", x.Len(), x.GraphBytes())
+	}
+	queries := vs[:50]
+	if got := recall(t, x, queries, 10); got < 0.93 {
+		t.Errorf("recall@10 after a bulk load %.3f < 0.93", got)
+	}
+	if err := x.UpsertAll([]string{"a"}, [][]float32{{1}}); err == nil {
+		t.Error("a vector of the wrong dimension was taken")
+	}
+	x.Delete(ids[0])
+	x.Upsert(ids[1], vs[2])
+	hits, err := x.Search(vs[2], 2, nil)
+	if err != nil || len(hits) != 2 || hits[0].Score < 0.999 || hits[1].Score < 0.999 {
+		t.Errorf("after an update, the two copies of a vector: %+v %v", hits, err)
+	}
+	for _, h := range hits {
+		if h.ID == ids[0] {
+			t.Errorf("a deleted id was found: %+v", hits)
+		}
+	}
+}

@@ -182,6 +182,7 @@ func (m *Manager) rebuild(ctx context.Context, spec collections.Spec) int {
 	m.building.Store(spec.Name, prog)
 	defer m.building.Delete(spec.Name)
 	last := time.Now()
+	ci.index.bulk = true // one graph build for all of them, on every core
 	for i, d := range docs {
 		m.addDoc(ci, d)
 		prog.done.Store(int64(i + 1))
@@ -190,6 +191,7 @@ func (m *Manager) rebuild(ctx context.Context, spec collections.Spec) int {
 			m.log.Info("building retrieval index", "collection", spec.Name, "done", i+1, "of", len(docs))
 		}
 	}
+	ci.index.endBulk()
 	ci.updated = time.Now()
 	m.mu.Lock()
 	m.indexes[spec.Name] = ci

@@ -7,6 +7,8 @@ cd "$root"
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)   # cgo, for onnxruntime_go
+command -v g++ >/dev/null || need_apt+=(g++)             # cgo's C++ side: hnswlib, the retrieval index
+[ -f /usr/include/hnswlib/hnswlib.h ] || need_apt+=(libhnswlib-dev)  # hnswlib 0.6.2, header-only (Apache-2.0)
 command -v npm >/dev/null || need_apt+=(npm)             # fetches the pinned onnxruntime build
 command -v node >/dev/null || need_apt+=(nodejs)         # runs the OpenAI client in the tests
 command -v chromium >/dev/null || need_apt+=(chromium)   # renders the status page in the tests

@@ -1,0 +1,91 @@
+#include "hnsw_shim.h"
+
+#include <hnswlib/hnswlib.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+
+struct shoal_hnsw {
+	std::unique_ptr<hnswlib::SpaceInterface<float>> space;
+	std::unique_ptr<hnswlib::HierarchicalNSW<float>> index;
+};
+
+static void set_err(char **err, const char *msg) {
+	if (err) *err = strdup(msg);
+}
+
+static hnswlib::SpaceInterface<float> *new_space(int dim, int metric) {
+	if (metric == 1) return new hnswlib::L2Space(dim);
+	return new hnswlib::InnerProductSpace(dim);
+}
+
+template <typename F>
+static int guard(char **err, F f) {
+	try {
+		return f();
+	} catch (const std::exception &e) {
+		set_err(err, e.what());
+	} catch (...) {
+		set_err(err, "unknown hnswlib error");
+	}
+	return -1;
+}
+
+extern "C" shoal_hnsw *shoal_hnsw_new(int dim, int metric, size_t capacity, size_t m, size_t ef_construction, size_t seed, char **err) {
+	shoal_hnsw *h = new shoal_hnsw();
+	int rc = guard(err, [&] {
+		h->space.reset(new_space(dim, metric));
+		h->index.reset(new hnswlib::HierarchicalNSW<float>(h->space.get(), capacity, m, ef_construction, seed));
+		return 0;
+	});
+	if (rc != 0) {
+		delete h;
+		return nullptr;
+	}
+	return h;
+}
+
+extern "C" int shoal_hnsw_add(shoal_hnsw *h, const float *v, size_t label, char **err) {
+	return guard(err, [&] {
+		hnswlib::HierarchicalNSW<float> &x = *h->index;
+		if (x.cur_element_count >= x.max_elements_) x.resizeIndex(x.max_elements_ * 2 + 1024);
+		x.addPoint(v, label);
+		return 0;
+	});
+}
+
+extern "C" int shoal_hnsw_reserve(shoal_hnsw *h, size_t n, char **err) {
+	return guard(err, [&] {
+		if (n > h->index->max_elements_) h->index->resizeIndex(n);
+		return 0;
+	});
+}
+
+extern "C" void shoal_hnsw_set_ef(shoal_hnsw *h, size_t ef) { h->index->setEf(ef); }
+
+extern "C" int shoal_hnsw_delete(shoal_hnsw *h, size_t label, char **err) {
+	return guard(err, [&] {
+		h->index->markDelete(label);
+		return 0;
+	});
+}
+
+extern "C" int shoal_hnsw_search(shoal_hnsw *h, const float *q, size_t k, size_t *labels, float *dists, char **err) {
+	return guard(err, [&] {
+		auto res = h->index->searchKnn(q, k);
+		int n = (int)res.size();
+		for (int i = n - 1; i >= 0; i--) {  // the queue pops worst first
+			labels[i] = res.top().second;
+			dists[i] = res.top().first;
+			res.pop();
+		}
+		return n;
+	});
+}
+
+extern "C" size_t shoal_hnsw_count(shoal_hnsw *h) { return h->index->cur_element_count; }
+
+extern "C" void shoal_hnsw_free(shoal_hnsw *h) { delete h; }

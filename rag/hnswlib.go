@@ -1,0 +1,155 @@
+package rag
+
+// #cgo CXXFLAGS: -std=c++17 -O3
+// #cgo LDFLAGS: -lstdc++
+// #include <stdlib.h>
+// #include "hnsw_shim.h"
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+)
+
+// graph is an HNSW graph held by hnswlib (the header-only C++ library
+// Debian ships as libhnswlib-dev, the one hnswlib's Python package wraps),
+// through the small C face in hnsw_shim.cpp. hnswlib copies every vector
+// it is given, finds neighbours with SIMD distance kernels, skips nodes
+// marked deleted, and saves and loads its graph as one file.
+//
+// Concurrency, as hnswlib allows it: searches may run together, and adds
+// may run together and with searches, but growing the capacity (done by
+// add when full) and setEf must run alone. Index's RWMutex gives that: adds
+// under the write lock, or together through addMany, which reserves the
+// capacity first.
+type graph struct {
+	h      *C.shoal_hnsw
+	dim    int
+	metric C.int
+}
+
+const (
+	metricIP C.int = 0 // 1 - dot: normalised cosine vectors and dot products
+	metricL2 C.int = 1 // squared Euclidean distance
+)
+
+// Graph parameters: M 16 and ef_construction 200 are hnswlib's own
+// recommended defaults (and the benchmark anchor's).
+const (
+	graphM              = 16
+	graphEfConstruction = 200
+)
+
+func cerr(e *C.char) error {
+	if e == nil {
+		return errors.New("hnswlib: unknown error")
+	}
+	defer C.free(unsafe.Pointer(e))
+	return fmt.Errorf("hnswlib: %s", C.GoString(e))
+}
+
+func metricOf(metric string) C.int {
+	if metric == "l2" {
+		return metricL2
+	}
+	return metricIP
+}
+
+func newGraph(dim int, metric string, capacity int, seed int64) (*graph, error) {
+	var e *C.char
+	h := C.shoal_hnsw_new(C.int(dim), metricOf(metric), C.size_t(max(capacity, 16)), graphM, graphEfConstruction, C.size_t(seed), &e)
+	if h == nil {
+		return nil, cerr(e)
+	}
+	g := &graph{h: h, dim: dim, metric: metricOf(metric)}
+	runtime.SetFinalizer(g, (*graph).free)
+	return g, nil
+}
+
+// free releases the C++ graph (the finalizer's job; call it to free
+// early). Safe to call twice.
+func (g *graph) free() {
+	if g.h != nil {
+		C.shoal_hnsw_free(g.h)
+		g.h = nil
+	}
+}
+
+func (g *graph) add(v []float32, label uint64) error {
+	var e *C.char
+	if C.shoal_hnsw_add(g.h, (*C.float)(unsafe.Pointer(&v[0])), C.size_t(label), &e) != 0 {
+		return cerr(e)
+	}
+	return nil
+}
+
+// addAll adds the vectors of ids under their labels, on every core: the
+// capacity is reserved first, so the adds may run together.
+func (g *graph) addAll(ids []string, vectors map[string][]float32, labels map[string]uint64) error {
+	var e *C.char
+	if C.shoal_hnsw_reserve(g.h, C.size_t(len(ids)), &e) != 0 {
+		return cerr(e)
+	}
+	workers := min(runtime.GOMAXPROCS(0), max(len(ids)/256, 1))
+	errs := make(chan error, workers)
+	var next atomic.Int64
+	for range workers {
+		go func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(ids) {
+					errs <- nil
+					return
+				}
+				if err := g.add(vectors[ids[i]], labels[ids[i]]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var first error
+	for range workers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (g *graph) markDeleted(label uint64) error {
+	var e *C.char
+	if C.shoal_hnsw_delete(g.h, C.size_t(label), &e) != 0 {
+		return cerr(e)
+	}
+	return nil
+}
+
+func (g *graph) setEf(ef int) { C.shoal_hnsw_set_ef(g.h, C.size_t(ef)) }
+
+// search returns up to k labels, nearest first.
+func (g *graph) search(q []float32, k int) ([]uint64, error) {
+	labels := make([]C.size_t, k)
+	dists := make([]C.float, k)
+	var e *C.char
+	n := C.shoal_hnsw_search(g.h, (*C.float)(unsafe.Pointer(&q[0])), C.size_t(k), &labels[0], &dists[0], &e)
+	if n < 0 {
+		return nil, cerr(e)
+	}
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = uint64(labels[i])
+	}
+	return out, nil
+}
+
+// bytes estimates the memory hnswlib holds: per node its level-0 record
+// (vector, 2·M links, label), and about 1/M more for the upper levels.
+func (g *graph) bytes() int64 {
+	n := int64(C.shoal_hnsw_count(g.h))
+	perNode := int64(g.dim*4 + graphM*2*4 + 4 + 8)
+	return n*perNode + n*perNode/graphM
+}
