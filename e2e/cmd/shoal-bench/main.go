@@ -49,7 +49,8 @@ func main() {
 		lossyK = flag.Int("lossy-notices", 20, "version changes per system in the delay/loss comparison")
 		lossyD = flag.Duration("lossy-delay", 50*time.Millisecond, "one-way delay per link in the delay/loss comparison")
 		lossyL = flag.Float64("lossy-loss", 0.01, "packet loss per link in the delay/loss comparison")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag or casestudy")
+		qset   = flag.String("quality-set", "", "labelled set of the retrieval-quality scenario (default "+qualitySetPath+")")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag, quality or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -64,6 +65,7 @@ func main() {
 		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
 		{"casestudy", func() error { return runCaseStudy(*zipfK, *zipfS, *zipfC, *zipfD, *zipfE, *out) }},
 		{"rag", func() error { return runRAG(*ragN, *ragDim, *ragQ, *out) }},
+		{"quality", func() error { return runQuality(*qset, *out) }},
 		{"inference", func() error {
 			for _, s := range strings.Split(*thr, ",") {
 				var t int
