@@ -73,6 +73,7 @@ func (n *Node) counters() []counter {
 		artBytes = "Artifact bytes moved, by direction and source."
 		found    = "Connections made to peers found by each discovery source (bootstrap, mdns, heartbeat, dht)."
 		rejected = "Replicated records kept out of the state, by reason."
+		graphs   = "Collection graphs at start-up, by how: reopened from their save beside Badger, or built (no save, or a stale or torn one)."
 	)
 	rc := n.replica.Counters
 	bs := n.blocks.Stats
@@ -95,6 +96,8 @@ func (n *Node) counters() []counter {
 		{"shoal_rag_events_applied_total", "Document changes applied to the indexes.", nil, u(func() uint64 { return n.rag.Stats().Applied })},
 		{"shoal_rag_index_build_seconds_total", "Time spent building indexes from stored documents (start-up).", nil, func() float64 { return n.rag.Stats().RebuildTime.Seconds() }},
 		{"shoal_rag_index_update_seconds_total", "Time spent applying document changes to indexes.", nil, func() float64 { return n.rag.Stats().UpdateTime.Seconds() }},
+		{"shoal_rag_index_graphs_total", graphs, l("how", "reopened"), u(func() uint64 { return n.rag.Stats().GraphsLoaded })},
+		{"shoal_rag_index_graphs_total", graphs, l("how", "built"), u(func() uint64 { return n.rag.Stats().GraphsBuilt })},
 	}
 	for _, src := range discoverySources {
 		out = append(out, counter{"shoal_discovered_peers_total", found, l("source", src), u(func() uint64 { return n.discovered(src) })})

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -258,6 +259,11 @@ func (n *Node) assemble() error {
 	n.serving = serving.New(serving.Config{Sessions: n.life, Cache: n.cache, MaxInflight: n.cfg.MaxInflight, Router: router, Logger: n.log})
 	n.flushes = serving.NewFlushes(n.replica, n.cache, n.log)
 	n.rag = rag.NewService(n.replica, n.life, n.log)
+	if n.cfg.EncryptKeyFile == "" {
+		// Saved graphs hold the vectors in the clear: with encryption at
+		// rest they are built again at every start instead.
+		n.rag.PersistIndexes(filepath.Join(n.cfg.DataDir, "index"), n.store.CheckSpace)
+	}
 	n.api = httpapi.New(httpapi.Config{Peer: nodeStatus{n}, Consistency: n.replica, Models: n.life,
 		Inference: n.serving, Flusher: n.flushes, Retrieval: n.rag, Disk: n.store, Token: n.token,
 		Version: n.cfg.Version, Logger: n.log, Metrics: n.metricsHandler()})

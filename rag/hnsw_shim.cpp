@@ -48,6 +48,27 @@ extern "C" shoal_hnsw *shoal_hnsw_new(int dim, int metric, size_t capacity, size
 	return h;
 }
 
+extern "C" shoal_hnsw *shoal_hnsw_load(const char *path, int dim, int metric, size_t capacity, char **err) {
+	shoal_hnsw *h = new shoal_hnsw();
+	int rc = guard(err, [&] {
+		h->space.reset(new_space(dim, metric));
+		h->index.reset(new hnswlib::HierarchicalNSW<float>(h->space.get(), std::string(path), false, capacity));
+		return 0;
+	});
+	if (rc != 0) {
+		delete h;
+		return nullptr;
+	}
+	return h;
+}
+
+extern "C" int shoal_hnsw_save(shoal_hnsw *h, const char *path, char **err) {
+	return guard(err, [&] {
+		h->index->saveIndex(std::string(path));
+		return 0;
+	});
+}
+
 extern "C" int shoal_hnsw_add(shoal_hnsw *h, const float *v, size_t label, char **err) {
 	return guard(err, [&] {
 		hnswlib::HierarchicalNSW<float> &x = *h->index;

@@ -9,6 +9,9 @@ extern "C" {
 typedef struct shoal_hnsw shoal_hnsw;
 // metric: 0 inner product (1 - dot), 1 squared L2.
 shoal_hnsw *shoal_hnsw_new(int dim, int metric, size_t capacity, size_t m, size_t ef_construction, size_t seed, char **err);
+// load reads a graph saveIndex wrote, with room for capacity nodes.
+shoal_hnsw *shoal_hnsw_load(const char *path, int dim, int metric, size_t capacity, char **err);
+int shoal_hnsw_save(shoal_hnsw *h, const char *path, char **err);
 int shoal_hnsw_add(shoal_hnsw *h, const float *v, size_t label, char **err);
 int shoal_hnsw_reserve(shoal_hnsw *h, size_t n, char **err);
 int shoal_hnsw_delete(shoal_hnsw *h, size_t label, char **err);

@@ -7,6 +7,7 @@ package rag
 import "C"
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -69,6 +70,31 @@ func newGraph(dim int, metric string, capacity int, seed int64) (*graph, error) 
 	return g, nil
 }
 
+// loadGraph reads a graph save wrote, with room for capacity nodes.
+func loadGraph(path string, dim int, metric string, capacity int) (*graph, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var e *C.char
+	h := C.shoal_hnsw_load(cpath, C.int(dim), metricOf(metric), C.size_t(max(capacity, 16)), &e)
+	if h == nil {
+		return nil, cerr(e)
+	}
+	g := &graph{h: h, dim: dim, metric: metricOf(metric)}
+	runtime.SetFinalizer(g, (*graph).free)
+	return g, nil
+}
+
+// save writes the graph (vectors, links, deleted marks) to path.
+func (g *graph) save(path string) error {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var e *C.char
+	if C.shoal_hnsw_save(g.h, cpath, &e) != 0 {
+		return cerr(e)
+	}
+	return nil
+}
+
 // free releases the C++ graph (the finalizer's job; call it to free
 // early). Safe to call twice.
 func (g *graph) free() {
@@ -88,7 +114,7 @@ func (g *graph) add(v []float32, label uint64) error {
 
 // addAll adds the vectors of ids under their labels, on every core: the
 // capacity is reserved first, so the adds may run together.
-func (g *graph) addAll(ids []string, vectors map[string][]float32, labels map[string]uint64) error {
+func (g *graph) addAll(ctx context.Context, ids []string, vectors map[string][]float32, labels map[string]uint64, done *atomic.Int64) error {
 	var e *C.char
 	if C.shoal_hnsw_reserve(g.h, C.size_t(len(ids)), &e) != 0 {
 		return cerr(e)
@@ -104,9 +130,16 @@ func (g *graph) addAll(ids []string, vectors map[string][]float32, labels map[st
 					errs <- nil
 					return
 				}
+				if i%1024 == 0 && ctx.Err() != nil {
+					errs <- ctx.Err()
+					return
+				}
 				if err := g.add(vectors[ids[i]], labels[ids[i]]); err != nil {
 					errs <- err
 					return
+				}
+				if done != nil {
+					done.Add(1)
 				}
 			}
 		}()
@@ -149,7 +182,10 @@ func (g *graph) search(q []float32, k int) ([]uint64, error) {
 // bytes estimates the memory hnswlib holds: per node its level-0 record
 // (vector, 2·M links, label), and about 1/M more for the upper levels.
 func (g *graph) bytes() int64 {
-	n := int64(C.shoal_hnsw_count(g.h))
+	n := g.count()
 	perNode := int64(g.dim*4 + graphM*2*4 + 4 + 8)
 	return n*perNode + n*perNode/graphM
 }
+
+// count is the number of nodes, deleted ones included.
+func (g *graph) count() int64 { return int64(C.shoal_hnsw_count(g.h)) }

@@ -1,10 +1,13 @@
 package rag
 
 import (
+	"context"
 	"fmt"
+	"maps"
 	"math"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/viterin/vek/vek32"
 )
@@ -43,9 +46,13 @@ type Index struct {
 	graph   *graph
 	tombs   int // graph nodes that are no longer live
 	seed    int64
-	// bulk defers the graph while a new index is filled (endBulk builds
-	// it on every core at once).
+	// bulk defers the graph: while a new index is filled, and while
+	// BuildGraph builds it in the background, searches are exact and
+	// writes touch only the vectors.
 	bulk bool
+	// gen counts writes, so a graph built from a snapshot is installed only
+	// if nothing changed meanwhile.
+	gen uint64
 }
 
 // Hit is one search result.
@@ -129,6 +136,7 @@ func (x *Index) Upsert(id string, v []float32) error {
 	p := x.prepare(v)
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.gen++
 	x.forgetLocked(id)
 	x.next++
 	key := x.next
@@ -158,28 +166,22 @@ func (x *Index) UpsertAll(ids []string, vs [][]float32) error {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.gen++
 	for i, id := range ids {
 		x.vectors[id] = x.prepare(vs[i])
 	}
+	x.bulk = false
 	x.rebuildLocked()
 	return nil
 }
 
-// endBulk builds the graph of an index filled with bulk set.
-func (x *Index) endBulk() {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	x.bulk = false
-	x.rebuildLocked()
-}
-
-// Delete removes id; it reports whether it was there.
 func (x *Index) Delete(id string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if _, ok := x.keyOf[id]; !ok {
+	if _, ok := x.vectors[id]; !ok {
 		return false
 	}
+	x.gen++
 	x.forgetLocked(id)
 	delete(x.vectors, id)
 	if !x.bulk {
@@ -203,6 +205,9 @@ func (x *Index) forgetLocked(id string) {
 }
 
 func (x *Index) maybeRebuild() {
+	if x.bulk {
+		return // the bulk load's graph comes later
+	}
 	if x.graph == nil || x.tombs > 64 && x.tombs*4 > len(x.vectors) {
 		x.rebuildLocked()
 	}
@@ -216,24 +221,87 @@ func (x *Index) Rebuild() {
 }
 
 func (x *Index) rebuildLocked() {
-	ids := make([]string, 0, len(x.vectors))
-	for id := range x.vectors {
+	b, err := x.build(context.Background(), x.vectors, nil)
+	if err != nil {
+		b.g = nil // searches are exact until the next write rebuilds it
+	}
+	x.install(b)
+}
+
+// built is a graph with its label maps, made from one set of vectors.
+type built struct {
+	g     *graph
+	keyOf map[string]uint64
+	idOf  map[uint64]string
+	next  uint64
+}
+
+// build makes a graph of vectors (labels in id order, so equal contents
+// make equal graphs), counting the vectors added in done if it is set.
+// It reads only its arguments: BuildGraph runs it without the lock.
+func (x *Index) build(ctx context.Context, vectors map[string][]float32, done *atomic.Int64) (built, error) {
+	ids := make([]string, 0, len(vectors))
+	for id := range vectors {
 		ids = append(ids, id)
 	}
-	sort.Strings(ids) // deterministic labels for equal contents
-	if x.graph != nil {
-		x.graph.free()
-	}
-	x.graph = x.newGraph(len(ids))
-	x.keyOf, x.idOf, x.next, x.tombs = make(map[string]uint64, len(ids)), make(map[uint64]string, len(ids)), 0, 0
+	sort.Strings(ids)
+	b := built{keyOf: make(map[string]uint64, len(ids)), idOf: make(map[uint64]string, len(ids))}
 	for _, id := range ids {
-		x.next++
-		x.keyOf[id], x.idOf[x.next] = x.next, id
+		b.next++
+		b.keyOf[id], b.idOf[b.next] = b.next, id
 	}
-	if x.graph != nil && x.graph.addAll(ids, x.vectors, x.keyOf) != nil {
+	g, err := newGraph(x.dim, x.metric, max(len(ids), 1024), x.seed)
+	if err != nil {
+		return b, err
+	}
+	g.setEf(x.EfSearch)
+	if err := g.addAll(ctx, ids, vectors, b.keyOf, done); err != nil {
+		g.free()
+		return b, err
+	}
+	b.g = g
+	return b, nil
+}
+
+// install makes b the index's graph. Call with x.mu held for writing.
+func (x *Index) install(b built) {
+	if x.graph != nil && x.graph != b.g {
 		x.graph.free()
-		x.graph = nil // searches are exact until the next write rebuilds it
 	}
+	x.graph, x.keyOf, x.idOf, x.next, x.tombs, x.bulk = b.g, b.keyOf, b.idOf, b.next, 0, false
+}
+
+// BuildGraph builds the graph of an index filled in bulk without holding
+// it: searches meanwhile are exact, and writes go on (touching only the
+// vectors). A graph built from a snapshot that writes overtook is built
+// again; after three tries the last build holds the lock. done counts
+// the vectors added, for progress. If ctx ends first it returns its error
+// and the index stays without a graph (exact).
+func (x *Index) BuildGraph(ctx context.Context, done *atomic.Int64) error {
+	for range 3 {
+		x.mu.RLock()
+		snap, gen := maps.Clone(x.vectors), x.gen
+		x.mu.RUnlock()
+		done.Store(0)
+		b, err := x.build(ctx, snap, done)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		x.mu.Lock()
+		if err == nil && x.gen == gen {
+			x.install(b)
+			x.mu.Unlock()
+			return nil
+		}
+		x.mu.Unlock()
+		if b.g != nil {
+			b.g.free()
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.rebuildLocked()
+	return nil
 }
 
 // Search returns the k best hits for q among the ids filter accepts (nil
@@ -249,7 +317,7 @@ func (x *Index) Search(q []float32, k int, filter func(id string) bool) ([]Hit, 
 	p := x.prepare(q)
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if len(x.vectors) < x.ExactBelow || filter != nil || x.graph == nil {
+	if len(x.vectors) < x.ExactBelow || filter != nil || x.graph == nil || x.bulk {
 		return x.exactLocked(p, k, filter), nil
 	}
 	hits, err := x.approxLocked(p, k)

@@ -2,14 +2,16 @@ package rag
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/shoal-mesh/shoal/api"
 	"log/slog"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/shoal-mesh/shoal/api"
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/collections"
 )
@@ -35,6 +37,14 @@ type Manager struct {
 	applied atomic.Uint64 // Seq of the last event handled
 
 	building sync.Map // collection → *buildProgress, while its index is built
+
+	// indexDir, when set, is where graphs are saved at shutdown and
+	// reopened at start (see persist.go); space is asked first whether a
+	// save fits on the disk.
+	indexDir string
+	space    func(need int64) error
+	// builds counts the background graph builds, for Wait.
+	builds sync.WaitGroup
 }
 
 type buildProgress struct {
@@ -83,6 +93,9 @@ type Stats struct {
 	QueryCount   uint64
 	QueryTime    time.Duration
 	BadDocuments uint64
+	// Graphs by how a collection's graph came to be at start-up: loaded
+	// from its save, or built because the save was absent, stale or torn.
+	GraphsLoaded, GraphsBuilt uint64
 }
 
 // NewManager returns a manager; call Run.
@@ -100,6 +113,13 @@ func (m *Manager) Pending() uint64 {
 		p++
 	}
 	return p
+}
+
+// PersistIndexes saves every graph under dir when Run ends and reopens
+// them at start instead of building them again; space (optional) is asked
+// first whether a save of so many bytes fits. Call before Run.
+func (m *Manager) PersistIndexes(dir string, space func(need int64) error) {
+	m.indexDir, m.space = dir, space
 }
 
 // Store returns the collections store the manager reads.
@@ -157,6 +177,7 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 		m.log.Info("retrieval indexes built", "collections", len(specs), "documents", total, "seconds", time.Since(start).Seconds())
 	}
 	close(m.ready)
+	defer m.saveAll()
 	for {
 		select {
 		case <-ctx.Done():
@@ -180,23 +201,96 @@ func (m *Manager) rebuild(ctx context.Context, spec collections.Spec) int {
 	}
 	prog := &buildProgress{total: len(docs), started: time.Now().UTC()}
 	m.building.Store(spec.Name, prog)
-	defer m.building.Delete(spec.Name)
 	last := time.Now()
-	ci.index.bulk = true // one graph build for all of them, on every core
+	ci.index.bulk = true // vectors first; the graph is reopened or built after
 	for i, d := range docs {
 		m.addDoc(ci, d)
 		prog.done.Store(int64(i + 1))
 		if time.Since(last) > 2*time.Second {
 			last = time.Now()
-			m.log.Info("building retrieval index", "collection", spec.Name, "done", i+1, "of", len(docs))
+			m.log.Info("reading retrieval documents", "collection", spec.Name, "done", i+1, "of", len(docs))
 		}
 	}
-	ci.index.endBulk()
+	built := m.reopenGraph(ci)
 	ci.updated = time.Now()
 	m.mu.Lock()
 	m.indexes[spec.Name] = ci
 	m.mu.Unlock()
+	m.building.Delete(spec.Name)
+	if !built {
+		m.buildInBackground(ctx, ci)
+	}
 	return len(docs)
+}
+
+// reopenGraph installs the collection's saved graph if it is of exactly
+// these vectors, and reports whether it did. A collection too small for a
+// graph needs none.
+func (m *Manager) reopenGraph(ci *collectionIndex) bool {
+	if ci.index.Len() < ci.index.ExactBelow {
+		ci.index.Rebuild() // small: builds at once, and searches are exact anyway
+		return true
+	}
+	if m.indexDir == "" {
+		return false
+	}
+	err := ci.index.Load(m.indexDir, ci.spec.Name)
+	switch {
+	case err == nil:
+		m.count(func(s *Stats) { s.GraphsLoaded++ })
+		m.log.Info("retrieval index reopened", "collection", ci.spec.Name, "documents", ci.index.Len())
+		return true
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		m.log.Warn("saved retrieval index not used; building it again", "collection", ci.spec.Name, "err", err)
+	}
+	return false
+}
+
+// buildInBackground builds a collection's graph while it answers exactly,
+// reporting progress (in /v1/status) as the vectors go in.
+func (m *Manager) buildInBackground(ctx context.Context, ci *collectionIndex) {
+	bp := &buildProgress{total: ci.index.Len(), started: time.Now().UTC()}
+	m.building.Store(ci.spec.Name, bp)
+	m.builds.Add(1)
+	go func() {
+		defer m.builds.Done()
+		defer m.building.Delete(ci.spec.Name)
+		start := time.Now()
+		if err := ci.index.BuildGraph(ctx, &bp.done); err != nil {
+			return // shutting down: the next start builds it
+		}
+		m.count(func(s *Stats) { s.GraphsBuilt++ })
+		m.log.Info("retrieval index built", "collection", ci.spec.Name, "documents", ci.index.Len(), "seconds", time.Since(start).Seconds())
+	}()
+}
+
+// saveAll saves every collection's graph (Run's last act), after the
+// background builds end.
+func (m *Manager) saveAll() {
+	m.builds.Wait()
+	if m.indexDir == "" {
+		return
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for name, ci := range m.indexes {
+		if m.space != nil {
+			if err := m.space(ci.index.GraphBytes()); err != nil {
+				m.log.Warn("retrieval index not saved", "collection", name, "err", err)
+				continue
+			}
+		}
+		if err := ci.index.Save(m.indexDir, name); err != nil {
+			m.log.Warn("retrieval index not saved", "collection", name, "err", err)
+		}
+	}
+}
+
+func (m *Manager) count(f func(*Stats)) {
+	m.statsMu.Lock()
+	f(&m.stats)
+	m.statsMu.Unlock()
 }
 
 func (m *Manager) addDoc(ci *collectionIndex, d collections.Doc) {
