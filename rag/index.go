@@ -65,19 +65,19 @@ type Hit struct {
 func NewIndex(dim int, metric string) *Index {
 	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 100, vectors: map[string][]float32{},
 		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 1}
-	x.graph = x.newGraph(0)
+	x.graph, _ = x.newGraph(0) // nil if hnswlib cannot allocate it: searches are then exact
 	return x
 }
 
-// newGraph returns an empty graph with room for n vectors, or nil if
-// hnswlib could not allocate it (searches are then exact).
-func (x *Index) newGraph(n int) *graph {
+// newGraph returns an empty graph with room for n vectors, set to search
+// with EfSearch.
+func (x *Index) newGraph(n int) (*graph, error) {
 	g, err := newGraph(x.dim, x.metric, max(n, 1024), x.seed)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	g.setEf(x.EfSearch)
-	return g
+	return g, nil
 }
 
 // prepare copies v, normalised for cosine.
@@ -250,11 +250,10 @@ func (x *Index) build(ctx context.Context, vectors map[string][]float32, done *a
 		b.next++
 		b.keyOf[id], b.idOf[b.next] = b.next, id
 	}
-	g, err := newGraph(x.dim, x.metric, max(len(ids), 1024), x.seed)
+	g, err := x.newGraph(len(ids))
 	if err != nil {
 		return b, err
 	}
-	g.setEf(x.EfSearch)
 	if err := g.addAll(ctx, ids, vectors, b.keyOf, done); err != nil {
 		g.free()
 		return b, err
