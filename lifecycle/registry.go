@@ -137,16 +137,9 @@ func (l *Manager) Artifact(ctx context.Context, model, version string) (models.M
 	if err != nil {
 		return m, nil, err
 	}
-	spec, err := ArtifactSpec(m)
-	if err != nil {
-		return m, nil, err
-	}
-	if _, err := l.cfg.Artifacts.Ensure(ctx, spec); err != nil {
-		return m, nil, err
-	}
-	// The blocks are local now: reading them must outlast the request's
+	// Once the blocks are local, reading them must outlast the request's
 	// wait deadline (a large artifact streams for longer).
-	rd, err := l.cfg.Artifacts.Open(context.WithoutCancel(ctx), spec)
+	rd, err := l.open(ctx, m, context.WithoutCancel(ctx))
 	if err != nil {
 		return m, nil, err
 	}

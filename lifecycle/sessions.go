@@ -91,14 +91,7 @@ func (l *Manager) Bad() map[string]string {
 // ReadArtifact fetches (within ctx) and reads a version's artifact, at
 // most limit bytes when limit ≥ 0.
 func (l *Manager) ReadArtifact(ctx context.Context, m models.Manifest, limit int64) ([]byte, error) {
-	spec, err := ArtifactSpec(m)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := l.cfg.Artifacts.Ensure(ctx, spec); err != nil {
-		return nil, err
-	}
-	rd, err := l.cfg.Artifacts.Open(ctx, spec)
+	rd, err := l.open(ctx, m, ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +105,19 @@ func (l *Manager) ReadArtifact(ctx context.Context, m models.Manifest, limit int
 		return nil, fmt.Errorf("read %s: %w", m.Ref(), err)
 	}
 	return data, nil
+}
+
+// open makes m's artifact local and verified within ctx, then opens it
+// for reading within read.
+func (l *Manager) open(ctx context.Context, m models.Manifest, read context.Context) (io.ReadCloser, error) {
+	spec, err := ArtifactSpec(m)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := l.cfg.Artifacts.Ensure(ctx, spec); err != nil {
+		return nil, err
+	}
+	return l.cfg.Artifacts.Open(read, spec)
 }
 
 // Manifest returns model@version's manifest from the registry.
