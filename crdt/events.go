@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
@@ -152,11 +153,11 @@ func (r *Replica) dispatch() {
 				continue
 			}
 			r.clock.Observe(rec.HLC, r.cfg.MaxClockSkew)
-			ev.Record = rec
+			ev.Record, ev.Value = rec, raw.value
 			r.count(func(c *Counters) { c.Puts++ })
 		case EventDelete:
-			if rec, err := r.Get(r.ctx, raw.key); err == nil {
-				ev = Event{Type: EventPut, Key: raw.key, Record: rec}
+			if b, rec, err := r.getRecord(r.ctx, raw.key); err == nil {
+				ev = Event{Type: EventPut, Key: raw.key, Record: rec, Value: b}
 				r.count(func(c *Counters) { c.Puts++ })
 			} else {
 				r.count(func(c *Counters) { c.Deletes++ })
@@ -164,6 +165,16 @@ func (r *Replica) dispatch() {
 		}
 		r.deliver(ev)
 	}
+}
+
+// getRecord reads key back: its bytes and their record.
+func (r *Replica) getRecord(ctx context.Context, key string) ([]byte, Record, error) {
+	b, err := r.getRaw(ctx, key)
+	if err != nil {
+		return nil, Record{}, err
+	}
+	rec, err := DecodeRecord(b)
+	return b, rec, err
 }
 
 func (r *Replica) deliver(ev Event) {

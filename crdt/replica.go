@@ -173,6 +173,9 @@ type Event struct {
 	Type   EventType
 	Key    string
 	Record Record // zero for EventDelete
+	// Value is the record's bytes as stored (nil for EventDelete), for a
+	// subscriber that hashes what it has applied.
+	Value []byte
 	// Seq numbers the replica's state changes in the order they were
 	// applied (see EventSeq, Dispatched).
 	Seq uint64
@@ -468,14 +471,44 @@ func checkKey(key string) error {
 
 // Get returns the current record under key, or ErrNotFound.
 func (r *Replica) Get(ctx context.Context, key string) (Record, error) {
-	b, err := r.ds.Get(ctx, ds.NewKey(key))
-	if errors.Is(err, ds.ErrNotFound) {
-		return Record{}, fmt.Errorf("%w: %s", ErrNotFound, key)
-	}
+	b, err := r.getRaw(ctx, key)
 	if err != nil {
-		return Record{}, fmt.Errorf("crdt get %s: %w", key, err)
+		return Record{}, err
 	}
 	return DecodeRecord(b)
+}
+
+// getRaw returns the bytes stored under key, or ErrNotFound.
+func (r *Replica) getRaw(ctx context.Context, key string) ([]byte, error) {
+	b, err := r.ds.Get(ctx, ds.NewKey(key))
+	if errors.Is(err, ds.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("crdt get %s: %w", key, err)
+	}
+	return b, nil
+}
+
+// Scan calls f with the stored bytes of every record under prefix, in no
+// particular order and undecoded: for a caller that checks many records
+// against something it saved (a hash) without paying for their decoding.
+// value is valid only during the call. An error from f ends the scan.
+func (r *Replica) Scan(ctx context.Context, prefix string, f func(key string, value []byte) error) error {
+	res, err := r.ds.Query(ctx, query.Query{Prefix: prefix})
+	if err != nil {
+		return fmt.Errorf("crdt query %s: %w", prefix, err)
+	}
+	defer res.Close()
+	for e := range res.Next() {
+		if e.Error != nil {
+			return fmt.Errorf("crdt query %s: %w", prefix, e.Error)
+		}
+		if err := f(e.Key, e.Value); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
 }
 
 // List returns every valid record under prefix, ordered by key. Values that

@@ -6,6 +6,9 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <queue>
+#include <utility>
+#include <stdexcept>
 #include <string>
 
 struct shoal_hnsw {
@@ -104,6 +107,50 @@ extern "C" int shoal_hnsw_search(shoal_hnsw *h, const float *q, size_t k, size_t
 			res.pop();
 		}
 		return n;
+	});
+}
+
+extern "C" int shoal_hnsw_exact(shoal_hnsw *h, const float *q, const size_t *labels, size_t n, size_t k, size_t *out_labels, float *out_dists, char **err) {
+	return guard(err, [&] {
+		hnswlib::HierarchicalNSW<float> &x = *h->index;
+		// A max-heap of (distance, label): the worst kept hit on top.
+		std::priority_queue<std::pair<float, size_t>> top;
+		auto consider = [&](hnswlib::tableint id) {
+			std::pair<float, size_t> hit(x.fstdistfunc_(q, x.getDataByInternalId(id), x.dist_func_param_), x.getExternalLabel(id));
+			if (top.size() < k) {
+				top.push(hit);
+			} else if (hit < top.top()) {
+				top.pop();
+				top.push(hit);
+			}
+		};
+		if (labels != nullptr) {
+			for (size_t i = 0; i < n; i++) {
+				auto it = x.label_lookup_.find(labels[i]);
+				if (it != x.label_lookup_.end() && !x.isMarkedDeleted(it->second)) consider(it->second);
+			}
+		} else {
+			for (hnswlib::tableint id = 0; id < x.cur_element_count; id++) {
+				if (!x.isMarkedDeleted(id)) consider(id);
+			}
+		}
+		int m = (int)top.size();
+		for (int i = m - 1; i >= 0; i--) {
+			out_labels[i] = top.top().second;
+			out_dists[i] = top.top().first;
+			top.pop();
+		}
+		return m;
+	});
+}
+
+extern "C" int shoal_hnsw_vector(shoal_hnsw *h, size_t label, float *out, char **err) {
+	return guard(err, [&] {
+		hnswlib::HierarchicalNSW<float> &x = *h->index;
+		auto it = x.label_lookup_.find(label);
+		if (it == x.label_lookup_.end()) throw std::runtime_error("no such label");
+		memcpy(out, x.getDataByInternalId(it->second), x.data_size_);
+		return 0;
 	});
 }
 

@@ -18,6 +18,13 @@ int shoal_hnsw_delete(shoal_hnsw *h, size_t label, char **err);
 void shoal_hnsw_set_ef(shoal_hnsw *h, size_t ef);
 // search writes up to k labels and distances, best first; it returns how many, or -1.
 int shoal_hnsw_search(shoal_hnsw *h, const float *q, size_t k, size_t *labels, float *dists, char **err);
+// exact writes the k nearest live (not deleted) nodes to q, best first,
+// among labels (every live node when labels is NULL); it returns how many,
+// or -1.
+int shoal_hnsw_exact(shoal_hnsw *h, const float *q, const size_t *labels, size_t n, size_t k, size_t *out_labels, float *out_dists, char **err);
+// vector copies label's vector (as stored: normalised for cosine) into out;
+// 0, or -1 if the graph has no such label.
+int shoal_hnsw_vector(shoal_hnsw *h, size_t label, float *out, char **err);
 size_t shoal_hnsw_count(shoal_hnsw *h);
 void shoal_hnsw_free(shoal_hnsw *h);
 #ifdef __cplusplus

@@ -21,6 +21,9 @@ import (
 // it is given, finds neighbours with SIMD distance kernels, skips nodes
 // marked deleted, and saves and loads its graph as one file.
 //
+// The graph holds the only copy of an index's vectors once it is built
+// (Index reads them back through exact and vector).
+//
 // Concurrency, as hnswlib allows it: searches may run together, and adds
 // may run together and with searches, but growing the capacity (done by
 // add when full) and setEf must run alone. Index's RWMutex gives that: adds
@@ -163,20 +166,58 @@ func (g *graph) markDeleted(label uint64) error {
 
 func (g *graph) setEf(ef int) { C.shoal_hnsw_set_ef(g.h, C.size_t(ef)) }
 
-// search returns up to k labels, nearest first.
-func (g *graph) search(q []float32, k int) ([]uint64, error) {
+// search returns up to k labels with their distances, nearest first.
+func (g *graph) search(q []float32, k int) ([]uint64, []float32, error) {
 	labels := make([]C.size_t, k)
-	dists := make([]C.float, k)
+	dists := make([]float32, k)
 	var e *C.char
-	n := C.shoal_hnsw_search(g.h, (*C.float)(unsafe.Pointer(&q[0])), C.size_t(k), &labels[0], &dists[0], &e)
+	n := C.shoal_hnsw_search(g.h, (*C.float)(unsafe.Pointer(&q[0])), C.size_t(k), &labels[0], (*C.float)(unsafe.Pointer(&dists[0])), &e)
 	if n < 0 {
-		return nil, cerr(e)
+		return nil, nil, cerr(e)
 	}
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = uint64(labels[i])
+	return toLabels(labels[:n]), dists[:n], nil
+}
+
+// exact returns the k live nodes nearest to q with their distances,
+// nearest first, by comparing q with every node among labels (every live
+// node when labels is nil): hnswlib's own SIMD distance, read from the
+// graph's copy of the vectors. Like search, it may run with searches.
+func (g *graph) exact(q []float32, labels []uint64, k int) ([]uint64, []float32, error) {
+	if k <= 0 {
+		return nil, nil, nil
 	}
-	return out, nil
+	var in *C.size_t
+	if labels != nil {
+		if len(labels) == 0 {
+			return nil, nil, nil
+		}
+		in = (*C.size_t)(unsafe.Pointer(&labels[0])) // uint64 and size_t agree on amd64 and arm64
+	}
+	out := make([]C.size_t, k)
+	dists := make([]float32, k)
+	var e *C.char
+	n := C.shoal_hnsw_exact(g.h, (*C.float)(unsafe.Pointer(&q[0])), in, C.size_t(len(labels)), C.size_t(k), &out[0], (*C.float)(unsafe.Pointer(&dists[0])), &e)
+	if n < 0 {
+		return nil, nil, cerr(e)
+	}
+	return toLabels(out[:n]), dists[:n], nil
+}
+
+// vector copies label's vector, as the graph holds it, into out.
+func (g *graph) vector(label uint64, out []float32) error {
+	var e *C.char
+	if C.shoal_hnsw_vector(g.h, C.size_t(label), (*C.float)(unsafe.Pointer(&out[0])), &e) != 0 {
+		return cerr(e)
+	}
+	return nil
+}
+
+func toLabels(in []C.size_t) []uint64 {
+	out := make([]uint64, len(in))
+	for i, l := range in {
+		out[i] = uint64(l)
+	}
+	return out
 }
 
 // bytes estimates the memory hnswlib holds: per node its level-0 record
@@ -189,3 +230,6 @@ func (g *graph) bytes() int64 {
 
 // count is the number of nodes, deleted ones included.
 func (g *graph) count() int64 { return int64(C.shoal_hnsw_count(g.h)) }
+
+// exact passes a []uint64 as size_t*: the two must have one size.
+var _ = [1]struct{}{}[unsafe.Sizeof(C.size_t(0))-8]

@@ -13,43 +13,49 @@ import (
 )
 
 // Index is one collection's vectors: an HNSW graph held by hnswlib
-// (hnswlib.go) for approximate search, and the vectors themselves, which
-// are the source of truth the graph can always be rebuilt from.
+// (hnswlib.go), which is also the only copy of the vectors once it is
+// built — exact searches and rebuilds read them back from it, so a vector
+// costs hnswlib's memory and a few map entries, not a second copy in the
+// Go heap.
 //
 // Every upsert adds a node under a fresh label; the node it replaces, or a
 // deleted one, is marked deleted in the graph (hnswlib's searches skip
-// such nodes) and counted as a tombstone, and the graph is rebuilt from
-// the vectors once tombstones exceed a quarter of the live vectors, since
-// deleted nodes still take memory and search steps. Re-using a label is
-// never needed, so no update can leave the graph inconsistent. One
-// RWMutex: searches share it, writes exclude (see graph for what hnswlib
-// allows). Small collections are searched exactly: below ExactBelow
-// vectors a scan is as fast and has recall 1.
+// such nodes) and counted as a tombstone, and the graph is rebuilt once
+// tombstones exceed a quarter of the live vectors, since deleted nodes
+// still take memory and search steps. Re-using a label is never needed,
+// so no update can leave the graph inconsistent.
+//
+// While an index is filled in bulk (a start-up load) and while BuildGraph
+// builds its graph in the background, the vectors are held loose in the Go
+// heap and searches are exact; the built graph then takes them over.
+//
+// One RWMutex: searches share it, writes exclude (see graph for what
+// hnswlib allows). Small collections are searched exactly: below
+// ExactBelow vectors a scan is as fast and has recall 1.
 type Index struct {
 	dim    int
 	metric string
 
 	// ExactBelow: collections smaller than this are searched exactly
-	// (SIMD dot products; about 2.5 ms per query at 10,000 384-d vectors on
-	// one core). Default 8192.
+	// (about 2.5 ms per query at 10,000 384-d vectors on one core), and so
+	// are filters that leave fewer candidates. Default 8192.
 	ExactBelow int
 	// EfSearch is the HNSW result list size at query time (hnswlib
 	// widens it to k when k is larger), read when the graph is built.
 	// Default 100: see docs/benchmarks.md for the recall it gives.
 	EfSearch int
 
-	mu      sync.RWMutex
-	vectors map[string][]float32
-	keyOf   map[string]uint64 // live id → graph label
-	idOf    map[uint64]string // graph label → live id
-	next    uint64
-	graph   *graph
-	tombs   int // graph nodes that are no longer live
-	seed    int64
-	// bulk defers the graph: while a new index is filled, and while
-	// BuildGraph builds it in the background, searches are exact and
-	// writes touch only the vectors.
-	bulk bool
+	mu    sync.RWMutex
+	keyOf map[string]uint64 // live id → graph label (when loose is nil)
+	idOf  map[uint64]string // graph label → live id
+	next  uint64
+	graph *graph
+	tombs int // graph nodes that are no longer live
+	seed  int64
+	// loose holds the vectors while no graph holds them all: during a
+	// bulk fill and while BuildGraph builds a graph in the background
+	// (searches are exact, writes touch only loose). nil otherwise.
+	loose map[string][]float32
 	// gen counts writes, so a graph built from a snapshot is installed only
 	// if nothing changed meanwhile.
 	gen uint64
@@ -61,11 +67,25 @@ type Hit struct {
 	Score float32 `json:"score"` // higher is closer: cosine similarity, dot product, or -L2 distance
 }
 
+// Filter restricts a search to some documents: IDs lists every one it
+// allows, and Allow says whether one id is among them. The index picks
+// how to search by the share they make: few candidates are compared
+// exactly, many are searched in the graph with the result list widened
+// by the inverse share and filtered, falling back to exact when too few
+// pass. Either way no id outside the filter is returned.
+type Filter struct {
+	IDs   []string
+	Allow func(id string) bool
+}
+
 // NewIndex returns an empty index for vectors of dim components.
 func NewIndex(dim int, metric string) *Index {
-	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 100, vectors: map[string][]float32{},
+	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 100,
 		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 1}
-	x.graph, _ = x.newGraph(0) // nil if hnswlib cannot allocate it: searches are then exact
+	var err error
+	if x.graph, err = x.newGraph(0); err != nil {
+		x.loose = map[string][]float32{} // hnswlib cannot allocate: exact until a rebuild succeeds
+	}
 	return x
 }
 
@@ -98,6 +118,7 @@ func (x *Index) prepare(v []float32) []float32 {
 	return out
 }
 
+// score is the similarity of two prepared vectors (loose search).
 func (x *Index) score(a, b []float32) float32 {
 	if x.metric == "l2" {
 		var s float32
@@ -110,11 +131,27 @@ func (x *Index) score(a, b []float32) float32 {
 	return vek32.Dot(a, b)
 }
 
+// scoreOf turns hnswlib's distance into the same similarity: its inner
+// product space measures 1 - dot, its L2 space the squared distance.
+func (x *Index) scoreOf(dist float32) float32 {
+	if x.metric == "l2" {
+		return -float32(math.Sqrt(float64(max(dist, 0))))
+	}
+	return 1 - dist
+}
+
 // Len is the number of vectors.
 func (x *Index) Len() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.vectors)
+	return x.lenLocked()
+}
+
+func (x *Index) lenLocked() int {
+	if x.loose != nil {
+		return len(x.loose)
+	}
+	return len(x.keyOf)
 }
 
 // GraphBytes estimates the memory the HNSW graph holds outside the Go
@@ -128,28 +165,48 @@ func (x *Index) GraphBytes() int64 {
 	return x.graph.bytes()
 }
 
-// Upsert adds or replaces id's vector.
-func (x *Index) Upsert(id string, v []float32) error {
+func (x *Index) checkDim(v []float32) error {
 	if len(v) != x.dim {
 		return fmt.Errorf("vector of %d components in an index of dimension %d", len(v), x.dim)
+	}
+	return nil
+}
+
+// Upsert adds or replaces id's vector.
+func (x *Index) Upsert(id string, v []float32) error {
+	if err := x.checkDim(v); err != nil {
+		return err
 	}
 	p := x.prepare(v)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.gen++
-	x.forgetLocked(id)
-	x.next++
-	key := x.next
-	x.vectors[id] = p
-	x.keyOf[id], x.idOf[key] = key, id
-	if x.bulk {
+	if x.loose != nil {
+		x.loose[id] = p
 		return nil
 	}
-	if x.graph != nil && x.graph.add(p, key) != nil {
-		x.graph = nil // rebuilt below
+	x.forgetLocked(id)
+	x.next++
+	if err := x.graph.add(p, x.next); err != nil {
+		// hnswlib could not take it (out of memory growing the graph): hold
+		// every vector loose, exact, and try a graph of them again.
+		x.looseLocked()
+		x.loose[id] = p
+		x.rebuildLocked()
+		return nil
 	}
+	x.keyOf[id], x.idOf[x.next] = x.next, id
 	x.maybeRebuild()
 	return nil
+}
+
+// BeginBulk takes the vectors loose, so a fill of many is cheap and a
+// graph is built once after it (BuildGraph, Rebuild or UpsertAll).
+func (x *Index) BeginBulk() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.gen++
+	x.looseLocked()
 }
 
 // UpsertAll adds or replaces many vectors at once and builds the graph
@@ -160,33 +217,39 @@ func (x *Index) UpsertAll(ids []string, vs [][]float32) error {
 		return fmt.Errorf("%d ids for %d vectors", len(ids), len(vs))
 	}
 	for _, v := range vs {
-		if len(v) != x.dim {
-			return fmt.Errorf("vector of %d components in an index of dimension %d", len(v), x.dim)
+		if err := x.checkDim(v); err != nil {
+			return err
 		}
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.gen++
+	x.looseLocked()
 	for i, id := range ids {
-		x.vectors[id] = x.prepare(vs[i])
+		x.loose[id] = x.prepare(vs[i])
 	}
-	x.bulk = false
 	x.rebuildLocked()
 	return nil
 }
 
+// Delete removes id's vector; false if the index does not hold it.
 func (x *Index) Delete(id string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if _, ok := x.vectors[id]; !ok {
+	if x.loose != nil {
+		if _, ok := x.loose[id]; !ok {
+			return false
+		}
+		x.gen++
+		delete(x.loose, id)
+		return true
+	}
+	if _, ok := x.keyOf[id]; !ok {
 		return false
 	}
 	x.gen++
 	x.forgetLocked(id)
-	delete(x.vectors, id)
-	if !x.bulk {
-		x.maybeRebuild()
-	}
+	x.maybeRebuild()
 	return true
 }
 
@@ -199,33 +262,49 @@ func (x *Index) forgetLocked(id string) {
 	delete(x.keyOf, id)
 	delete(x.idOf, key)
 	x.tombs++
-	if !x.bulk && x.graph != nil && x.graph.markDeleted(key) != nil {
-		x.graph = nil
-	}
+	_ = x.graph.markDeleted(key) // cannot fail: the label is live in this graph
 }
 
 func (x *Index) maybeRebuild() {
-	if x.bulk {
-		return // the bulk load's graph comes later
-	}
-	if x.graph == nil || x.tombs > 64 && x.tombs*4 > len(x.vectors) {
+	if x.tombs > 64 && x.tombs*4 > len(x.keyOf) {
 		x.rebuildLocked()
 	}
+}
+
+// looseLocked copies the live vectors out of the graph into loose and
+// drops the graph (a no-op when they are loose already).
+func (x *Index) looseLocked() {
+	if x.loose != nil {
+		return
+	}
+	x.loose = make(map[string][]float32, len(x.keyOf))
+	for id, l := range x.keyOf {
+		v := make([]float32, x.dim)
+		if x.graph.vector(l, v) == nil {
+			x.loose[id] = v
+		}
+	}
+	x.graph.free()
+	x.graph, x.keyOf, x.idOf, x.next, x.tombs = nil, map[string]uint64{}, map[uint64]string{}, 0, 0
 }
 
 // Rebuild builds the graph again from the vectors.
 func (x *Index) Rebuild() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.looseLocked()
 	x.rebuildLocked()
 }
 
+// rebuildLocked builds a graph of everything: the loose vectors, or the
+// graph's own live ones. If hnswlib fails, the vectors stay loose (exact)
+// until the next rebuild.
 func (x *Index) rebuildLocked() {
-	b, err := x.build(context.Background(), x.vectors, nil)
-	if err != nil {
-		b.g = nil // searches are exact until the next write rebuilds it
+	x.looseLocked()
+	b, err := x.build(context.Background(), x.loose, nil)
+	if err == nil {
+		x.install(b)
 	}
-	x.install(b)
 }
 
 // built is a graph with its label maps, made from one set of vectors.
@@ -262,24 +341,29 @@ func (x *Index) build(ctx context.Context, vectors map[string][]float32, done *a
 	return b, nil
 }
 
-// install makes b the index's graph. Call with x.mu held for writing.
+// install makes b the index's graph, which from now on holds the vectors.
+// Call with x.mu held for writing.
 func (x *Index) install(b built) {
 	if x.graph != nil && x.graph != b.g {
 		x.graph.free()
 	}
-	x.graph, x.keyOf, x.idOf, x.next, x.tombs, x.bulk = b.g, b.keyOf, b.idOf, b.next, 0, false
+	x.graph, x.keyOf, x.idOf, x.next, x.tombs, x.loose = b.g, b.keyOf, b.idOf, b.next, 0, nil
 }
 
 // BuildGraph builds the graph of an index filled in bulk without holding
 // it: searches meanwhile are exact, and writes go on (touching only the
-// vectors). A graph built from a snapshot that writes overtook is built
-// again; after three tries the last build holds the lock. done counts
-// the vectors added, for progress. If ctx ends first it returns its error
-// and the index stays without a graph (exact).
+// loose vectors). A graph built from a snapshot that writes overtook is
+// built again; after three tries the last build holds the lock. done
+// counts the vectors added, for progress. If ctx ends first it returns
+// its error and the index stays without a graph (exact).
 func (x *Index) BuildGraph(ctx context.Context, done *atomic.Int64) error {
 	for range 3 {
 		x.mu.RLock()
-		snap, gen := maps.Clone(x.vectors), x.gen
+		if x.loose == nil {
+			x.mu.RUnlock()
+			return nil // a graph holds them already
+		}
+		snap, gen := maps.Clone(x.loose), x.gen
 		x.mu.RUnlock()
 		done.Store(0)
 		b, err := x.build(ctx, snap, done)
@@ -301,91 +385,4 @@ func (x *Index) BuildGraph(ctx context.Context, done *atomic.Int64) error {
 	defer x.mu.Unlock()
 	x.rebuildLocked()
 	return nil
-}
-
-// Search returns the k best hits for q among the ids filter accepts (nil
-// accepts all). With a filter or a small collection it scans exactly;
-// otherwise it asks the graph.
-func (x *Index) Search(q []float32, k int, filter func(id string) bool) ([]Hit, error) {
-	if len(q) != x.dim {
-		return nil, fmt.Errorf("query vector of %d components in an index of dimension %d", len(q), x.dim)
-	}
-	if k <= 0 {
-		return nil, nil
-	}
-	p := x.prepare(q)
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	if len(x.vectors) < x.ExactBelow || filter != nil || x.graph == nil || x.bulk {
-		return x.exactLocked(p, k, filter), nil
-	}
-	hits, err := x.approxLocked(p, k)
-	if err != nil || len(hits) < min(k, len(x.vectors)) {
-		return x.exactLocked(p, k, nil), nil
-	}
-	return hits, nil
-}
-
-func (x *Index) approxLocked(p []float32, k int) ([]Hit, error) {
-	labels, err := x.graph.search(p, k)
-	if err != nil {
-		return nil, err
-	}
-	hits := make([]Hit, 0, len(labels))
-	for _, l := range labels {
-		if id, live := x.idOf[l]; live {
-			hits = append(hits, Hit{ID: id, Score: x.score(p, x.vectors[id])})
-		}
-	}
-	sort.Slice(hits, func(i, j int) bool { return less(hits[j], hits[i]) })
-	return hits, nil
-}
-
-// Exact is a brute-force search (the reference recall is measured against).
-func (x *Index) Exact(q []float32, k int) []Hit {
-	p := x.prepare(q)
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return x.exactLocked(p, k, nil)
-}
-func (x *Index) exactLocked(p []float32, k int, filter func(string) bool) []Hit {
-	hits := make([]Hit, 0, k+1)
-	worst := func() int {
-		w := 0
-		for i := range hits {
-			if less(hits[i], hits[w]) {
-				w = i
-			}
-		}
-		return w
-	}
-	w := -1
-	for id, v := range x.vectors {
-		if filter != nil && !filter(id) {
-			continue
-		}
-		h := Hit{ID: id, Score: x.score(p, v)}
-		if len(hits) < k {
-			hits = append(hits, h)
-			w = -1
-			continue
-		}
-		if w < 0 {
-			w = worst()
-		}
-		if less(hits[w], h) {
-			hits[w] = h
-			w = -1
-		}
-	}
-	sort.Slice(hits, func(i, j int) bool { return less(hits[j], hits[i]) })
-	return hits
-}
-
-// less orders hits worst first: lower score, then larger id.
-func less(a, b Hit) bool {
-	if a.Score != b.Score {
-		return a.Score < b.Score
-	}
-	return a.ID > b.ID
 }

@@ -2,6 +2,8 @@ package rag
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"math/rand"
 	"sync"
 	"testing"
@@ -97,7 +99,7 @@ func TestIndexRecallUpdatesAndDeletes(t *testing.T) {
 				t.Errorf("recall@10 after deletes %.3f < 0.93", r)
 			}
 			// Filters are exact.
-			hits, _ = x.Search(queries[1], 5, func(id string) bool { return id[len(id)-1] == '7' })
+			hits, _ = x.Search(queries[1], 5, suffixFilter(x, '7'))
 			for _, h := range hits {
 				if h.ID[len(h.ID)-1] != '7' {
 					t.Errorf("filter let %s through", h.ID)
@@ -137,7 +139,14 @@ func TestIndexConcurrentUse(t *testing.T) {
 	if x.Len() > 500 {
 		t.Errorf("len %d > 500 distinct ids", x.Len())
 	}
-	for id, v := range x.vectors {
+	x.mu.RLock()
+	keys := maps.Clone(x.keyOf)
+	x.mu.RUnlock()
+	for id, l := range keys {
+		v := make([]float32, 16)
+		if err := x.graph.vector(l, v); err != nil {
+			t.Fatal(err)
+		}
 		hits, _ := x.Search(v, 1, nil)
 		if len(hits) == 0 || hits[0].Score < 0.999 {
 			t.Errorf("%s: self search %+v", id, hits)
@@ -185,6 +194,76 @@ func TestUpsertAllMatchesOneByOne(t *testing.T) {
 	for _, h := range hits {
 		if h.ID == ids[0] {
 			t.Errorf("a deleted id was found: %+v", hits)
+		}
+	}
+}
+
+// suffixFilter allows the ids of x ending in c.
+func suffixFilter(x *Index, c byte) *Filter {
+	f := &Filter{Allow: func(id string) bool { return id[len(id)-1] == c }}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	ids := slices.Collect(maps.Keys(x.keyOf))
+	if x.loose != nil {
+		ids = slices.Collect(maps.Keys(x.loose))
+	}
+	for _, id := range ids {
+		if f.Allow(id) {
+			f.IDs = append(f.IDs, id)
+		}
+	}
+	return f
+}
+
+// TestFilteredSearch: a filter that leaves many candidates is searched in
+// the graph (widened, then filtered) and one that leaves few is compared
+// exactly; both return only allowed ids, and their recall against an
+// exact filtered search stays high. Vectors are held once: in the graph.
+func TestFilteredSearch(t *testing.T) {
+	ids, vs := randomVectors(6000, 32, 21)
+	x := NewIndex(32, "cosine")
+	x.ExactBelow = 500
+	if err := x.UpsertAll(ids, vs); err != nil {
+		t.Fatal(err)
+	}
+	if x.loose != nil {
+		t.Fatal("the built index still holds its vectors in the Go heap")
+	}
+	for _, c := range []byte{'7', '3'} {
+		wide := suffixFilter(x, c) // a tenth: 600 candidates, searched in the graph
+		narrow := &Filter{IDs: wide.IDs[:300], Allow: nil}
+		set := map[string]bool{}
+		for _, id := range narrow.IDs {
+			set[id] = true
+		}
+		narrow.Allow = func(id string) bool { return set[id] }
+		for _, f := range []*Filter{wide, narrow} {
+			found, total := 0, 0
+			for _, q := range vs[:40] {
+				hits, err := x.Search(q, 10, f)
+				if err != nil || len(hits) != 10 {
+					t.Fatalf("filtered search: %d hits, %v", len(hits), err)
+				}
+				truth := map[string]bool{}
+				x.mu.RLock()
+				exact, _ := x.exactLocked(x.prepare(q), 10, f.IDs)
+				x.mu.RUnlock()
+				for _, h := range exact {
+					truth[h.ID] = true
+				}
+				for _, h := range hits {
+					if !f.Allow(h.ID) {
+						t.Fatalf("the filter let %s through", h.ID)
+					}
+					if truth[h.ID] {
+						found++
+					}
+				}
+				total += len(exact)
+			}
+			if r := float64(found) / float64(total); r < 0.9 {
+				t.Errorf("filtered recall@10 with %d candidates: %.3f < 0.9", len(f.IDs), r)
+			}
 		}
 	}
 }

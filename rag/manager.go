@@ -2,10 +2,8 @@ package rag
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -17,8 +15,9 @@ import (
 )
 
 // Manager keeps one Index per collection in step with the replicated
-// documents: it rebuilds every index from the stored records on start
-// (CRDT hooks are not replayed), then applies document events as they
+// documents: on start it reopens each saved index whose documents are
+// still the stored ones, or builds it from the stored records (CRDT hooks
+// are not replayed; see startup.go), then applies document events as they
 // arrive. Queries read the indexes; nothing here embeds documents — their
 // vectors come with them.
 type Manager struct {
@@ -47,41 +46,16 @@ type Manager struct {
 	builds sync.WaitGroup
 }
 
-type buildProgress struct {
-	total   int
-	done    atomic.Int64
-	started time.Time
-}
-
-// Build is the progress of one index being built from the store.
-type Build struct {
-	Collection string    `json:"collection"`
-	Done       int64     `json:"done"`
-	Total      int64     `json:"total"`
-	StartedAt  time.Time `json:"started_at"`
-}
-
-// Building lists the indexes being built now (at start-up every
-// collection's index is rebuilt from Badger).
-func (m *Manager) Building() []Build {
-	var out []Build
-	m.building.Range(func(k, v any) bool {
-		p := v.(*buildProgress)
-		out = append(out, Build{Collection: k.(string), Done: p.done.Load(), Total: int64(p.total), StartedAt: p.started})
-		return true
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Collection < out[j].Collection })
-	return out
-}
-
-// collectionIndex is one collection's index and the metadata filters read.
+// collectionIndex is one collection's index and what else queries and
+// saves read of its documents. Lock order: mu is never held while
+// calling into index, except by a filter's Allow, which index calls with
+// its own lock held for reading (so index's lock comes first).
 type collectionIndex struct {
 	spec    collections.Spec
 	index   *Index
 	mu      sync.RWMutex
-	meta    map[string]map[string]string
+	docs    *docState
 	updated time.Time // when the last event was applied
-	applied crdt.HLC  // newest document HLC applied
 }
 
 // Stats are the manager's counters (metrics).
@@ -167,7 +141,7 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 	}
 	total := 0
 	for _, spec := range specs {
-		total += m.rebuild(ctx, spec)
+		total += m.load(ctx, spec)
 	}
 	m.statsMu.Lock()
 	m.stats.Rebuilds++
@@ -191,133 +165,45 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 	}
 }
 
-// rebuild loads one collection's documents into a fresh index, logging
-// progress for large ones.
-func (m *Manager) rebuild(ctx context.Context, spec collections.Spec) int {
-	ci := &collectionIndex{spec: spec, index: NewIndex(spec.Dimension, spec.Metric), meta: map[string]map[string]string{}}
-	docs, err := m.store.Docs(ctx, spec.Name)
-	if err != nil {
-		m.log.Error("reading documents", "collection", spec.Name, "err", err)
-	}
-	prog := &buildProgress{total: len(docs), started: time.Now().UTC()}
-	m.building.Store(spec.Name, prog)
-	last := time.Now()
-	ci.index.bulk = true // vectors first; the graph is reopened or built after
-	for i, d := range docs {
-		m.addDoc(ci, d)
-		prog.done.Store(int64(i + 1))
-		if time.Since(last) > 2*time.Second {
-			last = time.Now()
-			m.log.Info("reading retrieval documents", "collection", spec.Name, "done", i+1, "of", len(docs))
-		}
-	}
-	built := m.reopenGraph(ci)
-	ci.updated = time.Now()
-	m.mu.Lock()
-	m.indexes[spec.Name] = ci
-	m.mu.Unlock()
-	m.building.Delete(spec.Name)
-	if !built {
-		m.buildInBackground(ctx, ci)
-	}
-	return len(docs)
-}
-
-// reopenGraph installs the collection's saved graph if it is of exactly
-// these vectors, and reports whether it did. A collection too small for a
-// graph needs none.
-func (m *Manager) reopenGraph(ci *collectionIndex) bool {
-	if ci.index.Len() < ci.index.ExactBelow {
-		ci.index.Rebuild() // small: builds at once, and searches are exact anyway
-		return true
-	}
-	if m.indexDir == "" {
-		return false
-	}
-	err := ci.index.Load(m.indexDir, ci.spec.Name)
-	switch {
-	case err == nil:
-		m.count(func(s *Stats) { s.GraphsLoaded++ })
-		m.log.Info("retrieval index reopened", "collection", ci.spec.Name, "documents", ci.index.Len())
-		return true
-	case errors.Is(err, os.ErrNotExist):
-	default:
-		m.log.Warn("saved retrieval index not used; building it again", "collection", ci.spec.Name, "err", err)
-	}
-	return false
-}
-
-// buildInBackground builds a collection's graph while it answers exactly,
-// reporting progress (in /v1/status) as the vectors go in.
-func (m *Manager) buildInBackground(ctx context.Context, ci *collectionIndex) {
-	bp := &buildProgress{total: ci.index.Len(), started: time.Now().UTC()}
-	m.building.Store(ci.spec.Name, bp)
-	m.builds.Add(1)
-	go func() {
-		defer m.builds.Done()
-		defer m.building.Delete(ci.spec.Name)
-		start := time.Now()
-		if err := ci.index.BuildGraph(ctx, &bp.done); err != nil {
-			return // shutting down: the next start builds it
-		}
-		m.count(func(s *Stats) { s.GraphsBuilt++ })
-		m.log.Info("retrieval index built", "collection", ci.spec.Name, "documents", ci.index.Len(), "seconds", time.Since(start).Seconds())
-	}()
-}
-
-// saveAll saves every collection's graph (Run's last act), after the
-// background builds end.
-func (m *Manager) saveAll() {
-	m.builds.Wait()
-	if m.indexDir == "" {
-		return
-	}
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	for name, ci := range m.indexes {
-		if m.space != nil {
-			if err := m.space(ci.index.GraphBytes()); err != nil {
-				m.log.Warn("retrieval index not saved", "collection", name, "err", err)
-				continue
-			}
-		}
-		if err := ci.index.Save(m.indexDir, name); err != nil {
-			m.log.Warn("retrieval index not saved", "collection", name, "err", err)
-		}
-	}
-}
-
 func (m *Manager) count(f func(*Stats)) {
 	m.statsMu.Lock()
 	f(&m.stats)
 	m.statsMu.Unlock()
 }
 
-func (m *Manager) addDoc(ci *collectionIndex, d collections.Doc) {
+// addDoc indexes a decoded document record.
+func (m *Manager) addDoc(ci *collectionIndex, id string, d collections.Doc) {
 	v, err := collections.DecodeVector(d.Vector)
 	if err == nil {
 		err = collections.CheckVector(v, ci.spec.Dimension)
 	}
+	if err == nil && d.ID != id {
+		err = fmt.Errorf("document %q stored under id %q", d.ID, id)
+	}
 	if err == nil {
-		err = ci.index.Upsert(d.ID, v)
+		err = ci.index.Upsert(id, v)
 	}
 	if err != nil {
-		m.statsMu.Lock()
-		m.stats.BadDocuments++
-		m.statsMu.Unlock()
-		m.log.Warn("document left out of the index", "collection", ci.spec.Name, "id", d.ID, "err", err)
+		m.leaveOut(ci, id, err)
 		return
 	}
 	ci.mu.Lock()
-	if len(d.Metadata) > 0 {
-		ci.meta[d.ID] = d.Metadata
-	} else {
-		delete(ci.meta, d.ID)
-	}
-	if ci.applied.Compare(d.HLC) < 0 {
-		ci.applied = d.HLC
+	ci.docs.meta.set(id, d.Metadata)
+	if ci.docs.applied.Compare(d.HLC) < 0 {
+		ci.docs.applied = d.HLC
 	}
 	ci.mu.Unlock()
+}
+
+// leaveOut keeps a document record that cannot be indexed out of the
+// index (an earlier version of it included), counting it.
+func (m *Manager) leaveOut(ci *collectionIndex, id string, err error) {
+	ci.index.Delete(id)
+	ci.mu.Lock()
+	ci.docs.meta.remove(id)
+	ci.mu.Unlock()
+	m.count(func(s *Stats) { s.BadDocuments++ })
+	m.log.Warn("document left out of the index", "collection", ci.spec.Name, "id", id, "err", err)
 }
 
 func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
@@ -326,18 +212,8 @@ func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
 	if err != nil {
 		return
 	}
-	if id == "" { // a collection spec
-		if ev.Type == crdt.EventPut && ev.Record.Kind == collections.KindSpec {
-			var spec collections.Spec
-			if ev.Record.DecodeBody(&spec) == nil {
-				m.mu.RLock()
-				_, known := m.indexes[c]
-				m.mu.RUnlock()
-				if !known {
-					m.rebuild(ctx, spec) // documents may have arrived first
-				}
-			}
-		}
+	if id == "" {
+		m.applySpec(ctx, c, ev)
 		return
 	}
 	m.mu.RLock()
@@ -345,29 +221,54 @@ func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
 	m.mu.RUnlock()
 	if ci == nil {
 		// Documents before their collection's spec: the spec's arrival
-		// rebuilds from the stored documents.
+		// loads the stored documents.
 		return
 	}
 	switch ev.Type {
 	case crdt.EventPut:
+		ci.mu.Lock()
+		ci.docs.sums[id] = sumOf(ev.Value)
+		ci.mu.Unlock()
 		var d collections.Doc
-		if ev.Record.Kind != collections.KindDoc || ev.Record.DecodeBody(&d) != nil || d.ID != id {
-			return
+		if ev.Record.Kind != collections.KindDoc {
+			m.leaveOut(ci, id, fmt.Errorf("a %s record where a document belongs", ev.Record.Kind))
+		} else if err := ev.Record.DecodeBody(&d); err != nil {
+			m.leaveOut(ci, id, err)
+		} else {
+			m.addDoc(ci, id, d)
 		}
-		m.addDoc(ci, d)
 	case crdt.EventDelete:
 		ci.index.Delete(id)
 		ci.mu.Lock()
-		delete(ci.meta, id)
+		delete(ci.docs.sums, id)
+		ci.docs.meta.remove(id)
 		ci.mu.Unlock()
 	}
 	ci.mu.Lock()
 	ci.updated = time.Now()
 	ci.mu.Unlock()
-	m.statsMu.Lock()
-	m.stats.Applied++
-	m.stats.UpdateTime += time.Since(start)
-	m.statsMu.Unlock()
+	m.count(func(s *Stats) {
+		s.Applied++
+		s.UpdateTime += time.Since(start)
+	})
+}
+
+// applySpec handles a collection spec's event: a new collection is loaded
+// from the store (its documents may have arrived first).
+func (m *Manager) applySpec(ctx context.Context, c string, ev crdt.Event) {
+	if ev.Type != crdt.EventPut || ev.Record.Kind != collections.KindSpec {
+		return
+	}
+	var spec collections.Spec
+	if ev.Record.DecodeBody(&spec) != nil {
+		return
+	}
+	m.mu.RLock()
+	_, known := m.indexes[c]
+	m.mu.RUnlock()
+	if !known {
+		m.load(ctx, spec)
+	}
 }
 
 // Result is one query hit with its document; Freshness describes how
@@ -390,21 +291,18 @@ func (m *Manager) Query(ctx context.Context, c string, q []float32, k int, filte
 	if err := collections.CheckVector(q, ci.spec.Dimension); err != nil {
 		return nil, Freshness{}, err
 	}
-	var accept func(string) bool
+	var f *Filter
 	if len(filter) > 0 {
-		accept = func(id string) bool {
+		ci.mu.RLock()
+		ids := ci.docs.meta.match(filter)
+		ci.mu.RUnlock()
+		f = &Filter{IDs: ids, Allow: func(id string) bool {
 			ci.mu.RLock()
-			md := ci.meta[id]
-			ci.mu.RUnlock()
-			for k, v := range filter {
-				if md[k] != v {
-					return false
-				}
-			}
-			return true
-		}
+			defer ci.mu.RUnlock()
+			return ci.docs.meta.matches(id, filter)
+		}}
 	}
-	hits, err := ci.index.Search(q, k, accept)
+	hits, err := ci.index.Search(q, k, f)
 	if err != nil {
 		return nil, Freshness{}, err
 	}
@@ -416,19 +314,20 @@ func (m *Manager) Query(ctx context.Context, c string, q []float32, k int, filte
 		}
 		out = append(out, Result{ID: h.ID, Score: h.Score, Text: d.Text, Metadata: d.Metadata})
 	}
-	m.statsMu.Lock()
-	m.stats.QueryCount++
-	m.stats.QueryTime += time.Since(start)
-	m.statsMu.Unlock()
+	m.count(func(s *Stats) {
+		s.QueryCount++
+		s.QueryTime += time.Since(start)
+	})
 	return out, m.freshness(ci), nil
 }
 
 func (m *Manager) freshness(ci *collectionIndex) Freshness {
+	n := ci.index.Len() // before ci.mu: see collectionIndex on lock order
 	ci.mu.RLock()
 	defer ci.mu.RUnlock()
-	f := Freshness{Documents: ci.index.Len(), LastApplied: ci.updated.UTC()}
-	if !ci.applied.IsZero() {
-		f.NewestDocument = ci.applied.Time().UTC()
+	f := Freshness{Documents: n, LastApplied: ci.updated.UTC()}
+	if !ci.docs.applied.IsZero() {
+		f.NewestDocument = ci.docs.applied.Time().UTC()
 	}
 	return f
 }

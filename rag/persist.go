@@ -2,30 +2,28 @@ package rag
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
-	"sort"
 )
 
 // An index's graph is saved beside Badger, so a peer restarted with a large
 // collection reopens it instead of building it again. Two files per
 // collection: <name>.hnsw, hnswlib's own (vectors, links, deleted marks),
-// and <name>.meta.json, which names the labels of the live ids, a digest of
-// every (id, vector) the graph was saved with, and the graph file's sha256
-// and size. The meta file is renamed into place last, so a save cut short
-// leaves a meta whose graph sum does not match: torn. A graph whose digest
-// differs from the vectors read back from Badger is stale (writes after
-// the save, or a kill -9 before the next one). Either way the caller builds
-// the graph again — and answers exactly meanwhile — never from a wrong one.
+// and <name>.meta.json, which names the labels of the live ids, the graph
+// file's sha256 and size, and a state of the caller's (the Manager keeps
+// there a digest of the document records the graph was saved from, and
+// their metadata). The meta file is renamed into place last, so a save cut
+// short leaves a meta whose graph sum does not match: torn. Whether the
+// graph is of the documents stored now (not stale) is the caller's to
+// check with its state before Install; either way a torn or stale save is
+// built again — answering exactly meanwhile — never used.
 
-// Errors of Load.
+// Errors of ReadSaved and Install.
 var (
 	// ErrIndexTorn: the saved graph is incomplete or corrupt.
 	ErrIndexTorn = errors.New("saved index is torn")
@@ -33,7 +31,7 @@ var (
 	ErrIndexStale = errors.New("saved index is stale")
 )
 
-const persistVersion = 1
+const persistVersion = 2
 
 type indexMeta struct {
 	Version     int               `json:"version"`
@@ -41,34 +39,22 @@ type indexMeta struct {
 	Metric      string            `json:"metric"`
 	Next        uint64            `json:"next"`
 	Labels      map[string]uint64 `json:"labels"`
-	Digest      string            `json:"digest"`
 	GraphSHA256 string            `json:"graph_sha256"`
 	GraphBytes  int64             `json:"graph_bytes"`
+	State       json.RawMessage   `json:"state,omitempty"`
 }
+
+// Saved is a saved index's meta file, read before its graph.
+type Saved struct{ meta indexMeta }
+
+// State is what the saver passed to Save.
+func (s *Saved) State() json.RawMessage { return s.meta.State }
+
+// Len is the number of live vectors saved.
+func (s *Saved) Len() int { return len(s.meta.Labels) }
 
 func indexPaths(dir, name string) (graphPath, metaPath string) {
 	return filepath.Join(dir, name+".hnsw"), filepath.Join(dir, name+".meta.json")
-}
-
-// digest hashes every (id, vector) in id order.
-func digest(vectors map[string][]float32) string {
-	ids := make([]string, 0, len(vectors))
-	for id := range vectors {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	h := sha256.New()
-	var buf [4]byte
-	for _, id := range ids {
-		binary.LittleEndian.PutUint32(buf[:], uint32(len(id)))
-		h.Write(buf[:])
-		io.WriteString(h, id)
-		for _, f := range vectors[id] {
-			binary.LittleEndian.PutUint32(buf[:], math.Float32bits(f))
-			h.Write(buf[:])
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 func fileSHA256(path string) (string, int64, error) {
@@ -82,15 +68,15 @@ func fileSHA256(path string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, err
 }
 
-// Save writes the index's graph to dir as name, replacing an earlier save.
-// It holds the index for reading: searches go on, writes wait. An index
-// without a graph (being built, or small enough never to need one) saves
-// nothing and removes an earlier save.
-func (x *Index) Save(dir, name string) error {
+// Save writes the index's graph to dir as name with the caller's state,
+// replacing an earlier save. It holds the index for reading: searches go
+// on, writes wait. An index without a graph (its vectors loose: being
+// built) saves nothing and removes an earlier save.
+func (x *Index) Save(dir, name string, state json.RawMessage) error {
 	graphPath, metaPath := indexPaths(dir, name)
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if x.graph == nil || x.bulk {
+	if x.loose != nil {
 		os.Remove(metaPath)
 		os.Remove(graphPath)
 		return nil
@@ -106,7 +92,7 @@ func (x *Index) Save(dir, name string) error {
 		return err
 	}
 	meta := indexMeta{Version: persistVersion, Dim: x.dim, Metric: x.metric, Next: x.next, Labels: x.keyOf,
-		Digest: digest(x.vectors), GraphSHA256: sum, GraphBytes: size}
+		GraphSHA256: sum, GraphBytes: size, State: state}
 	b, err := json.Marshal(meta)
 	if err != nil {
 		return err
@@ -150,29 +136,35 @@ func writeSynced(path string, b []byte) error {
 	return f.Close()
 }
 
-// Load installs the graph saved as name in dir, if it is of exactly the
-// index's vectors; the index must have been filled in bulk (its vectors
-// read back from the store). os.ErrNotExist: nothing saved; ErrIndexTorn,
-// ErrIndexStale: build the graph again.
-func (x *Index) Load(dir, name string) error {
-	graphPath, metaPath := indexPaths(dir, name)
+// ReadSaved reads the meta file of the index saved as name in dir.
+// os.ErrNotExist: nothing saved; ErrIndexTorn: unreadable.
+func ReadSaved(dir, name string) (*Saved, error) {
+	_, metaPath := indexPaths(dir, name)
 	b, err := os.ReadFile(metaPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var meta indexMeta
-	if err := json.Unmarshal(b, &meta); err != nil || meta.Version != persistVersion {
-		return fmt.Errorf("%w: %s: %v", ErrIndexTorn, metaPath, err)
+	var s Saved
+	if err := json.Unmarshal(b, &s.meta); err != nil || s.meta.Version != persistVersion {
+		return nil, fmt.Errorf("%w: %s: version %d, %v", ErrIndexTorn, metaPath, s.meta.Version, err)
+	}
+	return &s, nil
+}
+
+// Install loads the graph saved as name in dir (whose meta s is) into an
+// empty index, after checking it is whole and of this dimension and
+// metric: ErrIndexTorn or ErrIndexStale if not. Whether its vectors are
+// the ones stored now is the caller's check, made on s.State() first.
+func (x *Index) Install(dir, name string, s *Saved) error {
+	graphPath, _ := indexPaths(dir, name)
+	meta := s.meta
+	if meta.Dim != x.dim || meta.Metric != x.metric {
+		return fmt.Errorf("%w: saved as %d-d %s, the collection is %d-d %s", ErrIndexStale, meta.Dim, meta.Metric, x.dim, x.metric)
 	}
 	if sum, size, err := fileSHA256(graphPath); err != nil || sum != meta.GraphSHA256 || size != meta.GraphBytes {
 		return fmt.Errorf("%w: %s does not match its meta file (%v)", ErrIndexTorn, graphPath, err)
 	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if meta.Dim != x.dim || meta.Metric != x.metric || len(meta.Labels) != len(x.vectors) || meta.Digest != digest(x.vectors) {
-		return fmt.Errorf("%w: saved with other vectors than the %d stored", ErrIndexStale, len(x.vectors))
-	}
-	g, err := loadGraph(graphPath, x.dim, x.metric, len(x.vectors)+1024)
+	g, err := loadGraph(graphPath, x.dim, x.metric, len(meta.Labels)+1024)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrIndexTorn, err)
 	}
@@ -181,6 +173,17 @@ func (x *Index) Load(dir, name string) error {
 	for id, l := range meta.Labels {
 		idOf[l] = id
 	}
+	if len(idOf) != len(meta.Labels) || g.count() < int64(len(meta.Labels)) {
+		g.free()
+		return fmt.Errorf("%w: %d labels for %d graph nodes", ErrIndexTorn, len(meta.Labels), g.count())
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.lenLocked() != 0 {
+		g.free()
+		return errors.New("rag: Install into an index that holds vectors")
+	}
+	x.gen++
 	x.install(built{g: g, keyOf: meta.Labels, idOf: idOf, next: meta.Next})
 	x.tombs = int(g.count()) - len(meta.Labels)
 	return nil

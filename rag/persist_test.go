@@ -7,7 +7,6 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,7 +32,7 @@ func bulkIndex(t *testing.T, ids []string, vs [][]float32) *Index {
 	t.Helper()
 	x := NewIndex(len(vs[0]), "cosine")
 	x.ExactBelow = 100
-	x.bulk = true
+	x.BeginBulk()
 	for i, id := range ids {
 		if err := x.Upsert(id, vs[i]); err != nil {
 			t.Fatal(err)
@@ -55,12 +54,12 @@ func searchAll(t *testing.T, x *Index, qs [][]float32) [][]Hit {
 	return out
 }
 
-// TestSavedGraphReopensOnlyForItsVectors: a saved graph reopens for the
-// same vectors and answers exactly as the saved one did; for other
-// vectors it is stale, a cut-short file is torn, no file is ErrNotExist —
-// and in each of those cases the index answers exactly, never from the
-// wrong graph.
-func TestSavedGraphReopensOnlyForItsVectors(t *testing.T) {
+// TestSavedGraphInstalls: a saved graph, installed into an empty index,
+// answers exactly as the saved one did, with its tombstones, and gives
+// back the saver's state; a graph of another dimension is stale, a
+// cut-short file or a corrupt meta is torn, no file is ErrNotExist — and
+// in each of those cases nothing is installed.
+func TestSavedGraphInstalls(t *testing.T) {
 	ids, vs := randomVectors(3000, 32, 11)
 	orig := NewIndex(32, "cosine")
 	orig.ExactBelow = 100
@@ -70,21 +69,24 @@ func TestSavedGraphReopensOnlyForItsVectors(t *testing.T) {
 	orig.Delete(ids[5]) // a deleted node travels as a mark in the graph
 	orig.Upsert(ids[6], vs[7])
 	dir := t.TempDir()
-	if err := orig.Save(dir, "c"); err != nil {
+	if err := orig.Save(dir, "c", []byte(`{"mine":1}`)); err != nil {
 		t.Fatal(err)
 	}
-	liveIDs := slices.Delete(slices.Clone(ids), 5, 6)
-	liveVs := slices.Delete(slices.Clone(vs), 5, 6)
-	liveVs[5] = vs[7] // ids[6] now holds vs[7]
 	qs := vs[100:130]
 	want := searchAll(t, orig, qs)
 
-	x := bulkIndex(t, liveIDs, liveVs)
-	if err := x.Load(dir, "c"); err != nil {
-		t.Fatalf("reopening the graph of the same vectors: %v", err)
+	saved, err := ReadSaved(dir, "c")
+	if err != nil || string(saved.State()) != `{"mine":1}` || saved.Len() != 2999 {
+		t.Fatalf("ReadSaved: %v, state %s, %d vectors", err, saved.State(), saved.Len())
 	}
-	if x.graph == nil || x.bulk || x.tombs != 2 {
-		t.Fatalf("after Load: graph %v, bulk %v, tombstones %d (want 2: the delete and the replaced node)", x.graph != nil, x.bulk, x.tombs)
+	x := NewIndex(32, "cosine")
+	x.ExactBelow = 100
+	if err := x.Install(dir, "c", saved); err != nil {
+		t.Fatalf("installing the saved graph: %v", err)
+	}
+	if x.graph == nil || x.loose != nil || x.tombs != 2 || x.Len() != 2999 {
+		t.Fatalf("after Install: graph %v, loose %v, tombstones %d (want 2: the delete and the replaced node), len %d",
+			x.graph != nil, x.loose != nil, x.tombs, x.Len())
 	}
 	if got := searchAll(t, x, qs); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("the reopened graph answers differently:\n%v\nwant\n%v", got, want)
@@ -92,14 +94,13 @@ func TestSavedGraphReopensOnlyForItsVectors(t *testing.T) {
 	if hits, _ := x.Search(vs[5], 1, nil); len(hits) == 1 && hits[0].ID == ids[5] {
 		t.Errorf("the deleted id came back: %+v", hits)
 	}
-
-	other := slices.Clone(liveVs)
-	other[0] = vs[2999]
-	stale := bulkIndex(t, liveIDs, other)
-	if err := stale.Load(dir, "c"); !errors.Is(err, ErrIndexStale) || stale.graph != nil && !stale.bulk {
-		t.Errorf("other vectors: err %v, want ErrIndexStale and no graph installed", err)
+	if err := x.Install(dir, "c", saved); err == nil {
+		t.Error("installed over vectors already held")
 	}
-	if err := bulkIndex(t, liveIDs, liveVs).Load(t.TempDir(), "c"); !errors.Is(err, os.ErrNotExist) {
+	if err := NewIndex(16, "cosine").Install(dir, "c", saved); !errors.Is(err, ErrIndexStale) {
+		t.Errorf("another dimension: err %v, want ErrIndexStale", err)
+	}
+	if _, err := ReadSaved(t.TempDir(), "c"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("nothing saved: err %v, want os.ErrNotExist", err)
 	}
 
@@ -108,16 +109,12 @@ func TestSavedGraphReopensOnlyForItsVectors(t *testing.T) {
 	if err := os.Truncate(graphPath, info.Size()/2); err != nil {
 		t.Fatal(err)
 	}
-	torn := bulkIndex(t, liveIDs, liveVs)
-	if err := torn.Load(dir, "c"); !errors.Is(err, ErrIndexTorn) {
-		t.Errorf("a graph cut in half: err %v, want ErrIndexTorn", err)
-	}
-	// Torn or stale, the index still answers, exactly.
-	if got := searchAll(t, torn, qs[:3]); fmt.Sprint(got) != fmt.Sprint(searchExact(torn, qs[:3])) {
-		t.Errorf("a torn index does not answer exactly: %v", got)
+	torn := NewIndex(32, "cosine")
+	if err := torn.Install(dir, "c", saved); !errors.Is(err, ErrIndexTorn) || torn.Len() != 0 {
+		t.Errorf("a graph cut in half: err %v (want ErrIndexTorn), %d vectors installed", err, torn.Len())
 	}
 	os.WriteFile(metaPath, []byte("{not json"), 0o600)
-	if err := bulkIndex(t, liveIDs, liveVs).Load(dir, "c"); !errors.Is(err, ErrIndexTorn) {
+	if _, err := ReadSaved(dir, "c"); !errors.Is(err, ErrIndexTorn) {
 		t.Errorf("a corrupt meta file: err %v, want ErrIndexTorn", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "c.hnsw.tmp")); err == nil {
@@ -159,8 +156,8 @@ func TestBuildGraphWhileServing(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	if x.graph == nil || x.bulk || done.Load() == 0 {
-		t.Fatalf("after the build: graph %v, bulk %v, progress %d", x.graph != nil, x.bulk, done.Load())
+	if x.graph == nil || x.loose != nil || done.Load() == 0 {
+		t.Fatalf("after the build: graph %v, loose %v, progress %d", x.graph != nil, x.loose != nil, done.Load())
 	}
 	if got := recall(t, x, vs[3900:3950], 10); got < 0.93 {
 		t.Errorf("recall@10 of vectors written during the build %.3f < 0.93", got)

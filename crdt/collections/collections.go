@@ -308,6 +308,33 @@ func (s *Store) Doc(ctx context.Context, collection, id string) (Doc, error) {
 	return d, rec.DecodeBody(&d)
 }
 
+// ScanDocs calls f with the id and the stored, undecoded record bytes of
+// each of a collection's documents, in no particular order (value is valid
+// only during the call; DecodeDoc decodes it). An error from f ends it.
+func (s *Store) ScanDocs(ctx context.Context, collection string, f func(id string, value []byte) error) error {
+	return s.r.Scan(ctx, docsPrefix(collection), func(key string, value []byte) error {
+		c, id, err := ParseKey(key)
+		if err != nil || c != collection || id == "" {
+			return nil // not a document key
+		}
+		return f(id, value)
+	})
+}
+
+// DecodeDoc decodes a document record's stored bytes.
+func DecodeDoc(value []byte) (Doc, crdt.Record, error) {
+	rec, err := crdt.DecodeRecord(value)
+	if err != nil {
+		return Doc{}, rec, err
+	}
+	if rec.Kind != KindDoc {
+		return Doc{}, rec, fmt.Errorf("%w: a %s record where a document belongs", crdt.ErrBadRecord, rec.Kind)
+	}
+	var d Doc
+	err = rec.DecodeBody(&d)
+	return d, rec, err
+}
+
 // Docs lists a collection's documents (for index rebuilds).
 func (s *Store) Docs(ctx context.Context, collection string) ([]Doc, error) {
 	entries, err := s.r.List(ctx, docsPrefix(collection))

@@ -1,0 +1,201 @@
+package rag
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-mesh/shoal/crdt/collections"
+)
+
+// Start-up: each collection's index is reopened from its save when the
+// document records stored now hash the same as those it was saved from —
+// read undecoded, which is what makes a restart fast — or else built from
+// the decoded records, its graph in the background while the collection
+// answers exactly.
+
+type buildProgress struct {
+	total   atomic.Int64 // 0 while the documents are being read
+	done    atomic.Int64
+	started time.Time
+}
+
+// Build is the progress of one index being built from the store.
+type Build struct {
+	Collection string    `json:"collection"`
+	Done       int64     `json:"done"`
+	Total      int64     `json:"total"` // 0 while the documents are read (unknown yet)
+	StartedAt  time.Time `json:"started_at"`
+}
+
+// Building lists the indexes being loaded or built now.
+func (m *Manager) Building() []Build {
+	var out []Build
+	m.building.Range(func(k, v any) bool {
+		p := v.(*buildProgress)
+		out = append(out, Build{Collection: k.(string), Done: p.done.Load(), Total: p.total.Load(), StartedAt: p.started})
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Collection < out[j].Collection })
+	return out
+}
+
+// load makes one collection's index from the store and registers it,
+// returning how many documents it holds.
+func (m *Manager) load(ctx context.Context, spec collections.Spec) int {
+	ci := &collectionIndex{spec: spec, index: NewIndex(spec.Dimension, spec.Metric), docs: newDocState()}
+	prog := &buildProgress{started: time.Now().UTC()}
+	m.building.Store(spec.Name, prog)
+	reopened := m.reopen(ctx, ci)
+	if !reopened {
+		m.readDocs(ctx, ci, prog)
+	}
+	ci.updated = time.Now()
+	m.mu.Lock()
+	m.indexes[spec.Name] = ci
+	m.mu.Unlock()
+	m.building.Delete(spec.Name)
+	if !reopened {
+		m.buildGraph(ctx, ci)
+	}
+	return ci.index.Len()
+}
+
+// reopen installs the collection's saved index if the stored document
+// records are exactly those it was saved from, and reports whether it did.
+func (m *Manager) reopen(ctx context.Context, ci *collectionIndex) bool {
+	if m.indexDir == "" {
+		return false
+	}
+	name := ci.spec.Name
+	saved, err := ReadSaved(m.indexDir, name)
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	var st savedState
+	if err == nil {
+		if err = json.Unmarshal(saved.State(), &st); err != nil {
+			err = fmt.Errorf("%w: state: %v", ErrIndexTorn, err)
+		}
+	}
+	if err == nil {
+		err = m.checkRecords(ctx, ci, st.Records)
+	}
+	if err == nil {
+		err = ci.index.Install(m.indexDir, name, saved)
+	}
+	if err != nil {
+		m.log.Warn("saved retrieval index not used; building it again", "collection", name, "err", err)
+		ci.docs = newDocState()
+		return false
+	}
+	for id, md := range st.Metadata {
+		ci.docs.meta.set(id, md)
+	}
+	ci.docs.applied = st.Applied
+	m.count(func(s *Stats) { s.GraphsLoaded++ })
+	m.log.Info("retrieval index reopened", "collection", name, "documents", ci.index.Len())
+	return true
+}
+
+// checkRecords hashes the collection's stored document records into
+// ci.docs.sums and compares their digest with want: ErrIndexStale if the
+// documents changed since the save (writes after it, or a kill -9 before
+// the next).
+func (m *Manager) checkRecords(ctx context.Context, ci *collectionIndex, want string) error {
+	err := m.store.ScanDocs(ctx, ci.spec.Name, func(id string, value []byte) error {
+		ci.docs.sums[id] = sumOf(value)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if recordsDigest(ci.docs.sums) != want {
+		return fmt.Errorf("%w: the %d stored documents are not those it was saved from", ErrIndexStale, len(ci.docs.sums))
+	}
+	return nil
+}
+
+// readDocs decodes the collection's stored documents into its index,
+// vectors loose (the graph is built after), logging progress for large
+// collections.
+func (m *Manager) readDocs(ctx context.Context, ci *collectionIndex, prog *buildProgress) {
+	ci.index.BeginBulk()
+	last := time.Now()
+	err := m.store.ScanDocs(ctx, ci.spec.Name, func(id string, value []byte) error {
+		ci.docs.sums[id] = sumOf(value)
+		if d, _, err := collections.DecodeDoc(value); err != nil {
+			m.leaveOut(ci, id, err)
+		} else {
+			m.addDoc(ci, id, d)
+		}
+		if n := prog.done.Add(1); time.Since(last) > 2*time.Second {
+			last = time.Now()
+			m.log.Info("reading retrieval documents", "collection", ci.spec.Name, "done", n)
+		}
+		return nil
+	})
+	if err != nil {
+		m.log.Error("reading documents", "collection", ci.spec.Name, "err", err)
+	}
+}
+
+// buildGraph builds the graph of a collection read from the store: at
+// once when it is small (searches are exact anyway), else in the
+// background while it answers exactly, with progress in /v1/status.
+func (m *Manager) buildGraph(ctx context.Context, ci *collectionIndex) {
+	if ci.index.Len() < ci.index.ExactBelow {
+		ci.index.Rebuild()
+		return
+	}
+	bp := &buildProgress{started: time.Now().UTC()}
+	bp.total.Store(int64(ci.index.Len()))
+	m.building.Store(ci.spec.Name, bp)
+	m.builds.Add(1)
+	go func() {
+		defer m.builds.Done()
+		defer m.building.Delete(ci.spec.Name)
+		start := time.Now()
+		if err := ci.index.BuildGraph(ctx, &bp.done); err != nil {
+			return // shutting down: the next start builds it
+		}
+		m.count(func(s *Stats) { s.GraphsBuilt++ })
+		m.log.Info("retrieval index built", "collection", ci.spec.Name, "documents", ci.index.Len(), "seconds", time.Since(start).Seconds())
+	}()
+}
+
+// saveAll saves every collection's index with its state (Run's last act,
+// after the background builds end and no event is applied any more).
+func (m *Manager) saveAll() {
+	m.builds.Wait()
+	if m.indexDir == "" {
+		return
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for name, ci := range m.indexes {
+		if err := m.save(name, ci); err != nil {
+			m.log.Warn("retrieval index not saved", "collection", name, "err", err)
+		}
+	}
+}
+
+func (m *Manager) save(name string, ci *collectionIndex) error {
+	if m.space != nil {
+		if err := m.space(ci.index.GraphBytes()); err != nil {
+			return err
+		}
+	}
+	ci.mu.RLock()
+	state, err := json.Marshal(savedState{Records: recordsDigest(ci.docs.sums), Metadata: ci.docs.meta.byID, Applied: ci.docs.applied})
+	ci.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	return ci.index.Save(m.indexDir, name, state)
+}
