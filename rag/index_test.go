@@ -3,8 +3,8 @@ package rag
 import (
 	"fmt"
 	"maps"
-	"slices"
 	"math/rand"
+	"slices"
 	"sync"
 	"testing"
 )
