@@ -115,21 +115,21 @@ func (g *graph) add(v []float32, label uint64) error {
 	return nil
 }
 
-// addAll adds the vectors of ids under their labels, on every core: the
-// capacity is reserved first, so the adds may run together.
-func (g *graph) addAll(ctx context.Context, ids []string, vectors map[string][]float32, labels map[string]uint64, done *atomic.Int64) error {
+// addAll adds n vectors, item(i) giving the i-th and its label, on every
+// core: the capacity is reserved first, so the adds may run together.
+func (g *graph) addAll(ctx context.Context, n int, item func(i int) ([]float32, uint64), done *atomic.Int64) error {
 	var e *C.char
-	if C.shoal_hnsw_reserve(g.h, C.size_t(len(ids)), &e) != 0 {
+	if C.shoal_hnsw_reserve(g.h, C.size_t(int(g.count())+n), &e) != 0 {
 		return cerr(e)
 	}
-	workers := min(runtime.GOMAXPROCS(0), max(len(ids)/256, 1))
+	workers := min(runtime.GOMAXPROCS(0), max(n/64, 1))
 	errs := make(chan error, workers)
 	var next atomic.Int64
 	for range workers {
 		go func() {
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(ids) {
+				if i >= n {
 					errs <- nil
 					return
 				}
@@ -137,7 +137,7 @@ func (g *graph) addAll(ctx context.Context, ids []string, vectors map[string][]f
 					errs <- ctx.Err()
 					return
 				}
-				if err := g.add(vectors[ids[i]], labels[ids[i]]); err != nil {
+				if err := g.add(item(i)); err != nil {
 					errs <- err
 					return
 				}

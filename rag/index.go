@@ -200,6 +200,67 @@ func (x *Index) Upsert(id string, v []float32) error {
 	return nil
 }
 
+// UpsertMany adds or replaces several vectors (of an id given twice, the
+// last), adding them to the graph on every core: how the manager applies
+// a run of replicated documents.
+func (x *Index) UpsertMany(ids []string, vs [][]float32) error {
+	if len(ids) != len(vs) {
+		return fmt.Errorf("%d ids for %d vectors", len(ids), len(vs))
+	}
+	ids, vs = lastOfEach(ids, vs)
+	ps := make([][]float32, len(vs))
+	for i, v := range vs {
+		if err := x.checkDim(v); err != nil {
+			return err
+		}
+		ps[i] = x.prepare(v)
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.gen++
+	if x.loose == nil {
+		labels := make([]uint64, len(ids))
+		for i, id := range ids {
+			x.forgetLocked(id)
+			x.next++
+			labels[i] = x.next
+		}
+		item := func(i int) ([]float32, uint64) { return ps[i], labels[i] }
+		if err := x.graph.addAll(context.Background(), len(ids), item, nil); err == nil {
+			for i, id := range ids {
+				x.keyOf[id], x.idOf[labels[i]] = labels[i], id
+			}
+			x.maybeRebuild()
+			return nil
+		}
+		x.looseLocked() // as in Upsert: hold them loose and build again
+		defer x.rebuildLocked()
+	}
+	for i, id := range ids {
+		x.loose[id] = ps[i]
+	}
+	return nil
+}
+
+// lastOfEach keeps, of an id given more than once, its last vector.
+func lastOfEach(ids []string, vs [][]float32) ([]string, [][]float32) {
+	last := make(map[string]int, len(ids))
+	for i, id := range ids {
+		last[id] = i
+	}
+	if len(last) == len(ids) {
+		return ids, vs
+	}
+	var outIDs []string
+	var outVs [][]float32
+	for i, id := range ids {
+		if last[id] == i {
+			outIDs, outVs = append(outIDs, id), append(outVs, vs[i])
+		}
+	}
+	return outIDs, outVs
+}
+
 // BeginBulk takes the vectors loose, so a fill of many is cheap and a
 // graph is built once after it (BuildGraph, Rebuild or UpsertAll).
 func (x *Index) BeginBulk() {
@@ -333,7 +394,8 @@ func (x *Index) build(ctx context.Context, vectors map[string][]float32, done *a
 	if err != nil {
 		return b, err
 	}
-	if err := g.addAll(ctx, ids, vectors, b.keyOf, done); err != nil {
+	item := func(i int) ([]float32, uint64) { return vectors[ids[i]], b.keyOf[ids[i]] }
+	if err := g.addAll(ctx, len(ids), item, done); err != nil {
 		g.free()
 		return b, err
 	}

@@ -267,3 +267,46 @@ func TestFilteredSearch(t *testing.T) {
 		}
 	}
 }
+
+// TestUpsertManyReplacesAndKeepsTheLast: a run of upserts added together
+// replaces earlier vectors (no id found twice), keeps the last of an id
+// given twice, and works while the vectors are loose too.
+func TestUpsertManyReplacesAndKeepsTheLast(t *testing.T) {
+	ids, vs := randomVectors(2000, 16, 31)
+	for _, loose := range []bool{false, true} {
+		x := NewIndex(16, "cosine")
+		x.ExactBelow = 100
+		if err := x.UpsertAll(ids[:1000], vs[:1000]); err != nil {
+			t.Fatal(err)
+		}
+		if loose {
+			x.BeginBulk()
+		}
+		// ids[0..99] get new vectors; ids[1000..1099] are new; ids[5] twice.
+		run := append(slices.Clone(ids[:100]), ids[1000:1100]...)
+		vecs := append(slices.Clone(vs[1100:1200]), vs[1000:1100]...)
+		run, vecs = append(run, ids[5]), append(vecs, vs[1999])
+		if err := x.UpsertMany(run, vecs); err != nil {
+			t.Fatal(err)
+		}
+		if x.Len() != 1100 {
+			t.Errorf("loose %v: len %d, want 1100", loose, x.Len())
+		}
+		for _, c := range []struct {
+			q    []float32
+			want string
+		}{{vs[1100+7], ids[7]}, {vs[1050], ids[1050]}, {vs[1999], ids[5]}, {vs[1105], ids[5]}} {
+			hits, _ := x.Search(c.q, 2, nil)
+			if c.want == ids[5] && c.q[0] == vs[1105][0] {
+				// ids[5]'s first vector of the run was overridden by the last.
+				if len(hits) > 0 && hits[0].ID == ids[5] && hits[0].Score > 0.999 {
+					t.Errorf("loose %v: the overridden vector of %s is still found", loose, ids[5])
+				}
+				continue
+			}
+			if len(hits) != 2 || hits[0].ID != c.want || hits[1].ID == c.want {
+				t.Errorf("loose %v: nearest to the vector of %s: %+v", loose, c.want, hits)
+			}
+		}
+	}
+}

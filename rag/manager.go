@@ -152,6 +152,7 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 	}
 	close(m.ready)
 	defer m.saveAll()
+	var batch []crdt.Event
 	for {
 		select {
 		case <-ctx.Done():
@@ -159,8 +160,9 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 		case <-sub.Done():
 			return
 		case ev := <-sub.C():
-			m.apply(ctx, ev)
-			m.applied.Store(ev.Seq)
+			batch := m.drain(sub, append(batch[:0], ev))
+			m.applyBatch(ctx, batch)
+			m.applied.Store(batch[len(batch)-1].Seq)
 		}
 	}
 }
@@ -171,8 +173,103 @@ func (m *Manager) count(f func(*Stats)) {
 	m.statsMu.Unlock()
 }
 
-// addDoc indexes a decoded document record.
-func (m *Manager) addDoc(ci *collectionIndex, id string, d collections.Doc) {
+// maxBatch bounds the events applied together: a run of document puts
+// goes into the graph on every core at once.
+const maxBatch = 256
+
+// drain appends the events already waiting on sub, up to maxBatch.
+func (m *Manager) drain(sub *crdt.Subscription, batch []crdt.Event) []crdt.Event {
+	for len(batch) < maxBatch {
+		select {
+		case ev := <-sub.C():
+			batch = append(batch, ev)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// applyBatch applies events in order, each run of document puts into one
+// collection together.
+func (m *Manager) applyBatch(ctx context.Context, evs []crdt.Event) {
+	var run docRun
+	for _, ev := range evs {
+		c, id, err := collections.ParseKey(ev.Key)
+		if err == nil && id != "" && ev.Type == crdt.EventPut {
+			if ci := m.index(c); ci != nil {
+				if ci != run.ci {
+					m.applyDocs(&run)
+					run.ci = ci
+				}
+				run.ids, run.evs = append(run.ids, id), append(run.evs, ev)
+				continue
+			}
+		}
+		m.applyDocs(&run)
+		m.apply(ctx, ev)
+	}
+	m.applyDocs(&run)
+}
+
+// docRun is a run of document puts into one collection.
+type docRun struct {
+	ci  *collectionIndex
+	ids []string
+	evs []crdt.Event
+}
+
+// applyDocs indexes a run of document puts and empties it.
+func (m *Manager) applyDocs(run *docRun) {
+	if len(run.ids) == 0 {
+		return
+	}
+	start := time.Now()
+	ci := run.ci
+	var ids []string
+	var docs []collections.Doc
+	var vecs [][]float32
+	for i, id := range run.ids {
+		ci.mu.Lock()
+		ci.docs.sums[id] = sumOf(run.evs[i].Value)
+		ci.mu.Unlock()
+		d, v, err := m.decode(ci, id, run.evs[i].Record)
+		if err != nil {
+			m.leaveOut(ci, id, err)
+			continue
+		}
+		ids, docs, vecs = append(ids, id), append(docs, d), append(vecs, v)
+	}
+	if err := ci.index.UpsertMany(ids, vecs); err != nil {
+		for _, id := range ids {
+			m.leaveOut(ci, id, err)
+		}
+	} else {
+		m.noteDocs(ci, ids, docs)
+	}
+	n := len(run.ids)
+	run.ids, run.evs = run.ids[:0], run.evs[:0]
+	m.count(func(s *Stats) {
+		s.Applied += uint64(n)
+		s.UpdateTime += time.Since(start)
+	})
+}
+
+// decode reads a document put's body and vector.
+func (m *Manager) decode(ci *collectionIndex, id string, rec crdt.Record) (collections.Doc, []float32, error) {
+	var d collections.Doc
+	if rec.Kind != collections.KindDoc {
+		return d, nil, fmt.Errorf("a %s record where a document belongs", rec.Kind)
+	}
+	if err := rec.DecodeBody(&d); err != nil {
+		return d, nil, err
+	}
+	v, err := m.vectorOf(ci, id, d)
+	return d, v, err
+}
+
+// vectorOf decodes and checks a document's vector.
+func (m *Manager) vectorOf(ci *collectionIndex, id string, d collections.Doc) ([]float32, error) {
 	v, err := collections.DecodeVector(d.Vector)
 	if err == nil {
 		err = collections.CheckVector(v, ci.spec.Dimension)
@@ -180,6 +277,25 @@ func (m *Manager) addDoc(ci *collectionIndex, id string, d collections.Doc) {
 	if err == nil && d.ID != id {
 		err = fmt.Errorf("document %q stored under id %q", d.ID, id)
 	}
+	return v, err
+}
+
+// noteDocs records indexed documents' metadata and HLCs.
+func (m *Manager) noteDocs(ci *collectionIndex, ids []string, docs []collections.Doc) {
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	for i, id := range ids {
+		ci.docs.meta.set(id, docs[i].Metadata)
+		if ci.docs.applied.Compare(docs[i].HLC) < 0 {
+			ci.docs.applied = docs[i].HLC
+		}
+	}
+	ci.updated = time.Now()
+}
+
+// addDoc indexes one decoded document (a start-up read).
+func (m *Manager) addDoc(ci *collectionIndex, id string, d collections.Doc) {
+	v, err := m.vectorOf(ci, id, d)
 	if err == nil {
 		err = ci.index.Upsert(id, v)
 	}
@@ -187,12 +303,13 @@ func (m *Manager) addDoc(ci *collectionIndex, id string, d collections.Doc) {
 		m.leaveOut(ci, id, err)
 		return
 	}
-	ci.mu.Lock()
-	ci.docs.meta.set(id, d.Metadata)
-	if ci.docs.applied.Compare(d.HLC) < 0 {
-		ci.docs.applied = d.HLC
-	}
-	ci.mu.Unlock()
+	m.noteDocs(ci, []string{id}, []collections.Doc{d})
+}
+
+func (m *Manager) index(c string) *collectionIndex {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.indexes[c]
 }
 
 // leaveOut keeps a document record that cannot be indexed out of the
@@ -206,6 +323,9 @@ func (m *Manager) leaveOut(ci *collectionIndex, id string, err error) {
 	m.log.Warn("document left out of the index", "collection", ci.spec.Name, "id", id, "err", err)
 }
 
+// apply applies one event that is not a document put into a known
+// collection (those go through applyDocs): a collection spec, or a
+// document delete.
 func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
 	start := time.Now()
 	c, id, err := collections.ParseKey(ev.Key)
@@ -216,35 +336,16 @@ func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
 		m.applySpec(ctx, c, ev)
 		return
 	}
-	m.mu.RLock()
-	ci := m.indexes[c]
-	m.mu.RUnlock()
-	if ci == nil {
+	ci := m.index(c)
+	if ci == nil || ev.Type != crdt.EventDelete {
 		// Documents before their collection's spec: the spec's arrival
 		// loads the stored documents.
 		return
 	}
-	switch ev.Type {
-	case crdt.EventPut:
-		ci.mu.Lock()
-		ci.docs.sums[id] = sumOf(ev.Value)
-		ci.mu.Unlock()
-		var d collections.Doc
-		if ev.Record.Kind != collections.KindDoc {
-			m.leaveOut(ci, id, fmt.Errorf("a %s record where a document belongs", ev.Record.Kind))
-		} else if err := ev.Record.DecodeBody(&d); err != nil {
-			m.leaveOut(ci, id, err)
-		} else {
-			m.addDoc(ci, id, d)
-		}
-	case crdt.EventDelete:
-		ci.index.Delete(id)
-		ci.mu.Lock()
-		delete(ci.docs.sums, id)
-		ci.docs.meta.remove(id)
-		ci.mu.Unlock()
-	}
+	ci.index.Delete(id)
 	ci.mu.Lock()
+	delete(ci.docs.sums, id)
+	ci.docs.meta.remove(id)
 	ci.updated = time.Now()
 	ci.mu.Unlock()
 	m.count(func(s *Stats) {
