@@ -38,6 +38,13 @@ const (
 	HeaderArtifactSHA256 = "Shoal-Artifact-Sha256"
 )
 
+// Headers of retrieval.
+const (
+	// HeaderTruncated is on an embeddings answer that cut inputs at the
+	// embedder's token limit: how many it cut ("2").
+	HeaderTruncated = "Shoal-Truncated"
+)
+
 // Values of HeaderCache.
 const (
 	CacheHit    = "hit"

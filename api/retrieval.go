@@ -45,6 +45,10 @@ type DocsResult struct {
 	IDs        []string `json:"ids"`
 	Embedder   string   `json:"embedder"`
 	Token      string   `json:"token"`
+	// Truncated lists the documents whose text was cut at the embedder's
+	// token limit before it was embedded (their vectors stand for the
+	// beginning only); a caller-given vector is never truncated.
+	Truncated []string `json:"truncated,omitempty"`
 }
 
 // QueryRequest is the body of POST /v1/collections/{c}/query.
@@ -62,6 +66,9 @@ type QueryResponse struct {
 	Index            Freshness `json:"index"`
 	StalenessSeconds float64   `json:"staleness_seconds"`
 	Embedder         string    `json:"embedder,omitempty"`
+	// QueryTruncated: the query text was cut at the embedder's token
+	// limit before it was embedded.
+	QueryTruncated bool `json:"query_truncated,omitempty"`
 }
 
 // Result is one query hit with its document.

@@ -13,6 +13,7 @@ import (
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/lifecycle"
+	"github.com/shoal-mesh/shoal/rag"
 	"github.com/shoal-mesh/shoal/serving"
 )
 
@@ -66,8 +67,12 @@ type CacheFlusher interface {
 
 // Retrieval is the retrieval service.
 type Retrieval interface {
-	Embed(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error)
-	PrepareDocs(ctx context.Context, c string, reqs []api.DocRequest) ([]collections.Doc, error)
+	// EmbedTexts embeds texts with the embedder ref (model@version),
+	// saying which of them it truncated.
+	EmbedTexts(ctx context.Context, ref string, texts []string) (rag.Embedding, error)
+	// PrepareDocs validates and embeds documents; truncated lists the ids
+	// of those whose text was cut before it was embedded.
+	PrepareDocs(ctx context.Context, c string, reqs []api.DocRequest) (docs []collections.Doc, truncated []string, err error)
 	Spec(ctx context.Context, c string) (collections.Spec, error)
 	CreateCollection(ctx context.Context, spec collections.Spec) (collections.Spec, crdt.Write, error)
 	PutDocs(ctx context.Context, c string, docs []collections.Doc) (crdt.Write, error)

@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/lifecycle"
+	"github.com/shoal-mesh/shoal/rag"
 	"github.com/shoal-mesh/shoal/serving"
 )
 
@@ -216,8 +217,8 @@ func (f *fakeFlusher) Flush(ctx context.Context, model string) (api.CacheFlush, 
 
 type fakeRetrieval struct {
 	calls
-	EmbedFn            func(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error)
-	PrepareDocsFn      func(ctx context.Context, c string, reqs []api.DocRequest) ([]collections.Doc, error)
+	EmbedTextsFn       func(ctx context.Context, ref string, texts []string) (rag.Embedding, error)
+	PrepareDocsFn      func(ctx context.Context, c string, reqs []api.DocRequest) ([]collections.Doc, []string, error)
 	SpecFn             func(ctx context.Context, c string) (collections.Spec, error)
 	CreateCollectionFn func(ctx context.Context, spec collections.Spec) (collections.Spec, crdt.Write, error)
 	PutDocsFn          func(ctx context.Context, c string, docs []collections.Doc) (crdt.Write, error)
@@ -230,26 +231,26 @@ type fakeRetrieval struct {
 	Observed           []time.Duration
 }
 
-func (f *fakeRetrieval) Embed(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error) {
-	f.add("Embed")
-	if f.EmbedFn == nil {
-		vecs := make([][]float32, len(texts))
-		for i := range vecs {
-			vecs[i] = []float32{1, 0}
+func (f *fakeRetrieval) EmbedTexts(ctx context.Context, ref string, texts []string) (rag.Embedding, error) {
+	f.add("EmbedTexts")
+	if f.EmbedTextsFn == nil {
+		em := rag.Embedding{Vectors: make([][]float32, len(texts)), Truncated: make([]bool, len(texts)), Tokens: len(texts), Embedder: ref}
+		for i := range em.Vectors {
+			em.Vectors[i] = []float32{1, 0}
 		}
-		return vecs, len(texts), ref, nil
+		return em, nil
 	}
-	return f.EmbedFn(ctx, ref, texts)
+	return f.EmbedTextsFn(ctx, ref, texts)
 }
 
-func (f *fakeRetrieval) PrepareDocs(ctx context.Context, c string, reqs []api.DocRequest) ([]collections.Doc, error) {
+func (f *fakeRetrieval) PrepareDocs(ctx context.Context, c string, reqs []api.DocRequest) ([]collections.Doc, []string, error) {
 	f.add("PrepareDocs")
 	if f.PrepareDocsFn == nil {
 		docs := make([]collections.Doc, len(reqs))
 		for i, r := range reqs {
 			docs[i] = collections.Doc{ID: r.ID, Text: r.Text, Metadata: r.Metadata, Embedder: "emb@v1"}
 		}
-		return docs, nil
+		return docs, nil, nil
 	}
 	return f.PrepareDocsFn(ctx, c, reqs)
 }

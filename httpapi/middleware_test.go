@@ -408,5 +408,5 @@ func TestBodyTooLarge(t *testing.T) {
 	wantCalls(t, h.models.calls, map[string]int{"Activate": 0})
 
 	wantError(t, h.doJSON(t, "POST", "/v1/embeddings", `{"model":"e@v1","input":"`+strings.Repeat("x", api.MaxBodyBytes)+`"}`), api.CodeBodyTooLarge)
-	wantCalls(t, h.ret.calls, map[string]int{"Embed": 0})
+	wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 0})
 }

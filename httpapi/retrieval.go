@@ -10,11 +10,13 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/shoal-mesh/shoal/api"
 	"github.com/shoal-mesh/shoal/crdt/collections"
+	"github.com/shoal-mesh/shoal/rag"
 )
 
 func (a *API) routesRetrieval(mux *http.ServeMux) {
@@ -99,25 +101,29 @@ func (a *API) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 			}
 			ref += "@" + v
 		}
-		vecs, tokens, used, err := a.cfg.Retrieval.Embed(ctx, ref, texts)
+		em, err := a.cfg.Retrieval.EmbedTexts(ctx, ref, texts)
 		if err != nil {
 			return err
 		}
-		if req.Dimensions > 0 && req.Dimensions != len(vecs[0]) {
-			return fmt.Errorf("%w: dimensions %d: %s makes %d", errBadQuery, req.Dimensions, used, len(vecs[0]))
+		if req.Dimensions > 0 && req.Dimensions != len(em.Vectors[0]) {
+			return fmt.Errorf("%w: dimensions %d: %s makes %d", errBadQuery, req.Dimensions, em.Embedder, len(em.Vectors[0]))
 		}
-		w.Header().Set(api.HeaderModelVersion, strings.SplitN(used, "@", 2)[1])
-		writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": embeddingData(vecs, req.EncodingFormat), "model": used,
-			"usage": map[string]int{"prompt_tokens": tokens, "total_tokens": tokens}})
+		w.Header().Set(api.HeaderModelVersion, strings.SplitN(em.Embedder, "@", 2)[1])
+		if n := countTrue(em.Truncated); n > 0 {
+			w.Header().Set(api.HeaderTruncated, strconv.Itoa(n))
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": embeddingData(em, req.EncodingFormat), "model": em.Embedder,
+			"usage": map[string]int{"prompt_tokens": em.Tokens, "total_tokens": em.Tokens}})
 		return nil
 	})
 }
 
 // embeddingData is the OpenAI "data" array, vectors as floats or as
-// base64 of little-endian float32s.
-func embeddingData(vecs [][]float32, format string) []map[string]any {
-	data := make([]map[string]any, len(vecs))
-	for i, v := range vecs {
+// base64 of little-endian float32s; an input cut at the embedder's token
+// limit is marked "truncated": true (an addition to OpenAI's shape).
+func embeddingData(em rag.Embedding, format string) []map[string]any {
+	data := make([]map[string]any, len(em.Vectors))
+	for i, v := range em.Vectors {
 		var emb any = v
 		if format == "base64" {
 			b := make([]byte, 4*len(v))
@@ -127,8 +133,21 @@ func embeddingData(vecs [][]float32, format string) []map[string]any {
 			emb = base64.StdEncoding.EncodeToString(b)
 		}
 		data[i] = map[string]any{"object": "embedding", "index": i, "embedding": emb}
+		if em.Truncated[i] {
+			data[i]["truncated"] = true
+		}
 	}
 	return data
+}
+
+func countTrue(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }
 
 func (a *API) handleCreateCollection(w http.ResponseWriter, r *http.Request) {
@@ -150,11 +169,11 @@ func (a *API) createCollection(ctx context.Context, w http.ResponseWriter, req a
 	}
 	if req.Dimension == 0 {
 		// Learn it from the embedder: one embedding of a probe text.
-		vecs, _, _, err := a.cfg.Retrieval.Embed(ctx, req.Embedder, []string{"dimension probe"})
+		em, err := a.cfg.Retrieval.EmbedTexts(ctx, req.Embedder, []string{"dimension probe"})
 		if err != nil {
 			return err
 		}
-		req.Dimension = len(vecs[0])
+		req.Dimension = len(em.Vectors[0])
 	}
 	spec, wr, err := a.cfg.Retrieval.CreateCollection(ctx, collections.Spec{Name: req.Name, Embedder: req.Embedder, Dimension: req.Dimension, Metric: req.Metric})
 	if err != nil {
@@ -224,7 +243,7 @@ func (a *API) writeDocs(w http.ResponseWriter, r *http.Request, reqs []api.DocRe
 	ctx, cancel := context.WithTimeout(r.Context(), api.MaxWait)
 	defer cancel()
 	c := r.PathValue("c")
-	docs, err := a.cfg.Retrieval.PrepareDocs(ctx, c, reqs)
+	docs, truncated, err := a.cfg.Retrieval.PrepareDocs(ctx, c, reqs)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -238,7 +257,11 @@ func (a *API) writeDocs(w http.ResponseWriter, r *http.Request, reqs []api.DocRe
 	for i, d := range docs {
 		ids[i] = d.ID
 	}
-	writeResult(w, http.StatusOK, wr, map[string]any{"collection": c, "ids": ids, "embedder": docs[0].Embedder})
+	body := map[string]any{"collection": c, "ids": ids, "embedder": docs[0].Embedder}
+	if len(truncated) > 0 {
+		body["truncated"] = truncated
+	}
+	writeResult(w, http.StatusOK, wr, body)
 }
 
 func (a *API) handleGetDoc(w http.ResponseWriter, r *http.Request) {
@@ -305,11 +328,11 @@ func (a *API) handleQuery(w http.ResponseWriter, r *http.Request) {
 		resp := api.QueryResponse{Collection: c}
 		q := req.Vector
 		if req.Text != "" {
-			vecs, _, used, err := a.cfg.Retrieval.Embed(ctx, spec.Embedder, []string{req.Text})
+			em, err := a.cfg.Retrieval.EmbedTexts(ctx, spec.Embedder, []string{req.Text})
 			if err != nil {
 				return err
 			}
-			q, resp.Embedder = vecs[0], used
+			q, resp.Embedder, resp.QueryTruncated = em.Vectors[0], em.Embedder, em.Truncated[0]
 		}
 		results, fresh, err := a.cfg.Retrieval.Query(ctx, c, q, k, req.Filter)
 		if err != nil {

@@ -41,9 +41,9 @@ var testVecs = [][]float32{{0.5, -1.25, 3}, {float32(math.Pi), 0, -0.001}}
 func recordEmbed(h *harness) (*string, *[]string) {
 	var ref string
 	var texts []string
-	h.ret.EmbedFn = func(ctx context.Context, r string, tx []string) ([][]float32, int, string, error) {
+	h.ret.EmbedTextsFn = func(ctx context.Context, r string, tx []string) (rag.Embedding, error) {
 		ref, texts = r, tx
-		return testVecs[:len(tx)], 7, r, nil
+		return rag.Embedding{Vectors: testVecs[:len(tx)], Truncated: make([]bool, len(tx)), Tokens: 7, Embedder: r}, nil
 	}
 	return &ref, &texts
 }
@@ -113,6 +113,44 @@ func TestEmbeddingsBase64(t *testing.T) {
 	}
 }
 
+// TestEmbeddingsTruncated: an input cut at the embedder's token limit is
+// marked "truncated": true in its data item (the others carry no such
+// field), and Shoal-Truncated counts them; an answer that cut nothing
+// has neither.
+func TestEmbeddingsTruncated(t *testing.T) {
+	h := newHarness(t)
+	cut := []bool{true, false, true}
+	h.ret.EmbedTextsFn = func(ctx context.Context, r string, tx []string) (rag.Embedding, error) {
+		return rag.Embedding{Vectors: [][]float32{{1, 0}, {0, 1}, {1, 1}}[:len(tx)], Truncated: cut[:len(tx)], Tokens: 9, Embedder: r}, nil
+	}
+	for _, format := range []string{"float", "base64"} {
+		w := h.doJSON(t, "POST", "/v1/embeddings", `{"model":"minilm@v1","input":["long","short","long too"],"encoding_format":"`+format+`"}`)
+		wantStatus(t, w, http.StatusOK)
+		if v := w.Header().Get(api.HeaderTruncated); v != "2" {
+			t.Errorf("%s: %s = %q, want 2", format, api.HeaderTruncated, v)
+		}
+		raw := decode[struct{ Data []map[string]any }](t, w)
+		if len(raw.Data) != 3 {
+			t.Fatalf("%s: %d data items", format, len(raw.Data))
+		}
+		for i, d := range raw.Data {
+			got, has := d["truncated"]
+			if cut[i] && got != true || !cut[i] && has {
+				t.Errorf("%s: data[%d] truncated = %v (present %v), want %v", format, i, got, has, cut[i])
+			}
+		}
+	}
+	cut = []bool{false}
+	w := h.doJSON(t, "POST", "/v1/embeddings", `{"model":"minilm@v1","input":"short"}`)
+	wantStatus(t, w, http.StatusOK)
+	if v, ok := w.Header()[api.HeaderTruncated]; ok {
+		t.Errorf("nothing cut, yet %s: %q", api.HeaderTruncated, v)
+	}
+	if d := decode[struct{ Data []map[string]any }](t, w).Data; len(d) != 1 || d[0]["truncated"] != nil {
+		t.Errorf("nothing cut, yet data = %v", d)
+	}
+}
+
 func TestEmbeddingsDimensionsMismatch(t *testing.T) {
 	h := newHarness(t)
 	recordEmbed(h)
@@ -142,7 +180,7 @@ func TestEmbeddingsInvalid(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
 			wantError(t, h.doJSON(t, "POST", "/v1/embeddings", c.body), c.code)
-			wantCalls(t, h.ret.calls, map[string]int{"Embed": 0})
+			wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 0})
 		})
 	}
 	// The most texts there may be.
@@ -156,7 +194,7 @@ func TestEmbeddingsErrors(t *testing.T) {
 		return "", fmt.Errorf("%w: %s", models.ErrUnknownModel, m)
 	}
 	wantError(t, h.doJSON(t, "POST", "/v1/embeddings", `{"model":"nope","input":"a"}`), api.CodeModelUnknown)
-	wantCalls(t, h.ret.calls, map[string]int{"Embed": 0})
+	wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 0})
 
 	for _, c := range []struct {
 		err  error
@@ -167,8 +205,8 @@ func TestEmbeddingsErrors(t *testing.T) {
 		{fmt.Errorf("m@v1: %w", lifecycle.ErrNotLoaded), api.CodeModelNotLoaded},
 		{fmt.Errorf("m@v9: %w", models.ErrUnknownVersion), api.CodeVersionUnknown},
 	} {
-		h.ret.EmbedFn = func(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error) {
-			return nil, 0, "", c.err
+		h.ret.EmbedTextsFn = func(ctx context.Context, ref string, texts []string) (rag.Embedding, error) {
+			return rag.Embedding{}, c.err
 		}
 		wantError(t, h.doJSON(t, "POST", "/v1/embeddings", `{"model":"m@v1","input":"a"}`), c.code)
 	}
@@ -193,7 +231,7 @@ func TestCreateCollection(t *testing.T) {
 	if b := decode[struct{ Collection collections.Spec }](t, w); b.Collection.Name != "manuals" || b.Collection.Dimension != 384 || b.Collection.HLC != wr.HLC {
 		t.Errorf("answer = %+v", b)
 	}
-	wantCalls(t, h.ret.calls, map[string]int{"Embed": 0})
+	wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 0})
 	wantCalls(t, h.cons.calls, map[string]int{"Position": 0})
 }
 
@@ -207,13 +245,13 @@ func TestCreateCollectionLearnsDimension(t *testing.T) {
 	}
 	w := h.doJSON(t, "POST", "/v1/collections", `{"name":"manuals","embedder":"minilm@v1"}`)
 	wantStatus(t, w, http.StatusCreated)
-	wantCalls(t, h.ret.calls, map[string]int{"Embed": 1})
+	wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 1})
 	if *ref != "minilm@v1" || len(*texts) != 1 || got.Dimension != len(testVecs[0]) {
 		t.Errorf("Embed(%q, %q); created %+v with dimension %d, want %d", *ref, *texts, got, got.Dimension, len(testVecs[0]))
 	}
 
-	h.ret.EmbedFn = func(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error) {
-		return nil, 0, "", fmt.Errorf("%s: %w", ref, rag.ErrNoTokenizer)
+	h.ret.EmbedTextsFn = func(ctx context.Context, ref string, texts []string) (rag.Embedding, error) {
+		return rag.Embedding{}, fmt.Errorf("%s: %w", ref, rag.ErrNoTokenizer)
 	}
 	wantError(t, h.doJSON(t, "POST", "/v1/collections", `{"name":"manuals","embedder":"minilm@v1"}`), api.CodeEmbedderNoTok)
 	wantCalls(t, h.ret.calls, map[string]int{"CreateCollection": 1})
@@ -304,7 +342,7 @@ func TestCollection(t *testing.T) {
 func recordDocs(h *harness, wr crdt.Write) (*[]api.DocRequest, *[]collections.Doc) {
 	var reqs []api.DocRequest
 	var put []collections.Doc
-	h.ret.PrepareDocsFn = func(ctx context.Context, c string, rs []api.DocRequest) ([]collections.Doc, error) {
+	h.ret.PrepareDocsFn = func(ctx context.Context, c string, rs []api.DocRequest) ([]collections.Doc, []string, error) {
 		reqs = rs
 		docs := make([]collections.Doc, len(rs))
 		for i, r := range rs {
@@ -314,7 +352,7 @@ func recordDocs(h *harness, wr crdt.Write) (*[]api.DocRequest, *[]collections.Do
 			}
 			docs[i] = collections.Doc{ID: id, Text: r.Text, Metadata: r.Metadata, Embedder: c + "-emb@v1"}
 		}
-		return docs, nil
+		return docs, nil, nil
 	}
 	h.ret.PutDocsFn = func(ctx context.Context, c string, docs []collections.Doc) (crdt.Write, error) {
 		put = docs
@@ -387,6 +425,39 @@ func TestPutDocs(t *testing.T) {
 	wantCalls(t, h.ret.calls, map[string]int{"PrepareDocs": prepared})
 }
 
+// TestPutDocsTruncated: the answer of a document write lists the ids
+// PrepareDocs reports as cut before embedding, and has no "truncated"
+// when none was.
+func TestPutDocsTruncated(t *testing.T) {
+	h := newHarness(t)
+	var truncated []string
+	h.ret.PrepareDocsFn = func(ctx context.Context, c string, rs []api.DocRequest) ([]collections.Doc, []string, error) {
+		docs := make([]collections.Doc, len(rs))
+		for i, r := range rs {
+			docs[i] = collections.Doc{ID: r.ID, Text: r.Text, Embedder: "emb@v1"}
+		}
+		return docs, truncated, nil
+	}
+	truncated = []string{"b", "c"}
+	w := h.doJSON(t, "POST", "/v1/collections/manuals/docs", `{"docs":[{"id":"a","text":"short"},{"id":"b","text":"long"},{"id":"c","text":"long too"}]}`)
+	wantStatus(t, w, http.StatusOK)
+	if res := decode[api.DocsResult](t, w); !reflect.DeepEqual(res.Truncated, []string{"b", "c"}) || len(res.IDs) != 3 {
+		t.Errorf("answer = %+v, want truncated [b c]", res)
+	}
+	truncated = []string{"d1"}
+	w = h.doJSON(t, "PUT", "/v1/collections/manuals/docs/d1", `{"text":"long"}`)
+	wantStatus(t, w, http.StatusOK)
+	if res := decode[api.DocsResult](t, w); !reflect.DeepEqual(res.Truncated, []string{"d1"}) {
+		t.Errorf("single document: answer = %+v, want truncated [d1]", res)
+	}
+	truncated = nil
+	w = h.doJSON(t, "PUT", "/v1/collections/manuals/docs/d1", `{"text":"short"}`)
+	wantStatus(t, w, http.StatusOK)
+	if raw := decode[map[string]any](t, w); raw["truncated"] != nil {
+		t.Errorf("nothing cut, yet the answer says %v", raw)
+	}
+}
+
 func TestPutDocsBatchSize(t *testing.T) {
 	over := api.DocsRequest{Docs: make([]api.DocRequest, api.MaxBatchDocs+1)}
 	for i := range over.Docs {
@@ -424,11 +495,11 @@ func TestPutDocsErrors(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.ret.PrepareDocsFn = func(ctx context.Context, coll string, rs []api.DocRequest) ([]collections.Doc, error) {
+			h.ret.PrepareDocsFn = func(ctx context.Context, coll string, rs []api.DocRequest) ([]collections.Doc, []string, error) {
 				if c.prepareErr != nil {
-					return nil, c.prepareErr
+					return nil, nil, c.prepareErr
 				}
-				return []collections.Doc{{ID: "d1"}}, nil
+				return []collections.Doc{{ID: "d1"}}, nil, nil
 			}
 			h.ret.PutDocsFn = func(ctx context.Context, coll string, docs []collections.Doc) (crdt.Write, error) {
 				return crdt.Write{}, c.putErr
@@ -528,6 +599,27 @@ func TestQueryText(t *testing.T) {
 	}
 }
 
+// TestQueryTextTruncated: a query text cut before embedding is answered
+// with "query_truncated": true; an uncut one has no such field.
+func TestQueryTextTruncated(t *testing.T) {
+	h := newHarness(t)
+	cut := true
+	h.ret.EmbedTextsFn = func(ctx context.Context, r string, tx []string) (rag.Embedding, error) {
+		return rag.Embedding{Vectors: [][]float32{{1, 0}}, Truncated: []bool{cut}, Tokens: 256, Embedder: r}, nil
+	}
+	w := h.doJSON(t, "POST", "/v1/collections/manuals/query", `{"text":"a very long question"}`)
+	wantStatus(t, w, http.StatusOK)
+	if resp := decode[api.QueryResponse](t, w); !resp.QueryTruncated || resp.Embedder != "emb@v1" {
+		t.Errorf("answer = %+v, want query_truncated", resp)
+	}
+	cut = false
+	w = h.doJSON(t, "POST", "/v1/collections/manuals/query", `{"text":"short"}`)
+	wantStatus(t, w, http.StatusOK)
+	if raw := decode[map[string]any](t, w); raw["query_truncated"] != nil {
+		t.Errorf("nothing cut, yet the answer says %v", raw)
+	}
+}
+
 func TestQueryVector(t *testing.T) {
 	h := newHarness(t)
 	got := recordQuery(h, nil, api.Freshness{Documents: 0})
@@ -536,7 +628,7 @@ func TestQueryVector(t *testing.T) {
 	if want := (queried{"manuals", []float32{0.5, 0.25}, 3, nil}); !reflect.DeepEqual(*got, want) {
 		t.Errorf("Query%+v, want %+v", *got, want)
 	}
-	wantCalls(t, h.ret.calls, map[string]int{"Embed": 0})
+	wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 0})
 	raw := decode[map[string]any](t, w)
 	if r, ok := raw["results"].([]any); !ok || len(r) != 0 {
 		t.Errorf(`no results must be "results": [], got %v`, raw["results"])
@@ -569,7 +661,7 @@ func TestQueryIndexBehind(t *testing.T) {
 	h := newHarness(t)
 	h.ret.CaughtUpFn = func(ctx context.Context) error { return context.DeadlineExceeded }
 	wantError(t, h.doJSON(t, "POST", "/v1/collections/manuals/query", `{"text":"x"}`), api.CodeIndexBehind)
-	wantCalls(t, h.ret.calls, map[string]int{"Embed": 0, "Query": 0})
+	wantCalls(t, h.ret.calls, map[string]int{"EmbedTexts": 0, "Query": 0})
 }
 
 func TestQueryErrors(t *testing.T) {
@@ -588,8 +680,8 @@ func TestQueryErrors(t *testing.T) {
 	wantCalls(t, h.ret.calls, map[string]int{"ObserveQuery": 0})
 
 	h = newHarness(t)
-	h.ret.EmbedFn = func(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error) {
-		return nil, 0, "", fmt.Errorf("%s: %w", ref, lifecycle.ErrNotLoaded)
+	h.ret.EmbedTextsFn = func(ctx context.Context, ref string, texts []string) (rag.Embedding, error) {
+		return rag.Embedding{}, fmt.Errorf("%s: %w", ref, lifecycle.ErrNotLoaded)
 	}
 	wantError(t, h.doJSON(t, "POST", "/v1/collections/manuals/query", `{"text":"x"}`), api.CodeModelNotLoaded)
 	wantCalls(t, h.ret.calls, map[string]int{"Query": 0})

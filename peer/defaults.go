@@ -125,7 +125,7 @@ func (n *Node) createDemoCollection(ctx context.Context, demo *DemoRAG) error {
 	if _, _, err := n.rag.CreateCollection(ctx, collections.Spec{Name: demo.Collection, Embedder: ref, Dimension: len(vecs[0]), Metric: collections.MetricCosine}); err != nil {
 		return err
 	}
-	docs, err := n.rag.PrepareDocs(ctx, demo.Collection, demo.Docs)
+	docs, _, err := n.rag.PrepareDocs(ctx, demo.Collection, demo.Docs)
 	if err != nil {
 		return err
 	}

@@ -109,8 +109,27 @@ func (e *Embedder) Ref() string { return e.ref }
 // hidden size).
 func (e *Embedder) Dim() int { return e.dim }
 
+// Embedding is what embedding some texts made.
+type Embedding struct {
+	// Vectors holds one unit vector per text.
+	Vectors [][]float32
+	// Truncated says, per text, whether it was cut at MaxTokens before it
+	// was embedded (its vector stands for its first MaxTokens tokens only).
+	Truncated []bool
+	// Tokens is the number of tokens read (after truncation).
+	Tokens int
+	// Embedder is the model@version that embedded them.
+	Embedder string
+}
+
 // Embed returns one unit vector per text and the number of tokens used.
 // s must be a session of this embedder's model version, acquired.
+func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []string) ([][]float32, int, error) {
+	em, err := e.EmbedTexts(ctx, s, texts)
+	return em.Vectors, em.Tokens, err
+}
+
+// EmbedTexts is Embed that also reports which texts were truncated.
 //
 // Each text runs on its own, unpadded: a text's vector must not depend on
 // the texts it happens to share a request with. Quantised exports (the
@@ -118,26 +137,26 @@ func (e *Embedder) Dim() int { return e.dim }
 // tensor, so a batch — its other texts, its padding — would shift every
 // vector in it, and the embedding cache, keyed by text, would keep
 // whichever batch came first.
-func (e *Embedder) Embed(ctx context.Context, s *inference.Session, texts []string) ([][]float32, int, error) {
-	vecs := make([][]float32, len(texts))
-	tokens := 0
+func (e *Embedder) EmbedTexts(ctx context.Context, s *inference.Session, texts []string) (Embedding, error) {
+	em := Embedding{Vectors: make([][]float32, len(texts)), Truncated: make([]bool, len(texts)), Embedder: e.ref}
 	for i, t := range texts {
-		ids, types, err := e.tokenize(t)
+		ids, types, cut, err := e.tokenize(t)
 		if err != nil {
-			return nil, 0, fmt.Errorf("tokenize text %d: %w", i, err)
+			return Embedding{}, fmt.Errorf("tokenize text %d: %w", i, err)
 		}
-		if vecs[i], err = e.run(ctx, s, ids, types); err != nil {
-			return nil, 0, err
+		if em.Vectors[i], err = e.run(ctx, s, ids, types); err != nil {
+			return Embedding{}, err
 		}
-		tokens += len(ids)
+		em.Truncated[i] = cut
+		em.Tokens += len(ids)
 	}
-	return vecs, tokens, nil
+	return em, nil
 }
 
 // tokenize returns a text's token ids and type ids, truncated to
 // MaxTokens as sentence-transformers does: the [CLS] … [SEP] frame kept,
-// the text cut before the final special token.
-func (e *Embedder) tokenize(text string) (ids, types []int, err error) {
+// the text cut before the final special token; cut says it was.
+func (e *Embedder) tokenize(text string) (ids, types []int, cut bool, err error) {
 	if e.stripAccents {
 		text = removeAccents(text)
 	}
@@ -145,18 +164,19 @@ func (e *Embedder) tokenize(text string) (ids, types []int, err error) {
 	enc, err := e.tok.EncodeSingle(text, e.special)
 	e.tokMu.Unlock()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	ids, types = enc.Ids, enc.TypeIds
 	if len(ids) > MaxTokens {
 		last := ids[len(ids)-1]
 		ids = append(ids[:MaxTokens-1:MaxTokens-1], last)
 		types = types[:min(MaxTokens, len(types))]
+		cut = true
 	}
 	if len(ids) == 0 {
-		return nil, nil, fmt.Errorf("the text produces no tokens")
+		return nil, nil, false, fmt.Errorf("the text produces no tokens")
 	}
-	return ids, types, nil
+	return ids, types, cut, nil
 }
 
 // run embeds one tokenised text: the pooled output, or its token states

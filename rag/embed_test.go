@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/shoal-mesh/shoal/inference"
@@ -102,4 +103,52 @@ func mustLoad(t *testing.T, rel string) *inference.Session {
 	}
 	t.Cleanup(s.Retire)
 	return s
+}
+
+// TestDefaultEmbedderReportsTruncation: the default embedder
+// (all-MiniLM-L6-v2, int8, as `make setup` fetches it) reports a 300-word
+// text truncated at MaxTokens — its vector is that of its first 256
+// tokens, so words past them change nothing — and shorter texts not, up
+// to exactly MaxTokens tokens ([CLS] and [SEP] included).
+func TestDefaultEmbedderReportsTruncation(t *testing.T) {
+	s := mustLoad(t, "deps/models/minilm-l6-v2-q.onnx")
+	tok, err := os.ReadFile(repoFile(t, "deps/models/minilm-tokenizer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEmbedder("all-minilm-l6-v2@int8-1", s, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sentence := "The pump bearing runs hot after the night shift. " // 10 words, 11 tokens
+	texts := []string{
+		strings.Repeat(sentence, 30),                    // 300 words
+		"Check the belt tension every shift.",           // short
+		strings.Repeat(sentence, 60),                    // 600 words: the same first 256 tokens
+		strings.TrimSpace(strings.Repeat("pump ", 254)), // 254 + [CLS] + [SEP] = MaxTokens: fits
+		strings.TrimSpace(strings.Repeat("pump ", 255)), // one token over
+	}
+	em, err := e.EmbedTexts(context.Background(), s, texts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []bool{true, false, true, false, true}
+	for i := range texts {
+		if em.Truncated[i] != want[i] {
+			t.Errorf("text %d (%d words): truncated %v, want %v", i, len(strings.Fields(texts[i])), em.Truncated[i], want[i])
+		}
+	}
+	if c := dot(em.Vectors[0], em.Vectors[2]); c < 0.9999 {
+		t.Errorf("300 and 600 words of one text, both cut at %d tokens: cosine %.5f, want 1", MaxTokens, c)
+	}
+	short, tokens, err := e.Embed(context.Background(), s, texts[1:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tokens >= MaxTokens || dot(short[0], em.Vectors[1]) < 0.9999 {
+		t.Errorf("the short text alone: %d tokens, cosine %.5f with its vector in the batch", tokens, dot(short[0], em.Vectors[1]))
+	}
+	if em.Tokens != 4*MaxTokens+tokens {
+		t.Errorf("%d tokens read, want %d (four texts at the limit and the short one)", em.Tokens, 4*MaxTokens+tokens)
+	}
 }

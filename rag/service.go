@@ -136,87 +136,135 @@ func (s *Service) loadEmbedder(ctx context.Context, ref string, sess *inference.
 // Embed returns unit vectors for texts with the embedder ref, the tokens
 // it read, and the model@version that embedded them.
 func (s *Service) Embed(ctx context.Context, ref string, texts []string) ([][]float32, int, string, error) {
+	em, err := s.EmbedTexts(ctx, ref, texts)
+	return em.Vectors, em.Tokens, em.Embedder, err
+}
+
+// EmbedTexts is Embed that also reports which texts were truncated at
+// MaxTokens. Texts found in the embedding cache count no tokens.
+func (s *Service) EmbedTexts(ctx context.Context, ref string, texts []string) (Embedding, error) {
 	e, sess, m, err := s.embedder(ctx, ref)
 	if err != nil {
-		return nil, 0, "", err
+		return Embedding{}, err
 	}
 	defer sess.Release()
-	out := make([][]float32, len(texts))
-	var missIdx []int
-	var missTexts []string
+	out := Embedding{Vectors: make([][]float32, len(texts)), Truncated: make([]bool, len(texts)), Embedder: sess.Model + "@" + sess.Version}
+	miss := s.fromCache(ctx, m.CID, e.Ref(), texts, out)
+	for start := 0; start < len(miss); start += 32 {
+		batch := miss[start:min(start+32, len(miss))]
+		batchTexts := make([]string, len(batch))
+		for j, i := range batch {
+			batchTexts[j] = texts[i]
+		}
+		em, err := e.EmbedTexts(ctx, sess, batchTexts)
+		if err != nil {
+			return Embedding{}, err
+		}
+		out.Tokens += em.Tokens
+		for j, i := range batch {
+			out.Vectors[i], out.Truncated[i] = em.Vectors[j], em.Truncated[j]
+			s.cache.Put(ctx, resultcache.KeyOf(m.CID, []byte(texts[i])), e.Ref(), m.Version, cacheValue(em.Vectors[j], em.Truncated[j]))
+		}
+	}
+	s.embedded.Add(float64(len(miss)))
+	return out, nil
+}
+
+// fromCache fills out with the cached embeddings of texts and returns the
+// indexes of the texts it did not find.
+func (s *Service) fromCache(ctx context.Context, modelCID, ref string, texts []string, out Embedding) []int {
+	var miss []int
 	for i, t := range texts {
-		if raw, ok := s.cache.Get(ctx, resultcache.KeyOf(m.CID, []byte(t)), e.Ref()); ok {
-			if v, err := collections.DecodeVector(string(raw)); err == nil {
-				out[i] = v
+		if raw, ok := s.cache.Get(ctx, resultcache.KeyOf(modelCID, []byte(t)), ref); ok {
+			if v, cut, err := fromCacheValue(raw); err == nil {
+				out.Vectors[i], out.Truncated[i] = v, cut
 				s.cacheLookups.WithLabelValues("hit").Inc()
 				continue
 			}
 		}
 		s.cacheLookups.WithLabelValues("miss").Inc()
-		missIdx = append(missIdx, i)
-		missTexts = append(missTexts, t)
+		miss = append(miss, i)
 	}
-	tokens := 0
-	for start := 0; start < len(missTexts); start += 32 {
-		end := min(start+32, len(missTexts))
-		vecs, tk, err := e.Embed(ctx, sess, missTexts[start:end])
-		if err != nil {
-			return nil, 0, "", err
-		}
-		tokens += tk
-		for j, v := range vecs {
-			i := missIdx[start+j]
-			out[i] = v
-			s.cache.Put(ctx, resultcache.KeyOf(m.CID, []byte(texts[i])), e.Ref(), m.Version, []byte(collections.EncodeVector(v)))
-		}
+	return miss
+}
+
+// cacheValue is an embedding as the cache keeps it: 't' (truncated) or
+// 'f', then the vector as collections.EncodeVector writes it.
+func cacheValue(v []float32, truncated bool) []byte {
+	flag := byte('f')
+	if truncated {
+		flag = 't'
 	}
-	s.embedded.Add(float64(len(missTexts)))
-	return out, tokens, sess.Model + "@" + sess.Version, nil
+	return append([]byte{flag}, collections.EncodeVector(v)...)
+}
+
+func fromCacheValue(raw []byte) ([]float32, bool, error) {
+	if len(raw) == 0 || (raw[0] != 't' && raw[0] != 'f') {
+		return nil, false, fmt.Errorf("not a cached embedding")
+	}
+	v, err := collections.DecodeVector(string(raw[1:]))
+	return v, raw[0] == 't', err
 }
 
 // PrepareDocs validates documents for collection c and embeds those that
-// came without a vector.
-func (s *Service) PrepareDocs(ctx context.Context, c string, reqs []api.DocRequest) ([]collections.Doc, error) {
+// came without a vector. truncated lists the ids of the documents whose
+// text was cut at MaxTokens before it was embedded.
+func (s *Service) PrepareDocs(ctx context.Context, c string, reqs []api.DocRequest) (docs []collections.Doc, truncated []string, err error) {
 	spec, err := s.Store().Collection(ctx, c)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	docs, idx, err := checkDocs(reqs, spec.Dimension)
+	if err != nil || len(idx) == 0 {
+		return docs, nil, err
+	}
+	texts := make([]string, len(idx))
+	for j, i := range idx {
+		texts[j] = docs[i].Text
+	}
+	em, err := s.EmbedTexts(ctx, spec.Embedder, texts)
+	if err != nil {
+		return nil, nil, err
+	}
+	for j, v := range em.Vectors {
+		if err := collections.CheckVector(v, spec.Dimension); err != nil {
+			return nil, nil, fmt.Errorf("%s makes vectors the collection cannot hold: %w", em.Embedder, err)
+		}
+		d := &docs[idx[j]]
+		d.Vector, d.Embedder = collections.EncodeVector(v), em.Embedder
+		if em.Truncated[j] {
+			truncated = append(truncated, d.ID)
+		}
+	}
+	return docs, truncated, nil
+}
+
+// checkDocs validates documents for a collection of dimension dim and
+// returns them with the caller's vectors in place, and the indexes of
+// those that need embedding.
+func checkDocs(reqs []api.DocRequest, dim int) ([]collections.Doc, []int, error) {
 	docs := make([]collections.Doc, len(reqs))
-	var texts []string
 	var idx []int
 	seen := map[string]bool{}
 	for i, d := range reqs {
 		if err := collections.CheckDoc(d.ID, d.Text, d.Metadata); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if seen[d.ID] {
-			return nil, fmt.Errorf("%w: id %s given twice", collections.ErrBadDoc, d.ID)
+			return nil, nil, fmt.Errorf("%w: id %s given twice", collections.ErrBadDoc, d.ID)
 		}
 		seen[d.ID] = true
 		docs[i] = collections.Doc{ID: d.ID, Text: d.Text, Metadata: d.Metadata}
-		if d.Vector != nil {
-			if err := collections.CheckVector(d.Vector, spec.Dimension); err != nil {
-				return nil, fmt.Errorf("document %s: %w", d.ID, err)
-			}
-			docs[i].Vector, docs[i].Embedder = collections.EncodeVector(d.Vector), "client"
+		if d.Vector == nil {
+			idx = append(idx, i)
 			continue
 		}
-		texts, idx = append(texts, d.Text), append(idx, i)
-	}
-	if len(texts) == 0 {
-		return docs, nil
-	}
-	vecs, _, used, err := s.Embed(ctx, spec.Embedder, texts)
-	if err != nil {
-		return nil, err
-	}
-	for j, v := range vecs {
-		if err := collections.CheckVector(v, spec.Dimension); err != nil {
-			return nil, fmt.Errorf("%s makes vectors the collection cannot hold: %w", used, err)
+		if err := collections.CheckVector(d.Vector, dim); err != nil {
+			return nil, nil, fmt.Errorf("document %s: %w", d.ID, err)
 		}
-		docs[idx[j]].Vector, docs[idx[j]].Embedder = collections.EncodeVector(v), used
+		docs[i].Vector, docs[i].Embedder = collections.EncodeVector(d.Vector), "client"
 	}
-	return docs, nil
+	return docs, idx, nil
 }
 
 // Spec returns collection c's spec.
