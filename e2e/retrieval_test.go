@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -210,6 +211,43 @@ func TestRetrievalAcrossPeers(t *testing.T) {
 		if got != before[q] {
 			t.Errorf("after restart %q ranks\n%s\nbefore\n%s", q, got, before[q])
 		}
+	}
+
+	checkTruncationAnswered(t, m)
+}
+
+// checkTruncationAnswered: a text past the embedder's 256-token limit is
+// embedded truncated, and every answer that embedded it says so — the
+// document write (not for a caller-given vector), a query on another peer,
+// and /v1/embeddings (from the embedding cache, where the write left it).
+func checkTruncationAnswered(t *testing.T, m *testmesh.Mesh) {
+	t.Helper()
+	long := strings.Repeat("The pump bearing runs hot after the night shift. ", 30) // 300 words
+	given := make([]float32, 384)
+	given[0] = 1
+	body, _ := json.Marshal(api.DocsRequest{Docs: []api.DocRequest{{ID: "long", Text: long}, {ID: "short", Text: "A short note."}, {ID: "given", Text: long, Vector: given}}})
+	res := do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/collections/reports/docs", body)
+	var batch, one api.DocsResult
+	if res.json(t, &batch); res.code != http.StatusOK || !slices.Equal(batch.Truncated, []string{"long"}) {
+		t.Errorf("batch with a long text: %d %s, want truncated [long]", res.code, truncate(res.body))
+	}
+	body, _ = json.Marshal(api.DocRequest{Text: long})
+	res = do(t, http.MethodPut, baseURL(m.Node(0))+"/v1/collections/reports/docs/long2", body)
+	if res.json(t, &one); res.code != http.StatusOK || !slices.Equal(one.Truncated, []string{"long2"}) {
+		t.Errorf("one long document: %d %s, want truncated [long2]", res.code, truncate(res.body))
+	}
+	out, res := query(t, m.Node(2), "reports", api.QueryRequest{Text: long, K: ptr(2)}, api.HeaderAfter, one.Token)
+	if res.code != http.StatusOK || !out.QueryTruncated || len(out.Results) != 2 || !strings.HasPrefix(out.Results[0].ID, "long") {
+		t.Errorf("long query: %d %s, want query_truncated and the long documents first", res.code, truncate(res.body))
+	}
+	if _, res := query(t, m.Node(2), "reports", api.QueryRequest{Text: "a short note"}); strings.Contains(string(res.body), "query_truncated") {
+		t.Errorf("short query: %s", truncate(res.body))
+	}
+	body, _ = json.Marshal(map[string]any{"model": "emb@v1", "input": []string{long, "a short note"}})
+	res = do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/embeddings", body)
+	var emb struct{ Data []map[string]any }
+	if res.json(t, &emb); res.header.Get(api.HeaderTruncated) != "1" || len(emb.Data) != 2 || emb.Data[0]["truncated"] != true || emb.Data[1]["truncated"] != nil {
+		t.Errorf("embeddings: %s %q, want the first input truncated", api.HeaderTruncated, res.header.Get(api.HeaderTruncated))
 	}
 }
 
