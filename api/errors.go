@@ -71,6 +71,7 @@ const (
 	CodeEmbedderInvalid   = "embedder.invalid"
 	CodeEmbedderNoTok     = "embedder.no_tokenizer"
 	CodeIndexBehind       = "index.behind"
+	CodeIndexLoading      = "index.loading"
 )
 
 // CodeInfo is one row of the catalogue: the HTTP status a code comes with,
@@ -125,6 +126,7 @@ var Codes = []CodeInfo{
 	{CodeEmbedderInvalid, http.StatusConflict, 0, "the embedder's model or tokenizer cannot embed text"},
 	{CodeEmbedderNoTok, http.StatusConflict, 0, "the embedder has no tokenizer published as <model>.tokenizer@<version>"},
 	{CodeIndexBehind, http.StatusServiceUnavailable, time.Second, "the retrieval index has not applied this peer's changes within the request's deadline"},
+	{CodeIndexLoading, http.StatusServiceUnavailable, time.Second, "the collection's index is being loaded at start (reopened or read from the store); progress in /v1/status"},
 }
 
 // Lookup returns the catalogue row of code.

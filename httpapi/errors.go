@@ -79,6 +79,7 @@ var catalogue = []struct {
 	{inference.ErrBadRequest, api.CodeInferenceInput},
 	{rag.ErrNoTokenizer, api.CodeEmbedderNoTok},
 	{rag.ErrEmbedder, api.CodeEmbedderInvalid},
+	{rag.ErrLoading, api.CodeIndexLoading},
 	{collections.ErrUnknown, api.CodeCollectionUnknown},
 	{collections.ErrUnknownDoc, api.CodeDocumentUnknown},
 	{collections.ErrExists, api.CodeCollectionExists},

@@ -679,6 +679,12 @@ func TestQueryErrors(t *testing.T) {
 	wantError(t, h.doJSON(t, "POST", "/v1/collections/manuals/query", `{"vector":[1,2]}`), api.CodeDocumentInvalid)
 	wantCalls(t, h.ret.calls, map[string]int{"ObserveQuery": 0})
 
+	h = newHarness(t) // a collection whose index is still being loaded at start
+	h.ret.QueryFn = func(ctx context.Context, c string, q []float32, k int, filter map[string]string) ([]api.Result, api.Freshness, error) {
+		return nil, api.Freshness{}, fmt.Errorf("%w: %s", rag.ErrLoading, c)
+	}
+	wantError(t, h.doJSON(t, "POST", "/v1/collections/manuals/query", `{"vector":[1,2,3]}`), api.CodeIndexLoading)
+
 	h = newHarness(t)
 	h.ret.EmbedTextsFn = func(ctx context.Context, ref string, texts []string) (rag.Embedding, error) {
 		return rag.Embedding{}, fmt.Errorf("%s: %w", ref, lifecycle.ErrNotLoaded)

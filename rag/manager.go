@@ -135,13 +135,16 @@ func (m *Manager) Ready() <-chan struct{} { return m.ready }
 func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 	defer sub.Close()
 	start := time.Now()
-	specs, err := m.store.Collections(ctx)
+	specs, sums, err := m.scan(ctx)
 	if err != nil {
 		m.log.Error("listing collections", "err", err)
 	}
+	for _, spec := range specs {
+		m.loading(spec.Name) // each answers ErrLoading until its turn is done
+	}
 	total := 0
 	for _, spec := range specs {
-		total += m.load(ctx, spec)
+		total += m.load(ctx, spec, sums[spec.Name])
 	}
 	m.statsMu.Lock()
 	m.stats.Rebuilds++
@@ -368,7 +371,7 @@ func (m *Manager) applySpec(ctx context.Context, c string, ev crdt.Event) {
 	_, known := m.indexes[c]
 	m.mu.RUnlock()
 	if !known {
-		m.load(ctx, spec)
+		m.load(ctx, spec, nil)
 	}
 }
 
@@ -387,6 +390,9 @@ func (m *Manager) Query(ctx context.Context, c string, q []float32, k int, filte
 	ci := m.indexes[c]
 	m.mu.RUnlock()
 	if ci == nil {
+		if _, loading := m.building.Load(c); loading {
+			return nil, Freshness{}, fmt.Errorf("%w: %s", ErrLoading, c)
+		}
 		return nil, Freshness{}, fmt.Errorf("%w: %s", collections.ErrUnknown, c)
 	}
 	if err := collections.CheckVector(q, ci.spec.Dimension); err != nil {

@@ -19,6 +19,10 @@ import (
 // the decoded records, its graph in the background while the collection
 // answers exactly.
 
+// ErrLoading: the collection's index is being loaded at start; it
+// answers once loaded (reopened, or read and searched exactly).
+var ErrLoading = errors.New("the collection's index is being loaded")
+
 type buildProgress struct {
 	total   atomic.Int64 // 0 while the documents are being read
 	done    atomic.Int64
@@ -45,13 +49,35 @@ func (m *Manager) Building() []Build {
 	return out
 }
 
+// scan reads the store once at start: every collection's spec, and the
+// hash of every document record (undecoded), by collection.
+func (m *Manager) scan(ctx context.Context) ([]collections.Spec, map[string]map[string]recordSum, error) {
+	var specs []collections.Spec
+	sums := map[string]map[string]recordSum{}
+	err := m.store.Scan(ctx, func(s collections.Spec) { specs = append(specs, s) }, func(c, id string, value []byte) error {
+		if sums[c] == nil {
+			sums[c] = map[string]recordSum{}
+		}
+		sums[c][id] = sumOf(value)
+		return nil
+	})
+	return specs, sums, err
+}
+
+// loading marks a collection as being loaded (queries answer ErrLoading)
+// and returns its progress.
+func (m *Manager) loading(name string) *buildProgress {
+	p, _ := m.building.LoadOrStore(name, &buildProgress{started: time.Now().UTC()})
+	return p.(*buildProgress)
+}
+
 // load makes one collection's index from the store and registers it,
-// returning how many documents it holds.
-func (m *Manager) load(ctx context.Context, spec collections.Spec) int {
+// returning how many documents it holds. sums, when not nil, are the
+// hashes of its stored document records (scan); else they are read.
+func (m *Manager) load(ctx context.Context, spec collections.Spec, sums map[string]recordSum) int {
 	ci := &collectionIndex{spec: spec, index: NewIndex(spec.Dimension, spec.Metric), docs: newDocState()}
-	prog := &buildProgress{started: time.Now().UTC()}
-	m.building.Store(spec.Name, prog)
-	reopened := m.reopen(ctx, ci)
+	prog := m.loading(spec.Name)
+	reopened := m.reopen(ctx, ci, sums)
 	if !reopened {
 		m.readDocs(ctx, ci, prog)
 	}
@@ -68,11 +94,12 @@ func (m *Manager) load(ctx context.Context, spec collections.Spec) int {
 
 // reopen installs the collection's saved index if the stored document
 // records are exactly those it was saved from, and reports whether it did.
-func (m *Manager) reopen(ctx context.Context, ci *collectionIndex) bool {
+func (m *Manager) reopen(ctx context.Context, ci *collectionIndex, sums map[string]recordSum) bool {
 	if m.indexDir == "" {
 		return false
 	}
 	name := ci.spec.Name
+	readStart := time.Now()
 	saved, err := ReadSaved(m.indexDir, name)
 	if errors.Is(err, os.ErrNotExist) {
 		return false
@@ -83,9 +110,11 @@ func (m *Manager) reopen(ctx context.Context, ci *collectionIndex) bool {
 			err = fmt.Errorf("%w: state: %v", ErrIndexTorn, err)
 		}
 	}
+	scanStart := time.Now()
 	if err == nil {
-		err = m.checkRecords(ctx, ci, st.Records)
+		err = m.checkRecords(ctx, ci, sums, st.Records)
 	}
+	installStart := time.Now()
 	if err == nil {
 		err = ci.index.Install(m.indexDir, name, saved)
 	}
@@ -99,22 +128,27 @@ func (m *Manager) reopen(ctx context.Context, ci *collectionIndex) bool {
 	}
 	ci.docs.applied = st.Applied
 	m.count(func(s *Stats) { s.GraphsLoaded++ })
-	m.log.Info("retrieval index reopened", "collection", name, "documents", ci.index.Len())
+	m.log.Info("retrieval index reopened", "collection", name, "documents", ci.index.Len(),
+		"read_seconds", scanStart.Sub(readStart).Seconds(), "check_seconds", installStart.Sub(scanStart).Seconds(), "install_seconds", time.Since(installStart).Seconds())
 	return true
 }
 
-// checkRecords hashes the collection's stored document records into
-// ci.docs.sums and compares their digest with want: ErrIndexStale if the
-// documents changed since the save (writes after it, or a kill -9 before
-// the next).
-func (m *Manager) checkRecords(ctx context.Context, ci *collectionIndex, want string) error {
-	err := m.store.ScanDocs(ctx, ci.spec.Name, func(id string, value []byte) error {
-		ci.docs.sums[id] = sumOf(value)
-		return nil
-	})
-	if err != nil {
-		return err
+// checkRecords takes the hashes of the collection's stored document
+// records (sums, or read now when nil) into ci.docs.sums and compares
+// their digest with want: ErrIndexStale if the documents changed since
+// the save (writes after it, or a kill -9 before the next).
+func (m *Manager) checkRecords(ctx context.Context, ci *collectionIndex, sums map[string]recordSum, want string) error {
+	if sums == nil {
+		sums = map[string]recordSum{}
+		err := m.store.ScanDocs(ctx, ci.spec.Name, func(id string, value []byte) error {
+			sums[id] = sumOf(value)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
+	ci.docs.sums = sums
 	if recordsDigest(ci.docs.sums) != want {
 		return fmt.Errorf("%w: the %d stored documents are not those it was saved from", ErrIndexStale, len(ci.docs.sums))
 	}

@@ -257,23 +257,37 @@ func (s *Store) Collection(ctx context.Context, name string) (Spec, error) {
 	return spec, rec.DecodeBody(&spec)
 }
 
-// Collections lists every spec.
+// Collections lists the collection specs. It reads the documents'
+// records undecoded (Scan), so it costs a pass over them, not a decoding.
 func (s *Store) Collections(ctx context.Context) ([]Spec, error) {
-	entries, err := s.r.List(ctx, Prefix)
-	if err != nil {
-		return nil, err
-	}
 	var out []Spec
-	for _, e := range entries {
-		if e.Record.Kind != KindSpec {
-			continue
+	err := s.Scan(ctx, func(spec Spec) { out = append(out, spec) }, nil)
+	return out, err
+}
+
+// Scan reads every collection in one pass: spec is called with each
+// collection's spec, doc (when not nil) with each document's id and
+// stored record bytes, undecoded and valid only during the call (see
+// ScanDocs). Specs that do not decode are skipped.
+func (s *Store) Scan(ctx context.Context, spec func(Spec), doc func(collection, id string, value []byte) error) error {
+	return s.r.Scan(ctx, Prefix+"/", func(key string, value []byte) error {
+		c, id, err := ParseKey(key)
+		switch {
+		case err != nil:
+			return nil
+		case id == "":
+			if rec, err := crdt.DecodeRecord(value); err == nil && rec.Kind == KindSpec {
+				var sp Spec
+				if rec.DecodeBody(&sp) == nil && sp.Name == c {
+					spec(sp)
+				}
+			}
+			return nil
+		case doc != nil:
+			return doc(c, id, value)
 		}
-		var spec Spec
-		if e.Record.DecodeBody(&spec) == nil {
-			out = append(out, spec)
-		}
-	}
-	return out, nil
+		return nil
+	})
 }
 
 // PutDocs writes documents (already validated and embedded) in batches.

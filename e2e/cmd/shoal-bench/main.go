@@ -49,8 +49,9 @@ func main() {
 		lossyK = flag.Int("lossy-notices", 20, "version changes per system in the delay/loss comparison")
 		lossyD = flag.Duration("lossy-delay", 50*time.Millisecond, "one-way delay per link in the delay/loss comparison")
 		lossyL = flag.Float64("lossy-loss", 0.01, "packet loss per link in the delay/loss comparison")
+		rstN   = flag.Int("restart-docs", 100000, "documents in the restart scenario")
 		qset   = flag.String("quality-set", "", "labelled set of the retrieval-quality scenario (default "+qualitySetPath+")")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag, quality or casestudy")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag, quality, restart or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -66,6 +67,7 @@ func main() {
 		{"casestudy", func() error { return runCaseStudy(*zipfK, *zipfS, *zipfC, *zipfD, *zipfE, *out) }},
 		{"rag", func() error { return runRAG(*ragN, *ragDim, *ragQ, *out) }},
 		{"quality", func() error { return runQuality(*qset, *out) }},
+		{"restart", func() error { return runRestart(*rstN, *ragDim, *out) }},
 		{"inference", func() error {
 			for _, s := range strings.Split(*thr, ",") {
 				var t int
