@@ -1,12 +1,15 @@
 package rag
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -156,24 +159,46 @@ func (m *Manager) checkRecords(ctx context.Context, ci *collectionIndex, sums ma
 }
 
 // readDocs decodes the collection's stored documents into its index,
-// vectors loose (the graph is built after), logging progress for large
-// collections.
+// vectors loose (the graph is built after), on every core: one goroutine
+// reads the store, the others decode (JSON and base64 are most of a
+// start without a save). Progress is logged for large collections.
 func (m *Manager) readDocs(ctx context.Context, ci *collectionIndex, prog *buildProgress) {
 	ci.index.BeginBulk()
+	type record struct {
+		id    string
+		value []byte
+	}
+	records := make(chan record, 256)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range records {
+				if d, _, err := collections.DecodeDoc(r.value); err != nil {
+					m.leaveOut(ci, r.id, err)
+				} else {
+					m.addDoc(ci, r.id, d)
+				}
+				prog.done.Add(1)
+			}
+		}()
+	}
 	last := time.Now()
 	err := m.store.ScanDocs(ctx, ci.spec.Name, func(id string, value []byte) error {
-		ci.docs.sums[id] = sumOf(value)
-		if d, _, err := collections.DecodeDoc(value); err != nil {
-			m.leaveOut(ci, id, err)
-		} else {
-			m.addDoc(ci, id, d)
-		}
-		if n := prog.done.Add(1); time.Since(last) > 2*time.Second {
+		sum := sumOf(value)
+		ci.mu.Lock()
+		ci.docs.sums[id] = sum
+		ci.mu.Unlock()
+		records <- record{id, bytes.Clone(value)}
+		if time.Since(last) > 2*time.Second {
 			last = time.Now()
-			m.log.Info("reading retrieval documents", "collection", ci.spec.Name, "done", n)
+			m.log.Info("reading retrieval documents", "collection", ci.spec.Name, "done", prog.done.Load())
 		}
 		return nil
 	})
+	close(records)
+	wg.Wait()
 	if err != nil {
 		m.log.Error("reading documents", "collection", ci.spec.Name, "err", err)
 	}

@@ -36,6 +36,8 @@ func main() {
 		ragN   = flag.Int("rag-vectors", 100000, "vectors in the retrieval scenario")
 		ragDim = flag.Int("rag-dim", 384, "their dimension")
 		ragQ   = flag.Int("rag-queries", 500, "queries in the retrieval scenario")
+		ragA   = flag.Bool("rag-anchors", true, "also run hnswlib's and faiss's Python bindings in the retrieval scenario")
+		ragS   = flag.String("rag-section", "rag", "the docs/benchmarks.md section the retrieval scenario writes")
 		cmpN   = flag.String("compare-subscribers", "3,10,25", "subscriber counts of the comparison with etcd, Redis and NATS")
 		cmpK   = flag.Int("compare-notices", 50, "change notices per system and size in the comparison")
 		cmpG   = flag.Duration("compare-gap", 200*time.Millisecond, "pause between change notices in the comparison (version changes are rare; this measures latency, not throughput)")
@@ -65,7 +67,9 @@ func main() {
 		}},
 		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
 		{"casestudy", func() error { return runCaseStudy(*zipfK, *zipfS, *zipfC, *zipfD, *zipfE, *out) }},
-		{"rag", func() error { return runRAG(*ragN, *ragDim, *ragQ, *out) }},
+		{"rag", func() error {
+			return runRAG(ragOptions{n: *ragN, dim: *ragDim, queries: *ragQ, anchors: *ragA, section: *ragS}, *out)
+		}},
 		{"quality", func() error { return runQuality(*qset, *out) }},
 		{"restart", func() error { return runRestart(*rstN, *ragDim, *out) }},
 		{"inference", func() error {

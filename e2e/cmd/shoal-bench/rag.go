@@ -10,8 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
+
+	"github.com/viterin/vek/vek32"
 
 	"github.com/shoal-mesh/shoal/rag"
 )
@@ -47,70 +50,185 @@ type annRow struct {
 	note        string
 }
 
-func runRAG(n, dim, queries int, out string) error {
-	fmt.Fprintf(os.Stderr, "generating %d clustered vectors of dimension %d...\n", n, dim)
-	all := clusteredVectors(n+queries, dim, 42)
-	data, qs := all[:n], all[n:]
+// ragOptions are the retrieval scenario's knobs.
+type ragOptions struct {
+	n, dim, queries int
+	anchors         bool   // also run hnswlib's and faiss's Python bindings
+	section         string // the docs/benchmarks.md section written
+}
 
+func runRAG(o ragOptions, out string) error {
+	fmt.Fprintf(os.Stderr, "generating %d clustered vectors of dimension %d...\n", o.n, o.dim)
+	all := clusteredVectors(o.n+o.queries, o.dim, 42)
+	data, qs := all[:o.n], all[o.n:]
+	ids := make([]string, o.n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("v%06d", i)
+	}
+	x, build, perVec, err := buildIndex(ids, data, o.dim)
+	if err != nil {
+		return err
+	}
+	prev := runtime.GOMAXPROCS(1) // queries on one core
+	truth, exactQPS := exactTruth(x, qs)
+	recall, hnswQPS, err := searchRecall(x, qs, truth, nil)
+	if err != nil {
+		return err
+	}
+	filtered, err := filteredRows(x, ids, data, qs)
+	runtime.GOMAXPROCS(prev)
+	if err != nil {
+		return err
+	}
+	rows := []annRow{
+		{name: "Shoal index (hnswlib 0.6.2 through cgo, M 16, ef 100)", recall: recall, qps: hnswQPS, build: build, bytesPerVec: perVec},
+		{name: "exact brute force (hnswlib's distance over the graph's copy of the vectors)", recall: 1, qps: exactQPS, note: "no build"},
+	}
+	if o.anchors {
+		rows = append(rows, pythonRows(data, qs, truth)...)
+	}
+	text := ragTable(o, rows) + filteredTable(filtered)
+	fmt.Print(text)
+	if out != "" {
+		return writeSection(out, o.section, text)
+	}
+	return nil
+}
+
+// buildIndex bulk-loads the vectors on every core, as hnswlib's add_items
+// does in the anchor row, and returns the index, the build time and the
+// memory per vector: the Go heap's growth (the id maps: the vectors live
+// only in hnswlib) plus hnswlib's own allocation.
+func buildIndex(ids []string, data [][]float32, dim int) (*rag.Index, time.Duration, float64, error) {
 	x := rag.NewIndex(dim, "cosine")
 	x.ExactBelow = 0
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("v%06d", i)
-	}
-	// One bulk load, on every core, as hnswlib's add_items does below.
 	start := time.Now()
 	if err := x.UpsertAll(ids, data); err != nil {
-		return err
+		return nil, 0, 0, err
 	}
 	build := time.Since(start)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	// The Go heap (vectors, id maps) plus what hnswlib holds in C++.
-	perVec := float64(after.HeapAlloc-before.HeapAlloc+uint64(x.GraphBytes())) / float64(n)
+	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	return x, build, float64(heap+x.GraphBytes()) / float64(len(ids)), nil
+}
 
-	// Ground truth and exact-search speed.
+// exactTruth returns each query's exact top 10 and the exact q/s.
+func exactTruth(x *rag.Index, qs [][]float32) ([]map[string]bool, float64) {
 	truth := make([]map[string]bool, len(qs))
-	prev := runtime.GOMAXPROCS(1)
-	start = time.Now()
+	start := time.Now()
 	for i, q := range qs {
 		truth[i] = map[string]bool{}
 		for _, h := range x.Exact(q, 10) {
 			truth[i][h.ID] = true
 		}
 	}
-	exactQPS := float64(len(qs)) / time.Since(start).Seconds()
-	start = time.Now()
-	found := 0
+	return truth, float64(len(qs)) / time.Since(start).Seconds()
+}
+
+// searchRecall runs every query through Search (with f) and returns
+// recall@10 against truth and the q/s.
+func searchRecall(x *rag.Index, qs [][]float32, truth []map[string]bool, f *rag.Filter) (float64, float64, error) {
+	start := time.Now()
+	found, total := 0, 0
 	for i, q := range qs {
-		hits, err := x.Search(q, 10, nil)
+		hits, err := x.Search(q, 10, f)
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		for _, h := range hits {
+			if f != nil && !f.Allow(h.ID) {
+				return 0, 0, fmt.Errorf("the filter let %s through", h.ID)
+			}
 			if truth[i][h.ID] {
 				found++
 			}
 		}
+		total += len(truth[i])
 	}
-	hnswQPS := float64(len(qs)) / time.Since(start).Seconds()
-	runtime.GOMAXPROCS(prev)
-	rows := []annRow{
-		{name: "Shoal index (hnswlib 0.6.2 through cgo, M 16, ef 100)", recall: float64(found) / float64(10*len(qs)), qps: hnswQPS, build: build, bytesPerVec: perVec},
-		{name: "exact brute force (Go, same vectors)", recall: 1, qps: exactQPS, note: "no build; the vectors themselves"},
-	}
-	rows = append(rows, pythonRows(data, qs, truth)...)
+	return float64(found) / float64(max(total, 1)), float64(len(qs)) / time.Since(start).Seconds(), nil
+}
 
+type filteredRow struct {
+	share      float64
+	candidates int
+	recall     float64
+	qps        float64
+}
+
+// filteredRows measures filtered searches: every stride-th document
+// allowed, for shares of a half, a tenth and a hundredth, against an
+// exact filtered search of the same candidates (Go, over the inputs).
+func filteredRows(x *rag.Index, ids []string, data, qs [][]float32) ([]filteredRow, error) {
+	norm := make([][]float32, len(data))
+	for i, v := range data {
+		norm[i] = normalised(v)
+	}
+	var rows []filteredRow
+	for _, stride := range []int{2, 10, 100} {
+		allowed := map[string]bool{}
+		f := &rag.Filter{Allow: func(id string) bool { return allowed[id] }}
+		var idx []int
+		for i := 0; i < len(ids); i += stride {
+			allowed[ids[i]] = true
+			f.IDs = append(f.IDs, ids[i])
+			idx = append(idx, i)
+		}
+		fq := qs[:min(len(qs), 200)]
+		truth := make([]map[string]bool, len(fq))
+		for qi, q := range fq {
+			truth[qi] = exactAmong(normalised(q), norm, ids, idx)
+		}
+		recall, qps, err := searchRecall(x, fq, truth, f)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, filteredRow{share: 1 / float64(stride), candidates: len(f.IDs), recall: recall, qps: qps})
+	}
+	return rows, nil
+}
+
+func normalised(v []float32) []float32 {
+	n := float32(math.Sqrt(float64(vek32.Dot(v, v))))
+	return vek32.DivNumber(v, n)
+}
+
+// exactAmong returns the ids of the 10 vectors among idx nearest to q.
+func exactAmong(q []float32, norm [][]float32, ids []string, idx []int) map[string]bool {
+	type hit struct {
+		i int
+		s float32
+	}
+	var top []hit
+	for _, i := range idx {
+		s := vek32.Dot(q, norm[i])
+		if len(top) < 10 {
+			top = append(top, hit{i, s})
+			sort.Slice(top, func(a, b int) bool { return top[a].s > top[b].s })
+		} else if s > top[9].s {
+			top[9] = hit{i, s}
+			sort.Slice(top, func(a, b int) bool { return top[a].s > top[b].s })
+		}
+	}
+	out := map[string]bool{}
+	for _, h := range top {
+		out[ids[h.i]] = true
+	}
+	return out
+}
+
+func ragTable(o ragOptions, rows []annRow) string {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "### Retrieval: approximate index against exact search\n\n")
-	fmt.Fprintf(&b, "Measured %s on %s. %d vectors of dimension %d around 256 centres (seed 42, Gaussian spread 0.5), cosine,\n", time.Now().UTC().Format("2006-01-02"), machine(), n, dim)
-	fmt.Fprintf(&b, "%d held-out queries from the same distribution, k = 10. Queries run one at a time on one core (GOMAXPROCS 1 for Go;\n", len(qs))
-	fmt.Fprintf(&b, "one thread for the Python libraries). Memory per vector: for Shoal, the Go heap growth over the build (the\n")
-	fmt.Fprintf(&b, "vectors kept for exact search and rebuilds, the id maps) plus hnswlib's own allocation, computed as for the hnswlib row\n")
-	fmt.Fprintf(&b, "(vector, 2·M links, label per node, upper levels about 1/M more), divided by n.\n\n")
+	fmt.Fprintf(&b, "### Retrieval: approximate index against exact search (%d vectors)\n\n", o.n)
+	fmt.Fprintf(&b, "Measured %s on %s. %d vectors of dimension %d around 256 centres (seed 42, Gaussian spread 0.5), cosine,\n", time.Now().UTC().Format("2006-01-02"), machine(), o.n, o.dim)
+	fmt.Fprintf(&b, "%d held-out queries from the same distribution, k = 10. Builds run on every core (Shoal's bulk load and hnswlib's\n", o.queries)
+	fmt.Fprintf(&b, "add_items alike; faiss with one OpenMP thread per core); queries run one at a time on one core (GOMAXPROCS 1 for Go;\n")
+	fmt.Fprintf(&b, "one thread for the Python libraries). Memory per vector: for Shoal, the Go heap growth over the build (the id maps;\n")
+	fmt.Fprintf(&b, "the vectors live only in hnswlib) plus hnswlib's own allocation, estimated as vector, 2·M links, link count and label\n")
+	fmt.Fprintf(&b, "per node with about 1/M more for the upper levels; for the hnswlib row the same without the upper levels.\n\n")
 	fmt.Fprintln(&b, "| index | recall@10 | queries/s (1 core) | build | memory/vector |")
 	fmt.Fprintln(&b, "|---|---:|---:|---:|---:|")
 	for _, r := range rows {
@@ -128,11 +246,25 @@ func runRAG(n, dim, queries int, out string) error {
 		fmt.Fprintf(&b, "| %s | %.3f | %.0f | %s | %s |\n", name, r.recall, r.qps, buildS, mem)
 	}
 	b.WriteString("\n")
-	fmt.Print(b.String())
-	if out != "" {
-		return writeSection(out, "rag", b.String())
+	return b.String()
+}
+
+func filteredTable(rows []filteredRow) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "Filtered queries on the same index (every 2nd, 10th or 100th vector allowed; 200 queries; recall@10 against an exact\n")
+	fmt.Fprintf(&b, "search of the allowed vectors). Fewer than 8,192 candidates are compared exactly; more are searched in the graph\n")
+	fmt.Fprintf(&b, "with the result list widened by the inverse share × 1.5, then filtered.\n\n")
+	fmt.Fprintln(&b, "| allowed | candidates | path | recall@10 | queries/s (1 core) |")
+	fmt.Fprintln(&b, "|---:|---:|---|---:|---:|")
+	for _, r := range rows {
+		path := "graph, widened"
+		if r.candidates < 8192 {
+			path = "exact among the candidates"
+		}
+		fmt.Fprintf(&b, "| %.0f %% | %d | %s | %.3f | %.0f |\n", 100*r.share, r.candidates, path, r.recall, r.qps)
 	}
-	return nil
+	b.WriteString("\n")
+	return b.String()
 }
 
 // pythonRows runs hnswlib and faiss (Debian's python3-hnswlib and
@@ -183,11 +315,12 @@ faiss.omp_set_num_threads(1)
 def recall(ids):
     return sum(len(set(r) & t) for r, t in zip(ids, truth)) / (10 * len(truth))
 t = time.time(); p = hnswlib.Index(space="cosine", dim=d); p.init_index(max_elements=len(data), ef_construction=200, M=16)
-p.set_num_threads(1); p.add_items(data); build = time.time() - t; p.set_ef(100)
+p.add_items(data, num_threads=os.cpu_count()); build = time.time() - t; p.set_ef(100); p.set_num_threads(1)
 t = time.time(); ids = [p.knn_query(q, k=10)[0][0] for q in qs]; qps = len(qs) / (time.time() - t)
 print("hnswlib 0.6.2 (M 16, ef 100)|%%f|%%f|%%f|%%f" %% (recall(ids), qps, build, (p.get_current_count() * (d * 4 + 16 * 2 * 4 + 8)) / len(data)))
+faiss.omp_set_num_threads(os.cpu_count())
 t = time.time(); ix = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT); ix.hnsw.efConstruction = 200; ix.add(data); build = time.time() - t
-ix.hnsw.efSearch = 100
+ix.hnsw.efSearch = 100; faiss.omp_set_num_threads(1)
 t = time.time(); ids = [ix.search(q.reshape(1, -1), 10)[1][0] for q in qs]; qps = len(qs) / (time.time() - t)
 print("faiss 1.7.3 IndexHNSWFlat (M 32, ef 100)|%%f|%%f|%%f|0" %% (recall(ids), qps, build))
 fl = faiss.IndexFlatIP(d); fl.add(data)
