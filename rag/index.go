@@ -50,8 +50,8 @@ type Index struct {
 	idOf  map[uint64]string // graph label → live id
 	next  uint64
 	graph *graph
-	tombs int // graph nodes that are no longer live
-	seed  int64
+	tombs int   // graph nodes that are no longer live
+	seed  int64 // of hnswlib's level generator: 100, its own default
 	// loose holds the vectors while no graph holds them all: during a
 	// bulk fill and while BuildGraph builds a graph in the background
 	// (searches are exact, writes touch only loose). nil otherwise.
@@ -81,7 +81,7 @@ type Filter struct {
 // NewIndex returns an empty index for vectors of dim components.
 func NewIndex(dim int, metric string) *Index {
 	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 100,
-		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 1}
+		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 100}
 	var err error
 	if x.graph, err = x.newGraph(0); err != nil {
 		x.loose = map[string][]float32{} // hnswlib cannot allocate: exact until a rebuild succeeds
@@ -259,6 +259,17 @@ func lastOfEach(ids []string, vs [][]float32) ([]string, [][]float32) {
 		}
 	}
 	return outIDs, outVs
+}
+
+// Close frees the graph's memory now rather than when the garbage
+// collector finds it; the index is left empty.
+func (x *Index) Close() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.graph != nil {
+		x.graph.free()
+	}
+	x.graph, x.keyOf, x.idOf, x.loose = nil, map[string]uint64{}, map[uint64]string{}, map[string][]float32{}
 }
 
 // BeginBulk takes the vectors loose, so a fill of many is cheap and a

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -65,27 +68,69 @@ func runRAG(o ragOptions, out string) error {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("v%06d", i)
 	}
-	x, build, perVec, err := buildIndex(ids, data, o.dim)
-	if err != nil {
-		return err
+	var py *anchors
+	if o.anchors {
+		if py = startAnchors(data, qs); py != nil {
+			defer py.close()
+		}
+	}
+	// Builds and query passes move from run to run on a shared machine:
+	// Shoal's and hnswlib's alternate, and each figure is the median.
+	var x *rag.Index
+	var builds, pyBuilds []float64
+	var perVec, pyMem float64
+	rounds := 3
+	if py == nil {
+		rounds = 1 // nothing to alternate with (a 1M run builds once)
+	}
+	for range rounds {
+		if x != nil {
+			x.Close()
+		}
+		var build time.Duration
+		var err error
+		if x, build, perVec, err = buildIndex(ids, data, o.dim); err != nil {
+			return err
+		}
+		builds = append(builds, build.Seconds())
+		if py != nil {
+			secs, mem := py.build()
+			pyBuilds, pyMem = append(pyBuilds, secs), mem
+		}
 	}
 	prev := runtime.GOMAXPROCS(1) // queries on one core
+	defer runtime.GOMAXPROCS(prev)
 	truth, exactQPS := exactTruth(x, qs)
-	recall, hnswQPS, err := searchRecall(x, qs, truth, nil)
-	if err != nil {
-		return err
+	if py != nil {
+		py.setTruth(truth)
+	}
+	var passes, pyPasses []float64
+	var recall, pyRecall float64
+	for range 5 {
+		r, qps, err := searchRecall(x, qs, truth, nil)
+		if err != nil {
+			return err
+		}
+		recall, passes = r, append(passes, qps)
+		if py != nil {
+			r, qps := py.pass("hnswlib")
+			pyRecall, pyPasses = r, append(pyPasses, qps)
+		}
 	}
 	filtered, err := filteredRows(x, ids, data, qs)
-	runtime.GOMAXPROCS(prev)
 	if err != nil {
 		return err
 	}
 	rows := []annRow{
-		{name: "Shoal index (hnswlib 0.6.2 through cgo, M 16, ef 100)", recall: recall, qps: hnswQPS, build: build, bytesPerVec: perVec},
+		{name: "Shoal index (hnswlib 0.6.2 through cgo, M 16, ef 100)", recall: recall, qps: median(passes), build: seconds(median(builds)), bytesPerVec: perVec},
 		{name: "exact brute force (hnswlib's distance over the graph's copy of the vectors)", recall: 1, qps: exactQPS, note: "no build"},
 	}
-	if o.anchors {
-		rows = append(rows, pythonRows(data, qs, truth)...)
+	if py != nil {
+		rows = append(rows, annRow{name: "hnswlib 0.6.2 (M 16, ef 100)", recall: pyRecall, qps: median(pyPasses), build: seconds(median(pyBuilds)), bytesPerVec: pyMem})
+		rows = append(rows, py.faissRows()...)
+		if err := py.err(); err != nil {
+			return err
+		}
 	}
 	text := ragTable(o, rows) + filteredTable(filtered)
 	fmt.Print(text)
@@ -95,13 +140,14 @@ func runRAG(o ragOptions, out string) error {
 	return nil
 }
 
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
 // buildIndex bulk-loads the vectors on every core, as hnswlib's add_items
 // does in the anchor row, and returns the index, the build time and the
 // memory per vector: the Go heap's growth (the id maps: the vectors live
 // only in hnswlib) plus hnswlib's own allocation.
 func buildIndex(ids []string, data [][]float32, dim int) (*rag.Index, time.Duration, float64, error) {
 	x := rag.NewIndex(dim, "cosine")
-	x.ExactBelow = 0
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -191,6 +237,12 @@ func filteredRows(x *rag.Index, ids []string, data, qs [][]float32) ([]filteredR
 	return rows, nil
 }
 
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 func normalised(v []float32) []float32 {
 	n := float32(math.Sqrt(float64(vek32.Dot(v, v))))
 	return vek32.DivNumber(v, n)
@@ -226,7 +278,8 @@ func ragTable(o ragOptions, rows []annRow) string {
 	fmt.Fprintf(&b, "Measured %s on %s. %d vectors of dimension %d around 256 centres (seed 42, Gaussian spread 0.5), cosine,\n", time.Now().UTC().Format("2006-01-02"), machine(), o.n, o.dim)
 	fmt.Fprintf(&b, "%d held-out queries from the same distribution, k = 10. Builds run on every core (Shoal's bulk load and hnswlib's\n", o.queries)
 	fmt.Fprintf(&b, "add_items alike; faiss with one OpenMP thread per core); queries run one at a time on one core (GOMAXPROCS 1 for Go;\n")
-	fmt.Fprintf(&b, "one thread for the Python libraries). Memory per vector: for Shoal, the Go heap growth over the build (the id maps;\n")
+	fmt.Fprintf(&b, "one thread for the Python libraries); builds (three each) and query passes (five each) of Shoal and hnswlib alternate, and\n")
+	fmt.Fprintf(&b, "each figure is their median. Memory per vector: for Shoal, the Go heap growth over the build (the id maps;\n")
 	fmt.Fprintf(&b, "the vectors live only in hnswlib) plus hnswlib's own allocation, estimated as vector, 2·M links, link count and label\n")
 	fmt.Fprintf(&b, "per node with about 1/M more for the upper levels; for the hnswlib row the same without the upper levels.\n\n")
 	fmt.Fprintln(&b, "| index | recall@10 | queries/s (1 core) | build | memory/vector |")
@@ -267,30 +320,115 @@ func filteredTable(rows []filteredRow) string {
 	return b.String()
 }
 
-// pythonRows runs hnswlib and faiss (Debian's python3-hnswlib and
-// python3-faiss) on the same vectors when /usr/bin/python3 has them.
-func pythonRows(data, qs [][]float32, truth []map[string]bool) []annRow {
+// anchors runs hnswlib and faiss (Debian's python3-hnswlib and
+// python3-faiss) on the same vectors in one Python process that stays up,
+// so its builds and query passes can alternate with Shoal's.
+type anchors struct {
+	dir   string
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Scanner
+	fail  error
+	nq, d int
+}
+
+const anchorScript = `
+import sys, time, os, numpy as np, hnswlib, faiss
+d = int(sys.argv[2]); dir = sys.argv[1]
+data = np.fromfile(dir + "/data.f32", dtype=np.float32).reshape(-1, d)
+qs = np.fromfile(dir + "/queries.f32", dtype=np.float32).reshape(-1, d)
+faiss.normalize_L2(data); faiss.normalize_L2(qs)
+truth = None; p = None
+def recall(ids):
+    return sum(len(set(r) & t) for r, t in zip(ids, truth)) / (10 * len(truth))
+def timed(f):
+    t = time.time(); ids = f(); return recall(ids), len(qs) / (time.time() - t)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "build":
+        p = None
+        t = time.time(); p = hnswlib.Index(space="cosine", dim=d); p.init_index(max_elements=len(data), ef_construction=200, M=16)
+        p.add_items(data, num_threads=os.cpu_count()); build = time.time() - t; p.set_ef(100); p.set_num_threads(1)
+        print(build, p.get_current_count() * (d * 4 + 16 * 2 * 4 + 8) / len(data), flush=True)
+    elif cmd[0] == "truth":
+        truth = [set(map(int, l.split())) for l in open(dir + "/truth.txt")]
+        print("ok", flush=True)
+    elif cmd[0] == "hnswlib":
+        print(*timed(lambda: [p.knn_query(q, k=10)[0][0] for q in qs]), flush=True)
+    elif cmd[0] == "faiss":
+        faiss.omp_set_num_threads(os.cpu_count())
+        t = time.time(); ix = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT); ix.hnsw.efConstruction = 200; ix.add(data); build = time.time() - t
+        ix.hnsw.efSearch = 100; faiss.omp_set_num_threads(1)
+        r = [timed(lambda: [ix.search(q.reshape(1, -1), 10)[1][0] for q in qs]) for _ in range(5)]
+        print(r[0][0], sorted(x[1] for x in r)[2], build, flush=True)
+        fl = faiss.IndexFlatIP(d); fl.add(data)
+        print(*timed(lambda: [fl.search(q.reshape(1, -1), 10)[1][0] for q in qs]), flush=True)
+`
+
+func startAnchors(data, qs [][]float32) *anchors {
+	a := &anchors{nq: len(qs), d: len(data[0])}
 	py := "/usr/bin/python3"
 	if exec.Command(py, "-c", "import hnswlib, faiss, numpy").Run() != nil {
 		fmt.Fprintln(os.Stderr, "python3-hnswlib / python3-faiss not installed: skipping their rows")
 		return nil
 	}
-	dir, err := os.MkdirTemp("", "shoal-ann-*")
-	if err != nil {
+	var err error
+	if a.dir, err = os.MkdirTemp("", "shoal-ann-*"); err != nil {
 		return nil
 	}
-	defer os.RemoveAll(dir)
-	write := func(name string, vs [][]float32) {
-		var buf bytes.Buffer
-		for _, v := range vs {
-			binary.Write(&buf, binary.LittleEndian, v)
-		}
-		os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o600)
+	writeVectors(filepath.Join(a.dir, "data.f32"), data)
+	writeVectors(filepath.Join(a.dir, "queries.f32"), qs)
+	a.cmd = exec.Command(py, "-c", anchorScript, a.dir, fmt.Sprint(a.d))
+	a.cmd.Env = append(os.Environ(), "OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1")
+	a.cmd.Stderr = os.Stderr
+	a.in, _ = a.cmd.StdinPipe()
+	stdout, _ := a.cmd.StdoutPipe()
+	a.out = bufio.NewScanner(stdout)
+	if err := a.cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "python anchors: %v\n", err)
+		return nil
 	}
-	write("data.f32", data)
-	write("queries.f32", qs)
+	return a
+}
+
+func writeVectors(path string, vs [][]float32) {
+	var buf bytes.Buffer
+	for _, v := range vs {
+		binary.Write(&buf, binary.LittleEndian, v)
+	}
+	os.WriteFile(path, buf.Bytes(), 0o600)
+}
+
+// ask sends one command and parses the answer's fields into floats.
+func (a *anchors) ask(cmd string, n int) []float64 {
+	out := make([]float64, n)
+	if a.fail != nil {
+		return out
+	}
+	fmt.Fprintln(a.in, cmd)
+	if !a.out.Scan() {
+		a.fail = fmt.Errorf("python anchors: no answer to %q (%v)", cmd, a.out.Err())
+		return out
+	}
+	f := strings.Fields(a.out.Text())
+	for i := range out {
+		if i < len(f) {
+			fmt.Sscan(f[i], &out[i])
+		}
+	}
+	return out
+}
+
+// build builds hnswlib's index (on every core) and returns its seconds
+// and memory per vector.
+func (a *anchors) build() (float64, float64) {
+	r := a.ask("build", 2)
+	return r[0], r[1]
+}
+
+func (a *anchors) setTruth(truth []map[string]bool) {
 	var tb strings.Builder
-	for i := range qs {
+	for i := range truth {
 		first := true
 		for id := range truth[i] {
 			var n int
@@ -303,57 +441,35 @@ func pythonRows(data, qs [][]float32, truth []map[string]bool) []annRow {
 		}
 		tb.WriteString("\n")
 	}
-	os.WriteFile(filepath.Join(dir, "truth.txt"), []byte(tb.String()), 0o600)
-	script := fmt.Sprintf(`
-import time, numpy as np, hnswlib, faiss, os, resource
-d = %d
-data = np.fromfile("%s/data.f32", dtype=np.float32).reshape(-1, d)
-qs = np.fromfile("%s/queries.f32", dtype=np.float32).reshape(-1, d)
-truth = [set(map(int, l.split())) for l in open("%s/truth.txt")]
-faiss.normalize_L2(data); faiss.normalize_L2(qs)
-faiss.omp_set_num_threads(1)
-def recall(ids):
-    return sum(len(set(r) & t) for r, t in zip(ids, truth)) / (10 * len(truth))
-t = time.time(); p = hnswlib.Index(space="cosine", dim=d); p.init_index(max_elements=len(data), ef_construction=200, M=16)
-p.add_items(data, num_threads=os.cpu_count()); build = time.time() - t; p.set_ef(100); p.set_num_threads(1)
-t = time.time(); ids = [p.knn_query(q, k=10)[0][0] for q in qs]; qps = len(qs) / (time.time() - t)
-print("hnswlib 0.6.2 (M 16, ef 100)|%%f|%%f|%%f|%%f" %% (recall(ids), qps, build, (p.get_current_count() * (d * 4 + 16 * 2 * 4 + 8)) / len(data)))
-faiss.omp_set_num_threads(os.cpu_count())
-t = time.time(); ix = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT); ix.hnsw.efConstruction = 200; ix.add(data); build = time.time() - t
-ix.hnsw.efSearch = 100; faiss.omp_set_num_threads(1)
-t = time.time(); ids = [ix.search(q.reshape(1, -1), 10)[1][0] for q in qs]; qps = len(qs) / (time.time() - t)
-print("faiss 1.7.3 IndexHNSWFlat (M 32, ef 100)|%%f|%%f|%%f|0" %% (recall(ids), qps, build))
-fl = faiss.IndexFlatIP(d); fl.add(data)
-t = time.time(); ids = [fl.search(q.reshape(1, -1), 10)[1][0] for q in qs]; qps = len(qs) / (time.time() - t)
-print("faiss 1.7.3 IndexFlatIP (exact)|%%f|%%f|0|0" %% (recall(ids), qps))
-`, len(data[0]), dir, dir, dir)
-	fmt.Fprintln(os.Stderr, "running hnswlib and faiss on the same vectors...")
-	cmd := exec.Command(py, "-c", script)
-	cmd.Env = append(os.Environ(), "OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1")
-	outb, err := cmd.CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "python benchmark failed: %v\n%s\n", err, outb)
+	os.WriteFile(filepath.Join(a.dir, "truth.txt"), []byte(tb.String()), 0o600)
+	a.ask("truth", 0)
+}
+
+// pass runs the queries once through hnswlib: recall@10 and q/s.
+func (a *anchors) pass(which string) (float64, float64) {
+	r := a.ask(which, 2)
+	return r[0], r[1]
+}
+
+// faissRows builds faiss's HNSW (on every core) and measures it (median
+// of five passes) and its exact flat index.
+func (a *anchors) faissRows() []annRow {
+	h := a.ask("faiss", 3)
+	if a.fail != nil || !a.out.Scan() {
 		return nil
 	}
-	var rows []annRow
-	for _, line := range strings.Split(strings.TrimSpace(string(outb)), "\n") {
-		f := strings.Split(line, "|")
-		if len(f) != 5 {
-			continue
-		}
-		var r annRow
-		r.name = f[0]
-		var build, mem float64
-		fmt.Sscan(f[1], &r.recall)
-		fmt.Sscan(f[2], &r.qps)
-		fmt.Sscan(f[3], &build)
-		fmt.Sscan(f[4], &mem)
-		r.build = time.Duration(build * float64(time.Second))
-		r.bytesPerVec = mem
-		if math.IsNaN(r.recall) {
-			continue
-		}
-		rows = append(rows, r)
+	var fr, fq float64
+	fmt.Sscan(a.out.Text(), &fr, &fq)
+	return []annRow{
+		{name: "faiss 1.7.3 IndexHNSWFlat (M 32, ef 100)", recall: h[0], qps: h[1], build: seconds(h[2])},
+		{name: "faiss 1.7.3 IndexFlatIP (exact)", recall: fr, qps: fq},
 	}
-	return rows
+}
+
+func (a *anchors) err() error { return a.fail }
+
+func (a *anchors) close() {
+	a.in.Close()
+	a.cmd.Wait()
+	os.RemoveAll(a.dir)
 }
