@@ -118,7 +118,7 @@ var Codes = []CodeInfo{
 	{CodeBusy, http.StatusServiceUnavailable, time.Second, "no inference slot free on this peer (--max-inflight) within the request's deadline"},
 	{CodeCollectionUnknown, http.StatusNotFound, 0, "no collection of that name"},
 	{CodeCollectionExists, http.StatusConflict, 0, "a collection of that name exists with another spec"},
-	{CodeCollectionInvalid, http.StatusBadRequest, 0, "the collection spec is invalid (embedder reference, dimension, metric)"},
+	{CodeCollectionInvalid, http.StatusBadRequest, 0, "the collection spec is invalid (embedder reference, dimension, metric, vectors)"},
 	{CodeDocumentUnknown, http.StatusNotFound, 0, "no document of that id in the collection"},
 	{CodeDocumentInvalid, http.StatusBadRequest, 0, "a document or its vector is invalid (id, empty text, dimension, non-finite or zero vector)"},
 	{CodeDocumentTooLarge, http.StatusRequestEntityTooLarge, 0, "a document or text is past its size cap"},

@@ -22,6 +22,9 @@ type CreateCollectionRequest struct {
 	Embedder  string `json:"embedder"`
 	Dimension int    `json:"dimension,omitempty"`
 	Metric    string `json:"metric,omitempty"`
+	// Vectors: "float32" (default) or "int8" (cosine only): how the index
+	// holds them.
+	Vectors string `json:"vectors,omitempty"`
 }
 
 // DocRequest is one document to write.

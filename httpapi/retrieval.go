@@ -175,7 +175,7 @@ func (a *API) createCollection(ctx context.Context, w http.ResponseWriter, req a
 		}
 		req.Dimension = len(em.Vectors[0])
 	}
-	spec, wr, err := a.cfg.Retrieval.CreateCollection(ctx, collections.Spec{Name: req.Name, Embedder: req.Embedder, Dimension: req.Dimension, Metric: req.Metric})
+	spec, wr, err := a.cfg.Retrieval.CreateCollection(ctx, collections.Spec{Name: req.Name, Embedder: req.Embedder, Dimension: req.Dimension, Metric: req.Metric, Vectors: req.Vectors})
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,9 @@ type graph struct {
 const (
 	metricIP C.int = 0 // 1 - dot: normalised cosine vectors and dot products
 	metricL2 C.int = 1 // squared Euclidean distance
+	// 1 - dot/127² of int8 vectors (unit vectors scaled by 127): cosine at
+	// a quarter of the memory; the shim quantises what it is given.
+	metricInt8 C.int = 2
 )
 
 // Graph parameters: M 16 and ef_construction 200 are hnswlib's own
@@ -55,34 +58,38 @@ func cerr(e *C.char) error {
 	return fmt.Errorf("hnswlib: %s", C.GoString(e))
 }
 
-func metricOf(metric string) C.int {
-	if metric == "l2" {
+// kindOf is the shim's space for a metric and vector encoding.
+func kindOf(metric string, int8 bool) C.int {
+	switch {
+	case int8:
+		return metricInt8
+	case metric == "l2":
 		return metricL2
 	}
 	return metricIP
 }
 
-func newGraph(dim int, metric string, capacity int, seed int64) (*graph, error) {
+func newGraph(dim int, kind C.int, capacity int, seed int64) (*graph, error) {
 	var e *C.char
-	h := C.shoal_hnsw_new(C.int(dim), metricOf(metric), C.size_t(max(capacity, 16)), graphM, graphEfConstruction, C.size_t(seed), &e)
+	h := C.shoal_hnsw_new(C.int(dim), kind, C.size_t(max(capacity, 16)), graphM, graphEfConstruction, C.size_t(seed), &e)
 	if h == nil {
 		return nil, cerr(e)
 	}
-	g := &graph{h: h, dim: dim, metric: metricOf(metric)}
+	g := &graph{h: h, dim: dim, metric: kind}
 	runtime.SetFinalizer(g, (*graph).free)
 	return g, nil
 }
 
 // loadGraph reads a graph save wrote, with room for capacity nodes.
-func loadGraph(path string, dim int, metric string, capacity int) (*graph, error) {
+func loadGraph(path string, dim int, kind C.int, capacity int) (*graph, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var e *C.char
-	h := C.shoal_hnsw_load(cpath, C.int(dim), metricOf(metric), C.size_t(max(capacity, 16)), &e)
+	h := C.shoal_hnsw_load(cpath, C.int(dim), kind, C.size_t(max(capacity, 16)), &e)
 	if h == nil {
 		return nil, cerr(e)
 	}
-	g := &graph{h: h, dim: dim, metric: metricOf(metric)}
+	g := &graph{h: h, dim: dim, metric: kind}
 	runtime.SetFinalizer(g, (*graph).free)
 	return g, nil
 }
@@ -224,7 +231,11 @@ func toLabels(in []C.size_t) []uint64 {
 // (vector, 2·M links, label), and about 1/M more for the upper levels.
 func (g *graph) bytes() int64 {
 	n := g.count()
-	perNode := int64(g.dim*4 + graphM*2*4 + 4 + 8)
+	vector := int64(g.dim * 4)
+	if g.metric == metricInt8 {
+		vector = int64(g.dim)
+	}
+	perNode := vector + graphM*2*4 + 4 + 8
 	return n*perNode + n*perNode/graphM
 }
 

@@ -35,6 +35,7 @@ import (
 type Index struct {
 	dim    int
 	metric string
+	int8   bool // the graph holds int8 vectors (NewIndexInt8)
 
 	// ExactBelow: collections smaller than this are searched exactly
 	// (about 2.5 ms per query at 10,000 384-d vectors on one core), and so
@@ -89,10 +90,24 @@ func NewIndex(dim int, metric string) *Index {
 	return x
 }
 
+// NewIndexInt8 returns an empty cosine index whose graph holds each
+// vector as int8 (its unit vector's components times 127, rounded): a
+// quarter of the vector memory, distances approximate to about 1/127 per
+// component. Recall against float vectors is measured in benchmarks.md.
+func NewIndexInt8(dim int) *Index {
+	x := &Index{dim: dim, metric: "cosine", int8: true, ExactBelow: 8192, EfSearch: 100,
+		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 100}
+	var err error
+	if x.graph, err = x.newGraph(0); err != nil {
+		x.loose = map[string][]float32{}
+	}
+	return x
+}
+
 // newGraph returns an empty graph with room for n vectors, set to search
 // with EfSearch.
 func (x *Index) newGraph(n int) (*graph, error) {
-	g, err := newGraph(x.dim, x.metric, max(n, 1024), x.seed)
+	g, err := newGraph(x.dim, kindOf(x.metric, x.int8), max(n, 1024), x.seed)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +148,7 @@ func (x *Index) score(a, b []float32) float32 {
 
 // scoreOf turns hnswlib's distance into the same similarity: its inner
 // product space measures 1 - dot, its L2 space the squared distance.
-func (x *Index) scoreOf(dist float32) float32 {
+func (x *Index) scoreOf(dist float32) float32 { // also int8's: 1 - dot/127²
 	if x.metric == "l2" {
 		return -float32(math.Sqrt(float64(max(dist, 0))))
 	}

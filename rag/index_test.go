@@ -1,6 +1,7 @@
 package rag
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand"
@@ -308,5 +309,72 @@ func TestUpsertManyReplacesAndKeepsTheLast(t *testing.T) {
 				t.Errorf("loose %v: nearest to the vector of %s: %+v", loose, c.want, hits)
 			}
 		}
+	}
+}
+
+// TestInt8Index: an int8 index holds a quarter of the vector bytes, finds
+// the float index's nearest neighbours (recall@10 against the float
+// vectors' exact answer), reads back vectors within 1/127 per component,
+// and its save is refused by a float index (and the other way round).
+func TestInt8Index(t *testing.T) {
+	ids, vs := randomVectors(4000, 64, 41)
+	f := NewIndex(64, "cosine")
+	q := NewIndexInt8(64)
+	for _, x := range []*Index{f, q} {
+		x.ExactBelow = 100
+		if err := x.UpsertAll(ids, vs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fb, qb := f.GraphBytes(), q.GraphBytes(); fb-qb < 4000*64*3 {
+		t.Errorf("int8 graph %d bytes against float %d: less than 3 bytes saved per component", qb, fb)
+	}
+	found, total := 0, 0
+	for _, v := range vs[:100] {
+		want := map[string]bool{}
+		for _, h := range f.Exact(v, 10) {
+			want[h.ID] = true
+		}
+		hits, err := q.Search(v, 10, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range hits {
+			if want[h.ID] {
+				found++
+			}
+		}
+		total += 10
+	}
+	if r := float64(found) / float64(total); r < 0.9 {
+		t.Errorf("int8 recall@10 against exact float search %.3f < 0.9", r)
+	}
+	back := make([]float32, 64)
+	if err := q.graph.vector(q.keyOf[ids[3]], back); err != nil {
+		t.Fatal(err)
+	}
+	p := q.prepare(vs[3])
+	for i := range back {
+		if d := back[i] - p[i]; d > 0.5/127+1e-6 || d < -0.5/127-1e-6 {
+			t.Fatalf("component %d read back as %f, stored %f", i, back[i], p[i])
+		}
+	}
+	dir := t.TempDir()
+	if err := q.Save(dir, "q", nil); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := ReadSaved(dir, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := NewIndex(64, "cosine").Install(dir, "q", saved); !errors.Is(err, ErrIndexStale) {
+		t.Errorf("an int8 save installed into a float index: %v", err)
+	}
+	again := NewIndexInt8(64)
+	if err := again.Install(dir, "q", saved); err != nil || again.Len() != 4000 {
+		t.Fatalf("reinstalling the int8 save: %v, %d vectors", err, again.Len())
+	}
+	if hits, _ := again.Search(vs[9], 1, nil); len(hits) != 1 || hits[0].ID != ids[9] {
+		t.Errorf("reopened int8 index: nearest to its own vector %+v", hits)
 	}
 }

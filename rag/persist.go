@@ -37,6 +37,7 @@ type indexMeta struct {
 	Version     int               `json:"version"`
 	Dim         int               `json:"dim"`
 	Metric      string            `json:"metric"`
+	Int8        bool              `json:"int8,omitempty"`
 	Next        uint64            `json:"next"`
 	Labels      map[string]uint64 `json:"labels"`
 	GraphSHA256 string            `json:"graph_sha256"`
@@ -91,7 +92,7 @@ func (x *Index) Save(dir, name string, state json.RawMessage) error {
 	if err != nil {
 		return err
 	}
-	meta := indexMeta{Version: persistVersion, Dim: x.dim, Metric: x.metric, Next: x.next, Labels: x.keyOf,
+	meta := indexMeta{Version: persistVersion, Dim: x.dim, Metric: x.metric, Int8: x.int8, Next: x.next, Labels: x.keyOf,
 		GraphSHA256: sum, GraphBytes: size, State: state}
 	b, err := json.Marshal(meta)
 	if err != nil {
@@ -158,13 +159,13 @@ func ReadSaved(dir, name string) (*Saved, error) {
 func (x *Index) Install(dir, name string, s *Saved) error {
 	graphPath, _ := indexPaths(dir, name)
 	meta := s.meta
-	if meta.Dim != x.dim || meta.Metric != x.metric {
-		return fmt.Errorf("%w: saved as %d-d %s, the collection is %d-d %s", ErrIndexStale, meta.Dim, meta.Metric, x.dim, x.metric)
+	if meta.Dim != x.dim || meta.Metric != x.metric || meta.Int8 != x.int8 {
+		return fmt.Errorf("%w: saved as %d-d %s (int8 %v), the collection is %d-d %s (int8 %v)", ErrIndexStale, meta.Dim, meta.Metric, meta.Int8, x.dim, x.metric, x.int8)
 	}
 	if sum, size, err := fileSHA256(graphPath); err != nil || sum != meta.GraphSHA256 || size != meta.GraphBytes {
 		return fmt.Errorf("%w: %s does not match its meta file (%v)", ErrIndexTorn, graphPath, err)
 	}
-	g, err := loadGraph(graphPath, x.dim, x.metric, len(meta.Labels)+1024)
+	g, err := loadGraph(graphPath, x.dim, kindOf(x.metric, x.int8), len(meta.Labels)+1024)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrIndexTorn, err)
 	}

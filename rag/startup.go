@@ -67,6 +67,13 @@ func (m *Manager) scan(ctx context.Context) ([]collections.Spec, map[string]map[
 	return specs, sums, err
 }
 
+func newIndexFor(spec collections.Spec) *Index {
+	if spec.Vectors == collections.VectorsInt8 {
+		return NewIndexInt8(spec.Dimension)
+	}
+	return NewIndex(spec.Dimension, spec.Metric)
+}
+
 // loading marks a collection as being loaded (queries answer ErrLoading)
 // and returns its progress.
 func (m *Manager) loading(name string) *buildProgress {
@@ -78,7 +85,7 @@ func (m *Manager) loading(name string) *buildProgress {
 // returning how many documents it holds. sums, when not nil, are the
 // hashes of its stored document records (scan); else they are read.
 func (m *Manager) load(ctx context.Context, spec collections.Spec, sums map[string]recordSum) int {
-	ci := &collectionIndex{spec: spec, index: NewIndex(spec.Dimension, spec.Metric), docs: newDocState()}
+	ci := &collectionIndex{spec: spec, index: newIndexFor(spec), docs: newDocState()}
 	prog := m.loading(spec.Name)
 	reopened := m.reopen(ctx, ci, sums)
 	if !reopened {

@@ -79,12 +79,18 @@ func CheckName(kind, s string) error {
 // Spec is a collection: which embedder makes its vectors, their dimension
 // and the metric queries rank by.
 type Spec struct {
-	Name      string   `json:"name"`
-	Embedder  string   `json:"embedder"` // model@version
-	Dimension int      `json:"dimension"`
-	Metric    string   `json:"metric"`
-	HLC       crdt.HLC `json:"hlc"`
+	Name      string `json:"name"`
+	Embedder  string `json:"embedder"` // model@version
+	Dimension int    `json:"dimension"`
+	Metric    string `json:"metric"`
+	// Vectors is how the index holds vectors: "" (float32) or "int8"
+	// (cosine only; a quarter of the memory, approximate distances).
+	Vectors string   `json:"vectors,omitempty"`
+	HLC     crdt.HLC `json:"hlc"`
 }
+
+// VectorsInt8 is Spec.Vectors for int8-quantised index vectors.
+const VectorsInt8 = "int8"
 
 // Validate checks a spec.
 func (s *Spec) Validate() error {
@@ -104,6 +110,14 @@ func (s *Spec) Validate() error {
 	case MetricCosine, MetricDot, MetricL2:
 	default:
 		return fmt.Errorf("%w %q: use cosine, dot or l2", ErrBadMetric, s.Metric)
+	}
+	switch {
+	case s.Vectors == "float32":
+		s.Vectors = ""
+	case s.Vectors == VectorsInt8 && s.Metric != MetricCosine:
+		return fmt.Errorf("%w: int8 vectors need the cosine metric, not %s", ErrBadSpec, s.Metric)
+	case s.Vectors != "" && s.Vectors != VectorsInt8:
+		return fmt.Errorf("%w: vectors %q: use float32 or int8", ErrBadSpec, s.Vectors)
 	}
 	return nil
 }
@@ -228,7 +242,7 @@ func (s *Store) CreateCollection(ctx context.Context, spec Spec) (Spec, crdt.Wri
 		return spec, crdt.Write{}, err
 	}
 	if old, err := s.Collection(ctx, spec.Name); err == nil {
-		if old.Embedder == spec.Embedder && old.Dimension == spec.Dimension && old.Metric == spec.Metric {
+		if old.Embedder == spec.Embedder && old.Dimension == spec.Dimension && old.Metric == spec.Metric && old.Vectors == spec.Vectors {
 			return old, crdt.Write{HLC: old.HLC}, nil
 		}
 		return old, crdt.Write{}, fmt.Errorf("%w: %s uses %s, dimension %d, %s", ErrExists, old.Name, old.Embedder, old.Dimension, old.Metric)
