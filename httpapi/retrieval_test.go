@@ -221,9 +221,9 @@ func TestCreateCollection(t *testing.T) {
 		s.HLC = wr.HLC
 		return s, wr, nil
 	}
-	w := h.doJSON(t, "POST", "/v1/collections", api.CreateCollectionRequest{Name: "manuals", Embedder: "minilm@v1", Dimension: 384, Metric: "dot"})
+	w := h.doJSON(t, "POST", "/v1/collections", api.CreateCollectionRequest{Name: "manuals", Embedder: "minilm@v1", Dimension: 384, Metric: "dot", Vectors: "int8"})
 	wantStatus(t, w, http.StatusCreated)
-	want := collections.Spec{Name: "manuals", Embedder: "minilm@v1", Dimension: 384, Metric: "dot"}
+	want := collections.Spec{Name: "manuals", Embedder: "minilm@v1", Dimension: 384, Metric: "dot", Vectors: "int8"}
 	if got != want {
 		t.Errorf("CreateCollection(%+v), want %+v", got, want)
 	}

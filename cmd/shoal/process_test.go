@@ -430,8 +430,9 @@ func TestRetrievalCommands(t *testing.T) {
 		"--media-type", api.MediaTypeTokenizer, "--api", p.api); code != 0 {
 		t.Fatalf("push tokenizer: %d %s%s", code, out, stderr)
 	}
-	out, stderr, code := shoal(t, "collection", "create", "manuals", "--embedder", "emb@v1", "--api", p.api)
-	if code != 0 || !strings.Contains(out, "dimension 384") {
+	// int8 index vectors: the rest of the walk runs on the quantised index.
+	out, stderr, code := shoal(t, "collection", "create", "manuals", "--embedder", "emb@v1", "--vectors", "int8", "--api", p.api)
+	if code != 0 || !strings.Contains(out, "dimension 384") || !strings.Contains(out, "int8 vectors") {
 		t.Fatalf("collection create: %d %s%s", code, out, stderr)
 	}
 	files := map[string]string{
