@@ -276,6 +276,17 @@ func lastOfEach(ids []string, vs [][]float32) ([]string, [][]float32) {
 	return outIDs, outVs
 }
 
+// SetEf sets the result list length of graph searches (EfSearch) on the
+// graph built, and for graphs built later.
+func (x *Index) SetEf(ef int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.EfSearch = ef
+	if x.graph != nil {
+		x.graph.setEf(ef)
+	}
+}
+
 // Close frees the graph's memory now rather than when the garbage
 // collector finds it; the index is left empty.
 func (x *Index) Close() {

@@ -41,19 +41,25 @@ func (x *Index) Search(q []float32, k int, f *Filter) ([]Hit, error) {
 }
 
 // filteredLocked searches the graph for k·n/len(f.IDs) (times 1.5) hits
-// and keeps those f allows; if fewer than k survive it compares the
-// candidates exactly.
+// and keeps those f allows; while fewer than k survive it asks again for
+// four times as many, and past filterWiden it compares the candidates
+// exactly.
 func (x *Index) filteredLocked(p []float32, k int, f *Filter, n int) ([]Hit, error) {
 	share := float64(len(f.IDs)) / float64(max(n, 1))
-	wide := int(math.Ceil(float64(k) / share * 1.5))
-	if wide > filterWiden {
-		return x.exactLocked(p, k, f.IDs)
+	want := min(k, len(f.IDs))
+	for wide := int(math.Ceil(float64(k) / share * 1.5)); wide <= filterWiden; wide *= 4 {
+		hits, err := x.approxLocked(p, min(max(wide, k), n), f.Allow)
+		if err != nil {
+			break
+		}
+		if len(hits) >= want {
+			return hits[:want], nil
+		}
+		if wide >= n {
+			break
+		}
 	}
-	hits, err := x.approxLocked(p, min(max(wide, k), n), f.Allow)
-	if err != nil || len(hits) < min(k, len(f.IDs)) {
-		return x.exactLocked(p, k, f.IDs)
-	}
-	return hits[:min(k, len(hits))], nil
+	return x.exactLocked(p, k, f.IDs)
 }
 
 // approxLocked asks the graph for k nodes, keeping the live ones allow

@@ -121,6 +121,10 @@ func runRAG(o ragOptions, out string) error {
 	if err != nil {
 		return err
 	}
+	efRows, err := efSweep(x, qs, truth)
+	if err != nil {
+		return err
+	}
 	q8, err := int8Row(ids, data, qs, truth)
 	if err != nil {
 		return err
@@ -137,7 +141,7 @@ func runRAG(o ragOptions, out string) error {
 			return err
 		}
 	}
-	text := ragTable(o, rows) + filteredTable(filtered)
+	text := ragTable(o, rows) + efTable(efRows) + filteredTable(filtered)
 	fmt.Print(text)
 	if out != "" {
 		return writeSection(out, o.section, text)
@@ -176,6 +180,44 @@ func int8Row(ids []string, data, qs [][]float32, truth []map[string]bool) (annRo
 	mem := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)+x.GraphBytes()) / float64(len(ids))
 	return annRow{name: "Shoal index, int8 vectors (`vectors: int8`; recall against the float vectors' exact answer)",
 		recall: recall, qps: median(passes), build: build, bytesPerVec: mem}, nil
+}
+
+type efRow struct {
+	ef          int
+	recall, qps float64
+}
+
+// efSweep measures the same graph with longer result lists (median of
+// three passes each), then sets ef back to 100.
+func efSweep(x *rag.Index, qs [][]float32, truth []map[string]bool) ([]efRow, error) {
+	defer x.SetEf(100)
+	var rows []efRow
+	for _, ef := range []int{50, 100, 200, 400} {
+		x.SetEf(ef)
+		var passes []float64
+		var recall float64
+		for range 3 {
+			r, qps, err := searchRecall(x, qs, truth, nil)
+			if err != nil {
+				return nil, err
+			}
+			recall, passes = r, append(passes, qps)
+		}
+		rows = append(rows, efRow{ef, recall, median(passes)})
+	}
+	return rows, nil
+}
+
+func efTable(rows []efRow) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "The same Shoal graph searched with other result-list lengths (ef; median of three passes):\n\n")
+	fmt.Fprintln(&b, "| ef | recall@10 | queries/s (1 core) |")
+	fmt.Fprintln(&b, "|---:|---:|---:|")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %d | %.3f | %.0f |\n", r.ef, r.recall, r.qps)
+	}
+	b.WriteString("\n")
+	return b.String()
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
