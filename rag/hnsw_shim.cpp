@@ -15,23 +15,28 @@
 #include <stdexcept>
 #include <string>
 
-// Int8Space compares int8 vectors by their dot product: each component is
-// a unit vector's scaled by 127, so 1 - dot/127² approximates the cosine
-// distance at a quarter of the float vector's memory.
+// Int8Space compares vectors stored as a float scale and int8 components
+// (each component of the unit vector divided by the scale and rounded,
+// the scale being the largest magnitude over 127, so every vector uses
+// the whole int8 range): 1 - the dot product of the dequantised vectors,
+// at a little over a quarter of the float vector's memory.
 class Int8Space : public hnswlib::SpaceInterface<float> {
 	size_t dim_;
 
 	static float distance(const void *a, const void *b, const void *param) {
-		const int8_t *x = (const int8_t *)a, *y = (const int8_t *)b;
+		float sa, sb;
+		memcpy(&sa, a, sizeof sa);
+		memcpy(&sb, b, sizeof sb);
+		const int8_t *x = (const int8_t *)a + sizeof(float), *y = (const int8_t *)b + sizeof(float);
 		size_t n = *(const size_t *)param;
 		int32_t s = 0;
 		for (size_t i = 0; i < n; i++) s += (int32_t)x[i] * (int32_t)y[i];
-		return 1.0f - (float)s / (127.0f * 127.0f);
+		return 1.0f - (float)s * sa * sb;
 	}
 
 public:
 	explicit Int8Space(size_t dim) : dim_(dim) {}
-	size_t get_data_size() override { return dim_; }
+	size_t get_data_size() override { return sizeof(float) + dim_; }
 	hnswlib::DISTFUNC<float> get_dist_func() override { return distance; }
 	void *get_dist_func_param() override { return &dim_; }
 };
@@ -43,13 +48,17 @@ struct shoal_hnsw {
 	size_t dim = 0;
 
 	// in returns v as the graph stores it: the floats themselves, or in
-	// buf quantised to int8.
+	// buf its scale and int8 components (Int8Space).
 	const void *in(const float *v, std::vector<int8_t> &buf) const {
 		if (metric != 2) return v;
-		buf.resize(dim);
+		buf.resize(sizeof(float) + dim);
+		float m = 0;
+		for (size_t i = 0; i < dim; i++) m = std::max(m, std::fabs(v[i]));
+		float scale = m / 127.0f;
+		memcpy(buf.data(), &scale, sizeof scale);
 		for (size_t i = 0; i < dim; i++) {
-			float q = std::nearbyint(v[i] * 127.0f);
-			buf[i] = (int8_t)std::max(-127.0f, std::min(127.0f, q));
+			float q = m > 0 ? std::nearbyint(v[i] / scale) : 0.0f;
+			buf[sizeof(float) + i] = (int8_t)std::max(-127.0f, std::min(127.0f, q));
 		}
 		return buf.data();
 	}
@@ -199,7 +208,10 @@ extern "C" int shoal_hnsw_vector(shoal_hnsw *h, size_t label, float *out, char *
 		if (it == x.label_lookup_.end()) throw std::runtime_error("no such label");
 		const char *data = x.getDataByInternalId(it->second);
 		if (h->metric == 2) {
-			for (size_t i = 0; i < h->dim; i++) out[i] = (float)((const int8_t *)data)[i] / 127.0f;
+			float scale;
+			memcpy(&scale, data, sizeof scale);
+			const int8_t *q = (const int8_t *)data + sizeof(float);
+			for (size_t i = 0; i < h->dim; i++) out[i] = (float)q[i] * scale;
 		} else {
 			memcpy(out, data, x.data_size_);
 		}

@@ -8,8 +8,9 @@ extern "C" {
 #endif
 typedef struct shoal_hnsw shoal_hnsw;
 // metric: 0 inner product (1 - dot), 1 squared L2, 2 inner product of
-// int8 vectors (components of a unit vector scaled by 127 and rounded: the
-// shim quantises every vector it is given and dequantises what it returns).
+// int8 vectors (a float scale, the largest magnitude over 127, and each
+// component over it, rounded: the shim quantises every vector it is given
+// and dequantises what it returns).
 shoal_hnsw *shoal_hnsw_new(int dim, int metric, size_t capacity, size_t m, size_t ef_construction, size_t seed, char **err);
 // load reads a graph saveIndex wrote, with room for capacity nodes.
 shoal_hnsw *shoal_hnsw_load(const char *path, int dim, int metric, size_t capacity, char **err);

@@ -38,8 +38,8 @@ type graph struct {
 const (
 	metricIP C.int = 0 // 1 - dot: normalised cosine vectors and dot products
 	metricL2 C.int = 1 // squared Euclidean distance
-	// 1 - dot/127² of int8 vectors (unit vectors scaled by 127): cosine at
-	// a quarter of the memory; the shim quantises what it is given.
+	// 1 - dot of int8 vectors with a float scale each: cosine at a little
+	// over a quarter of the memory; the shim quantises what it is given.
 	metricInt8 C.int = 2
 )
 
@@ -233,7 +233,7 @@ func (g *graph) bytes() int64 {
 	n := g.count()
 	vector := int64(g.dim * 4)
 	if g.metric == metricInt8 {
-		vector = int64(g.dim)
+		vector = int64(4 + g.dim)
 	}
 	perNode := vector + graphM*2*4 + 4 + 8
 	return n*perNode + n*perNode/graphM

@@ -91,9 +91,10 @@ func NewIndex(dim int, metric string) *Index {
 }
 
 // NewIndexInt8 returns an empty cosine index whose graph holds each
-// vector as int8 (its unit vector's components times 127, rounded): a
-// quarter of the vector memory, distances approximate to about 1/127 per
-// component. Recall against float vectors is measured in benchmarks.md.
+// vector as int8 (its unit vector's components over a per-vector scale,
+// the largest magnitude over 127, rounded): a little over a quarter of the
+// vector memory, each component within half a scale step. Recall against
+// float vectors is measured in benchmarks.md.
 func NewIndexInt8(dim int) *Index {
 	x := &Index{dim: dim, metric: "cosine", int8: true, ExactBelow: 8192, EfSearch: 100,
 		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 100}
@@ -148,7 +149,7 @@ func (x *Index) score(a, b []float32) float32 {
 
 // scoreOf turns hnswlib's distance into the same similarity: its inner
 // product space measures 1 - dot, its L2 space the squared distance.
-func (x *Index) scoreOf(dist float32) float32 { // also int8's: 1 - dot/127²
+func (x *Index) scoreOf(dist float32) float32 { // int8's too: 1 - dot
 	if x.metric == "l2" {
 		return -float32(math.Sqrt(float64(max(dist, 0))))
 	}

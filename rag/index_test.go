@@ -262,7 +262,7 @@ func TestFilteredSearch(t *testing.T) {
 				}
 				total += len(exact)
 			}
-			if r := float64(found) / float64(total); r < 0.9 {
+			if r := float64(found) / float64(total); r < 0.95 {
 				t.Errorf("filtered recall@10 with %d candidates: %.3f < 0.9", len(f.IDs), r)
 			}
 		}
@@ -312,9 +312,9 @@ func TestUpsertManyReplacesAndKeepsTheLast(t *testing.T) {
 	}
 }
 
-// TestInt8Index: an int8 index holds a quarter of the vector bytes, finds
-// the float index's nearest neighbours (recall@10 against the float
-// vectors' exact answer), reads back vectors within 1/127 per component,
+// TestInt8Index: an int8 index holds about a quarter of the vector bytes,
+// finds the float index's nearest neighbours (recall@10 against the float
+// vectors' exact answer), reads back vectors within half a scale step,
 // and its save is refused by a float index (and the other way round).
 func TestInt8Index(t *testing.T) {
 	ids, vs := randomVectors(4000, 64, 41)
@@ -326,7 +326,7 @@ func TestInt8Index(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if fb, qb := f.GraphBytes(), q.GraphBytes(); fb-qb < 4000*64*3 {
+	if fb, qb := f.GraphBytes(), q.GraphBytes(); fb-qb < 4000*(64*3-4) {
 		t.Errorf("int8 graph %d bytes against float %d: less than 3 bytes saved per component", qb, fb)
 	}
 	found, total := 0, 0
@@ -346,16 +346,20 @@ func TestInt8Index(t *testing.T) {
 		}
 		total += 10
 	}
-	if r := float64(found) / float64(total); r < 0.9 {
-		t.Errorf("int8 recall@10 against exact float search %.3f < 0.9", r)
+	if r := float64(found) / float64(total); r < 0.95 {
+		t.Errorf("int8 recall@10 against exact float search %.3f < 0.95", r)
 	}
 	back := make([]float32, 64)
 	if err := q.graph.vector(q.keyOf[ids[3]], back); err != nil {
 		t.Fatal(err)
 	}
 	p := q.prepare(vs[3])
+	var m float32
+	for _, c := range p {
+		m = max(m, c, -c)
+	}
 	for i := range back {
-		if d := back[i] - p[i]; d > 0.5/127+1e-6 || d < -0.5/127-1e-6 {
+		if d := back[i] - p[i]; d > m/254+1e-6 || d < -m/254-1e-6 {
 			t.Fatalf("component %d read back as %f, stored %f", i, back[i], p[i])
 		}
 	}
