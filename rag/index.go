@@ -80,8 +80,10 @@ type Filter struct {
 }
 
 // NewIndex returns an empty index for vectors of dim components.
-func NewIndex(dim int, metric string) *Index {
-	x := &Index{dim: dim, metric: metric, ExactBelow: 8192, EfSearch: 100,
+func NewIndex(dim int, metric string) *Index { return newIndex(dim, metric, false) }
+
+func newIndex(dim int, metric string, int8 bool) *Index {
+	x := &Index{dim: dim, metric: metric, int8: int8, ExactBelow: 8192, EfSearch: 100,
 		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 100}
 	var err error
 	if x.graph, err = x.newGraph(0); err != nil {
@@ -95,15 +97,7 @@ func NewIndex(dim int, metric string) *Index {
 // the largest magnitude over 127, rounded): a little over a quarter of the
 // vector memory, each component within half a scale step. Recall against
 // float vectors is measured in benchmarks.md.
-func NewIndexInt8(dim int) *Index {
-	x := &Index{dim: dim, metric: "cosine", int8: true, ExactBelow: 8192, EfSearch: 100,
-		keyOf: map[string]uint64{}, idOf: map[uint64]string{}, seed: 100}
-	var err error
-	if x.graph, err = x.newGraph(0); err != nil {
-		x.loose = map[string][]float32{}
-	}
-	return x
-}
+func NewIndexInt8(dim int) *Index { return newIndex(dim, "cosine", true) }
 
 // newGraph returns an empty graph with room for n vectors, set to search
 // with EfSearch.

@@ -161,16 +161,7 @@ func TestIndexConcurrentUse(t *testing.T) {
 // deletes keep working on it.
 func TestUpsertAllMatchesOneByOne(t *testing.T) {
 	const n, dim = 3000, 32
-	r := rand.New(rand.NewSource(7))
-	ids := make([]string, n)
-	vs := make([][]float32, n)
-	for i := range vs {
-		ids[i] = fmt.Sprintf("d%05d", i)
-		vs[i] = make([]float32, dim)
-		for j := range vs[i] {
-			vs[i][j] = float32(r.NormFloat64())
-		}
-	}
+	ids, vs := randomVectors(n, dim, 7)
 	x := NewIndex(dim, "cosine")
 	x.ExactBelow = 100
 	if err := x.UpsertAll(ids, vs); err != nil {

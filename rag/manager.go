@@ -260,11 +260,8 @@ func (m *Manager) applyDocs(run *docRun) {
 
 // decode reads a document put's body and vector.
 func (m *Manager) decode(ci *collectionIndex, id string, rec crdt.Record) (collections.Doc, []float32, error) {
-	var d collections.Doc
-	if rec.Kind != collections.KindDoc {
-		return d, nil, fmt.Errorf("a %s record where a document belongs", rec.Kind)
-	}
-	if err := rec.DecodeBody(&d); err != nil {
+	d, err := collections.DocOf(rec)
+	if err != nil {
 		return d, nil, err
 	}
 	v, err := m.vectorOf(ci, id, d)
@@ -367,10 +364,7 @@ func (m *Manager) applySpec(ctx context.Context, c string, ev crdt.Event) {
 	if ev.Record.DecodeBody(&spec) != nil {
 		return
 	}
-	m.mu.RLock()
-	_, known := m.indexes[c]
-	m.mu.RUnlock()
-	if !known {
+	if m.index(c) == nil {
 		m.load(ctx, spec, nil)
 	}
 }
@@ -386,9 +380,7 @@ type (
 // metadata has every key/value of filter.
 func (m *Manager) Query(ctx context.Context, c string, q []float32, k int, filter map[string]string) ([]Result, Freshness, error) {
 	start := time.Now()
-	m.mu.RLock()
-	ci := m.indexes[c]
-	m.mu.RUnlock()
+	ci := m.index(c)
 	if ci == nil {
 		if _, loading := m.building.Load(c); loading {
 			return nil, Freshness{}, fmt.Errorf("%w: %s", ErrLoading, c)
@@ -457,9 +449,7 @@ func (m *Manager) Collections() []CollectionInfo {
 
 // Collection returns one collection's info.
 func (m *Manager) Collection(c string) (CollectionInfo, bool) {
-	m.mu.RLock()
-	ci := m.indexes[c]
-	m.mu.RUnlock()
+	ci := m.index(c)
 	if ci == nil {
 		return CollectionInfo{}, false
 	}

@@ -271,14 +271,6 @@ func (s *Store) Collection(ctx context.Context, name string) (Spec, error) {
 	return spec, rec.DecodeBody(&spec)
 }
 
-// Collections lists the collection specs. It reads the documents'
-// records undecoded (Scan), so it costs a pass over them, not a decoding.
-func (s *Store) Collections(ctx context.Context) ([]Spec, error) {
-	var out []Spec
-	err := s.Scan(ctx, func(spec Spec) { out = append(out, spec) }, nil)
-	return out, err
-}
-
 // Scan reads every collection in one pass: spec is called with each
 // collection's spec, doc (when not nil) with each document's id and
 // stored record bytes, undecoded and valid only during the call (see
@@ -355,29 +347,17 @@ func DecodeDoc(value []byte) (Doc, crdt.Record, error) {
 	if err != nil {
 		return Doc{}, rec, err
 	}
-	if rec.Kind != KindDoc {
-		return Doc{}, rec, fmt.Errorf("%w: a %s record where a document belongs", crdt.ErrBadRecord, rec.Kind)
-	}
-	var d Doc
-	err = rec.DecodeBody(&d)
+	d, err := DocOf(rec)
 	return d, rec, err
 }
 
-// Docs lists a collection's documents (for index rebuilds).
-func (s *Store) Docs(ctx context.Context, collection string) ([]Doc, error) {
-	entries, err := s.r.List(ctx, docsPrefix(collection))
-	if err != nil {
-		return nil, err
+// DocOf decodes the document a record holds (ErrBadRecord if it holds
+// something else).
+func DocOf(rec crdt.Record) (Doc, error) {
+	if rec.Kind != KindDoc {
+		return Doc{}, fmt.Errorf("%w: a %s record where a document belongs", crdt.ErrBadRecord, rec.Kind)
 	}
-	out := make([]Doc, 0, len(entries))
-	for _, e := range entries {
-		if e.Record.Kind != KindDoc {
-			continue
-		}
-		var d Doc
-		if e.Record.DecodeBody(&d) == nil {
-			out = append(out, d)
-		}
-	}
-	return out, nil
+	var d Doc
+	err := rec.DecodeBody(&d)
+	return d, err
 }
