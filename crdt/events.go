@@ -141,7 +141,7 @@ func (r *Replica) dispatch() {
 		ev := Event{Type: raw.typ, Key: raw.key, Seq: raw.seq}
 		switch raw.typ {
 		case EventPut:
-			rec, err := DecodeRecord(raw.value)
+			rec, err := r.admit(raw.key, raw.value)
 			if err != nil {
 				if errors.Is(err, ErrRecordTooLarge) {
 					r.count(func(c *Counters) { c.OversizeRecords++ })
@@ -173,7 +173,7 @@ func (r *Replica) getRecord(ctx context.Context, key string) ([]byte, Record, er
 	if err != nil {
 		return nil, Record{}, err
 	}
-	rec, err := DecodeRecord(b)
+	rec, err := r.admit(key, b)
 	return b, rec, err
 }
 

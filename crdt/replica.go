@@ -475,7 +475,7 @@ func (r *Replica) Get(ctx context.Context, key string) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
-	return DecodeRecord(b)
+	return r.admit(key, b)
 }
 
 // getRaw returns the bytes stored under key, or ErrNotFound.
@@ -524,7 +524,7 @@ func (r *Replica) List(ctx context.Context, prefix string) ([]Entry, error) {
 		if e.Error != nil {
 			return nil, fmt.Errorf("crdt query %s: %w", prefix, e.Error)
 		}
-		rec, err := DecodeRecord(e.Value)
+		rec, err := r.admit(e.Key, e.Value)
 		if err != nil {
 			continue
 		}
