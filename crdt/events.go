@@ -157,7 +157,10 @@ func (r *Replica) dispatch() {
 			r.count(func(c *Counters) { c.Puts++ })
 		case EventDelete:
 			if b, rec, err := r.getRecord(r.ctx, raw.key); err == nil {
-				ev = Event{Type: EventPut, Key: raw.key, Record: rec, Value: b}
+				// Still the same change, so the same Seq: Delivered and
+				// Dispatched must not fall back to zero (rag's CaughtUp
+				// compares them with EventSeq).
+				ev.Type, ev.Record, ev.Value = EventPut, rec, b
 				r.count(func(c *Counters) { c.Puts++ })
 			} else {
 				r.count(func(c *Counters) { c.Deletes++ })
