@@ -65,6 +65,11 @@ type broadcaster struct {
 
 	attached atomic.Uint64 // head blocks received inline
 	rejected atomic.Uint64 // inline blocks whose bytes did not match their CID
+	// busy is set while go-ds-crdt works on heads Next handed it: it
+	// calls Next again only once every head of the previous broadcast is
+	// handled (handleNext processes them one by one), so between two
+	// calls a merge is under way.
+	busy atomic.Bool
 }
 
 // subscriptionBuffer replaces pubsub's default of 32 messages, which drops
@@ -115,8 +120,10 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 
 // Next implements dscrdt.Broadcaster.
 func (b *broadcaster) Next(ctx context.Context) ([]byte, error) {
+	b.busy.Store(false)
 	select {
 	case data := <-b.in:
+		b.busy.Store(true)
 		return data, nil
 	case <-ctx.Done():
 		return nil, dscrdt.ErrNoMoreBroadcast
@@ -124,6 +131,10 @@ func (b *broadcaster) Next(ctx context.Context) ([]byte, error) {
 		return nil, dscrdt.ErrNoMoreBroadcast
 	}
 }
+
+// idle reports that go-ds-crdt is not merging broadcast heads and none
+// are waiting for it.
+func (b *broadcaster) idle() bool { return !b.busy.Load() && len(b.in) == 0 }
 
 // Inject hands heads learned elsewhere (heartbeats) to the CRDT as if they
 // had been broadcast. It never blocks: a full queue means the CRDT is busy

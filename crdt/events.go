@@ -138,6 +138,7 @@ func (r *Replica) dispatch() {
 		if !ok {
 			return
 		}
+		r.observeState(raw)
 		ev := Event{Type: raw.typ, Key: raw.key, Seq: raw.seq}
 		switch raw.typ {
 		case EventPut:

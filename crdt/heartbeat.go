@@ -15,10 +15,6 @@ func (r *Replica) heartbeatLoop() {
 	defer r.wg.Done()
 	t := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer t.Stop()
-	// Evaluating freshness more often than heartbeats arrive keeps the
-	// reported staleness close to the truth between heartbeats.
-	eval := time.NewTicker(r.cfg.HeartbeatInterval / 4)
-	defer eval.Stop()
 	r.sendHeartbeat()
 	for {
 		select {
@@ -26,10 +22,31 @@ func (r *Replica) heartbeatLoop() {
 			return
 		case <-t.C:
 			r.sendHeartbeat()
-		case <-eval.C:
-			r.tracker.Evaluate(r.ctx)
-			r.injectMissing()
 		}
+	}
+}
+
+// maintain evaluates freshness, fetches what peers announced and this
+// replica lacks, heals holed branches and checks for divergence. It runs
+// apart from heartbeatLoop because the first completeness check after a
+// start may read much of the DAG, and heartbeats must keep going
+// meanwhile (a silent peer looks unreachable).
+func (r *Replica) maintain() {
+	defer r.wg.Done()
+	// Evaluating freshness more often than heartbeats arrive keeps the
+	// reported staleness close to the truth between heartbeats.
+	eval := time.NewTicker(r.cfg.HeartbeatInterval / 4)
+	defer eval.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-eval.C:
+		case <-r.heard:
+		}
+		r.tracker.Evaluate(r.ctx)
+		r.injectMissing()
+		r.checkDivergence()
 	}
 }
 
@@ -54,6 +71,11 @@ func (r *Replica) sendHeartbeat() {
 		}
 		hb.Heads = append(hb.Heads, c.String())
 	}
+	hb.State = r.snapshotDigest(r.ctx, st.Heads)
+	if len(st.Heads) >= maxHeartbeatHeads {
+		hb.State = "" // a sample of the heads cannot be compared
+	}
+	r.tracker.SetLocal(hb.Heads, hb.State)
 	b, err := json.Marshal(hb)
 	if err != nil {
 		return
@@ -92,15 +114,32 @@ func (r *Replica) receiveHeartbeats() {
 		r.clock.Observe(hb.HLC, r.cfg.MaxClockSkew)
 		r.tracker.Observe(hb)
 		r.count(func(c *Counters) { c.HeartbeatsIn++ })
-		r.tracker.Evaluate(r.ctx)
+		select {
+		case r.heard <- struct{}{}:
+		default: // maintain is already due to run
+		}
 	}
 }
 
 // injectMissing hands the CRDT the heads that peers announced and this
-// replica has not processed, so a missed broadcast is repaired within a
-// heartbeat rather than at the next rebroadcast.
+// replica has not merged, so a missed broadcast is repaired within a
+// heartbeat rather than at the next rebroadcast. Heads that are processed
+// but sit on a hole (and this replica's own heads, which a walk cut short
+// can leave the same way) have their branch walked again (healBranches).
 func (r *Replica) injectMissing() {
-	missing := r.tracker.Unprocessed(r.ctx)
+	unmerged := r.tracker.Unprocessed(r.ctx)
+	var missing, holed []cid.Cid
+	for _, c := range unmerged {
+		if ok, err := r.Processed(r.ctx, c); err == nil && ok {
+			holed = append(holed, c)
+		} else {
+			missing = append(missing, c)
+		}
+	}
+	if r.bc.idle() {
+		holed = append(holed, r.ds.InternalStats(r.ctx).Heads...)
+	}
+	r.healBranches(r.ctx, holed)
 	if len(missing) == 0 {
 		return
 	}
@@ -110,6 +149,11 @@ func (r *Replica) injectMissing() {
 	for c, at := range r.injected {
 		if now.Sub(at) > time.Minute {
 			delete(r.injected, c)
+		}
+	}
+	for c, at := range r.healed {
+		if now.Sub(at) > 10*time.Minute {
+			delete(r.healed, c)
 		}
 	}
 	for _, c := range missing {

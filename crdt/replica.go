@@ -108,6 +108,11 @@ type Config struct {
 	// MaxClockSkew bounds how far ahead of the local clock a remote HLC may
 	// be and still advance the local clock. Default 1m.
 	MaxClockSkew time.Duration
+	// DivergedAfter is how long this peer's state may differ from a
+	// peer's with equal heads before both count as diverged (not fresh,
+	// shoal_state_diverged) and the state is rebuilt. Default 3s: three
+	// heartbeats, so one snapshot taken across a merge is not enough.
+	DivergedAfter time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -209,6 +214,10 @@ type Counters struct {
 	// MaxRecordSize. Neither reaches the state's readers.
 	BadRecords, OversizeRecords                                                             uint64
 	Puts, Deletes, HeartbeatsIn, HeartbeatsOut, InjectedHeads, InlineBlocks, InlineRejected uint64
+	// HealedBranches counts branches walked again because they had been
+	// merged over a hole; StateRebuilds counts rebuilds of a diverged
+	// state from the DAG.
+	HealedBranches, StateRebuilds uint64
 }
 
 // Replica is one peer's copy of the mesh's replicated state.
@@ -234,6 +243,16 @@ type Replica struct {
 	cntMu    sync.Mutex
 	counters Counters
 	injected map[cid.Cid]time.Time
+	healed   map[cid.Cid]time.Time // branches walked again, and when
+
+	complete *completeness
+	digest   *stateDigest
+	// rebuilt is the heads key at which the state was last rebuilt
+	// because it diverged (rebuildState), so a second disagreement at the
+	// same heads is reported, not rebuilt in a loop.
+	rebuilt    string
+	rebuilding atomic.Bool
+	heard      chan struct{} // a heartbeat arrived: maintain runs now
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -253,6 +272,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		subs:     make(map[*Subscription]struct{}),
 		queue:    newEventQueue(),
 		injected: make(map[cid.Cid]time.Time),
+		healed:   make(map[cid.Cid]time.Time),
+		heard:    make(chan struct{}, 1),
+		digest:   newStateDigest(),
 		ctx:      rctx, cancel: cancel,
 	}
 	fail := func(err error) (*Replica, error) {
@@ -317,12 +339,25 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		}
 	}
 
+	// Freshness counts a head only once its whole branch is merged here
+	// (see completeness), never on go-ds-crdt's processed mark alone.
+	r.complete = newCompleteness(cfg.Local, r.Processed, cfg.Datastore)
 	r.tracker = NewTracker(TrackerConfig{
-		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Processed,
+		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
 		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
+		DivergedAfter: cfg.DivergedAfter,
 	})
-	r.wg.Add(3)
-	go r.dispatch()
+	r.wg.Add(4)
+	go r.maintain()
+	go func() {
+		// The digest starts from one read of the state before the first
+		// event is dispatched; events queued meanwhile are folded in
+		// after it, in order (folding a change twice is harmless).
+		if err := r.digest.load(rctx, r); err != nil && rctx.Err() == nil {
+			r.log.Error("state digest: initial read failed; heartbeats carry no digest", "err", err)
+		}
+		r.dispatch()
+	}()
 	go r.heartbeatLoop()
 	go r.receiveHeartbeats()
 	return r, nil
@@ -581,8 +616,11 @@ func (r *Replica) Stats(ctx context.Context) Stats {
 // that layout is internal to the pinned version (v0.6.5) and is read here
 // and nowhere else (TestProcessedLayout guards it).
 func (r *Replica) Processed(ctx context.Context, c cid.Cid) (bool, error) {
-	key := Namespace.ChildString("b").ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
-	return r.cfg.Datastore.Has(ctx, key)
+	return r.cfg.Datastore.Has(ctx, r.processedKey(c))
+}
+
+func (r *Replica) processedKey(c cid.Cid) ds.Key {
+	return Namespace.ChildString("b").ChildString(dshelp.MultihashToDsKey(c.Hash()).String())
 }
 
 // syncRepairTimeout bounds the rebuild an unclean start waits for.
@@ -595,8 +633,8 @@ const syncRepairTimeout = 2 * time.Minute
 // internal layout (guarded by TestProcessedLayout and TestResetState).
 func resetState(ctx context.Context, d ds.Datastore) (int, error) {
 	n := 0
-	for _, ns := range []string{"s", "b"} {
-		res, err := d.Query(ctx, query.Query{Prefix: Namespace.ChildString(ns).String(), KeysOnly: true})
+	for _, prefix := range []ds.Key{Namespace.ChildString("s"), Namespace.ChildString("b"), completeNamespace} {
+		res, err := d.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
 		if err != nil {
 			return n, err
 		}

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
+	ipld "github.com/ipfs/go-ipld-format"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
 
 	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/store"
@@ -29,6 +31,29 @@ func openReplica(t *testing.T) *Replica {
 // function closes it, checking every close.
 func openReplicaAt(t *testing.T, ctx context.Context, dir string, unclean bool) (*Replica, func()) {
 	t.Helper()
+	n := openNode(t, ctx, dir, nodeOpts{unclean: unclean})
+	return n.r, n.close
+}
+
+// nodeOpts shape a test node: wrapDAG wraps the DAG service the replica
+// fetches blocks through (fault injection), config edits its Config.
+type nodeOpts struct {
+	unclean bool
+	wrapDAG func(ipld.DAGService) ipld.DAGService
+	config  func(*Config)
+}
+
+// testNode is a replica on a real libp2p host on loopback and a real
+// Badger in dir.
+type testNode struct {
+	r     *Replica
+	h     host.Host
+	close func()
+}
+
+// openNode is the one helper every replica test starts from.
+func openNode(t *testing.T, ctx context.Context, dir string, o nodeOpts) *testNode {
+	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
 		t.Fatal(err)
@@ -42,15 +67,23 @@ func openReplicaAt(t *testing.T, ctx context.Context, dir string, unclean bool) 
 		t.Fatal(err)
 	}
 	blocks := store.NewBlocks(ctx, h, st.Blockstore(), store.BlocksConfig{})
-	r, err := Open(ctx, Config{
+	dag := blocks.DAG()
+	if o.wrapDAG != nil {
+		dag = o.wrapDAG(dag)
+	}
+	cfg := Config{
 		Mesh: "unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
-		DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
-		StartupGrace: time.Millisecond, Unclean: unclean,
-	})
+		DAG: dag, Local: blocks.Local(), Adder: blocks.Service(),
+		StartupGrace: time.Millisecond, Unclean: o.unclean,
+	}
+	if o.config != nil {
+		o.config(&cfg)
+	}
+	r, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r, func() {
+	return &testNode{r: r, h: h, close: func() {
 		if err := r.Close(); err != nil {
 			t.Errorf("close replica: %v", err)
 		}
@@ -59,7 +92,7 @@ func openReplicaAt(t *testing.T, ctx context.Context, dir string, unclean bool) 
 			t.Errorf("close store: %v", err)
 		}
 		h.Close()
-	}
+	}}
 }
 
 // TestProcessedLayout guards the one place that reads go-ds-crdt's internal

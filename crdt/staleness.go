@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,11 @@ type Heartbeat struct {
 	// Loaded lists model@version refs the sender has loaded and accepts
 	// forwarded inference for (warm-peer routing); empty when it does not.
 	Loaded []string `json:"loaded,omitempty"`
+	// State is the digest of the sender's state at exactly Heads (see
+	// stateDigest), or empty when the sender was mid-merge and could not
+	// take a consistent snapshot. Two peers with equal heads and different
+	// states have diverged.
+	State string `json:"state,omitempty"`
 }
 
 // maxHeartbeatHeads bounds how many heads one heartbeat carries; a peer
@@ -56,7 +62,31 @@ type peerView struct {
 	loaded    []string
 	fresh     HLC // newest announcement whose heads are all processed here
 	pending   []announcement
+
+	// Anti-entropy: the peer's last announced heads (sorted, joined; ""
+	// when the list was truncated) and state digest, compared with this
+	// peer's own snapshot (Tracker.SetLocal).
+	headsKey string
+	state    string
+	// agreed is the peer's HLC when the two states were last seen equal
+	// at equal heads; disagreeSince is when they were first seen unequal
+	// at equal heads (zero while they agree or cannot be compared).
+	agreed        HLC
+	disagreeSince time.Time
+	disagreeHBs   int
 }
+
+// Agreement values of PeerStatus.Agreement.
+const (
+	// AgreementSame: same heads and same state digest.
+	AgreementSame = "agree"
+	// AgreementDiverged: same heads, different state, for longer than
+	// DivergedAfter — one of the two peers holds a wrong state.
+	AgreementDiverged = "diverged"
+	// AgreementPending: the heads differ (one peer is catching up) or a
+	// digest is missing, so the states cannot be compared yet.
+	AgreementPending = "pending"
+)
 
 // PeerStatus is one remote peer as this peer's staleness tracker sees it.
 type PeerStatus struct {
@@ -75,6 +105,10 @@ type PeerStatus struct {
 	// Loaded are the model@version refs the peer announced as loaded and
 	// open to forwarded requests.
 	Loaded []string `json:"loaded,omitempty"`
+	// StateDigest is the peer's announced state digest; Agreement compares
+	// it with this peer's (agree, diverged or pending).
+	StateDigest string `json:"state_digest,omitempty"`
+	Agreement   string `json:"agreement"`
 }
 
 // Staleness is the freshness of this peer's replicated view.
@@ -83,6 +117,12 @@ type Staleness struct {
 	// has seen: now − min over reachable peers of FreshUpTo (see Tracker).
 	Seconds float64      `json:"staleness_seconds"`
 	Peers   []PeerStatus `json:"peers"`
+	// StateDigest is this peer's own digest as last announced.
+	StateDigest string `json:"state_digest,omitempty"`
+	// Diverged lists the reachable peers whose heads equal this peer's
+	// while their states differ. A diverged peer is not fresh: its
+	// staleness counts from the last moment the states agreed.
+	Diverged []string `json:"diverged,omitempty"`
 }
 
 // Duration returns Seconds as a time.Duration.
@@ -109,9 +149,12 @@ type Tracker struct {
 	started      time.Time
 	startHLC     HLC
 	now          func() time.Time
+	divergeAfter time.Duration
 
 	mu    sync.Mutex
 	peers map[string]*peerView
+	// local is this peer's own (heads, digest) snapshot.
+	localHeads, localState string
 }
 
 // TrackerConfig configures a Tracker.
@@ -122,7 +165,12 @@ type TrackerConfig struct {
 	PeerTimeout  time.Duration
 	ForgetAfter  time.Duration
 	StartupGrace time.Duration
-	Now          func() time.Time // defaults to time.Now
+	// DivergedAfter is how long two states must differ at equal heads
+	// (and over at least two of the peer's heartbeats) before the peers
+	// count as diverged: snapshots a heartbeat apart can straddle a
+	// merge. Default 3s.
+	DivergedAfter time.Duration
+	Now           func() time.Time // defaults to time.Now
 }
 
 // NewTracker returns a tracker.
@@ -131,8 +179,11 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	if now == nil {
 		now = time.Now
 	}
+	if cfg.DivergedAfter <= 0 {
+		cfg.DivergedAfter = 3 * time.Second
+	}
 	return &Tracker{
-		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed,
+		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed, divergeAfter: cfg.DivergedAfter,
 		peerTimeout: cfg.PeerTimeout, forgetAfter: cfg.ForgetAfter, startupGrace: cfg.StartupGrace,
 		started: now(), startHLC: cfg.Clock.Peek(), now: now,
 		peers: make(map[string]*peerView),
@@ -167,6 +218,11 @@ func (t *Tracker) Observe(hb Heartbeat) []cid.Cid {
 	if len(hb.Addrs) <= maxHeartbeatAddrs {
 		p.addrs = hb.Addrs
 	}
+	p.headsKey, p.state = "", hb.State
+	if len(hb.Heads) < maxHeartbeatHeads {
+		p.headsKey = headsKey(hb.Heads)
+	}
+	t.compare(p)
 	p.pending = append(p.pending, announcement{at: hb.HLC, heads: heads})
 	if len(p.pending) > maxPending {
 		p.pending = append(p.pending[:0:0], p.pending[len(p.pending)-maxPending:]...)
@@ -283,9 +339,18 @@ func (t *Tracker) Staleness() Staleness {
 		ps := PeerStatus{
 			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.peerTimeout,
 			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs, Loaded: p.loaded,
+			StateDigest: p.state, Agreement: t.agreement(p, mono),
 		}
 		if !p.fresh.IsZero() {
 			ps.FreshUpTo = p.fresh.Time()
+		}
+		if ps.Agreement == AgreementDiverged {
+			// Everything this peer held since the states last agreed
+			// is in doubt: it is no fresher than that.
+			ps.LagSeconds = max(ps.LagSeconds, lag(p.agreed))
+			if ps.Reachable {
+				out.Diverged = append(out.Diverged, id)
+			}
 		}
 		out.Peers = append(out.Peers, ps)
 		if ps.Reachable {
@@ -299,6 +364,8 @@ func (t *Tracker) Staleness() Staleness {
 		}
 	}
 	sort.Slice(out.Peers, func(i, j int) bool { return out.Peers[i].ID < out.Peers[j].ID })
+	sort.Strings(out.Diverged)
+	out.StateDigest = t.localState
 	switch {
 	case reachable > 0:
 		out.Seconds = worstReachable // the largest lag = the oldest FreshUpTo
@@ -310,4 +377,61 @@ func (t *Tracker) Staleness() Staleness {
 		}
 	}
 	return out
+}
+
+// headsKey renders a head list order-independently, for comparison.
+func headsKey(heads []string) string {
+	s := append([]string(nil), heads...)
+	sort.Strings(s)
+	return strings.Join(s, ",")
+}
+
+// SetLocal records this peer's own heads and state digest as of its last
+// consistent snapshot (state "" when none could be taken) and compares it
+// with every peer's latest announcement.
+func (t *Tracker) SetLocal(heads []string, state string) {
+	key := ""
+	if len(heads) < maxHeartbeatHeads {
+		key = headsKey(heads)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.localHeads, t.localState = key, state
+	for _, p := range t.peers {
+		t.compare(p)
+	}
+}
+
+// compare updates p's agreement with the local snapshot. Called with t.mu
+// held, on every heartbeat of p and every local snapshot.
+func (t *Tracker) compare(p *peerView) {
+	if p.state == "" || t.localState == "" || p.headsKey == "" || p.headsKey != t.localHeads {
+		return // nothing to compare: keep the last verdict until there is
+	}
+	if p.state == t.localState {
+		p.agreed, p.disagreeSince, p.disagreeHBs = p.lastHLC, time.Time{}, 0
+		return
+	}
+	if p.disagreeSince.IsZero() {
+		p.disagreeSince = t.now()
+	}
+	p.disagreeHBs++
+}
+
+// agreement says how p's state compares with this peer's.
+func (t *Tracker) agreement(p *peerView, now time.Time) string {
+	switch {
+	case !p.disagreeSince.IsZero() && p.disagreeHBs >= 2 && now.Sub(p.disagreeSince) >= t.divergeAfter:
+		return AgreementDiverged
+	case p.disagreeSince.IsZero() && p.state != "" && p.state == t.localState && p.headsKey == t.localHeads:
+		return AgreementSame
+	}
+	return AgreementPending
+}
+
+// localKey returns this peer's heads as last recorded by SetLocal.
+func (t *Tracker) localKey() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.localHeads
 }

@@ -1,0 +1,131 @@
+package crdt
+
+import (
+	"context"
+	"time"
+
+	cid "github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+)
+
+// Anti-entropy: every heartbeat carries this peer's heads and the digest
+// of its state at exactly those heads. Peers with equal heads have merged
+// the same deltas and must hold the same state; when they do not for
+// DivergedAfter, both say so (Staleness.Diverged, shoal_state_diverged, a
+// staleness that counts from the last agreement) and the peer that agrees
+// with none of its peers rebuilds its state from the DAG (rebuildState).
+
+// snapshotDigest returns the state digest if it describes exactly the
+// state at heads, or "" when a merge or write may be under way: the
+// broadcaster has handed go-ds-crdt heads it has not finished, a local
+// write holds the write lock, events are queued but not yet folded into
+// the digest, or the DAG is dirty. Heads and the event count are read
+// again afterwards; if either moved the snapshot is dropped.
+func (r *Replica) snapshotDigest(ctx context.Context, heads []cid.Cid) string {
+	if !r.bc.idle() || !r.writeMu.TryLock() {
+		return ""
+	}
+	defer r.writeMu.Unlock()
+	if r.ds.IsDirty(ctx) {
+		return ""
+	}
+	seq := r.EventSeq()
+	if r.Dispatched() != seq {
+		return ""
+	}
+	d := r.digest.value()
+	if r.EventSeq() != seq || !r.bc.idle() || !sameCIDs(heads, r.ds.InternalStats(ctx).Heads) {
+		return ""
+	}
+	return d
+}
+
+func sameCIDs(a, b []cid.Cid) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := make(map[cid.Cid]bool, len(a))
+	for _, c := range a {
+		set[c] = true
+	}
+	for _, c := range b {
+		if !set[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// checkDivergence starts a rebuild when this peer's state differs from a
+// reachable peer's at equal heads and agrees with no peer's: with three
+// peers of which one is wrong, only that one rebuilds; with two, both do
+// (rebuilding a correct state yields the same state). A rebuild runs at
+// most once per set of heads: if the states still differ after it, the
+// divergence stays reported instead of looping.
+func (r *Replica) checkDivergence() {
+	st := r.tracker.Staleness()
+	if len(st.Diverged) == 0 {
+		return
+	}
+	for _, p := range st.Peers {
+		if p.Reachable && p.Agreement == AgreementSame {
+			return
+		}
+	}
+	key := r.tracker.localKey()
+	if key == "" || key == r.rebuilt || !r.rebuilding.CompareAndSwap(false, true) {
+		return
+	}
+	r.rebuilt = key
+	r.log.Error("replicated state diverged from peers with the same heads: rebuilding it from the DAG", "peers", st.Diverged)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.rebuilding.Store(false)
+		if err := r.rebuildState(r.ctx); err != nil && r.ctx.Err() == nil {
+			r.log.Error("state rebuild failed", "err", err)
+		}
+	}()
+}
+
+// rebuildState throws away the merged state and go-ds-crdt's processed
+// markers and merges every block reachable from the heads again, as an
+// unclean start does. Writes wait meanwhile; readers see the state being
+// rebuilt, and the staleness says so (no head is merged until its branch
+// is). Keys that held a value before and none after get a delete event,
+// since no hook reports a key that simply is not rebuilt.
+func (r *Replica) rebuildState(ctx context.Context) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	start := time.Now()
+	before := map[string]bool{}
+	if err := r.Scan(ctx, "/", func(key string, _ []byte) error {
+		before[key] = true
+		return nil
+	}); err != nil {
+		return err
+	}
+	if _, err := resetState(ctx, r.cfg.Datastore); err != nil {
+		return err
+	}
+	r.complete.forget()
+	r.ds.MarkDirty(ctx)
+	rctx, cancel := context.WithTimeout(ctx, syncRepairTimeout)
+	err := r.ds.Repair(rctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if err := r.Scan(ctx, "/", func(key string, _ []byte) error {
+		delete(before, key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for key := range before {
+		r.deleteHook(ds.NewKey(key))
+	}
+	r.count(func(c *Counters) { c.StateRebuilds++ })
+	r.log.Warn("replicated state rebuilt from the DAG", "seconds", time.Since(start).Seconds(), "vanished_keys", len(before))
+	return nil
+}

@@ -1,0 +1,232 @@
+package crdt
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ipfs/boxo/ipld/merkledag"
+	cid "github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	ipld "github.com/ipfs/go-ipld-format"
+)
+
+// go-ds-crdt merges a branch from its tip down and marks each block
+// processed as soon as its own delta is merged. When an ancestor cannot be
+// fetched (its writer went offline seconds after broadcasting), or the
+// walk is cut by Close, the tip stays processed but never becomes a head:
+// rebroadcasts skip it as known, the periodic repair walks only from the
+// heads and never reaches it, and the ancestors are never merged
+// (go-ds-crdt #279/#350). "Processed" therefore says nothing about the
+// branch below a block. completeness answers the question freshness needs
+// — has this block *and everything it descends from* been merged here? —
+// by walking the DAG in the local blockstore, and says where the holes are
+// so the replica can walk the branch again.
+
+// completeNamespace holds one marker per head found complete, so the walk
+// after a restart stops at the heads of the previous run instead of
+// reading the whole DAG. resetState clears it with go-ds-crdt's processed
+// markers: a block is complete only relative to them.
+var completeNamespace = ds.NewKey("/crdt-complete")
+
+// hole is an ancestor that is not merged, with the processed blocks on the
+// way to it from the head that was checked (head first).
+type hole struct {
+	block cid.Cid
+	path  []cid.Cid
+}
+
+// completeness caches which blocks are known complete. A complete block
+// stays complete (its ancestors never change), so the cache only grows;
+// it is dropped as a whole when the state is rebuilt.
+type completeness struct {
+	local     LocalBlocks
+	processed func(context.Context, cid.Cid) (bool, error)
+	store     ds.Datastore
+
+	mu    sync.Mutex
+	known *cid.Set
+}
+
+func newCompleteness(local LocalBlocks, processed func(context.Context, cid.Cid) (bool, error), store ds.Datastore) *completeness {
+	return &completeness{local: local, processed: processed, store: store, known: cid.NewSet()}
+}
+
+func (c *completeness) isKnown(ctx context.Context, b cid.Cid) bool {
+	c.mu.Lock()
+	ok := c.known.Has(b)
+	c.mu.Unlock()
+	if ok {
+		return true
+	}
+	if has, err := c.store.Has(ctx, completeNamespace.ChildString(b.String())); err == nil && has {
+		c.mu.Lock()
+		c.known.Add(b)
+		c.mu.Unlock()
+		return true
+	}
+	return false
+}
+
+// forget drops every cached and persisted marker (the state is being
+// rebuilt from the DAG).
+func (c *completeness) forget() {
+	c.mu.Lock()
+	c.known = cid.NewSet()
+	c.mu.Unlock()
+}
+
+// maxHoles bounds how many holes one check reports; healing the first ones
+// uncovers the rest.
+const maxHoles = 16
+
+// check walks down from head through local blocks. It returns nil when the
+// head and all its ancestors are merged here (and remembers that), or the
+// holes it found: unprocessed blocks, or processed ones whose block is not
+// in the local store. Reads are local only: nothing is fetched.
+func (c *completeness) check(ctx context.Context, head cid.Cid) ([]hole, error) {
+	if c.isKnown(ctx, head) {
+		return nil, nil
+	}
+	parent := map[cid.Cid]cid.Cid{}
+	visited := cid.NewSet()
+	stack := []cid.Cid{head}
+	visited.Add(head)
+	var holes []hole
+	for len(stack) > 0 && len(holes) < maxHoles {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		b := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if b != head && c.isKnown(ctx, b) {
+			continue
+		}
+		ok, err := c.processed(ctx, b)
+		if err != nil {
+			return nil, err
+		}
+		var links []*ipld.Link
+		if ok {
+			links, err = c.links(ctx, b)
+			if ipld.IsNotFound(err) {
+				ok = false
+			} else if err != nil {
+				return nil, err
+			}
+		}
+		if !ok {
+			holes = append(holes, hole{block: b, path: pathTo(parent, head, b)})
+			continue
+		}
+		for _, l := range links {
+			if visited.Visit(l.Cid) {
+				parent[l.Cid] = b
+				stack = append(stack, l.Cid)
+			}
+		}
+	}
+	if len(holes) > 0 {
+		return holes, nil
+	}
+	c.mu.Lock()
+	for _, b := range visited.Keys() {
+		c.known.Add(b)
+	}
+	c.mu.Unlock()
+	if err := c.store.Put(ctx, completeNamespace.ChildString(head.String()), nil); err != nil {
+		return nil, fmt.Errorf("record complete head %s: %w", head, err)
+	}
+	return nil, nil
+}
+
+func (c *completeness) links(ctx context.Context, b cid.Cid) ([]*ipld.Link, error) {
+	blk, err := c.local.Get(ctx, b)
+	if err != nil {
+		if ipld.IsNotFound(err) {
+			return nil, ipld.ErrNotFound{Cid: b}
+		}
+		return nil, fmt.Errorf("read block %s: %w", b, err)
+	}
+	n, err := merkledag.DecodeProtobufBlock(blk)
+	if err != nil {
+		return nil, fmt.Errorf("decode block %s: %w", b, err)
+	}
+	return n.Links(), nil
+}
+
+// pathTo lists the blocks from head down to the parent of b.
+func pathTo(parent map[cid.Cid]cid.Cid, head, b cid.Cid) []cid.Cid {
+	var rev []cid.Cid
+	for cur := b; cur != head; {
+		p, ok := parent[cur]
+		if !ok {
+			break
+		}
+		rev = append(rev, p)
+		cur = p
+	}
+	out := make([]cid.Cid, len(rev))
+	for i, x := range rev {
+		out[len(rev)-1-i] = x
+	}
+	return out
+}
+
+// Merged reports whether c and every block it descends from have been
+// merged into this replica's state. Freshness is measured with it, never
+// with Processed alone: a tip merged over a hole is not fresh.
+func (r *Replica) Merged(ctx context.Context, c cid.Cid) (bool, error) {
+	holes, err := r.complete.check(ctx, c)
+	return err == nil && len(holes) == 0, err
+}
+
+// healBranches looks for heads (this replica's own and those peers
+// announced) that are processed over a hole, and walks each such branch
+// again: the processed markers from the head down to each hole are
+// removed and the head is handed back to go-ds-crdt, which merges the
+// branch from its tip again (re-merging a delta changes nothing) and this
+// time reaches the hole — fetching it if its writer is back — and makes
+// the tip a head. A branch whose hole still cannot be fetched comes back
+// here after healRetry.
+func (r *Replica) healBranches(ctx context.Context, candidates []cid.Cid) {
+	now := time.Now()
+	var heads []cid.Cid
+	for _, c := range candidates {
+		ok, err := r.Processed(ctx, c)
+		if err != nil || !ok {
+			continue // not merged at all: injectMissing's case
+		}
+		holes, err := r.complete.check(ctx, c)
+		if err != nil || len(holes) == 0 {
+			continue
+		}
+		r.cntMu.Lock()
+		last, tried := r.healed[c]
+		retry := !tried || now.Sub(last) >= healRetry
+		if retry {
+			r.healed[c] = now
+		}
+		r.cntMu.Unlock()
+		if !retry {
+			continue
+		}
+		for _, h := range holes {
+			for _, b := range append([]cid.Cid{c}, h.path...) {
+				if err := r.cfg.Datastore.Delete(ctx, r.processedKey(b)); err != nil {
+					r.log.Warn("cannot reopen branch", "block", b.String(), "err", err)
+				}
+			}
+		}
+		r.log.Warn("walking a branch again: it was merged over a hole", "head", c.String(), "holes", len(holes), "first_hole", holes[0].block.String())
+		heads = append(heads, c)
+	}
+	if len(heads) > 0 && r.bc.Inject(heads) {
+		r.count(func(c *Counters) { c.HealedBranches += uint64(len(heads)) })
+	}
+}
+
+// healRetry is how long a branch walked again is left to go-ds-crdt before
+// it is reopened once more.
+const healRetry = 10 * time.Second
