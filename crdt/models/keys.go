@@ -3,13 +3,13 @@ package models
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
+
+	"github.com/shoal-mesh/shoal/crdt/sign"
 )
 
 // PublisherKeyFile is the publisher key's file name inside a data dir.
@@ -18,30 +18,21 @@ const PublisherKeyFile = "publisher.key"
 // Sentinel errors of publisher keys.
 var (
 	ErrKeyExists = errors.New("publisher key already exists")
-	ErrBadKey    = errors.New("malformed publisher key")
+	ErrBadKey    = sign.ErrBadKey
 )
 
-// PublisherID names a publisher: "ed25519:" + hex of its public key. It is
-// used in replicated keys, so it contains no '/'.
-type PublisherID string
+// PublisherID names a publisher: "ed25519:" + hex of its public key (the
+// id format of package sign, shared with the replica's record signatures).
+type PublisherID = sign.ID
 
 // IDOf returns the id of a public key.
-func IDOf(pub ed25519.PublicKey) PublisherID {
-	return PublisherID("ed25519:" + hex.EncodeToString(pub))
-}
+func IDOf(pub ed25519.PublicKey) PublisherID { return sign.IDOf(pub) }
 
 // ParsePublisherID reads an id (with or without the "ed25519:" prefix).
-func ParsePublisherID(s string) (ed25519.PublicKey, PublisherID, error) {
-	raw := strings.TrimPrefix(strings.TrimSpace(s), "ed25519:")
-	b, err := hex.DecodeString(raw)
-	if err != nil || len(b) != ed25519.PublicKeySize {
-		return nil, "", fmt.Errorf("%w: %q: want ed25519:<64 hex digits>", ErrBadKey, s)
-	}
-	pub := ed25519.PublicKey(b)
-	return pub, IDOf(pub), nil
-}
+func ParsePublisherID(s string) (ed25519.PublicKey, PublisherID, error) { return sign.ParseID(s) }
 
-// Publisher is an ed25519 identity that signs manifests and activations.
+// Publisher is a peer's ed25519 identity: it signs manifests and
+// activations, and (as a crdt.Signer) every record the peer writes.
 type Publisher struct {
 	priv ed25519.PrivateKey
 }
@@ -52,7 +43,8 @@ func (p *Publisher) ID() PublisherID { return IDOf(p.priv.Public().(ed25519.Publ
 // Public returns the public key.
 func (p *Publisher) Public() ed25519.PublicKey { return p.priv.Public().(ed25519.PublicKey) }
 
-func (p *Publisher) sign(msg []byte) []byte { return ed25519.Sign(p.priv, msg) }
+// Sign returns the publisher's signature of msg.
+func (p *Publisher) Sign(msg []byte) []byte { return ed25519.Sign(p.priv, msg) }
 
 const pemType = "SHOAL PUBLISHER KEY"
 

@@ -1,16 +1,14 @@
 package models
 
 import (
-	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
-	"sync"
 
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/crdt/sign"
 )
 
 // Record kinds.
@@ -113,64 +111,23 @@ func (a Activation) unsigned() Activation { a.Signature = ""; return a }
 // Sign fills in the signature.
 func (m *Manifest) Sign(p *Publisher) {
 	m.Publisher = p.ID()
-	m.Signature = base64.StdEncoding.EncodeToString(p.sign(signingBytes(KindVersion, m.unsigned())))
+	m.Signature = base64.StdEncoding.EncodeToString(p.Sign(signingBytes(KindVersion, m.unsigned())))
 }
 
 // Sign fills in the signature.
 func (a *Activation) Sign(p *Publisher) {
 	a.Publisher = p.ID()
-	a.Signature = base64.StdEncoding.EncodeToString(p.sign(signingBytes(KindCurrent, a.unsigned())))
+	a.Signature = base64.StdEncoding.EncodeToString(p.Sign(signingBytes(KindCurrent, a.unsigned())))
 }
 
-// verified memoises successful signature checks: the registry evaluates
-// a model's records on every read, and ed25519 verification would
-// otherwise dominate a read (~50 µs per record). The key covers the
-// publisher, the signature and the signed bytes, so only an identical
-// record hits. Bounded: cleared when full.
-var verified struct {
-	sync.Mutex
-	m map[[32]byte]struct{}
-}
-
-const maxVerified = 1 << 14
-
+// verify checks a base64 signature; package sign memoises successful
+// checks, since the registry evaluates a model's records on every read.
 func verify(pub PublisherID, sig string, msg []byte) error {
-	h := sha256.New()
-	h.Write([]byte(pub))
-	h.Write([]byte{0})
-	h.Write([]byte(sig))
-	h.Write([]byte{0})
-	h.Write(msg)
-	var k [32]byte
-	h.Sum(k[:0])
-	verified.Lock()
-	_, ok := verified.m[k]
-	verified.Unlock()
-	if ok {
-		return nil
-	}
-	if err := verifyUncached(pub, sig, msg); err != nil {
-		return err
-	}
-	verified.Lock()
-	if verified.m == nil || len(verified.m) >= maxVerified {
-		verified.m = make(map[[32]byte]struct{})
-	}
-	verified.m[k] = struct{}{}
-	verified.Unlock()
-	return nil
-}
-
-func verifyUncached(pub PublisherID, sig string, msg []byte) error {
-	key, _, err := ParsePublisherID(string(pub))
-	if err != nil {
-		return err
-	}
 	s, err := base64.StdEncoding.DecodeString(sig)
-	if err != nil || len(s) != ed25519.SignatureSize || !ed25519.Verify(key, msg, s) {
-		return errors.New("signature does not verify")
+	if err != nil {
+		return sign.ErrSignature
 	}
-	return nil
+	return sign.Verify(pub, msg, s)
 }
 
 // Verify checks the manifest's signature against its publisher key.
