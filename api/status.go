@@ -16,6 +16,11 @@ type Status struct {
 	Height           uint64          `json:"height"`
 	QueuedJobs       int             `json:"queued_jobs"`
 	StateHash        string          `json:"state_hash"`
+	// StateDigest is the digest of the state at Heads that this peer's
+	// heartbeats carry (empty while a merge is under way); Diverged lists
+	// the peers whose heads equal this peer's while their states differ.
+	StateDigest string   `json:"state_digest,omitempty"`
+	Diverged    []string `json:"diverged"`
 	Runtime          RuntimeStatus   `json:"runtime"`
 	Inference        InferenceStatus `json:"inference"`
 	Models           []ModelSummary  `json:"models"`
@@ -59,6 +64,13 @@ type PeerInfo struct {
 	FreshUpTo  time.Time `json:"fresh_up_to,omitzero"`
 	LagSeconds float64   `json:"lag_seconds"`
 	Height     uint64    `json:"height"`
+	// Heads and StateDigest are what the peer last announced; Agreement
+	// compares them with this peer's: "agree" (same heads, same state),
+	// "diverged" (same heads, different state) or "pending" (heads differ
+	// or no digest yet).
+	Heads       []string `json:"heads"`
+	StateDigest string   `json:"state_digest,omitempty"`
+	Agreement   string   `json:"agreement"`
 }
 
 // RuntimeStatus says whether onnxruntime is available.

@@ -67,6 +67,7 @@ type peerView struct {
 	// when the list was truncated) and state digest, compared with this
 	// peer's own snapshot (Tracker.SetLocal).
 	headsKey string
+	headList []string
 	state    string
 	// agreed is the peer's HLC when the two states were last seen equal
 	// at equal heads; disagreeSince is when they were first seen unequal
@@ -109,6 +110,8 @@ type PeerStatus struct {
 	// it with this peer's (agree, diverged or pending).
 	StateDigest string `json:"state_digest,omitempty"`
 	Agreement   string `json:"agreement"`
+	// HeadCIDs are the heads the peer last announced.
+	HeadCIDs []string `json:"head_cids,omitempty"`
 }
 
 // Staleness is the freshness of this peer's replicated view.
@@ -218,7 +221,7 @@ func (t *Tracker) Observe(hb Heartbeat) []cid.Cid {
 	if len(hb.Addrs) <= maxHeartbeatAddrs {
 		p.addrs = hb.Addrs
 	}
-	p.headsKey, p.state = "", hb.State
+	p.headsKey, p.headList, p.state = "", hb.Heads, hb.State
 	if len(hb.Heads) < maxHeartbeatHeads {
 		p.headsKey = headsKey(hb.Heads)
 	}
@@ -339,7 +342,7 @@ func (t *Tracker) Staleness() Staleness {
 		ps := PeerStatus{
 			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.peerTimeout,
 			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs, Loaded: p.loaded,
-			StateDigest: p.state, Agreement: t.agreement(p, mono),
+			StateDigest: p.state, Agreement: t.agreement(p, mono), HeadCIDs: p.headList,
 		}
 		if !p.fresh.IsZero() {
 			ps.FreshUpTo = p.fresh.Time()

@@ -83,6 +83,8 @@ func (n *Node) counters() []counter {
 		{"shoal_heartbeats_total", beats, l("direction", "in"), u(func() uint64 { return rc().HeartbeatsIn })},
 		{"shoal_heartbeats_total", beats, l("direction", "out"), u(func() uint64 { return rc().HeartbeatsOut })},
 		{"shoal_crdt_injected_heads_total", "Heads learned from heartbeats and handed to the CRDT.", nil, u(func() uint64 { return rc().InjectedHeads })},
+		{"shoal_crdt_healed_branches_total", "Branches merged over a missing ancestor and walked again (the tip was processed, its parent never arrived).", nil, u(func() uint64 { return rc().HealedBranches })},
+		{"shoal_state_rebuilds_total", "Rebuilds of the replicated state from the DAG after it diverged from a peer's with the same heads.", nil, u(func() uint64 { return rc().StateRebuilds })},
 		{"shoal_crdt_inline_blocks_total", inline, l("result", "stored"), u(func() uint64 { return rc().InlineBlocks })},
 		{"shoal_crdt_inline_blocks_total", inline, l("result", "rejected"), u(func() uint64 { return rc().InlineRejected })},
 		{"shoal_bitswap_blocks_total", blocks, l("direction", "in"), u(func() uint64 { return bs().BlocksReceived })},
@@ -134,6 +136,8 @@ var (
 	descStaleness    = prometheus.NewDesc("shoal_staleness_seconds", "How far behind the freshest replicated state this peer can prove it has seen.", nil, nil)
 	descPeerLag      = prometheus.NewDesc("shoal_peer_staleness_seconds", "This peer's staleness with respect to one mesh peer.", []string{"peer"}, nil)
 	descPeers        = prometheus.NewDesc("shoal_peers", "Mesh peers known from heartbeats, by state.", []string{"state"}, nil)
+	descDiverged     = prometheus.NewDesc("shoal_state_diverged", "1 while this peer's state differs from a reachable peer's with the same heads (it is then not fresh and rebuilds), else 0.", nil, nil)
+	descDivergedPeer = prometheus.NewDesc("shoal_peer_state_diverged", "1 for each reachable peer whose state differs from this peer's at equal heads.", []string{"peer"}, nil)
 	descConnected    = prometheus.NewDesc("shoal_peers_connected", "libp2p connections open.", nil, nil)
 	descHeads        = prometheus.NewDesc("shoal_crdt_heads", "Heads of the local Merkle-CRDT DAG.", nil, nil)
 	descHeight       = prometheus.NewDesc("shoal_crdt_height", "Max height of the local Merkle-CRDT DAG.", nil, nil)
@@ -157,7 +161,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descRunning, descSlots, descDiskFree, descDiskReserve, descStaleness, descPeerLag,
+	for _, d := range []*prometheus.Desc{descBuild, descRunning, descSlots, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descDiverged, descDivergedPeer,
 		descPeers, descConnected, descHeads, descHeight, descQueued, descUptime, descModelsLocal, descModelLag, descModelServing,
 		descConflicts, descRuntimeInfo, descDevice, descCacheBytes, descCacheEntries, descSessions, descRAGDocs, descRAGUpdated, descRAGPending} {
 		ch <- d
@@ -193,6 +197,10 @@ func (c *nodeCollector) peerGauges(gauge gaugeFunc) {
 		if p.Reachable {
 			reachable++
 		}
+	}
+	gauge(descDiverged, float64(min(len(stale.Diverged), 1)))
+	for _, id := range stale.Diverged {
+		gauge(descDivergedPeer, 1, id)
 	}
 	gauge(descPeers, float64(reachable), "reachable")
 	gauge(descPeers, float64(len(stale.Peers)-reachable), "unreachable")

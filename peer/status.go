@@ -31,13 +31,15 @@ func (n *Node) Status(ctx context.Context) (api.Status, error) {
 		StartedAt: n.started.UTC(), StalenessSeconds: stale.Seconds,
 		Connected: len(n.host.Network().Peers()), Height: st.Height, QueuedJobs: st.QueuedJobs,
 		StateHash: hash, Heads: []string{}, Peers: []api.PeerInfo{}, Models: []api.ModelSummary{},
+		StateDigest: stale.StateDigest, Diverged: append([]string{}, stale.Diverged...),
 	}
 	for _, h := range st.Heads {
 		s.Heads = append(s.Heads, h.String())
 	}
 	for _, p := range stale.Peers {
 		pi := api.PeerInfo{ID: p.ID, LastHeard: p.LastHeard.UTC(), Reachable: p.Reachable, FreshUpTo: p.FreshUpTo.UTC(),
-			LagSeconds: p.LagSeconds, Height: p.Height}
+			LagSeconds: p.LagSeconds, Height: p.Height,
+			Heads: append([]string{}, p.HeadCIDs...), StateDigest: p.StateDigest, Agreement: p.Agreement}
 		if id, err := libp2ppeer.Decode(p.ID); err == nil {
 			pi.Connected = n.host.Network().Connectedness(id) == network.Connected
 		}
