@@ -154,7 +154,7 @@ func Open(cfg Config) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("%w: %v", ErrUnwritable, err)
 	}
-	s.bs = blockstore.NewBlockstore(namespace.Wrap(db, BlocksPrefix), blockstore.NoPrefix())
+	s.bs = guardedBlockstore{blockstore.NewBlockstore(namespace.Wrap(db, BlocksPrefix), blockstore.NoPrefix()), s}
 	return s, nil
 }
 

@@ -116,3 +116,38 @@ func TestEncryptionKeyIsChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestBlocksRespectTheReserve: blocks other peers send count against the
+// disk reserve like the API's own writes; below it they are refused with
+// ErrDiskFull and nothing is stored.
+func TestBlocksRespectTheReserve(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	free, err := s.FreeBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ok := blocks.NewBlock([]byte("fits"))
+	if err := s.Blockstore().Put(ctx, ok); err != nil {
+		t.Fatalf("a block well inside the free space: %v", err)
+	}
+	s.minFree = free + 1<<30 // the reserve is now more than the disk has
+	refused := blocks.NewBlock([]byte("past the reserve"))
+	if err := s.Blockstore().Put(ctx, refused); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("Put past the reserve: err = %v, want ErrDiskFull", err)
+	}
+	if err := s.Blockstore().PutMany(ctx, []blocks.Block{refused}); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("PutMany past the reserve: err = %v, want ErrDiskFull", err)
+	}
+	if has, _ := s.Blockstore().Has(ctx, refused.Cid()); has {
+		t.Error("a refused block was stored")
+	}
+	if has, _ := s.Blockstore().Has(ctx, ok.Cid()); !has {
+		t.Error("the block stored before is gone")
+	}
+}
