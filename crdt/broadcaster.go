@@ -2,8 +2,8 @@ package crdt
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -63,6 +63,7 @@ type broadcaster struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	pushed   *pushedBlocks
 	attached atomic.Uint64 // head blocks received inline
 	rejected atomic.Uint64 // inline blocks whose bytes did not match their CID
 	// busy is set while go-ds-crdt works on heads Next handed it: it
@@ -84,7 +85,7 @@ func newBroadcaster(ctx context.Context, self peer.ID, topic *pubsub.Topic, loca
 	ctx, cancel := context.WithCancel(ctx)
 	b := &broadcaster{
 		self: self, topic: topic, sub: sub, local: local, adder: adder, log: log,
-		maxBlock: maxBlock,
+		maxBlock: maxBlock, pushed: newPushedBlocks(maxPushedBytes, pushedTTL),
 		in:       make(chan []byte, subscriptionBuffer),
 		ctx:      ctx, cancel: cancel,
 	}
@@ -99,23 +100,49 @@ func (b *broadcaster) Broadcast(ctx context.Context, data []byte) error {
 	if err := proto.Unmarshal(data, &msg); err != nil {
 		return fmt.Errorf("decode crdt broadcast: %w", err)
 	}
-	env := envelope{V: 1}
+	heads := make([]cid.Cid, 0, len(msg.Heads))
 	for _, h := range msg.Heads {
 		c, err := cid.Cast(h.Cid)
 		if err != nil {
 			return fmt.Errorf("decode head cid: %w", err)
 		}
-		eh := envelopeHead{CID: c.String()}
-		if blk, err := b.local.Get(ctx, c); err == nil && len(blk.RawData()) <= b.maxBlock {
-			eh.Block = blk.RawData()
-		}
-		env.Heads = append(env.Heads, eh)
+		heads = append(heads, c)
 	}
-	out, err := json.Marshal(env)
+	out, err := buildEnvelope(ctx, b.local, heads, b.maxBlock)
 	if err != nil {
 		return err
 	}
 	return b.topic.Publish(ctx, out)
+}
+
+// buildEnvelope announces heads (at most maxEnvelopeHeads of them; the
+// rest follow in later broadcasts and heartbeats) with as many of their
+// blocks inline as fit in one message. Gossipsub drops a message over its
+// 1 MiB limit without telling the receivers, and JSON carries a block in
+// base64 (a third larger), so two 512 KiB heads used to make a broadcast
+// nobody got; a head whose block does not fit goes without it and is
+// fetched by bitswap instead.
+func buildEnvelope(ctx context.Context, local LocalBlocks, heads []cid.Cid, maxBlock int) ([]byte, error) {
+	env := envelope{V: 1}
+	size := len(`{"v":1,"heads":[]}`)
+	for _, c := range heads[:min(len(heads), maxEnvelopeHeads)] {
+		eh := envelopeHead{CID: c.String()}
+		size += len(eh.CID) + len(`{"cid":""},`)
+		env.Heads = append(env.Heads, eh)
+	}
+	for i := range env.Heads {
+		blk, err := local.Get(ctx, heads[i])
+		if err != nil || len(blk.RawData()) > maxBlock {
+			continue
+		}
+		n := base64.StdEncoding.EncodedLen(len(blk.RawData())) + len(`,"block":""`)
+		if size+n > maxDataMessage {
+			continue
+		}
+		size += n
+		env.Heads[i].Block = blk.RawData()
+	}
+	return json.Marshal(env)
 }
 
 // Next implements dscrdt.Broadcaster.
@@ -173,11 +200,16 @@ func (b *broadcaster) receive() {
 		if msg.ReceivedFrom == b.self {
 			continue
 		}
-		heads, err := b.accept(msg.Data)
-		if err != nil {
-			b.log.Warn("dropping crdt broadcast", "from", msg.ReceivedFrom.String(), "err", err)
-			continue
+		// The topic validator has decoded and checked the envelope;
+		// decode here only if it did not run.
+		env, ok := msg.ValidatorData.(*envelope)
+		if !ok {
+			if env, err = decodeEnvelope(msg.Data, b.maxBlock); err != nil {
+				b.log.Warn("dropping crdt broadcast", "from", msg.ReceivedFrom.String(), "err", err)
+				continue
+			}
 		}
+		heads := b.accept(env)
 		data, err := encodeCRDTHeads(heads)
 		if err != nil {
 			continue
@@ -190,53 +222,30 @@ func (b *broadcaster) receive() {
 	}
 }
 
-var errBlockMismatch = errors.New("inline block does not match its CID")
-
-// accept decodes an envelope, verifies each inline block against its CID
-// and stores it, and returns the heads to process.
-func (b *broadcaster) accept(data []byte) ([]cid.Cid, error) {
-	var env envelope
-	if err := json.Unmarshal(data, &env); err != nil {
-		return nil, fmt.Errorf("decode envelope: %w", err)
-	}
-	if env.V != 1 {
-		return nil, fmt.Errorf("unknown envelope version %d", env.V)
-	}
+// accept takes a checked envelope's inline blocks into the pushed-block
+// cache and returns the heads to process. The blocks are not stored yet:
+// pushedDAG stores one when go-ds-crdt asks for it, so a peer pushing
+// blocks nobody needs (they only have to match their CIDs) fills a
+// bounded cache, not the disk.
+func (b *broadcaster) accept(env *envelope) []cid.Cid {
 	heads := make([]cid.Cid, 0, len(env.Heads))
 	for _, h := range env.Heads {
 		c, err := cid.Decode(h.CID)
 		if err != nil {
-			return nil, fmt.Errorf("head cid: %w", err)
+			continue // the validator checked it; a direct caller may not have
 		}
 		if len(h.Block) > 0 {
-			if err := b.store(c, h.Block); err != nil {
-				b.rejected.Add(1)
-				b.log.Warn("ignoring inline head block", "cid", c.String(), "err", err)
-			} else {
+			blk, err := blocks.NewBlockWithCid(h.Block, c)
+			if err == nil {
+				b.pushed.put(blk)
 				b.attached.Add(1)
+			} else {
+				b.rejected.Add(1)
 			}
 		}
 		heads = append(heads, c)
 	}
-	return heads, nil
-}
-
-func (b *broadcaster) store(c cid.Cid, data []byte) error {
-	if len(data) > b.maxBlock {
-		return fmt.Errorf("inline block of %d bytes over limit %d", len(data), b.maxBlock)
-	}
-	sum, err := c.Prefix().Sum(data)
-	if err != nil {
-		return err
-	}
-	if !sum.Equals(c) {
-		return errBlockMismatch
-	}
-	blk, err := blocks.NewBlockWithCid(data, c)
-	if err != nil {
-		return err
-	}
-	return b.adder.AddBlock(b.ctx, blk)
+	return heads
 }
 
 func (b *broadcaster) close() {

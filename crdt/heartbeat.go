@@ -99,20 +99,19 @@ func (r *Replica) receiveHeartbeats() {
 		if err != nil {
 			return
 		}
-		if msg.ReceivedFrom == r.cfg.Self || len(msg.Data) > maxHeartbeatSize {
+		if msg.ReceivedFrom == r.cfg.Self {
 			continue
 		}
-		var hb Heartbeat
-		if err := json.Unmarshal(msg.Data, &hb); err != nil || hb.V != 1 {
-			continue
-		}
-		// A heartbeat speaks for its author only: pubsub signs messages
-		// with the sender's libp2p key.
-		if from := msg.GetFrom(); from.String() != hb.Peer || hb.HLC.Peer != hb.Peer {
-			continue
+		// The topic validator has decoded and checked it (size, schema,
+		// author); decode here only if it did not run.
+		hb, ok := msg.ValidatorData.(*Heartbeat)
+		if !ok {
+			if hb, err = decodeHeartbeat(msg.Data, msg.GetFrom()); err != nil {
+				continue
+			}
 		}
 		r.clock.Observe(hb.HLC, r.cfg.MaxClockSkew)
-		r.tracker.Observe(hb)
+		r.tracker.Observe(*hb)
 		r.count(func(c *Counters) { c.HeartbeatsIn++ })
 		select {
 		case r.heard <- struct{}{}:

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -218,6 +219,9 @@ type Counters struct {
 	// merged over a hole; StateRebuilds counts rebuilds of a diverged
 	// state from the DAG.
 	HealedBranches, StateRebuilds uint64
+	// RejectedMessages counts pubsub messages the topic validators
+	// refused, by "topic/reason" (see the Msg* reasons).
+	RejectedMessages map[string]uint64
 }
 
 // Replica is one peer's copy of the mesh's replicated state.
@@ -252,6 +256,7 @@ type Replica struct {
 	// same heads is reported, not rebuilt in a loop.
 	rebuilt    string
 	rebuilding atomic.Bool
+	validators bool          // topic validators registered (teardown removes them)
 	heard      chan struct{} // a heartbeat arrived: maintain runs now
 
 	ctx    context.Context
@@ -282,6 +287,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		return nil, err
 	}
 
+	if err := r.registerValidators(); err != nil {
+		return fail(err)
+	}
 	var err error
 	if r.dataTop, err = cfg.PubSub.Join(DataTopic(cfg.Mesh)); err != nil {
 		return fail(fmt.Errorf("join data topic: %w", err))
@@ -311,7 +319,10 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	opts.DAGSyncerTimeout = cfg.DAGTimeout
 	opts.PutHook = r.putHook
 	opts.DeleteHook = r.deleteHook
-	if r.ds, err = dscrdt.New(cfg.Datastore, Namespace, cfg.DAG, r.bc, opts); err != nil {
+	// go-ds-crdt reads blocks through pushedDAG: inline head blocks are
+	// stored only when a merge asks for them (see pushedBlocks).
+	dag := &pushedDAG{DAGService: cfg.DAG, pushed: r.bc.pushed, adder: cfg.Adder}
+	if r.ds, err = dscrdt.New(cfg.Datastore, Namespace, dag, r.bc, opts); err != nil {
 		return fail(fmt.Errorf("open crdt datastore: %w", err))
 	}
 	if cfg.Unclean {
@@ -682,6 +693,7 @@ func (r *Replica) Staleness() Staleness { return r.tracker.Staleness() }
 func (r *Replica) Counters() Counters {
 	r.cntMu.Lock()
 	c := r.counters
+	c.RejectedMessages = maps.Clone(c.RejectedMessages)
 	r.cntMu.Unlock()
 	c.InlineBlocks = r.bc.attached.Load()
 	c.InlineRejected = r.bc.rejected.Load()
@@ -721,6 +733,7 @@ func (r *Replica) teardown() {
 	if r.dataTop != nil {
 		r.dataTop.Close()
 	}
+	r.unregisterValidators()
 	r.subMu.Lock()
 	for s := range r.subs {
 		s.closeDone()

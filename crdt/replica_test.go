@@ -41,6 +41,7 @@ type nodeOpts struct {
 	unclean bool
 	wrapDAG func(ipld.DAGService) ipld.DAGService
 	config  func(*Config)
+	pubsub  []pubsub.Option
 }
 
 // testNode is a replica on a real libp2p host on loopback and a real
@@ -62,7 +63,7 @@ func openNode(t *testing.T, ctx context.Context, dir string, o nodeOpts) *testNo
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := pubsub.NewGossipSub(ctx, h)
+	ps, err := pubsub.NewGossipSub(ctx, h, o.pubsub...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
@@ -103,6 +104,13 @@ func (n *Node) counters() []counter {
 	}
 	for _, src := range discoverySources {
 		out = append(out, counter{"shoal_discovered_peers_total", found, l("source", src), u(func() uint64 { return n.discovered(src) })})
+	}
+	for _, topic := range []string{"crdt", "heartbeat"} {
+		for _, reason := range []string{crdt.MsgOversize, crdt.MsgMalformed, crdt.MsgMismatch, crdt.MsgAuthor, crdt.MsgVersion} {
+			key := topic + "/" + reason
+			out = append(out, counter{"shoal_pubsub_rejected_total", "Gossipsub messages refused by the topic validators (never relayed; each costs the sender peer score), by topic and reason.",
+				l("topic", topic, "reason", reason), u(func() uint64 { return rc().RejectedMessages[key] })})
+		}
 	}
 	for _, reason := range models.Reasons {
 		out = append(out, counter{"shoal_rejected_records_total", rejected, l("reason", reason), u(func() uint64 { return n.rejected(reason) })})

@@ -173,6 +173,7 @@ func (n *Node) startReplication(ctx context.Context) error {
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		pubsub.WithPeerOutboundQueueSize(256),
 		pubsub.WithFloodPublish(true),
+		crdt.PeerScoreOptions(n.cfg.Mesh),
 	); err != nil {
 		return fmt.Errorf("start gossipsub: %w", err)
 	}
