@@ -86,8 +86,8 @@ func newBroadcaster(ctx context.Context, self peer.ID, topic *pubsub.Topic, loca
 	b := &broadcaster{
 		self: self, topic: topic, sub: sub, local: local, adder: adder, log: log,
 		maxBlock: maxBlock, pushed: newPushedBlocks(maxPushedBytes, pushedTTL),
-		in:       make(chan []byte, subscriptionBuffer),
-		ctx:      ctx, cancel: cancel,
+		in:  make(chan []byte, subscriptionBuffer),
+		ctx: ctx, cancel: cancel,
 	}
 	b.wg.Add(1)
 	go b.receive()
