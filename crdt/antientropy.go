@@ -125,6 +125,11 @@ func (r *Replica) rebuildState(ctx context.Context) error {
 	for key := range before {
 		r.deleteHook(ds.NewKey(key))
 	}
+	// Start the digest again from the rebuilt state too, in case it was
+	// the digest that had drifted; changes still queued fold in after.
+	if err := r.digest.load(ctx, r); err != nil {
+		return err
+	}
 	r.count(func(c *Counters) { c.StateRebuilds++ })
 	r.log.Warn("replicated state rebuilt from the DAG", "seconds", time.Since(start).Seconds(), "vanished_keys", len(before))
 	return nil
