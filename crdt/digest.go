@@ -27,6 +27,10 @@ type stateDigest struct {
 	terms map[string][2]uint64
 	sum   [2]uint64 // hi, lo
 	ready bool
+	// touched records the changes folded in while a load reads the
+	// state (nil when none runs): the read may predate them, so they are
+	// applied again on top of it.
+	touched map[string][]byte
 }
 
 func newStateDigest() *stateDigest { return &stateDigest{terms: map[string][2]uint64{}} }
@@ -65,6 +69,13 @@ func sub128(a, b [2]uint64) [2]uint64 {
 func (d *stateDigest) set(key string, value []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.touched != nil {
+		d.touched[key] = value
+	}
+	d.setLocked(key, value)
+}
+
+func (d *stateDigest) setLocked(key string, value []byte) {
 	if old, ok := d.terms[key]; ok {
 		d.sum = sub128(d.sum, old)
 		delete(d.terms, key)
@@ -76,19 +87,29 @@ func (d *stateDigest) set(key string, value []byte) {
 	}
 }
 
-// load starts the digest from a full read of the state.
+// load starts the digest from a full read of the state. Changes folded in
+// while it reads are applied again on top of what it read, in order, so
+// the digest ends where the dispatcher is, whichever came first.
 func (d *stateDigest) load(ctx context.Context, r *Replica) error {
+	d.mu.Lock()
+	d.touched = map[string][]byte{}
+	d.mu.Unlock()
 	fresh := newStateDigest()
 	err := r.Scan(ctx, "/", func(key string, value []byte) error {
-		fresh.set(key, value)
+		fresh.setLocked(key, append([]byte(nil), value...))
 		return nil
 	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	touched := d.touched
+	d.touched = nil
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
+	for k, v := range touched {
+		fresh.setLocked(k, v)
+	}
 	d.terms, d.sum, d.ready = fresh.terms, fresh.sum, true
-	d.mu.Unlock()
 	return nil
 }
 
