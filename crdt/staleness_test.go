@@ -127,3 +127,56 @@ func TestTrackerStaleness(t *testing.T) {
 		t.Errorf("peers after an hour = %+v, want only C", ps)
 	}
 }
+
+// TestTrackerCountsAHoledWriterWhileSilent: a peer whose newest heads this
+// peer merged only in part (a hole below them) keeps counting after it
+// falls silent: its missing writes are known, so the staleness grows even
+// though every reachable peer is current.
+func TestTrackerCountsAHoledWriterWhileSilent(t *testing.T) {
+	ft := &fakeTime{t: time.Unix(10000, 0)}
+	clock := NewClock("self", ft.now)
+	proc := &fakeProcessed{set: map[cid.Cid]bool{}}
+	holed := &fakeProcessed{set: map[cid.Cid]bool{}}
+	tr := NewTracker(TrackerConfig{
+		Self: "self", Clock: clock, Processed: proc.has, Partial: holed.has, Now: ft.now,
+		PeerTimeout: 5 * time.Second, ForgetAfter: time.Hour, StartupGrace: time.Second,
+	})
+	ctx := context.Background()
+	hb := func(peer string, heads ...cid.Cid) {
+		h := Heartbeat{V: 1, Peer: peer, HLC: HLC{Wall: ft.t.UnixNano(), Peer: peer}}
+		for _, c := range heads {
+			h.Heads = append(h.Heads, c.String())
+		}
+		tr.Observe(h)
+		tr.Evaluate(ctx)
+	}
+	base, tip := testCID(t, "base"), testCID(t, "tip")
+	proc.add(base)
+	hb("W", base)
+	hb("C", base)
+	ft.advance(time.Second)
+	hb("W", tip) // merged over a hole: processed, not complete
+	holed.add(tip)
+	tr.Evaluate(ctx)
+	for i := 0; i < 10; i++ { // W is gone; C keeps talking and is current
+		ft.advance(time.Second)
+		hb("C", base)
+	}
+	s := tr.Staleness()
+	var w PeerStatus
+	for _, p := range s.Peers {
+		if p.ID == "W" {
+			w = p
+		}
+	}
+	if w.Reachable || !w.Holed {
+		t.Fatalf("W = %+v, want unreachable and holed", w)
+	}
+	approx(t, "staleness with W's writes known missing", s.Seconds, 11)
+
+	// Had the branch been whole, the silent W would not count.
+	holed.set = map[cid.Cid]bool{}
+	proc.add(tip)
+	tr.Evaluate(ctx)
+	approx(t, "after the hole is filled", tr.Staleness().Seconds, 0)
+}
