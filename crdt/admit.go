@@ -1,10 +1,401 @@
 package crdt
 
-// admit decides whether the bytes stored under key are a record this
-// replica shows to anyone: every read path (Get, List, the dispatcher)
-// goes through it, so the rules for what enters the visible state live in
-// one place. Today it checks size, schema and required fields
-// (DecodeRecord); the error says why a record was refused.
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/shoal-mesh/shoal/crdt/sign"
+)
+
+// Admission decides which of the bytes stored under a key is a record this
+// replica shows to anyone. Every read path (Get, List, Scan through
+// ScanAdmitted, the dispatcher) goes through admit, so the rules for what
+// enters the visible state live here:
+//
+//  1. The record decodes (size, schema, required fields: DecodeRecord).
+//  2. It is signed (ErrUnsigned) and the signature verifies over its mesh,
+//     key and fields (ErrForged: tampered, or moved to another key).
+//  3. Its signer is trusted (ErrUntrusted).
+//  4. Its HLC is at most MaxClockSkew ahead of this peer's clock
+//     (ErrFuture): a trusted writer with a runaway clock cannot pin a key
+//     for as long as its clock is ahead.
+//  5. It is not a replay (ErrReplayed). go-ds-crdt shows, for each key,
+//     the value of the element with the greatest DAG height; anyone who
+//     can reach the mesh can publish a new block at any height holding a
+//     copy of an old signed record, which would then win everywhere. A
+//     writer stamps every write with a fresh HLC, so a record is one
+//     (HLC, signer) identity: a record is counted once, at the height of
+//     its first publication (its lowest element), and a record of which
+//     any copy was deleted stays deleted.
+//
+// When the value go-ds-crdt shows is refused, the key shows the best
+// record admission accepts among all of the key's elements (greatest
+// height of first publication, then greatest bytes, as go-ds-crdt breaks
+// ties) — so an untrusted or replayed overwrite does not even hide the
+// record it tried to replace — or nothing, and Get answers ErrNotFound
+// wrapping the reason.
+//
+// Every rule is a function of the DAG (and of the trust set and the
+// clock), never of the order in which this peer happened to merge it, so
+// peers that hold the same DAG show the same records, also after a
+// restart. Without replays, rule 5 picks exactly go-ds-crdt's value, so
+// honest concurrent writes still resolve as they always did. What it
+// cannot do is raise an event for a change no go-ds-crdt hook reports:
+// see docs/architecture.md ("Signed records").
+
+// Sentinel errors: why admission refused a record. A read of a key whose
+// records are all refused returns ErrNotFound wrapping one of them.
+var (
+	ErrUnsigned  = errors.New("record is not signed")
+	ErrForged    = errors.New("record signature does not verify for its key")
+	ErrUntrusted = errors.New("record signed by a key this peer does not trust")
+	ErrFuture    = errors.New("record stamped too far ahead of this peer's clock")
+	ErrReplayed  = errors.New("record replayed: a copy of an older or deleted record")
+)
+
+// Rejection reasons, the label values of shoal_records_rejected_total.
+const (
+	ReasonUnsigned  = "unsigned"
+	ReasonForged    = "forged"
+	ReasonUntrusted = "untrusted"
+	ReasonFuture    = "future"
+	ReasonReplayed  = "replayed"
+)
+
+// RejectReasons lists every reason of Rejections.
+var RejectReasons = []string{ReasonUnsigned, ReasonForged, ReasonUntrusted, ReasonFuture, ReasonReplayed}
+
+// Rejections count the distinct records admission refused, by reason
+// (undecodable and oversize records are Counters.BadRecords and
+// OversizeRecords).
+type Rejections struct {
+	Unsigned, Forged, Untrusted, Future, Replayed uint64
+}
+
+// Of returns the count of one reason (0 for an unknown one).
+func (c Rejections) Of(reason string) uint64 {
+	switch reason {
+	case ReasonUnsigned:
+		return c.Unsigned
+	case ReasonForged:
+		return c.Forged
+	case ReasonUntrusted:
+		return c.Untrusted
+	case ReasonFuture:
+		return c.Future
+	case ReasonReplayed:
+		return c.Replayed
+	}
+	return 0
+}
+
+// Signer signs the records this replica writes. A *models.Publisher, the
+// peer's publisher key, is one; so is a *sign.Key.
+type Signer interface {
+	ID() sign.ID
+	Sign(msg []byte) []byte
+}
+
+// Trust says which signers' records this replica admits; a
+// *sign.TrustSet is one. The replica's own signer is always trusted.
+type Trust interface {
+	Trusts(id sign.ID) bool
+}
+
+// admission is a replica's admission state: which refused records were
+// counted already, so a record read again (every List) counts once.
+type admission struct {
+	mu      sync.Mutex
+	counted map[[16]byte]struct{}
+}
+
+const maxCounted = 1 << 16
+
+// check applies rules 1–4 to one stored value of key.
+func (r *Replica) check(key string, value []byte) (Record, error) {
+	rec, err := DecodeRecord(value)
+	if err != nil {
+		return rec, err
+	}
+	if rec.Signer == "" || len(rec.Sig) == 0 {
+		return rec, ErrUnsigned
+	}
+	if err := sign.Verify(rec.Signer, rec.SigningBytes(r.cfg.Mesh, key), rec.Sig); err != nil {
+		return rec, fmt.Errorf("%w: %v", ErrForged, err)
+	}
+	if rec.Signer != r.cfg.Signer.ID() && !r.cfg.Trust.Trusts(rec.Signer) {
+		return rec, fmt.Errorf("%w: %s", ErrUntrusted, rec.Signer)
+	}
+	if ahead := time.Duration(rec.HLC.Wall - r.clock.now().UnixNano()); ahead > r.cfg.MaxClockSkew {
+		return rec, fmt.Errorf("%w: %v ahead (bound %v)", ErrFuture, ahead.Round(time.Millisecond), r.cfg.MaxClockSkew)
+	}
+	return rec, nil
+}
+
+// admit returns the record key shows, given the bytes go-ds-crdt holds
+// under it (see above).
 func (r *Replica) admit(key string, value []byte) (Record, error) {
-	return DecodeRecord(value)
+	rec, _, err := r.admitted(r.ctx, key, value)
+	return rec, err
+}
+
+// Admit returns the record key shows and its bytes, given value, the bytes
+// go-ds-crdt holds under it (read with Scan): the answer Get would give.
+// A caller that reads the state undecoded (a start-up scan) passes what it
+// read through Admit so that nothing Get would refuse slips in that way.
+// Refused: an error wrapping ErrNotFound and the reason.
+func (r *Replica) Admit(ctx context.Context, key string, value []byte) (Record, []byte, error) {
+	return r.admitted(ctx, key, value)
+}
+
+func (r *Replica) admitted(ctx context.Context, key string, value []byte) (Record, []byte, error) {
+	rec, why := r.check(key, value)
+	els, err := r.elements(ctx, key)
+	if err != nil {
+		return Record{}, nil, err
+	}
+	if why == nil {
+		if len(els) <= 1 {
+			return rec, value, nil // the key's only element: nothing to replay
+		}
+		copied, err := r.copied(ctx, key, identityOf(rec), els)
+		if err != nil {
+			return Record{}, nil, err
+		}
+		if !copied {
+			return rec, value, nil
+		}
+	}
+	// The value is refused, or its record was published more than once or
+	// deleted before: let the key's elements decide.
+	var best Record
+	var bestVal []byte
+	found := false
+	if len(els) > 1 {
+		if best, bestVal, found, err = r.resolve(ctx, key, els); err != nil {
+			return Record{}, nil, err
+		}
+	}
+	if why == nil {
+		if found && identityOf(best) == identityOf(rec) {
+			return best, bestVal, nil // a copy of the key's own record: harmless
+		}
+		why = ErrReplayed
+	}
+	r.refuse(key, value, why)
+	if found {
+		return best, bestVal, nil
+	}
+	return Record{}, nil, fmt.Errorf("%w: %s: %w", ErrNotFound, key, why)
+}
+
+// copied reports whether another element of key holds id's record too (a
+// replay, or a harmless re-publication), or a deleted element holds it (a
+// resurrection).
+func (r *Replica) copied(ctx context.Context, key string, id identity, els []element) (bool, error) {
+	holders := 0
+	for _, e := range els {
+		ids, err := r.identitiesOf(ctx, key, e)
+		if err != nil {
+			return false, err
+		}
+		for _, x := range ids {
+			if x != id {
+				continue
+			}
+			holders++
+			dead, err := r.tombstoned(ctx, key, e)
+			if err != nil {
+				return false, err
+			}
+			if dead || holders > 1 {
+				return true, nil
+			}
+			break
+		}
+	}
+	return false, nil
+}
+
+// resolve picks the record key shows from all of its elements: among the
+// records that pass check and of which no copy is tombstoned, the one
+// first published at the greatest height, then with the greatest bytes.
+// It reads every element's block, so it runs only when go-ds-crdt's own
+// choice is refused or in doubt.
+func (r *Replica) resolve(ctx context.Context, key string, els []element) (Record, []byte, bool, error) {
+	type candidate struct {
+		rec   Record
+		value []byte
+		prio  uint64 // height of the record's first publication
+		dead  bool
+	}
+	byID := map[identity]*candidate{}
+	for _, e := range els {
+		d, err := r.delta(ctx, e)
+		if err != nil {
+			return Record{}, nil, false, err
+		}
+		dead, err := r.tombstoned(ctx, key, e)
+		if err != nil {
+			return Record{}, nil, false, err
+		}
+		for _, el := range d.GetElements() {
+			if el.GetKey() != key {
+				continue
+			}
+			rec, err := r.check(key, el.GetValue())
+			if err != nil {
+				continue
+			}
+			id, prio := identityOf(rec), d.GetPriority()
+			c, ok := byID[id]
+			if !ok {
+				byID[id] = &candidate{rec: rec, value: el.GetValue(), prio: prio, dead: dead}
+				continue
+			}
+			c.dead = c.dead || dead
+			if prio < c.prio || (prio == c.prio && bytes.Compare(el.GetValue(), c.value) > 0) {
+				c.rec, c.value, c.prio = rec, el.GetValue(), prio
+			}
+		}
+	}
+	var best *candidate
+	for _, c := range byID {
+		if c.dead {
+			continue
+		}
+		if best == nil || c.prio > best.prio || (c.prio == best.prio && bytes.Compare(c.value, best.value) > 0) {
+			best = c
+		}
+	}
+	if best == nil {
+		return Record{}, nil, false, nil
+	}
+	return best.rec, best.value, true, nil
+}
+
+// refuse counts a refused value by reason, once per distinct value.
+func (r *Replica) refuse(key string, value []byte, why error) {
+	h := sha256.New()
+	h.Write([]byte(key))
+	h.Write([]byte{0})
+	h.Write(value)
+	var k [16]byte
+	copy(k[:], h.Sum(nil))
+	a := &r.adm
+	a.mu.Lock()
+	if _, seen := a.counted[k]; seen {
+		a.mu.Unlock()
+		return
+	}
+	if a.counted == nil || len(a.counted) >= maxCounted {
+		a.counted = map[[16]byte]struct{}{}
+	}
+	a.counted[k] = struct{}{}
+	a.mu.Unlock()
+	r.count(func(c *Counters) {
+		switch {
+		case errors.Is(why, ErrRecordTooLarge):
+			c.OversizeRecords++
+		case errors.Is(why, ErrBadRecord):
+			c.BadRecords++
+		case errors.Is(why, ErrUnsigned):
+			c.Rejected.Unsigned++
+		case errors.Is(why, ErrForged):
+			c.Rejected.Forged++
+		case errors.Is(why, ErrUntrusted):
+			c.Rejected.Untrusted++
+		case errors.Is(why, ErrFuture):
+			c.Rejected.Future++
+		case errors.Is(why, ErrReplayed):
+			c.Rejected.Replayed++
+		}
+	})
+	r.log.Warn("record refused", "key", key, "err", why)
+}
+
+// ScanAdmitted calls f with the record every key under prefix shows and
+// its bytes — what Get would answer — in no particular order, f never
+// running twice at once. Admission runs on every core: a start-up scan of
+// a large collection verifies every signature. value is valid only
+// during the call. An error from f ends the scan.
+func (r *Replica) ScanAdmitted(ctx context.Context, prefix string, f func(key string, rec Record, value []byte) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type kv struct {
+		key   string
+		value []byte
+	}
+	in := make(chan kv, 256)
+	var (
+		wg    sync.WaitGroup
+		fmu   sync.Mutex
+		ferr  error
+		once  sync.Once
+		fail  = func(err error) { once.Do(func() { ferr = err; cancel() }) }
+		calls = func(key string, rec Record, value []byte) {
+			fmu.Lock()
+			defer fmu.Unlock()
+			if ctx.Err() != nil {
+				return
+			}
+			if err := f(key, rec, value); err != nil {
+				fail(err)
+			}
+		}
+	)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for e := range in {
+				rec, val, err := r.admitted(ctx, e.key, e.value)
+				switch {
+				case errors.Is(err, ErrNotFound):
+				case err != nil:
+					fail(err)
+				default:
+					calls(e.key, rec, val)
+				}
+			}
+		}()
+	}
+	err := r.Scan(ctx, prefix, func(key string, value []byte) error {
+		select {
+		case in <- kv{key, bytes.Clone(value)}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	close(in)
+	wg.Wait()
+	if ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// signed signs rec for key with the replica's Signer and encodes it (Put
+// and PutBatch).
+func (r *Replica) signed(key string, rec Record) ([]byte, error) {
+	rec.Signer = r.cfg.Signer.ID()
+	rec.Sig = r.cfg.Signer.Sign(rec.SigningBytes(r.cfg.Mesh, key))
+	return rec.Encode()
+}
+
+// defaultSigning fills in Config.Signer and Trust (setDefaults).
+func (c *Config) defaultSigning() {
+	if c.Signer == nil {
+		c.Signer = sign.NewKey()
+	}
+	if c.Trust == nil {
+		c.Trust = sign.NewTrustSet()
+	}
 }

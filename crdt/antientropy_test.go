@@ -293,7 +293,7 @@ func TestDivergedStateIsReportedAndRebuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := Record{V: RecordVersion, Kind: "test", HLC: a.r.Clock().Now(), Writer: "planted", Body: []byte(`"orphan"`)}
-	val, _ := rec.Encode()
+	val := signedValue(t, testKey, "/t/orphan", rec)
 	for _, kv := range []struct{ k, v string }{{"/crdt/s/k/t/orphan/v", string(val)}, {"/crdt/s/s/t/orphan/bafyorphan", ""}} {
 		if err := st.Datastore().Put(ctx, ds.NewKey(kv.k), []byte(kv.v)); err != nil {
 			t.Fatal(err)

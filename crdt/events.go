@@ -142,19 +142,24 @@ func (r *Replica) dispatch() {
 		ev := Event{Type: raw.typ, Key: raw.key, Seq: raw.seq}
 		switch raw.typ {
 		case EventPut:
-			rec, err := r.admit(raw.key, raw.value)
-			if err != nil {
-				if errors.Is(err, ErrRecordTooLarge) {
-					r.count(func(c *Counters) { c.OversizeRecords++ })
-				} else {
-					r.count(func(c *Counters) { c.BadRecords++ })
-				}
-				r.log.Warn("ignoring undecodable record", "key", raw.key, "err", err)
+			rec, val, err := r.admitted(r.ctx, raw.key, raw.value)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				r.log.Warn("record not admitted", "key", raw.key, "err", err)
 				r.dispatched.Store(raw.seq)
 				continue
 			}
+			if err != nil {
+				// Refused (admit counted why) and nothing else under the
+				// key is admitted: Get now answers not found, so
+				// subscribers drop what they held under the key.
+				ev.Type = EventDelete
+				r.count(func(c *Counters) { c.Deletes++ })
+				break
+			}
 			r.clock.Observe(rec.HLC, r.cfg.MaxClockSkew)
-			ev.Record, ev.Value = rec, raw.value
+			// val is the admitted record's bytes: raw.value's, or those of
+			// the record that stays when raw.value is a replay.
+			ev.Record, ev.Value = rec, val
 			r.count(func(c *Counters) { c.Puts++ })
 		case EventDelete:
 			if b, rec, err := r.getRecord(r.ctx, raw.key); err == nil {
@@ -177,8 +182,8 @@ func (r *Replica) getRecord(ctx context.Context, key string) ([]byte, Record, er
 	if err != nil {
 		return nil, Record{}, err
 	}
-	rec, err := r.admit(key, b)
-	return b, rec, err
+	rec, val, err := r.admitted(ctx, key, b)
+	return val, rec, err
 }
 
 func (r *Replica) deliver(ev Event) {

@@ -1,9 +1,13 @@
 package crdt
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+
+	"github.com/shoal-mesh/shoal/crdt/sign"
 )
 
 // RecordVersion is the schema version written into every record. Readers
@@ -26,14 +30,41 @@ var (
 // Record is the self-describing value stored under every replicated key.
 // Values are never bare strings: each carries its schema version, what kind
 // of thing it is, when (HLC) and by whom it was written, so any peer can
-// order and explain it.
+// order and explain it, and the writer's signature, so any peer can tell
+// whether to believe it (see admit.go).
 type Record struct {
-	V      int             `json:"v"`
-	Kind   string          `json:"kind"`
-	HLC    HLC             `json:"hlc"`
-	Writer string          `json:"writer"`
+	V    int    `json:"v"`
+	Kind string `json:"kind"`
+	HLC  HLC    `json:"hlc"`
+	// Writer is the libp2p id of the peer that wrote the record.
+	Writer string `json:"writer"`
+	// Signer is the publisher id of the key that signed the record, Sig
+	// its ed25519 signature of SigningBytes.
+	Signer sign.ID         `json:"signer,omitempty"`
 	Body   json.RawMessage `json:"body,omitempty"`
+	Sig    []byte          `json:"sig,omitempty"`
 }
+
+// SigningBytes are what a record's signature covers: the mesh and the key
+// it was written under (so a signed record cannot be moved to another key
+// or replayed into another mesh), and every field but the signature, each
+// length-prefixed so no two records share them.
+func (r Record) SigningBytes(mesh, key string) []byte {
+	fields := []string{mesh, key, strconv.Itoa(r.V), r.Kind, r.HLC.String(), r.Writer, string(r.Signer), string(r.Body)}
+	n := len(signingDomain)
+	for _, f := range fields {
+		n += binary.MaxVarintLen64 + len(f)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, signingDomain...)
+	for _, f := range fields {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return b
+}
+
+const signingDomain = "shoal/record/v1\n"
 
 // Encode returns the canonical bytes of r.
 func (r Record) Encode() ([]byte, error) {

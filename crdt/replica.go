@@ -106,6 +106,12 @@ type Config struct {
 	// Loaded, when set, returns the model@version refs this peer announces
 	// in its heartbeats as loaded and open to forwarded inference.
 	Loaded func() []string
+	// Signer signs every record this replica writes: the peer's publisher
+	// key. Default: a key made up for this run, which no other peer trusts.
+	Signer Signer
+	// Trust says whose signed records this replica admits besides its own
+	// Signer's; anyone else's are invisible (admit.go). Default: no one's.
+	Trust Trust
 	// MaxClockSkew bounds how far ahead of the local clock a remote HLC may
 	// be and still advance the local clock. Default 1m.
 	MaxClockSkew time.Duration
@@ -125,6 +131,7 @@ func (c *Config) setDefaults() error {
 	case c.PubSub == nil || c.Datastore == nil || c.DAG == nil || c.Local == nil || c.Adder == nil:
 		return errors.New("crdt: Config.PubSub, Datastore, DAG, Local and Adder are required")
 	}
+	c.defaultSigning()
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -214,6 +221,7 @@ type Counters struct {
 	// BadRecords could not be decoded; OversizeRecords exceeded
 	// MaxRecordSize. Neither reaches the state's readers.
 	BadRecords, OversizeRecords                                                             uint64
+	Rejected                                                                                Rejections
 	Puts, Deletes, HeartbeatsIn, HeartbeatsOut, InjectedHeads, InlineBlocks, InlineRejected uint64
 	// HealedBranches counts branches walked again because they had been
 	// merged over a hole; StateRebuilds counts rebuilds of a diverged
@@ -246,6 +254,7 @@ type Replica struct {
 
 	cntMu    sync.Mutex
 	counters Counters
+	adm      admission // refused records already counted (admit.go)
 	injected map[cid.Cid]time.Time
 	healed   map[cid.Cid]time.Time // branches walked again, and when
 
@@ -392,7 +401,7 @@ func (r *Replica) Put(ctx context.Context, key, kind string, body any) (Write, e
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	rec := Record{V: RecordVersion, Kind: kind, HLC: r.clock.Now(), Writer: r.cfg.Self.String(), Body: raw}
-	val, err := rec.Encode()
+	val, err := r.signed(key, rec)
 	if err != nil {
 		return Write{}, err
 	}
@@ -453,7 +462,7 @@ func (r *Replica) PutBatch(ctx context.Context, ops []Op) (Write, error) {
 			}
 			rec := Record{V: RecordVersion, Kind: op.Kind, HLC: r.clock.Now(), Writer: r.cfg.Self.String(), Body: raw}
 			last = rec.HLC
-			val, err := rec.Encode()
+			val, err := r.signed(op.Key, rec)
 			if err != nil {
 				return Write{}, err
 			}

@@ -76,6 +76,7 @@ func openNode(t *testing.T, ctx context.Context, dir string, o nodeOpts) *testNo
 		Mesh: "unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
 		DAG: dag, Local: blocks.Local(), Adder: blocks.Service(),
 		StartupGrace: time.Millisecond, Unclean: o.unclean,
+		Signer: testKey, Trust: testTrust,
 	}
 	if o.config != nil {
 		o.config(&cfg)
@@ -218,7 +219,7 @@ func TestResetState(t *testing.T) {
 	}
 	// An orphan: a value in the state that no DAG block carries.
 	rec := Record{V: RecordVersion, Kind: "test", HLC: r.Clock().Now(), Writer: r.Self().String(), Body: []byte(`{"k":"orphan"}`)}
-	val, _ := rec.Encode()
+	val := signedValue(t, testKey, "/t/orphan", rec)
 	for _, kv := range []struct{ k, v string }{{"/crdt/s/k/t/orphan/v", string(val)}, {"/crdt/s/s/t/orphan/bafyorphan", ""}} {
 		if err := r.cfg.Datastore.Put(ctx, ds.NewKey(kv.k), []byte(kv.v)); err != nil {
 			t.Fatal(err)

@@ -115,6 +115,10 @@ func (n *Node) counters() []counter {
 	for _, reason := range models.Reasons {
 		out = append(out, counter{"shoal_rejected_records_total", rejected, l("reason", reason), u(func() uint64 { return n.rejected(reason) })})
 	}
+	for _, reason := range crdt.RejectReasons {
+		out = append(out, counter{"shoal_records_rejected_total", "Replicated records the replica refuses to show, by reason (unsigned, forged, untrusted, future, replayed); each distinct record counts once.",
+			l("reason", reason), u(func() uint64 { return rc().Rejected.Of(reason) })})
+	}
 	if n.cache != nil {
 		out = append(out, counter{"shoal_cache_evictions_total", "Result-cache entries evicted to stay within the byte bound.", nil, u(func() uint64 { return n.cache.Stats().Evictions })})
 	}

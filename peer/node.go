@@ -33,6 +33,7 @@ import (
 
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/models"
+	"github.com/shoal-mesh/shoal/crdt/sign"
 	"github.com/shoal-mesh/shoal/httpapi"
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/inference/resultcache"
@@ -62,6 +63,11 @@ type Node struct {
 	lan     lanPeers
 	found   sync.Map // discovery source → *atomic.Uint64
 
+	// pub is the peer's publisher key: it signs every record the peer
+	// writes. trust is whose records the replica admits, the keys the
+	// registry trusts too (Reload replaces both).
+	pub       *models.Publisher
+	trust     *sign.TrustSet
 	registry  *models.Registry
 	artifacts *artifacts.Manager
 
@@ -118,6 +124,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		n.openStore,
 		n.listenAPI,
 		func() error { return n.startHost(p) },
+		n.loadKeys,
 		func() error { return n.startReplication(ctx) },
 		n.openRegistry,
 		n.openInference,
@@ -185,11 +192,15 @@ func (n *Node) startReplication(ctx context.Context) error {
 		Logger: n.log, Unclean: n.store.Unclean(),
 		HeartbeatInterval: n.cfg.HeartbeatInterval, PeerTimeout: n.cfg.PeerTimeout,
 		Addrs: n.shareableAddrs, Loaded: n.loadedRefs,
+		Signer: n.pub, Trust: n.trust,
 	})
 	return err
 }
 
-func (n *Node) openRegistry() error {
+// loadKeys loads the publisher key (made on first start) and the trusted
+// keys: the replica signs every record with the one and admits only
+// records signed by it or the others, and the registry trusts the same.
+func (n *Node) loadKeys() error {
 	pub, err := models.LoadOrCreatePublisherKey(n.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("publisher key: %w", err)
@@ -198,7 +209,13 @@ func (n *Node) openRegistry() error {
 	if err != nil {
 		return err
 	}
-	if n.registry, err = models.New(models.Config{Replica: n.replica, Publisher: pub, Trusted: trusted, Logger: n.log}); err != nil {
+	n.pub, n.trust = pub, sign.NewTrustSet(append(trusted, pub.ID())...)
+	return nil
+}
+
+func (n *Node) openRegistry() error {
+	var err error
+	if n.registry, err = models.New(models.Config{Replica: n.replica, Publisher: n.pub, Trusted: n.trust.IDs(), Logger: n.log}); err != nil {
 		return err
 	}
 	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Space: n.store.CheckSpace, Logger: n.log})

@@ -10,7 +10,8 @@ import (
 // directory, addresses, mesh, keys, device — is fixed for the life of the
 // process.
 type Reloadable struct {
-	// Trusted publishers, as in Config.Trusted.
+	// Trusted publishers, as in Config.Trusted: whose records the replica
+	// admits and whose manifests the registry accepts.
 	Trusted []string
 	// APIToken, as in Config.APIToken. It may not become empty while the
 	// API listens on a non-loopback address.
@@ -30,6 +31,7 @@ func (n *Node) Reload(r Reloadable) error {
 		}
 	}
 	n.registry.SetTrusted(ids)
+	n.trust.Set(append(ids, n.pub.ID())...)
 	n.apiToken.Store(&r.APIToken)
 	n.log.Info("configuration reloaded", "trusted", len(ids), "api_token", r.APIToken != "")
 	return nil

@@ -18,9 +18,12 @@ import (
 
 // Start-up: each collection's index is reopened from its save when the
 // document records stored now hash the same as those it was saved from —
-// read undecoded, which is what makes a restart fast — or else built from
-// the decoded records, its graph in the background while the collection
-// answers exactly.
+// their vectors not decoded, which is what makes a restart fast — or else
+// built from the decoded records, its graph in the background while the
+// collection answers exactly. Either way only records the replica admits
+// count (collections.Store.ScanDocs): a document Get would refuse enters
+// no index, and since events carry the same admitted bytes, a save made
+// after such a record arrived still matches at the next start.
 
 // ErrLoading: the collection's index is being loaded at start; it
 // answers once loaded (reopened, or read and searched exactly).
@@ -53,7 +56,7 @@ func (m *Manager) Building() []Build {
 }
 
 // scan reads the store once at start: every collection's spec, and the
-// hash of every document record (undecoded), by collection.
+// hash of every admitted document record, by collection.
 func (m *Manager) scan(ctx context.Context) ([]collections.Spec, map[string]map[string]recordSum, error) {
 	var specs []collections.Spec
 	sums := map[string]map[string]recordSum{}

@@ -272,17 +272,17 @@ func (s *Store) Collection(ctx context.Context, name string) (Spec, error) {
 }
 
 // Scan reads every collection in one pass: spec is called with each
-// collection's spec, doc (when not nil) with each document's id and
-// stored record bytes, undecoded and valid only during the call (see
-// ScanDocs). Specs that do not decode are skipped.
+// collection's spec, doc (when not nil) with each document's id and the
+// bytes of its record, valid only during the call (see ScanDocs). Specs
+// that do not decode are skipped. The two are never called at once.
 func (s *Store) Scan(ctx context.Context, spec func(Spec), doc func(collection, id string, value []byte) error) error {
-	return s.r.Scan(ctx, Prefix+"/", func(key string, value []byte) error {
+	return s.r.ScanAdmitted(ctx, Prefix+"/", func(key string, rec crdt.Record, value []byte) error {
 		c, id, err := ParseKey(key)
 		switch {
 		case err != nil:
 			return nil
 		case id == "":
-			if rec, err := crdt.DecodeRecord(value); err == nil && rec.Kind == KindSpec {
+			if rec.Kind == KindSpec {
 				var sp Spec
 				if rec.DecodeBody(&sp) == nil && sp.Name == c {
 					spec(sp)
@@ -328,11 +328,18 @@ func (s *Store) Doc(ctx context.Context, collection, id string) (Doc, error) {
 	return d, rec.DecodeBody(&d)
 }
 
-// ScanDocs calls f with the id and the stored, undecoded record bytes of
-// each of a collection's documents, in no particular order (value is valid
-// only during the call; DecodeDoc decodes it). An error from f ends it.
+// ScanDocs calls f with the id and the record bytes of each of a
+// collection's documents, in no particular order (value is valid only
+// during the call; DecodeDoc decodes it). An error from f ends it.
+//
+// The bytes are those of the record Get would answer — the replica admits
+// each (crdt.Replica.ScanAdmitted): a record it refuses (unsigned, forged,
+// untrusted, from the future, replayed) is left out, or gives way to the
+// record it tried to displace, so a start-up read cannot index what events
+// and reads never show. It is what the saved index's digest is checked
+// against, and the events a manager applies carry the same bytes.
 func (s *Store) ScanDocs(ctx context.Context, collection string, f func(id string, value []byte) error) error {
-	return s.r.Scan(ctx, docsPrefix(collection), func(key string, value []byte) error {
+	return s.r.ScanAdmitted(ctx, docsPrefix(collection), func(key string, _ crdt.Record, value []byte) error {
 		c, id, err := ParseKey(key)
 		if err != nil || c != collection || id == "" {
 			return nil // not a document key
@@ -341,7 +348,7 @@ func (s *Store) ScanDocs(ctx context.Context, collection string, f func(id strin
 	})
 }
 
-// DecodeDoc decodes a document record's stored bytes.
+// DecodeDoc decodes the bytes of a document record that ScanDocs admitted.
 func DecodeDoc(value []byte) (Doc, crdt.Record, error) {
 	rec, err := crdt.DecodeRecord(value)
 	if err != nil {

@@ -11,6 +11,7 @@ package sign
 
 import (
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -45,6 +46,26 @@ func ParseID(s string) (ed25519.PublicKey, ID, error) {
 	pub := ed25519.PublicKey(b)
 	return pub, IDOf(pub), nil
 }
+
+// Key is an ed25519 signing key held in memory only. A peer signs with its
+// publisher key (models.Publisher, kept in a file); Key is for a signer
+// that needs no file: a replica given none, and tests.
+type Key struct{ priv ed25519.PrivateKey }
+
+// NewKey generates a key.
+func NewKey() *Key {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic("sign: no randomness: " + err.Error()) // crypto/rand does not fail on supported platforms
+	}
+	return &Key{priv: priv}
+}
+
+// ID returns the key's id.
+func (k *Key) ID() ID { return IDOf(k.priv.Public().(ed25519.PublicKey)) }
+
+// Sign returns the key's signature of msg.
+func (k *Key) Sign(msg []byte) []byte { return ed25519.Sign(k.priv, msg) }
 
 // verified memoises successful checks: every read of a record verifies it
 // (the replica admits records on Get, List and every event), and ed25519

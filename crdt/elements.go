@@ -1,0 +1,156 @@
+package crdt
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/ipfs/boxo/datastore/dshelp"
+	"github.com/ipfs/boxo/ipld/merkledag"
+	cid "github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	crdtpb "github.com/ipfs/go-ds-crdt/pb"
+	"google.golang.org/protobuf/proto"
+)
+
+// go-ds-crdt keeps, besides the value it shows for a key, every element
+// ever added under it: <Namespace>/s/s/<key>/<block> for the element that
+// delta block <block> added, <Namespace>/s/t/<key>/<block> once a delete
+// tombstoned it, and the element's value and priority (DAG height) in the
+// block itself. Admission reads them to tell a replayed record from a new
+// one (admit.go). Like Processed, this layout is internal to the pinned
+// version (v0.6.5): it is read here and nowhere else, and
+// TestElementsLayout guards it.
+
+var (
+	elemsNamespace = Namespace.ChildString("s").ChildString("s")
+	tombsNamespace = Namespace.ChildString("s").ChildString("t")
+)
+
+// element is one delta block's addition under a key.
+type element struct {
+	block string // the block's datastore key segment (base32 multihash)
+}
+
+// elements lists the elements of key, tombstoned or not. The query's
+// prefix also covers the elements of key's descendants (a collection
+// spec's key is a prefix of its documents'); block ids are base32
+// (A–Z, 2–7), so the scan stops at the first child segment that sorts
+// after 'Z' — the lower-case segments of Shoal's key spaces ("docs",
+// "versions", "current") — instead of reading every descendant.
+func (r *Replica) elements(ctx context.Context, key string) ([]element, error) {
+	prefix := elemsNamespace.String() + key
+	res, err := r.cfg.Datastore.Query(ctx, query.Query{Prefix: prefix, KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
+	if err != nil {
+		return nil, fmt.Errorf("crdt elements of %s: %w", key, err)
+	}
+	defer res.Close()
+	var out []element
+	for e := range res.Next() {
+		if e.Error != nil {
+			return nil, fmt.Errorf("crdt elements of %s: %w", key, e.Error)
+		}
+		rest, ok := strings.CutPrefix(e.Key, prefix+"/")
+		if !ok || rest == "" {
+			continue
+		}
+		if rest[0] > 'Z' {
+			break
+		}
+		if !strings.Contains(rest, "/") {
+			out = append(out, element{block: rest})
+		}
+	}
+	return out, nil
+}
+
+// tombstoned reports whether a delete removed key's element of block.
+func (r *Replica) tombstoned(ctx context.Context, key string, e element) (bool, error) {
+	return r.cfg.Datastore.Has(ctx, ds.NewKey(tombsNamespace.String()+key).ChildString(e.block))
+}
+
+// delta reads the delta of an element's block from the local blockstore
+// (a merged element's block is always there).
+func (r *Replica) delta(ctx context.Context, e element) (*crdtpb.Delta, error) {
+	mh, err := dshelp.DsKeyToMultihash(ds.NewKey(e.block))
+	if err != nil {
+		return nil, fmt.Errorf("element block %s: %w", e.block, err)
+	}
+	c := cid.NewCidV1(cid.DagProtobuf, mh)
+	blk, err := r.cfg.Local.Get(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("read block %s: %w", c, err)
+	}
+	n, err := merkledag.DecodeProtobufBlock(blk)
+	if err != nil {
+		return nil, fmt.Errorf("decode block %s: %w", c, err)
+	}
+	pn, ok := n.(*merkledag.ProtoNode)
+	if !ok {
+		return nil, fmt.Errorf("block %s is not a delta", c)
+	}
+	var d crdtpb.Delta
+	if err := proto.Unmarshal(pn.Data(), &d); err != nil {
+		return nil, fmt.Errorf("decode delta %s: %w", c, err)
+	}
+	return &d, nil
+}
+
+// identity names one written record: a writer stamps every write with a
+// new HLC, so two elements holding the same (HLC, signer) hold copies of
+// one record — one of them a replay.
+type identity struct {
+	hlc    HLC
+	signer string
+}
+
+func identityOf(rec Record) identity { return identity{rec.HLC, string(rec.Signer)} }
+
+// identities caches, per block, the identities of the records the block
+// added under each key. Blocks are immutable and named by their hash, so
+// an entry never goes stale and the cache is shared by every replica of
+// the process. It spares a replica reading a block again on each read of
+// a key with several elements (a document updated, a cache-flush scope).
+// Bounded: cleared when full.
+var identities struct {
+	sync.Mutex
+	blocks map[string]map[string][]identity // block → key → identities
+	n      int
+}
+
+const maxIdentities = 1 << 18
+
+// identitiesOf returns the identities of the records e's block added
+// under key (undecodable values have none).
+func (r *Replica) identitiesOf(ctx context.Context, key string, e element) ([]identity, error) {
+	identities.Lock()
+	byKey, ok := identities.blocks[e.block]
+	identities.Unlock()
+	if ok {
+		return byKey[key], nil
+	}
+	d, err := r.delta(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	// Every key of the block at once: a batch block holds hundreds of
+	// documents, and a start-up scan asks about each in turn.
+	byKey = map[string][]identity{}
+	n := 0
+	for _, el := range d.GetElements() {
+		if rec, err := DecodeRecord(el.GetValue()); err == nil {
+			byKey[el.GetKey()] = append(byKey[el.GetKey()], identityOf(rec))
+			n++
+		}
+	}
+	identities.Lock()
+	if identities.blocks == nil || identities.n+n > maxIdentities {
+		identities.blocks, identities.n = map[string]map[string][]identity{}, 0
+	}
+	identities.blocks[e.block] = byKey
+	identities.n += n
+	identities.Unlock()
+	return byKey[key], nil
+}
