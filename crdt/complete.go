@@ -182,17 +182,6 @@ func (r *Replica) Merged(ctx context.Context, c cid.Cid) (bool, error) {
 	return err == nil && len(holes) == 0, err
 }
 
-// partial reports a block that is processed here while something below it
-// is not: a branch merged over a hole.
-func (r *Replica) partial(ctx context.Context, c cid.Cid) (bool, error) {
-	ok, err := r.Processed(ctx, c)
-	if err != nil || !ok {
-		return false, err
-	}
-	merged, err := r.Merged(ctx, c)
-	return !merged, err
-}
-
 // healBranches looks for heads (this replica's own and those peers
 // announced) that are processed over a hole, and walks each such branch
 // again: the processed markers from the head down to each hole are

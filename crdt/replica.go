@@ -363,7 +363,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	// (see completeness), never on go-ds-crdt's processed mark alone.
 	r.complete = newCompleteness(cfg.Local, r.Processed, cfg.Datastore)
 	r.tracker = NewTracker(TrackerConfig{
-		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged, Partial: r.partial,
+		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
 		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
 		DivergedAfter: cfg.DivergedAfter,
 	})

@@ -62,7 +62,6 @@ type peerView struct {
 	loaded    []string
 	fresh     HLC // newest announcement whose heads are all processed here
 	pending   []announcement
-	holed     bool // the newest announcement is merged here only in part
 
 	// Anti-entropy: the peer's last announced heads (sorted, joined; ""
 	// when the list was truncated) and state digest, compared with this
@@ -113,10 +112,10 @@ type PeerStatus struct {
 	Agreement   string `json:"agreement"`
 	// HeadCIDs are the heads the peer last announced.
 	HeadCIDs []string `json:"head_cids,omitempty"`
-	// Holed: this peer merged the peer's newest heads only in part — a
-	// block below them could not be fetched — so it counts in the
-	// staleness even while unreachable.
-	Holed bool `json:"holed,omitempty"`
+	// Missing: the peer announced heads this peer has not merged (or
+	// merged only over a hole: a block below them could not be fetched),
+	// so it counts in the staleness even while unreachable.
+	Missing bool `json:"missing_heads,omitempty"`
 }
 
 // Staleness is the freshness of this peer's replicated view.
@@ -151,7 +150,6 @@ type Tracker struct {
 	self         string
 	clock        *Clock
 	processed    func(context.Context, cid.Cid) (bool, error)
-	partial      func(context.Context, cid.Cid) (bool, error)
 	peerTimeout  time.Duration
 	forgetAfter  time.Duration
 	startupGrace time.Duration
@@ -171,9 +169,6 @@ type TrackerConfig struct {
 	Self         string
 	Clock        *Clock
 	Processed    func(context.Context, cid.Cid) (bool, error)
-	// Partial, when set, reports a head whose own delta is merged here
-	// while blocks below it are not (see Replica.Merged).
-	Partial func(context.Context, cid.Cid) (bool, error)
 	PeerTimeout  time.Duration
 	ForgetAfter  time.Duration
 	StartupGrace time.Duration
@@ -195,7 +190,7 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 		cfg.DivergedAfter = 3 * time.Second
 	}
 	return &Tracker{
-		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed, partial: cfg.Partial, divergeAfter: cfg.DivergedAfter,
+		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed, divergeAfter: cfg.DivergedAfter,
 		peerTimeout: cfg.PeerTimeout, forgetAfter: cfg.ForgetAfter, startupGrace: cfg.StartupGrace,
 		started: now(), startHLC: cfg.Clock.Peek(), now: now,
 		peers: make(map[string]*peerView),
@@ -250,19 +245,11 @@ func (t *Tracker) Evaluate(ctx context.Context) {
 	for id, p := range t.peers {
 		if len(p.pending) > 0 {
 			work[id] = append([]announcement(nil), p.pending...)
-		} else {
-			p.holed = false
 		}
 	}
 	t.mu.Unlock()
 
 	for id, anns := range work {
-		holed := t.anyPartial(ctx, anns[len(anns)-1].heads)
-		t.mu.Lock()
-		if p := t.peers[id]; p != nil {
-			p.holed = holed
-		}
-		t.mu.Unlock()
 		// Newest first: the first fully processed announcement settles it.
 		best := -1
 		for i := len(anns) - 1; i >= 0; i-- {
@@ -290,18 +277,6 @@ func (t *Tracker) Evaluate(ctx context.Context) {
 		}
 		t.mu.Unlock()
 	}
-}
-
-func (t *Tracker) anyPartial(ctx context.Context, heads []cid.Cid) bool {
-	if t.partial == nil {
-		return false
-	}
-	for _, c := range heads {
-		if ok, err := t.partial(ctx, c); err == nil && ok {
-			return true
-		}
-	}
-	return false
 }
 
 func (t *Tracker) allProcessed(ctx context.Context, heads []cid.Cid) bool {
@@ -384,16 +359,17 @@ func (t *Tracker) Staleness() Staleness {
 				out.Diverged = append(out.Diverged, id)
 			}
 		}
-		ps.Holed = p.holed
+		ps.Missing = len(p.pending) > 0
 		out.Peers = append(out.Peers, ps)
 		if ps.Reachable {
 			reachable++
 		}
-		// A peer whose newest heads this peer merged only in part (a
-		// hole below them) counts even once it is silent: its writes
-		// are known to be missing here, so this peer is not fresh
-		// until they arrive, reachable writer or not.
-		if (ps.Reachable || p.holed) && ps.LagSeconds > worstReachable {
+		// A peer that announced heads this peer has not merged (or has
+		// merged only over a hole) counts even once it is silent: its
+		// writes are known to be missing here, so this peer is not
+		// fresh until they arrive, whether their writer can be heard
+		// or not (a writer that went offline right after writing).
+		if (ps.Reachable || ps.Missing) && ps.LagSeconds > worstReachable {
 			worstReachable = ps.LagSeconds
 		}
 		if bestKnown < 0 || ps.LagSeconds < bestKnown {

@@ -128,17 +128,17 @@ func TestTrackerStaleness(t *testing.T) {
 	}
 }
 
-// TestTrackerCountsAHoledWriterWhileSilent: a peer whose newest heads this
-// peer merged only in part (a hole below them) keeps counting after it
-// falls silent: its missing writes are known, so the staleness grows even
-// though every reachable peer is current.
-func TestTrackerCountsAHoledWriterWhileSilent(t *testing.T) {
+// TestTrackerCountsASilentWriterWhoseHeadsAreMissing: a peer that
+// announced heads this peer has not merged keeps counting after it falls
+// silent (a writer that went offline right after writing): its writes are
+// known to be missing, so the staleness grows although every reachable
+// peer is current. A silent peer whose heads are all merged does not count.
+func TestTrackerCountsASilentWriterWhoseHeadsAreMissing(t *testing.T) {
 	ft := &fakeTime{t: time.Unix(10000, 0)}
 	clock := NewClock("self", ft.now)
 	proc := &fakeProcessed{set: map[cid.Cid]bool{}}
-	holed := &fakeProcessed{set: map[cid.Cid]bool{}}
 	tr := NewTracker(TrackerConfig{
-		Self: "self", Clock: clock, Processed: proc.has, Partial: holed.has, Now: ft.now,
+		Self: "self", Clock: clock, Processed: proc.has, Now: ft.now,
 		PeerTimeout: 5 * time.Second, ForgetAfter: time.Hour, StartupGrace: time.Second,
 	})
 	ctx := context.Background()
@@ -155,9 +155,7 @@ func TestTrackerCountsAHoledWriterWhileSilent(t *testing.T) {
 	hb("W", base)
 	hb("C", base)
 	ft.advance(time.Second)
-	hb("W", tip) // merged over a hole: processed, not complete
-	holed.add(tip)
-	tr.Evaluate(ctx)
+	hb("W", tip)              // W's last words: heads this peer cannot merge
 	for i := 0; i < 10; i++ { // W is gone; C keeps talking and is current
 		ft.advance(time.Second)
 		hb("C", base)
@@ -169,14 +167,12 @@ func TestTrackerCountsAHoledWriterWhileSilent(t *testing.T) {
 			w = p
 		}
 	}
-	if w.Reachable || !w.Holed {
-		t.Fatalf("W = %+v, want unreachable and holed", w)
+	if w.Reachable || !w.Missing {
+		t.Fatalf("W = %+v, want unreachable with heads missing here", w)
 	}
 	approx(t, "staleness with W's writes known missing", s.Seconds, 11)
 
-	// Had the branch been whole, the silent W would not count.
-	holed.set = map[cid.Cid]bool{}
-	proc.add(tip)
+	proc.add(tip) // the writer came back long enough to send them
 	tr.Evaluate(ctx)
-	approx(t, "after the hole is filled", tr.Staleness().Seconds, 0)
+	approx(t, "after W's heads are merged", tr.Staleness().Seconds, 0)
 }
