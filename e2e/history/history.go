@@ -1,0 +1,232 @@
+// Package history records what clients did and what they were told during
+// a fault scenario, and checks it afterwards against Shoal's promises, in
+// the manner of Jepsen's checkers (Elle for its data model) but written for
+// Shoal's: documents under keys, each key last-writer-wins by HLC, reads
+// that carry the answering peer's staleness and may name a write's token
+// in Shoal-After. It is imported by the fault scenarios in e2e, which feed
+// it every write and read they make; it knows nothing of processes or
+// networks, so its own tests feed it histories by hand.
+//
+// The checks:
+//   - lost: every acknowledged write is on every peer at the end (the
+//     peer holds that write or a later write of the same key);
+//   - converged: every peer ends with the same state hash;
+//   - read-your-writes: a read that named a write's token and was answered
+//     saw that write or a later one;
+//   - honest staleness: a read answered with staleness s at time t claims
+//     the peer holds everything written before t − s; a write acknowledged
+//     before that instant that the read did not see is a violation.
+package history
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Write is one client write of a key.
+type Write struct {
+	Peer  int
+	Key   string
+	Value string // what was written (a version tag the reads echo)
+	// HLC orders writes of one key (wall nanoseconds of the write's HLC;
+	// ties are broken by Value, as the registry breaks them by publisher).
+	HLC   int64
+	Token string // the write's read-your-writes token
+	Start time.Time
+	End   time.Time // when the answer arrived
+	Acked bool      // the API answered 2xx
+}
+
+// Read is one client read of a key.
+type Read struct {
+	Peer  int
+	Key   string
+	After string // the token sent in Shoal-After, if any
+	Start time.Time
+	End   time.Time
+	// Answered: the peer answered with the key's state (200 or 404), as
+	// opposed to refusing (503 for a staleness bound or a token not
+	// reached) or failing. Only answered reads are checked.
+	Answered  bool
+	Found     bool
+	Value     string  // the value read, when Found
+	HLC       int64   // its HLC, when Found
+	Staleness float64 // the Shoal-Staleness the peer answered with
+}
+
+// Final is one peer's state at the end of a scenario.
+type Final struct {
+	Peer      int
+	StateHash string
+	// Keys maps every key the scenario wrote to the value and HLC the
+	// peer holds (absent: the peer does not have the key).
+	Keys map[string]Version
+}
+
+// Version is a key's value and HLC on a peer.
+type Version struct {
+	Value string
+	HLC   int64
+}
+
+// History collects operations from any number of goroutines.
+type History struct {
+	mu     sync.Mutex
+	writes []Write
+	reads  []Read
+}
+
+// AddWrite records a write (acknowledged or not).
+func (h *History) AddWrite(w Write) {
+	h.mu.Lock()
+	h.writes = append(h.writes, w)
+	h.mu.Unlock()
+}
+
+// AddRead records a read.
+func (h *History) AddRead(r Read) {
+	h.mu.Lock()
+	h.reads = append(h.reads, r)
+	h.mu.Unlock()
+}
+
+// Acked returns the acknowledged writes, in the order they were answered.
+func (h *History) Acked() []Write {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []Write
+	for _, w := range h.writes {
+		if w.Acked {
+			out = append(out, w)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].End.Before(out[j].End) })
+	return out
+}
+
+// Keys returns every key written.
+func (h *History) Keys() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, w := range h.writes {
+		if !seen[w.Key] {
+			seen[w.Key] = true
+			out = append(out, w.Key)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Report is the checker's verdict.
+type Report struct {
+	Acked, Reads, Answered int
+	// Lost counts (key, peer) pairs where an acknowledged write is
+	// missing at the end.
+	Lost      int
+	Converged bool
+	// Violations describes every broken promise (capped at 20 in the
+	// text; Count has them all).
+	Violations []string
+	Count      int
+}
+
+// OK reports a history without violations, losses or divergence.
+func (r Report) OK() bool { return r.Count == 0 && r.Lost == 0 && r.Converged }
+
+func (r Report) String() string {
+	s := fmt.Sprintf("%d writes acked, %d lost; %d reads (%d answered); converged %v; %d violations",
+		r.Acked, r.Lost, r.Reads, r.Answered, r.Converged, r.Count)
+	for _, v := range r.Violations {
+		s += "\n  " + v
+	}
+	return s
+}
+
+func (r *Report) violate(format string, args ...any) {
+	r.Count++
+	if len(r.Violations) < 20 {
+		r.Violations = append(r.Violations, fmt.Sprintf(format, args...))
+	}
+}
+
+// later reports whether version (hlc, value) is the write w or a later one.
+func later(hlc int64, value string, w Write) bool {
+	return hlc > w.HLC || (hlc == w.HLC && value >= w.Value)
+}
+
+// staleMargin absorbs the millisecond rounding of Shoal-Staleness.
+const staleMargin = 2 * time.Millisecond
+
+// Check judges the history against the peers' final states.
+func (h *History) Check(finals []Final) Report {
+	h.mu.Lock()
+	writes := append([]Write(nil), h.writes...)
+	reads := append([]Read(nil), h.reads...)
+	h.mu.Unlock()
+
+	var rep Report
+	byToken := map[string]Write{}
+	lastAcked := map[string]Write{} // per key, the acked write with the largest HLC
+	for _, w := range writes {
+		if !w.Acked {
+			continue
+		}
+		rep.Acked++
+		if w.Token != "" {
+			byToken[w.Token] = w
+		}
+		if cur, ok := lastAcked[w.Key]; !ok || later(w.HLC, w.Value, cur) {
+			lastAcked[w.Key] = w
+		}
+	}
+
+	hashes := map[string][]int{}
+	for _, f := range finals {
+		hashes[f.StateHash] = append(hashes[f.StateHash], f.Peer)
+		for key, w := range lastAcked {
+			v, ok := f.Keys[key]
+			if !ok || !later(v.HLC, v.Value, w) {
+				rep.Lost++
+				rep.violate("lost: peer %d ends without %s=%s (acked by peer %d at %s), holds %+v",
+					f.Peer, key, w.Value, w.Peer, w.End.Format("15:04:05.000"), v)
+			}
+		}
+	}
+	rep.Converged = len(hashes) == 1
+	if !rep.Converged {
+		rep.violate("diverged: state hashes by peer %v", hashes)
+	}
+
+	for _, r := range reads {
+		rep.Reads++
+		if !r.Answered {
+			continue
+		}
+		rep.Answered++
+		if r.After != "" {
+			if w, ok := byToken[r.After]; ok && w.Key == r.Key && (!r.Found || !later(r.HLC, r.Value, w)) {
+				rep.violate("read-your-writes: peer %d answered %s after the token of %s=%s with %v %s",
+					r.Peer, r.Key, r.Key, w.Value, r.Found, r.Value)
+			}
+		}
+		// The peer claimed to hold everything written before horizon.
+		horizon := r.Start.Add(-time.Duration(r.Staleness*float64(time.Second)) - staleMargin)
+		for _, w := range writes {
+			if !w.Acked || w.Key != r.Key || !w.End.Before(horizon) {
+				continue
+			}
+			if !r.Found || !later(r.HLC, r.Value, w) {
+				rep.violate("dishonest staleness: peer %d answered %s at %s claiming staleness %.3fs (fresh up to %s) without %s=%s acked at %s",
+					r.Peer, r.Key, r.Start.Format("15:04:05.000"), r.Staleness, horizon.Format("15:04:05.000"),
+					w.Key, w.Value, w.End.Format("15:04:05.000"))
+				break
+			}
+		}
+	}
+	return rep
+}
