@@ -1,7 +1,8 @@
 // Package history records what clients did and what they were told during
 // a fault scenario, and checks it afterwards against Shoal's promises, in
 // the manner of Jepsen's checkers (Elle for its data model) but written for
-// Shoal's: documents under keys, each key last-writer-wins by HLC, reads
+// Shoal's: documents under keys, each write of a key with a value of its
+// own, reads
 // that carry the answering peer's staleness and may name a write's token
 // in Shoal-After. It is imported by the fault scenarios in e2e, which feed
 // it every write and read they make; it knows nothing of processes or
@@ -9,7 +10,8 @@
 //
 // The checks:
 //   - lost: every acknowledged write is on every peer at the end (the
-//     peer holds that write or a later write of the same key);
+//     peer holds that write or one that is not older: a write of the same
+//     key that had not finished when it began);
 //   - converged: every peer ends with the same state hash;
 //   - read-your-writes: a read that named a write's token and was answered
 //     saw that write or a later one;
@@ -29,10 +31,7 @@ import (
 type Write struct {
 	Peer  int
 	Key   string
-	Value string // what was written (a version tag the reads echo)
-	// HLC orders writes of one key (wall nanoseconds of the write's HLC;
-	// ties are broken by Value, as the registry breaks them by publisher).
-	HLC   int64
+	Value string // what was written; unique per key (reads echo it)
 	Token string // the write's read-your-writes token
 	Start time.Time
 	End   time.Time // when the answer arrived
@@ -52,7 +51,6 @@ type Read struct {
 	Answered  bool
 	Found     bool
 	Value     string  // the value read, when Found
-	HLC       int64   // its HLC, when Found
 	Staleness float64 // the Shoal-Staleness the peer answered with
 }
 
@@ -60,15 +58,9 @@ type Read struct {
 type Final struct {
 	Peer      int
 	StateHash string
-	// Keys maps every key the scenario wrote to the value and HLC the
-	// peer holds (absent: the peer does not have the key).
-	Keys map[string]Version
-}
-
-// Version is a key's value and HLC on a peer.
-type Version struct {
-	Value string
-	HLC   int64
+	// Keys maps every key the scenario wrote to the value the peer holds
+	// (absent: the peer does not have the key).
+	Keys map[string]string
 }
 
 // History collects operations from any number of goroutines.
@@ -154,9 +146,16 @@ func (r *Report) violate(format string, args ...any) {
 	}
 }
 
-// later reports whether version (hlc, value) is the write w or a later one.
-func later(hlc int64, value string, w Write) bool {
-	return hlc > w.HLC || (hlc == w.HLC && value >= w.Value)
+// covers reports whether holding value satisfies write w: value is w's,
+// or that of a write of the same key that had not finished when w began
+// (concurrent or later: the CRDT may keep either).
+func covers(writes map[string][]Write, value string, w Write) bool {
+	for _, x := range writes[w.Key] {
+		if x.Value == value && (x.Value == w.Value || !x.End.Before(w.Start)) {
+			return true
+		}
+	}
+	return false
 }
 
 // staleMargin absorbs the millisecond rounding of Shoal-Staleness.
@@ -171,29 +170,29 @@ func (h *History) Check(finals []Final) Report {
 
 	var rep Report
 	byToken := map[string]Write{}
-	lastAcked := map[string]Write{} // per key, the acked write with the largest HLC
+	byKey := map[string][]Write{} // every attempted write, acked or not
+	var acked []Write
 	for _, w := range writes {
+		byKey[w.Key] = append(byKey[w.Key], w)
 		if !w.Acked {
 			continue
 		}
 		rep.Acked++
+		acked = append(acked, w)
 		if w.Token != "" {
 			byToken[w.Token] = w
-		}
-		if cur, ok := lastAcked[w.Key]; !ok || later(w.HLC, w.Value, cur) {
-			lastAcked[w.Key] = w
 		}
 	}
 
 	hashes := map[string][]int{}
 	for _, f := range finals {
 		hashes[f.StateHash] = append(hashes[f.StateHash], f.Peer)
-		for key, w := range lastAcked {
-			v, ok := f.Keys[key]
-			if !ok || !later(v.HLC, v.Value, w) {
+		for _, w := range acked {
+			v, ok := f.Keys[w.Key]
+			if !ok || !covers(byKey, v, w) {
 				rep.Lost++
-				rep.violate("lost: peer %d ends without %s=%s (acked by peer %d at %s), holds %+v",
-					f.Peer, key, w.Value, w.Peer, w.End.Format("15:04:05.000"), v)
+				rep.violate("lost: peer %d ends without %s=%s (acked by peer %d at %s), holds %q",
+					f.Peer, w.Key, w.Value, w.Peer, w.End.Format("15:04:05.000"), v)
 			}
 		}
 	}
@@ -209,7 +208,7 @@ func (h *History) Check(finals []Final) Report {
 		}
 		rep.Answered++
 		if r.After != "" {
-			if w, ok := byToken[r.After]; ok && w.Key == r.Key && (!r.Found || !later(r.HLC, r.Value, w)) {
+			if w, ok := byToken[r.After]; ok && w.Key == r.Key && (!r.Found || !covers(byKey, r.Value, w)) {
 				rep.violate("read-your-writes: peer %d answered %s after the token of %s=%s with %v %s",
 					r.Peer, r.Key, r.Key, w.Value, r.Found, r.Value)
 			}
@@ -220,7 +219,7 @@ func (h *History) Check(finals []Final) Report {
 			if !w.Acked || w.Key != r.Key || !w.End.Before(horizon) {
 				continue
 			}
-			if !r.Found || !later(r.HLC, r.Value, w) {
+			if !r.Found || !covers(byKey, r.Value, w) {
 				rep.violate("dishonest staleness: peer %d answered %s at %s claiming staleness %.3fs (fresh up to %s) without %s=%s acked at %s",
 					r.Peer, r.Key, r.Start.Format("15:04:05.000"), r.Staleness, horizon.Format("15:04:05.000"),
 					w.Key, w.Value, w.End.Format("15:04:05.000"))

@@ -10,21 +10,21 @@ var t0 = time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 
 func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 
-func final(peer int, hash string, kv map[string]Version) Final {
+func final(peer int, hash string, kv map[string]string) Final {
 	return Final{Peer: peer, StateHash: hash, Keys: kv}
 }
 
 func TestCleanHistoryPasses(t *testing.T) {
 	var h History
-	h.AddWrite(Write{Peer: 0, Key: "a", Value: "1", HLC: 10, Token: "t1", Start: at(0), End: at(5), Acked: true})
-	h.AddWrite(Write{Peer: 1, Key: "a", Value: "2", HLC: 20, Token: "t2", Start: at(10), End: at(15), Acked: true})
-	h.AddWrite(Write{Peer: 1, Key: "b", Value: "x", HLC: 30, Start: at(20), End: at(25)}) // not acked: may be anywhere
+	h.AddWrite(Write{Peer: 0, Key: "a", Value: "1", Token: "t1", Start: at(0), End: at(5), Acked: true})
+	h.AddWrite(Write{Peer: 1, Key: "a", Value: "2", Token: "t2", Start: at(10), End: at(15), Acked: true})
+	h.AddWrite(Write{Peer: 1, Key: "b", Value: "x", Start: at(20), End: at(25)}) // not acked: may be anywhere
 	// A stale read that says so, a fresh one, a read-your-writes read.
-	h.AddRead(Read{Peer: 2, Key: "a", Start: at(100), End: at(101), Answered: true, Found: true, Value: "1", HLC: 10, Staleness: 0.2})
-	h.AddRead(Read{Peer: 2, Key: "a", Start: at(200), End: at(201), Answered: true, Found: true, Value: "2", HLC: 20, Staleness: 0})
-	h.AddRead(Read{Peer: 2, Key: "a", After: "t2", Start: at(16), End: at(30), Answered: true, Found: true, Value: "2", HLC: 20})
+	h.AddRead(Read{Peer: 2, Key: "a", Start: at(100), End: at(101), Answered: true, Found: true, Value: "1", Staleness: 0.2})
+	h.AddRead(Read{Peer: 2, Key: "a", Start: at(200), End: at(201), Answered: true, Found: true, Value: "2", Staleness: 0})
+	h.AddRead(Read{Peer: 2, Key: "a", After: "t2", Start: at(16), End: at(30), Answered: true, Found: true, Value: "2"})
 	h.AddRead(Read{Peer: 2, Key: "a", After: "t2", Start: at(16), End: at(30), Answered: false}) // refused: not judged
-	v := map[string]Version{"a": {"2", 20}}
+	v := map[string]string{"a": "2"}
 	rep := h.Check([]Final{final(0, "h", v), final(1, "h", v), final(2, "h", v)})
 	if !rep.OK() {
 		t.Fatalf("a clean history failed: %s", rep)
@@ -37,16 +37,16 @@ func TestCleanHistoryPasses(t *testing.T) {
 // TestEachViolationIsCaught: every promise the checker stands for, broken
 // once, is reported as what it is.
 func TestEachViolationIsCaught(t *testing.T) {
-	w := Write{Peer: 0, Key: "a", Value: "1", HLC: 10, Token: "t1", Start: at(0), End: at(5), Acked: true}
-	good := map[string]Version{"a": {"1", 10}}
+	w := Write{Peer: 0, Key: "a", Value: "1", Token: "t1", Start: at(0), End: at(5), Acked: true}
+	good := map[string]string{"a": "1"}
 	cases := []struct {
 		name   string
 		reads  []Read
 		finals []Final
 		want   string
 	}{
-		{"lost", nil, []Final{final(0, "h", good), final(1, "h", map[string]Version{})}, "lost: peer 1"},
-		{"lost to an older value", nil, []Final{final(0, "h", good), final(1, "h", map[string]Version{"a": {"0", 5}})}, "lost: peer 1"},
+		{"lost", nil, []Final{final(0, "h", good), final(1, "h", map[string]string{})}, "lost: peer 1"},
+		{"lost to a value never written", nil, []Final{final(0, "h", good), final(1, "h", map[string]string{"a": "0"})}, "lost: peer 1"},
 		{"diverged", nil, []Final{final(0, "h1", good), final(1, "h2", good)}, "diverged"},
 		{"read-your-writes", []Read{{Peer: 1, Key: "a", After: "t1", Start: at(6), End: at(7), Answered: true}},
 			[]Final{final(0, "h", good), final(1, "h", good)}, "read-your-writes: peer 1"},
@@ -73,5 +73,17 @@ func TestEachViolationIsCaught(t *testing.T) {
 	h.AddRead(Read{Peer: 1, Key: "a", Start: at(1000), End: at(1001), Answered: true, Staleness: 1.0})
 	if rep := h.Check([]Final{final(0, "h", good), final(1, "h", good)}); !rep.OK() {
 		t.Errorf("an honest stale read was flagged: %s", rep)
+	}
+}
+
+// TestOlderValueIsALoss: a peer ending with a value whose write finished
+// before an acknowledged write of the same key began has lost that write.
+func TestOlderValueIsALoss(t *testing.T) {
+	var h History
+	h.AddWrite(Write{Peer: 0, Key: "a", Value: "1", Start: at(0), End: at(5), Acked: true})
+	h.AddWrite(Write{Peer: 1, Key: "a", Value: "2", Start: at(10), End: at(15), Acked: true})
+	rep := h.Check([]Final{final(0, "h", map[string]string{"a": "2"}), final(1, "h", map[string]string{"a": "1"})})
+	if rep.Lost != 1 || !strings.Contains(rep.String(), "lost: peer 1 ends without a=2") {
+		t.Errorf("want peer 1's loss of a=2: %s", rep)
 	}
 }
