@@ -3,12 +3,96 @@ package crdt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	ds "github.com/ipfs/go-datastore"
 )
+
+// Event delivery runs from go-ds-crdt's hooks to each subscriber:
+//
+//	hook ─push─▶ eventQueue ─pop─▶ dispatcher ─offer─▶ backlog ─pump─▶ Subscription.C
+//	                                               (one backlog and one pump per subscription)
+//
+// The hooks run under go-ds-crdt's merge lock, so they only append to the
+// unbounded eventQueue; they never wait for anything. One dispatcher
+// goroutine takes the events in order, decodes them and offers each to
+// the subscriptions whose prefix matches. Offering never blocks either:
+// an event goes straight onto the subscription's channel when that has
+// room and nothing is queued before it, else into the subscription's own
+// bounded backlog, which its pump goroutine feeds to the channel. So a
+// subscriber that stops reading delays no one else; once it is more than
+// its SubscriberLimits behind, it is ended with ErrSlowSubscriber (as NATS
+// treats a slow consumer) rather than silently losing events.
+//
+// Callback contract: hooks only enqueue; nothing that reads the datastore
+// or takes another lock of this package runs under the merge lock.
+//
+// Lock order: Replica.subMu before Subscription.mu. eventQueue.mu is a
+// leaf. No lock is held while an event is sent on a channel except
+// Subscription.mu around a send that cannot block (select with default).
+
+// Sentinels a subscriber tests Subscription.Err against with errors.Is.
+var (
+	// ErrSlowSubscriber: the subscription fell further behind than its
+	// SubscriberLimits allow and was ended, so events were lost. The
+	// subscriber subscribes again, then reads the state (List, Scan) to
+	// catch up, as it did when it started.
+	ErrSlowSubscriber = errors.New("subscriber fell behind")
+	// ErrSubscriptionClosed: the subscription or its replica was closed.
+	ErrSubscriptionClosed = errors.New("subscription closed")
+)
+
+// SubscriberLimits bound how far one subscription may fall behind.
+type SubscriberLimits struct {
+	// Events waiting for the reader: on its channel and behind it.
+	// Default DefaultSubscriberEvents.
+	Events int
+	// Bytes of the events waiting behind the channel (their keys and
+	// record bytes; the channel itself holds at most its buffer, each
+	// record at most MaxRecordSize). Default DefaultSubscriberBytes.
+	Bytes int64
+}
+
+// Default SubscriberLimits: room for a bulk ingest of tens of thousands
+// of small records while a subscriber works through them, and a ceiling
+// on what one stuck subscriber can make this peer hold in memory.
+const (
+	DefaultSubscriberEvents       = 1 << 16
+	DefaultSubscriberBytes  int64 = 64 << 20
+)
+
+func (l SubscriberLimits) withDefaults() SubscriberLimits {
+	if l.Events <= 0 {
+		l.Events = DefaultSubscriberEvents
+	}
+	if l.Bytes <= 0 {
+		l.Bytes = DefaultSubscriberBytes
+	}
+	return l
+}
+
+// SetSubscriberLimits sets the limits of subscriptions made after the
+// call; zero fields take the defaults.
+func (r *Replica) SetSubscriberLimits(l SubscriberLimits) {
+	l = l.withDefaults()
+	r.delivery.limits.Store(&l)
+}
+
+// delivery is the replica's event-delivery state besides the queue and
+// the subscription set.
+type delivery struct {
+	limits atomic.Pointer[SubscriberLimits] // nil: the defaults
+}
+
+func (d *delivery) subscriberLimits() SubscriberLimits {
+	if l := d.limits.Load(); l != nil {
+		return *l
+	}
+	return SubscriberLimits{}.withDefaults()
+}
 
 // rawEvent is what a hook enqueues: nothing is decoded or read under the
 // CRDT's merge lock.
@@ -20,7 +104,8 @@ type rawEvent struct {
 }
 
 // eventQueue is an unbounded FIFO between the CRDT hooks (which must never
-// block) and the dispatcher goroutine.
+// block) and the dispatcher goroutine. The dispatcher never waits for a
+// subscriber, so it stays short.
 type eventQueue struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -75,20 +160,73 @@ type Subscription struct {
 	prefix string
 	ch     chan Event
 	done   chan struct{}
-	once   sync.Once
+	limits SubscriberLimits
+
+	mu   sync.Mutex
+	wake *sync.Cond // on mu: the backlog grew, or the subscription ended
+	// backlog holds the events offered while ch was full (or while older
+	// ones still waited), oldest first; bytes is their eventSize sum.
+	backlog []Event
+	bytes   int64
+	// sending: the pump has taken sendingSeq off the backlog and is
+	// blocked sending it on ch.
+	sending    bool
+	sendingSeq uint64
+	// err is why the subscription ended (nil while open); final is what
+	// Dispatched reported then.
+	err   error
+	final uint64
+
 	// delivered is the Seq of the last event sent on ch.
 	delivered atomic.Uint64
 }
 
-// Delivered is the Seq of the last event this subscription was sent.
+// Delivered is the Seq of the last event this subscription was sent (put
+// on C; the reader may not have taken it yet).
 func (s *Subscription) Delivered() uint64 { return s.delivered.Load() }
+
+// Dispatched is the Seq up to which every event under the subscription's
+// prefix has been sent on C: when nothing waits behind C, the replica's
+// Dispatched. A subscriber that has handled every event up to Delivered
+// has seen every change up to Dispatched. It stops moving when the
+// subscription ends.
+func (s *Subscription) Dispatched() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dispatchedLocked()
+}
+
+func (s *Subscription) dispatchedLocked() uint64 {
+	switch {
+	case s.err != nil:
+		return s.final
+	case s.sending:
+		return s.sendingSeq - 1
+	case len(s.backlog) > 0:
+		return s.backlog[0].Seq - 1
+	}
+	// The dispatcher offers an event (under mu) before it counts it as
+	// dispatched, so every event up to this value that concerns s has
+	// been offered, and, with nothing queued, sent.
+	return s.r.dispatched.Load()
+}
 
 // C returns the channel events arrive on. It is never closed: select on
 // Done (or your own context) as well.
 func (s *Subscription) C() <-chan Event { return s.ch }
 
-// Done is closed when the subscription or the replica closes.
+// Done is closed when the subscription ends: closed by Close or by the
+// replica's Close, or ended because it fell behind. Err says which.
 func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Err is nil while the subscription is open. Once it has ended it wraps
+// ErrSlowSubscriber if the subscriber fell behind (events were lost: read
+// the state again), else it is ErrSubscriptionClosed.
+func (s *Subscription) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
 
 // Close ends the subscription.
 func (s *Subscription) Close() {
@@ -98,21 +236,121 @@ func (s *Subscription) Close() {
 	s.closeDone()
 }
 
-func (s *Subscription) closeDone() { s.once.Do(func() { close(s.done) }) }
+// closeDone ends the subscription as closed (the replica's teardown calls
+// it for every subscription left).
+func (s *Subscription) closeDone() { s.end(ErrSubscriptionClosed) }
+
+// end ends the subscription with err, once: the backlog is dropped and the
+// pump stops.
+func (s *Subscription) end(err error) {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.final = s.dispatchedLocked()
+	s.err = err
+	s.backlog, s.bytes = nil, 0
+	s.wake.Broadcast()
+	s.mu.Unlock()
+	close(s.done)
+}
+
+// eventSize is what an event waiting in a backlog is charged: its bytes
+// and a fixed allowance for the Event itself.
+func eventSize(ev Event) int64 {
+	return int64(len(ev.Key)+len(ev.Value)+len(ev.Record.Body)+len(ev.Record.Kind)+len(ev.Record.Writer)) + 128
+}
+
+// offer hands ev to the subscription without blocking: onto C if it has
+// room and nothing is queued before ev, else into the backlog. It returns
+// an error wrapping ErrSlowSubscriber when that would exceed the
+// subscription's limits; the caller then ends it.
+func (s *Subscription) offer(ev Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil
+	}
+	waiting := len(s.ch) + len(s.backlog)
+	if s.sending {
+		waiting++
+	}
+	size := eventSize(ev)
+	if waiting >= s.limits.Events || (len(s.backlog) > 0 && s.bytes+size > s.limits.Bytes) {
+		return fmt.Errorf("%w: %d events waiting under %q (limit %d; %d bytes behind the channel, limit %d)",
+			ErrSlowSubscriber, waiting, s.prefix, s.limits.Events, s.bytes, s.limits.Bytes)
+	}
+	if len(s.backlog) == 0 && !s.sending {
+		select {
+		case s.ch <- ev:
+			s.delivered.Store(ev.Seq)
+			return nil
+		default:
+		}
+	}
+	s.backlog = append(s.backlog, ev)
+	s.bytes += size
+	s.wake.Signal()
+	return nil
+}
+
+// pump feeds the backlog to C, in order, until the subscription ends. It
+// is the only goroutine that blocks on the subscriber.
+func (s *Subscription) pump() {
+	for {
+		s.mu.Lock()
+		for len(s.backlog) == 0 && s.err == nil {
+			s.wake.Wait()
+		}
+		if s.err != nil {
+			s.mu.Unlock()
+			return
+		}
+		ev := s.backlog[0]
+		s.backlog[0] = Event{}
+		s.backlog = s.backlog[1:]
+		s.bytes -= eventSize(ev)
+		s.sending, s.sendingSeq = true, ev.Seq
+		s.mu.Unlock()
+		select {
+		case s.ch <- ev:
+			s.delivered.Store(ev.Seq)
+		case <-s.done:
+			return
+		}
+		s.mu.Lock()
+		s.sending = false
+		s.mu.Unlock()
+	}
+}
 
 // Subscribe delivers every later event whose key starts with prefix, in
-// the order the replica applied them. Hooks are not replayed on restart:
-// a subscriber builds its initial state from List and then follows events.
-// A subscriber that stops reading stalls delivery to all subscribers (the
-// queue in front of them grows), so subscribers hand work off quickly.
+// the order the replica applied them, on a channel of the given buffer.
+// Hooks are not replayed on restart: a subscriber builds its initial state
+// from List (or Scan) and then follows events. A subscriber that falls
+// more than SubscriberLimits behind is ended with ErrSlowSubscriber (see
+// Err); it never delays other subscribers. Subscribe before reading the
+// state, so that no change falls between the two.
 func (r *Replica) Subscribe(prefix string, buffer int) *Subscription {
 	if buffer <= 0 {
 		buffer = 64
 	}
-	s := &Subscription{r: r, prefix: prefix, ch: make(chan Event, buffer), done: make(chan struct{})}
+	s := &Subscription{r: r, prefix: prefix, ch: make(chan Event, buffer), done: make(chan struct{}), limits: r.delivery.subscriberLimits()}
+	s.wake = sync.NewCond(&s.mu)
 	r.subMu.Lock()
-	r.subs[s] = struct{}{}
+	// The teardown cancels ctx before it ends the subscriptions it holds
+	// (under subMu): one added after that would never be ended.
+	closed := r.ctx.Err() != nil
+	if !closed {
+		r.subs[s] = struct{}{}
+	}
 	r.subMu.Unlock()
+	if closed {
+		s.closeDone()
+		return s
+	}
+	go s.pump()
 	return s
 }
 
@@ -186,6 +424,9 @@ func (r *Replica) getRecord(ctx context.Context, key string) ([]byte, Record, er
 	return val, rec, err
 }
 
+// deliver offers ev to every subscription under whose prefix it falls,
+// ending those that have fallen too far behind, then counts it as
+// dispatched. It never waits for a subscriber.
 func (r *Replica) deliver(ev Event) {
 	r.subMu.Lock()
 	var targets []*Subscription
@@ -196,15 +437,22 @@ func (r *Replica) deliver(ev Event) {
 	}
 	r.subMu.Unlock()
 	for _, s := range targets {
-		select {
-		case s.ch <- ev:
-			s.delivered.Store(ev.Seq)
-		case <-s.done:
-		case <-r.ctx.Done():
-			return
+		if err := s.offer(ev); err != nil {
+			r.endSlow(s, err)
 		}
 	}
 	r.dispatched.Store(ev.Seq)
+}
+
+// endSlow ends a subscription that fell behind: counted, logged, and its
+// subscriber told through Err.
+func (r *Replica) endSlow(s *Subscription, err error) {
+	r.subMu.Lock()
+	delete(r.subs, s)
+	r.subMu.Unlock()
+	s.end(err)
+	r.count(func(c *Counters) { c.SlowSubscribers++ })
+	r.log.Warn("subscriber fell behind: subscription ended; it must read the state again", "prefix", s.prefix, "err", err)
 }
 
 // EventSeq is the number of state changes queued so far: every change
@@ -216,6 +464,8 @@ func (r *Replica) EventSeq() uint64 {
 	return r.queue.seq
 }
 
-// Dispatched is the Seq of the last event handed to every subscriber it
-// concerned (or skipped by all).
+// Dispatched is the Seq of the last event the dispatcher has finished
+// with: offered to every subscription it concerned (each has sent it on
+// its channel or holds it in its backlog), or dropped as undecodable. A
+// subscriber's own progress is Subscription.Dispatched.
 func (r *Replica) Dispatched() uint64 { return r.dispatched.Load() }

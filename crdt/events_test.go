@@ -2,7 +2,9 @@ package crdt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +20,7 @@ func next(t *testing.T, sub *Subscription) Event {
 	case ev := <-sub.C():
 		return ev
 	case <-sub.Done():
-		t.Fatal("subscription ended")
+		t.Fatalf("subscription ended: %v", sub.Err())
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event within 10s")
 	}
@@ -54,4 +56,77 @@ func TestDeleteHookOverASurvivingValueKeepsItsSeq(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSlowSubscriberDoesNotDelayOthers: a subscriber that never reads
+// must not hold back one that does, and once it is further behind than
+// its limits it is ended with ErrSlowSubscriber (counted), not left to
+// lose events silently.
+func TestSlowSubscriberDoesNotDelayOthers(t *testing.T) {
+	r := openReplica(t)
+	ctx := context.Background()
+	r.SetSubscriberLimits(SubscriberLimits{Events: 16})
+	slow := r.Subscribe("/unit/", 1) // never read
+	r.SetSubscriberLimits(SubscriberLimits{})
+	fast := r.Subscribe("/unit/", 1)
+	const n = 100
+	var mu sync.Mutex
+	var got []string
+	go func() {
+		for {
+			select {
+			case ev := <-fast.C():
+				mu.Lock()
+				got = append(got, ev.Key)
+				mu.Unlock()
+			case <-fast.Done():
+				return
+			}
+		}
+	}()
+	for i := range n {
+		if _, err := r.Put(ctx, fmt.Sprintf("/unit/%03d", i), "unit.kv", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Until(t, 10*time.Second, "the reading subscriber got every event in order", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != n {
+			return fmt.Errorf("%d of %d events", len(got), n)
+		}
+		for i, k := range got {
+			if want := fmt.Sprintf("/unit/%03d", i); k != want {
+				return fmt.Errorf("event %d is %s, want %s", i, k, want)
+			}
+		}
+		return nil
+	})
+	select {
+	case <-slow.Done():
+	default:
+		t.Fatal("the subscriber that never read is still open")
+	}
+	if err := slow.Err(); !errors.Is(err, ErrSlowSubscriber) {
+		t.Errorf("the slow subscription ended with %v, want ErrSlowSubscriber", err)
+	}
+	if d := slow.Dispatched(); d >= uint64(n) {
+		t.Errorf("the slow subscription reports every event dispatched to it (%d)", d)
+	}
+	if err := fast.Err(); err != nil {
+		t.Errorf("the reading subscription: %v", err)
+	}
+	poll.Until(t, 10*time.Second, "the reading subscription dispatched up to EventSeq", func() error {
+		if d, want := fast.Dispatched(), r.EventSeq(); d != want {
+			return fmt.Errorf("Dispatched %d, want %d", d, want)
+		}
+		return nil
+	})
+	if c := r.Counters(); c.SlowSubscribers != 1 {
+		t.Errorf("SlowSubscribers = %d, want 1", c.SlowSubscribers)
+	}
+	fast.Close()
+	if err := fast.Err(); !errors.Is(err, ErrSubscriptionClosed) {
+		t.Errorf("a closed subscription's Err is %v, want ErrSubscriptionClosed", err)
+	}
 }

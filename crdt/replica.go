@@ -230,6 +230,9 @@ type Counters struct {
 	// RejectedMessages counts pubsub messages the topic validators
 	// refused, by "topic/reason" (see the Msg* reasons).
 	RejectedMessages map[string]uint64
+	// SlowSubscribers counts subscriptions ended because they fell
+	// behind (ErrSlowSubscriber).
+	SlowSubscribers uint64
 }
 
 // Replica is one peer's copy of the mesh's replicated state.
@@ -251,6 +254,7 @@ type Replica struct {
 	queue *eventQueue
 	// dispatched is the Seq of the last event fully dispatched.
 	dispatched atomic.Uint64
+	delivery   delivery // subscriber limits (events.go)
 
 	cntMu    sync.Mutex
 	counters Counters
