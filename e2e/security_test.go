@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/shoal-mesh/shoal/api"
@@ -121,6 +123,90 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 	cfg := peer.Config{DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, PSKFile: bad}
 	if _, err := peer.New(t.Context(), cfg); !errors.Is(err, peer.ErrBadConfig) || !strings.Contains(err.Error(), "swarm key") {
 		t.Errorf("bad key file: %v", err)
+	}
+}
+
+// TestUntrustedPeersWritesAreInvisible: peer 1 reaches the mesh, but
+// peer 0 does not trust its publisher key. Whatever peer 1 writes — a new
+// document, an overwrite of peer 0's, a cache flush — replicates to peer
+// 0 (the CRDT converges underneath) and is never shown there: not read,
+// not queried, not after a restart, and counted as untrusted. Peer 1,
+// which trusts both, sees everything; and peer 0's saved index still
+// reopens, since what events and start-up scans admit is the same.
+func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
+	m := startMesh(t, 2, func(i int, c *peer.Config) {
+		if i == 0 {
+			c.Trusted = nil // peer 0 trusts its own key only
+		}
+	})
+	put := func(n *peer.Node, id, text string, vec []float32, tok string) string {
+		t.Helper()
+		body, _ := json.Marshal(api.DocRequest{Text: text, Vector: vec})
+		res := do(t, http.MethodPut, baseURL(n)+"/v1/collections/notes/docs/"+id, body, api.HeaderAfter, tok)
+		if res.code != http.StatusOK {
+			t.Fatalf("put %s: %d %s", id, res.code, res.body)
+		}
+		return res.header.Get(api.HeaderToken)
+	}
+	shared, planted := []float32{1, 0, 0, 0}, []float32{0, 1, 0, 0}
+	body, _ := json.Marshal(api.CreateCollectionRequest{Name: "notes", Embedder: "client@v1", Dimension: 4})
+	res := do(t, http.MethodPost, baseURL(m.Node(0))+"/v1/collections", body)
+	if res.code != http.StatusCreated {
+		t.Fatalf("create collection: %d %s", res.code, res.body)
+	}
+	tok := put(m.Node(0), "shared", "written by peer 0", shared, res.header.Get(api.HeaderToken))
+	tok = put(m.Node(1), "shared", "overwritten by peer 1", shared, tok)
+	put(m.Node(1), "planted", "planted by peer 1", planted, tok)
+	if res := do(t, http.MethodPost, baseURL(m.Node(1))+"/v1/cache/flush", nil); res.code != http.StatusOK {
+		t.Fatalf("flush: %d %s", res.code, res.body)
+	}
+
+	untrusted := map[string]string{"reason": "untrusted"}
+	eventually(t, "peer 0 has refused peer 1's three records", func() error {
+		if v := metricValue(t, m.Node(0), "shoal_records_rejected_total", untrusted); v != 3 {
+			return fmt.Errorf("shoal_records_rejected_total{reason=untrusted} = %v", v)
+		}
+		return nil
+	})
+	check := func(when string) {
+		t.Helper()
+		if res := do(t, "GET", baseURL(m.Node(0))+"/v1/collections/notes/docs/planted", nil); res.code != http.StatusNotFound {
+			t.Errorf("%s: peer 0 reads the planted document: %d %s", when, res.code, res.body)
+		}
+		res := do(t, "GET", baseURL(m.Node(0))+"/v1/collections/notes/docs/shared", nil)
+		if res.code != http.StatusOK || !strings.Contains(string(res.body), "written by peer 0") {
+			t.Errorf("%s: peer 0 reads shared as %d %s, want its own text", when, res.code, res.body)
+		}
+		eventually(t, when+": peer 0 answers queries", func() error {
+			out, res := query(t, m.Node(0), "notes", api.QueryRequest{Vector: planted, K: ptr(5)})
+			if res.code != http.StatusOK {
+				return fmt.Errorf("%d %s", res.code, res.body)
+			}
+			if out.Index.Documents != 1 {
+				t.Errorf("%s: peer 0 indexes %d documents, want 1", when, out.Index.Documents)
+			}
+			for _, r := range out.Results {
+				if r.ID == "planted" || strings.Contains(r.Text, "peer 1") {
+					t.Errorf("%s: peer 0's query returned %+v", when, r)
+				}
+			}
+			return nil
+		})
+	}
+	check("live")
+	if res := do(t, "GET", baseURL(m.Node(1))+"/v1/collections/notes/docs/planted", nil); res.code != http.StatusOK {
+		t.Errorf("peer 1, which trusts itself, cannot read its document: %d %s", res.code, res.body)
+	}
+
+	if err := m.Stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Restart(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	check("after a restart")
+	if got := metricValue(t, m.Node(0), "shoal_rag_index_graphs_total", map[string]string{"how": "reopened"}); got != 1 {
+		t.Errorf("saved index reopened after a clean restart: %v, want 1 (the stored records no longer match the save)", got)
 	}
 }
 
