@@ -2,6 +2,7 @@ package rag
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -18,8 +19,10 @@ import (
 // documents: on start it reopens each saved index whose documents are
 // still the stored ones, or builds it from the stored records (CRDT hooks
 // are not replayed; see startup.go), then applies document events as they
-// arrive. Queries read the indexes; nothing here embeds documents — their
-// vectors come with them.
+// arrive. If it falls so far behind that the replica ends its
+// subscription (crdt.ErrSlowSubscriber), it subscribes again and compares
+// the store with its indexes (resync). Queries read the indexes; nothing
+// here embeds documents — their vectors come with them.
 type Manager struct {
 	store *collections.Store
 	log   *slog.Logger
@@ -32,8 +35,12 @@ type Manager struct {
 	stats   Stats
 
 	replica *crdt.Replica
-	sub     *crdt.Subscription
-	applied atomic.Uint64 // Seq of the last event handled
+	// sub is the subscription Run follows; Run replaces it after a
+	// resync, so readers load it (before resyncing: Run sets resyncing
+	// before it installs the subscription that comes with a resync).
+	sub       atomic.Pointer[crdt.Subscription]
+	resyncing atomic.Bool
+	applied   atomic.Uint64 // Seq of the last event handled
 
 	building sync.Map // collection → *buildProgress, while its index is built
 
@@ -70,6 +77,9 @@ type Stats struct {
 	// Graphs by how a collection's graph came to be at start-up: loaded
 	// from its save, or built because the save was absent, stale or torn.
 	GraphsLoaded, GraphsBuilt uint64
+	// Resyncs counts the times the manager fell behind, lost its
+	// subscription and compared its indexes with the store again.
+	Resyncs uint64
 }
 
 // NewManager returns a manager; call Run.
@@ -78,12 +88,16 @@ func NewManager(r *crdt.Replica, log *slog.Logger) *Manager {
 }
 
 // Pending estimates the replicated changes not yet reflected in the
-// indexes: changes the replica has not dispatched yet, plus one if the
-// manager has not handled the last one it was sent.
+// indexes: changes not yet sent to the manager, plus one if it has not
+// handled the last one it was sent or is reading the store again.
 func (m *Manager) Pending() uint64 {
-	seq, done := m.replica.EventSeq(), m.replica.Dispatched()
+	sub := m.sub.Load()
+	if sub == nil {
+		return 0
+	}
+	seq, done := m.replica.EventSeq(), sub.Dispatched()
 	p := seq - min(done, seq)
-	if m.sub != nil && m.sub.Delivered() > m.applied.Load() {
+	if m.resyncing.Load() || sub.Delivered() > m.applied.Load() {
 		p++
 	}
 	return p
@@ -99,11 +113,16 @@ func (m *Manager) PersistIndexes(dir string, space func(need int64) error) {
 // Store returns the collections store the manager reads.
 func (m *Manager) Store() *collections.Store { return m.store }
 
+// subscriptionBuffer is the channel of the manager's subscription; the
+// replica keeps more behind it (crdt.SubscriberLimits).
+const subscriptionBuffer = 1024
+
 // Subscribe creates the manager's event subscription; call it before
 // writing anything, then Run.
 func (m *Manager) Subscribe() *crdt.Subscription {
-	m.sub = m.replica.Subscribe(collections.Prefix+"/", 1024)
-	return m.sub
+	sub := m.replica.Subscribe(collections.Prefix+"/", subscriptionBuffer)
+	m.sub.Store(sub)
+	return sub
 }
 
 // CaughtUp waits until every state change the replica had queued when it
@@ -114,7 +133,7 @@ func (m *Manager) CaughtUp(ctx context.Context) error {
 	for {
 		select {
 		case <-m.ready:
-			if m.replica.Dispatched() >= target && m.sub.Delivered() <= m.applied.Load() {
+			if m.caughtUp(target) {
 				return nil
 			}
 		default:
@@ -127,13 +146,25 @@ func (m *Manager) CaughtUp(ctx context.Context) error {
 	}
 }
 
+// caughtUp: every change up to target that concerns the manager was sent
+// to it (its subscription's Dispatched) and handled (Delivered is at most
+// applied), and no resync is under way. An ended subscription's
+// Dispatched stops, so a change it lost is waited for until the resync
+// that follows has read it from the store.
+func (m *Manager) caughtUp(target uint64) bool {
+	sub := m.sub.Load() // before resyncing: see Manager.sub
+	return sub != nil && !m.resyncing.Load() && sub.Dispatched() >= target && sub.Delivered() <= m.applied.Load()
+}
+
 // Ready is closed once the start-up rebuild is done.
 func (m *Manager) Ready() <-chan struct{} { return m.ready }
 
 // Run rebuilds the indexes, then follows sub (events under
-// collections.Prefix) until ctx ends.
+// collections.Prefix) until ctx ends or sub is closed. If the replica ends
+// sub because the manager fell behind, Run subscribes again and resyncs.
 func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
-	defer sub.Close()
+	m.sub.Store(sub)
+	defer func() { sub.Close() }() // the last subscription
 	start := time.Now()
 	specs, sums, err := m.scan(ctx)
 	if err != nil {
@@ -161,13 +192,103 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 		case <-ctx.Done():
 			return
 		case <-sub.Done():
-			return
+			if ctx.Err() != nil || !errors.Is(sub.Err(), crdt.ErrSlowSubscriber) {
+				return
+			}
+			sub = m.resubscribe(ctx, sub.Err())
 		case ev := <-sub.C():
 			batch := m.drain(sub, append(batch[:0], ev))
 			m.applyBatch(ctx, batch)
 			m.applied.Store(batch[len(batch)-1].Seq)
 		}
 	}
+}
+
+// resubscribe follows a subscription the replica ended because the
+// manager fell behind, losing events: it subscribes again first and then
+// resyncs, so every change is either read from the store or arrives on
+// the new subscription. (The replica dispatches an event only once its
+// write has landed, so whatever the old subscription lost is in the
+// store by the time the new one exists.)
+func (m *Manager) resubscribe(ctx context.Context, why error) *crdt.Subscription {
+	m.resyncing.Store(true)
+	defer m.resyncing.Store(false)
+	m.log.Warn("the retrieval indexes fell behind the replicated state: reading it again", "err", why)
+	sub := m.replica.Subscribe(collections.Prefix+"/", subscriptionBuffer)
+	m.sub.Store(sub)
+	m.resync(ctx)
+	return sub
+}
+
+// resync brings the indexes in step with the store after events were
+// lost, reading it as Run's start does: a collection not indexed yet is
+// loaded (load); for the others the stored document records are hashed
+// undecoded, as at start, and only those whose hash differs from the one
+// applied are decoded and indexed again, while documents no longer
+// stored are removed. A collection's index keeps answering meanwhile.
+func (m *Manager) resync(ctx context.Context) {
+	start := time.Now()
+	var specs []collections.Spec
+	if err := m.store.Scan(ctx, func(s collections.Spec) { specs = append(specs, s) }, nil); err != nil {
+		if ctx.Err() == nil {
+			m.log.Error("listing collections to resync the retrieval indexes", "err", err)
+		}
+		return
+	}
+	changed := 0
+	for _, spec := range specs {
+		if ci := m.index(spec.Name); ci != nil {
+			changed += m.catchUp(ctx, ci)
+		} else {
+			changed += m.load(ctx, spec, nil)
+		}
+	}
+	m.count(func(s *Stats) { s.Resyncs++ })
+	m.log.Info("retrieval indexes resynced", "collections", len(specs), "documents_changed", changed, "seconds", time.Since(start).Seconds())
+}
+
+// catchUp compares one collection's stored documents with its index and
+// applies the difference, returning how many documents it changed.
+func (m *Manager) catchUp(ctx context.Context, ci *collectionIndex) int {
+	stored := map[string]struct{}{}
+	changed := 0
+	err := m.store.ScanDocs(ctx, ci.spec.Name, func(id string, value []byte) error {
+		stored[id] = struct{}{}
+		sum := sumOf(value)
+		ci.mu.Lock()
+		old, had := ci.docs.sums[id]
+		ci.docs.sums[id] = sum
+		ci.mu.Unlock()
+		if had && old == sum {
+			return nil
+		}
+		changed++
+		if d, _, err := collections.DecodeDoc(value); err != nil {
+			m.leaveOut(ci, id, err)
+		} else {
+			m.addDoc(ci, id, d)
+		}
+		return nil
+	})
+	if err != nil {
+		// A partial scan says nothing about what is gone.
+		if ctx.Err() == nil {
+			m.log.Error("reading documents to resync", "collection", ci.spec.Name, "err", err)
+		}
+		return changed
+	}
+	var gone []string
+	ci.mu.RLock()
+	for id := range ci.docs.sums {
+		if _, ok := stored[id]; !ok {
+			gone = append(gone, id)
+		}
+	}
+	ci.mu.RUnlock()
+	for _, id := range gone {
+		m.removeDoc(ci, id)
+	}
+	return changed + len(gone)
 }
 
 func (m *Manager) count(f func(*Stats)) {
@@ -342,16 +463,21 @@ func (m *Manager) apply(ctx context.Context, ev crdt.Event) {
 		// loads the stored documents.
 		return
 	}
+	m.removeDoc(ci, id)
+	m.count(func(s *Stats) {
+		s.Applied++
+		s.UpdateTime += time.Since(start)
+	})
+}
+
+// removeDoc takes a deleted document out of its collection's index.
+func (m *Manager) removeDoc(ci *collectionIndex, id string) {
 	ci.index.Delete(id)
 	ci.mu.Lock()
 	delete(ci.docs.sums, id)
 	ci.docs.meta.remove(id)
 	ci.updated = time.Now()
 	ci.mu.Unlock()
-	m.count(func(s *Stats) {
-		s.Applied++
-		s.UpdateTime += time.Since(start)
-	})
 }
 
 // applySpec handles a collection spec's event: a new collection is loaded
