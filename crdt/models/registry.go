@@ -230,10 +230,12 @@ const reevaluateEvery = 30 * time.Second
 
 // Run emits the initial state (a CurrentChanged and VersionAdded for every
 // model, since hooks are not replayed after a restart) and then follows the
-// replica until ctx ends.
+// replica until ctx ends. If the replica ends its subscription because Run
+// fell behind (crdt.ErrSlowSubscriber), it subscribes again and then
+// re-reads every model, as at start, so the changes it lost are emitted.
 func (g *Registry) Run(ctx context.Context) {
 	sub := g.r.Subscribe(Prefix, 256)
-	defer sub.Close()
+	defer func() { sub.Close() }() // the last subscription
 	all := func() {
 		if all, err := g.Models(ctx); err == nil {
 			for _, st := range all {
@@ -249,7 +251,13 @@ func (g *Registry) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-sub.Done():
-			return
+			if ctx.Err() != nil || !errors.Is(sub.Err(), crdt.ErrSlowSubscriber) {
+				return
+			}
+			// Subscribe before reading, so no change falls between.
+			g.log.Warn("the registry fell behind the replicated state: reading it again", "err", sub.Err())
+			sub = g.r.Subscribe(Prefix, 256)
+			all()
 		case <-tick.C:
 			all()
 		case <-g.refresh:
