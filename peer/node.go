@@ -298,8 +298,23 @@ func (n *Node) assemble() error {
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.rag.Run(n.ctx, docs) }()
 	go func() { defer n.wg.Done(); n.registry.Run(n.ctx) }()
-	go func() { defer n.wg.Done(); n.flushes.Follow(n.ctx, flushes) }()
+	go func() { defer n.wg.Done(); n.followFlushes(flushes) }()
 	return nil
+}
+
+// followFlushes applies cache flushes from sub until the peer closes. If
+// the replica ends sub because Follow fell behind (crdt.ErrSlowSubscriber),
+// it subscribes again and follows anew: Follow applies the flushes in the
+// state before the events, which covers those the old subscription lost.
+func (n *Node) followFlushes(sub *crdt.Subscription) {
+	for {
+		n.flushes.Follow(n.ctx, sub)
+		if n.ctx.Err() != nil || !errors.Is(sub.Err(), crdt.ErrSlowSubscriber) {
+			return
+		}
+		n.log.Warn("cache flushes fell behind the replicated state: reading them again", "err", sub.Err())
+		sub = n.replica.Subscribe(serving.FlushPrefix, 64)
+	}
 }
 
 func (n *Node) metricsHandler() http.Handler {
