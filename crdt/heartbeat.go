@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
@@ -37,10 +38,18 @@ func (r *Replica) maintain() {
 	// reported staleness close to the truth between heartbeats.
 	eval := time.NewTicker(r.cfg.HeartbeatInterval / 4)
 	defer eval.Stop()
+	horizon := time.NewTicker(horizonEvery)
+	defer horizon.Stop()
 	for {
 		select {
 		case <-r.ctx.Done():
+			// The last horizon, on the way out (the datastore is still
+			// open: its owner closes it after the replica).
+			r.saveHorizon(context.Background())
 			return
+		case <-horizon.C:
+			r.saveHorizon(r.ctx)
+			continue
 		case <-eval.C:
 		case <-r.heard:
 		}

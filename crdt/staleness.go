@@ -177,7 +177,15 @@ type TrackerConfig struct {
 	// count as diverged: snapshots a heartbeat apart can straddle a
 	// merge. Default 3s.
 	DivergedAfter time.Duration
-	Now           func() time.Time // defaults to time.Now
+	// Since is the instant up to which this peer's state was known to be
+	// complete when it started: the horizon it last recorded before it
+	// stopped (Replica keeps it on disk), or the Unix epoch for a data
+	// directory that never had one. Until it catches up with a peer it is
+	// no fresher than that — a peer that was down for an hour is an hour
+	// stale, not as fresh as its start. Zero: the tracker's creation
+	// (for callers without history, such as tests).
+	Since HLC
+	Now   func() time.Time // defaults to time.Now
 }
 
 // NewTracker returns a tracker.
@@ -189,10 +197,13 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	if cfg.DivergedAfter <= 0 {
 		cfg.DivergedAfter = 3 * time.Second
 	}
+	if cfg.Since.IsZero() {
+		cfg.Since = cfg.Clock.Peek()
+	}
 	return &Tracker{
 		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed, divergeAfter: cfg.DivergedAfter,
 		peerTimeout: cfg.PeerTimeout, forgetAfter: cfg.ForgetAfter, startupGrace: cfg.StartupGrace,
-		started: now(), startHLC: cfg.Clock.Peek(), now: now,
+		started: now(), startHLC: cfg.Since, now: now,
 		peers: make(map[string]*peerView),
 	}
 }
