@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
 )
@@ -18,8 +19,9 @@ import (
 //
 // The hooks run under go-ds-crdt's merge lock, so they only append to the
 // unbounded eventQueue; they never wait for anything. One dispatcher
-// goroutine takes the events in order, decodes them and offers each to
-// the subscriptions whose prefix matches. Offering never blocks either:
+// goroutine takes the events in order, holds each put until the write it
+// reports has landed (commitTracker), decodes it and offers it to the
+// subscriptions whose prefix matches. Offering never blocks either:
 // an event goes straight onto the subscription's channel when that has
 // room and nothing is queued before it, else into the subscription's own
 // bounded backlog, which its pump goroutine feeds to the channel. So a
@@ -30,8 +32,9 @@ import (
 // Callback contract: hooks only enqueue; nothing that reads the datastore
 // or takes another lock of this package runs under the merge lock.
 //
-// Lock order: Replica.subMu before Subscription.mu. eventQueue.mu is a
-// leaf. No lock is held while an event is sent on a channel except
+// Lock order: Replica.subMu before Subscription.mu. eventQueue.mu and
+// commitTracker.mu are leaves (a hook takes them one after the other,
+// never together). No lock is held while an event is sent on a channel except
 // Subscription.mu around a send that cannot block (select with default).
 
 // Sentinels a subscriber tests Subscription.Err against with errors.Is.
@@ -84,7 +87,8 @@ func (r *Replica) SetSubscriberLimits(l SubscriberLimits) {
 // delivery is the replica's event-delivery state besides the queue and
 // the subscription set.
 type delivery struct {
-	limits atomic.Pointer[SubscriberLimits] // nil: the defaults
+	limits  atomic.Pointer[SubscriberLimits] // nil: the defaults
+	commits commitTracker
 }
 
 func (d *delivery) subscriberLimits() SubscriberLimits {
@@ -101,6 +105,157 @@ type rawEvent struct {
 	key   string
 	value []byte
 	seq   uint64
+	// barrier (puts): the newest batch opened when the hook fired; the
+	// event waits until no batch up to it is open (commitTracker.await).
+	barrier uint64
+}
+
+// Puts are held until their batch commits. go-ds-crdt calls the put hook
+// inside set.putElems, right after putting the value into a batch of the
+// datastore and before committing that batch (a delete hook fires after
+// its commit). A subscriber that read the key back on a put event could
+// see the value before it, or none.
+//
+// The replica hands go-ds-crdt its datastore wrapped (commitTracker.wrap),
+// so that every batch go-ds-crdt opens is numbered when opened and struck
+// off when its Commit returns, at which point Badger serves its writes.
+// The put hook records the newest number opened so far; the batch the put
+// was written to is among those (it was opened earlier, in the same
+// goroutine), so once no batch numbered up to it is open, that batch has
+// committed and the value is readable. Batches opened later do not hold
+// the event up; other batches open at the time (a concurrent merge's
+// tombstones, a heads update) may, briefly. This is exact without knowing
+// which batch holds which key, where the other candidate — waiting until
+// Get shows the event's value — can wait forever when a later write
+// replaces the value first.
+//
+// go-datastore batches have no Discard, and go-ds-crdt abandons a batch
+// when a write into it fails. A batch still open abandonBatchAfter after
+// it was opened therefore no longer holds anything up (it is logged): the
+// events waiting for it are delivered (if it never commits, their writes
+// did not land, as after any failed merge, which go-ds-crdt retries or
+// marks dirty). A batch that commits with an error is struck off too.
+//
+// A consequence subscribers rely on (rag's resync): an event is dispatched
+// only once its write is in the datastore, so a reader that subscribes
+// and then reads the state misses nothing.
+
+// abandonBatchAfter is how long an open batch may hold up put events: far
+// beyond a commit of go-ds-crdt's largest delta (1 MiB) into Badger.
+const abandonBatchAfter = 5 * time.Second
+
+// commitTracker numbers the batches go-ds-crdt opens on the datastore and
+// knows which are still open. Its zero value is ready.
+type commitTracker struct {
+	// abandonAfter replaces abandonBatchAfter when set (tests).
+	abandonAfter time.Duration
+
+	mu      sync.Mutex
+	opened  uint64               // batches ever opened: the newest one's number
+	open    map[uint64]time.Time // numbers of batches not yet committed → when opened
+	changed chan struct{}        // closed (and cleared) when a batch commits
+}
+
+// wrap returns d with its batches tracked; everything else passes through.
+func (t *commitTracker) wrap(d ds.Batching) ds.Batching { return trackedStore{d, t} }
+
+type trackedStore struct {
+	ds.Batching
+	t *commitTracker
+}
+
+func (s trackedStore) Batch(ctx context.Context) (ds.Batch, error) {
+	b, err := s.Batching.Batch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &trackedBatch{Batch: b, t: s.t, n: s.t.begin()}, nil
+}
+
+type trackedBatch struct {
+	ds.Batch
+	t *commitTracker
+	n uint64
+}
+
+// Commit commits, then strikes the batch off: its writes are readable
+// (or, on error, will not be).
+func (b *trackedBatch) Commit(ctx context.Context) error {
+	err := b.Batch.Commit(ctx)
+	b.t.end(b.n)
+	return err
+}
+
+func (t *commitTracker) begin() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open == nil {
+		t.open = map[uint64]time.Time{}
+	}
+	t.opened++
+	t.open[t.opened] = time.Now()
+	return t.opened
+}
+
+func (t *commitTracker) end(n uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.open, n)
+	if t.changed != nil {
+		close(t.changed)
+		t.changed = nil
+	}
+}
+
+// newest is the number of the newest batch opened so far.
+func (t *commitTracker) newest() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.opened
+}
+
+// await returns once no batch numbered up to barrier is open, striking
+// off (and returning the count of) those open for abandonBatchAfter; ok
+// is false if ctx ended first.
+func (t *commitTracker) await(ctx context.Context, barrier uint64) (abandoned int, ok bool) {
+	after := abandonBatchAfter
+	if t.abandonAfter > 0 {
+		after = t.abandonAfter
+	}
+	for {
+		t.mu.Lock()
+		now := time.Now()
+		wait := time.Duration(-1)
+		for n, at := range t.open {
+			if n > barrier {
+				continue
+			}
+			if left := after - now.Sub(at); left <= 0 {
+				delete(t.open, n)
+				abandoned++
+			} else if wait < 0 || left < wait {
+				wait = left
+			}
+		}
+		if wait < 0 {
+			t.mu.Unlock()
+			return abandoned, true
+		}
+		if t.changed == nil {
+			t.changed = make(chan struct{})
+		}
+		changed := t.changed
+		t.mu.Unlock()
+		timer := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return abandoned, false
+		}
+		timer.Stop()
+	}
 }
 
 // eventQueue is an unbounded FIFO between the CRDT hooks (which must never
@@ -354,12 +509,14 @@ func (r *Replica) Subscribe(prefix string, buffer int) *Subscription {
 	return s
 }
 
-// putHook runs under go-ds-crdt's merge lock: only enqueue.
+// putHook runs under go-ds-crdt's merge lock, before the batch holding
+// the value commits: only enqueue, with the batch barrier.
 func (r *Replica) putHook(k ds.Key, v []byte) {
-	r.queue.push(rawEvent{typ: EventPut, key: k.String(), value: append([]byte(nil), v...)})
+	r.queue.push(rawEvent{typ: EventPut, key: k.String(), value: append([]byte(nil), v...), barrier: r.delivery.commits.newest()})
 }
 
-// deleteHook runs under go-ds-crdt's merge lock: only enqueue.
+// deleteHook runs under go-ds-crdt's merge lock, after its batch
+// committed: only enqueue.
 func (r *Replica) deleteHook(k ds.Key) {
 	r.queue.push(rawEvent{typ: EventDelete, key: k.String()})
 }
@@ -375,6 +532,17 @@ func (r *Replica) dispatch() {
 		raw, ok := r.queue.pop()
 		if !ok {
 			return
+		}
+		if raw.typ == EventPut {
+			// Until its write has landed: see commitTracker. Later events
+			// wait behind it, so order is kept.
+			abandoned, ok := r.delivery.commits.await(r.ctx, raw.barrier)
+			if !ok {
+				return
+			}
+			if abandoned > 0 {
+				r.log.Warn("datastore batches open too long, taken as abandoned: events no longer wait for them", "batches", abandoned, "after", abandonBatchAfter)
+			}
 		}
 		r.observeState(raw)
 		ev := Event{Type: raw.typ, Key: raw.key, Seq: raw.seq}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -128,5 +129,117 @@ func TestSlowSubscriberDoesNotDelayOthers(t *testing.T) {
 	fast.Close()
 	if err := fast.Err(); !errors.Is(err, ErrSubscriptionClosed) {
 		t.Errorf("a closed subscription's Err is %v, want ErrSubscriptionClosed", err)
+	}
+}
+
+// TestPutEventsFollowTheirCommit: a subscriber that reads the key back on
+// a put event reads that event's value, never the one before it —
+// go-ds-crdt calls the put hook before its batch is committed.
+func TestPutEventsFollowTheirCommit(t *testing.T) {
+	r := openReplica(t)
+	ctx := context.Background()
+	sub := r.Subscribe("/commit/", 64)
+	var mu sync.Mutex
+	seen := 0
+	var wrong []string
+	go func() {
+		for {
+			select {
+			case ev := <-sub.C():
+				if ev.Type != EventPut {
+					continue
+				}
+				rec, err := r.Get(ctx, ev.Key)
+				mu.Lock()
+				seen++
+				if err != nil || rec.HLC != ev.Record.HLC {
+					wrong = append(wrong, fmt.Sprintf("%s: event %v, Get %v (err %v)", ev.Key, ev.Record.HLC, rec.HLC, err))
+				}
+				mu.Unlock()
+			case <-sub.Done():
+				return
+			}
+		}
+	}()
+	pad := strings.Repeat("x", 300)
+	want := 0
+	awaitAll := func(what string) {
+		t.Helper()
+		poll.Until(t, 30*time.Second, what, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if seen != want {
+				return fmt.Errorf("%d of %d put events read", seen, want)
+			}
+			return nil
+		})
+	}
+	const single, batch = 50, 2000
+	for i := range single {
+		if _, err := r.Put(ctx, fmt.Sprintf("/commit/p/%d", i), "unit.kv", pad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want += single
+	for round := range 2 {
+		ops := make([]Op, batch)
+		for i := range ops {
+			ops[i] = Op{Key: fmt.Sprintf("/commit/b/%d", i), Kind: "unit.kv", Body: fmt.Sprint(round, pad)}
+		}
+		if _, err := r.PutBatch(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
+		want += batch
+		// Each round waits for the last to be read, so that a Get can
+		// only see the event's own value or an older one.
+		awaitAll(fmt.Sprintf("round %d read", round))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(wrong) > 0 {
+		t.Fatalf("%d of %d put events read back another value, first: %s", len(wrong), seen, wrong[0])
+	}
+}
+
+// TestCommitTrackerWaitsForOpenBatches: an event waits for the batches
+// open when it was pushed, not for later ones, and not forever for one
+// that is never committed.
+func TestCommitTrackerWaitsForOpenBatches(t *testing.T) {
+	ctx := context.Background()
+	var ct commitTracker
+	first := ct.begin()
+	barrier := ct.newest()
+	later := ct.begin()
+	returned := make(chan int, 1)
+	go func() {
+		n, _ := ct.await(ctx, barrier)
+		returned <- n
+	}()
+	select {
+	case <-returned:
+		t.Fatal("await returned while the batch open at its barrier was still open")
+	case <-time.After(50 * time.Millisecond): // a negative check: it must not return
+	}
+	ct.end(first)
+	select {
+	case n := <-returned:
+		if n != 0 {
+			t.Errorf("%d batches taken as abandoned, want 0", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("await still waiting after its batch committed (batch %d, opened later, is still open)", later)
+	}
+
+	// A batch never committed stops holding events up after abandonAfter.
+	ct.abandonAfter = 20 * time.Millisecond
+	if n, ok := ct.await(ctx, ct.newest()); !ok || n != 1 {
+		t.Errorf("await over a batch never committed: %d abandoned, ok %v; want 1, true", n, ok)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	ct.begin()
+	ct.abandonAfter = time.Hour
+	cancel()
+	if _, ok := ct.await(cctx, ct.newest()); ok {
+		t.Error("await did not give up when its context ended")
 	}
 }

@@ -254,7 +254,7 @@ type Replica struct {
 	queue *eventQueue
 	// dispatched is the Seq of the last event fully dispatched.
 	dispatched atomic.Uint64
-	delivery   delivery // subscriber limits (events.go)
+	delivery   delivery // subscriber limits, batch commits (events.go)
 
 	cntMu    sync.Mutex
 	counters Counters
@@ -271,8 +271,6 @@ type Replica struct {
 	rebuilding atomic.Bool
 	validators bool          // topic validators registered (teardown removes them)
 	heard      chan struct{} // a heartbeat arrived: maintain runs now
-	// savedHorizon is the freshness horizon last written (maintain only).
-	savedHorizon int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -337,7 +335,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	// go-ds-crdt reads blocks through pushedDAG: inline head blocks are
 	// stored only when a merge asks for them (see pushedBlocks).
 	dag := &pushedDAG{DAGService: cfg.DAG, pushed: r.bc.pushed, adder: cfg.Adder}
-	if r.ds, err = dscrdt.New(cfg.Datastore, Namespace, dag, r.bc, opts); err != nil {
+	if r.ds, err = dscrdt.New(r.delivery.commits.wrap(cfg.Datastore), Namespace, dag, r.bc, opts); err != nil {
 		return fail(fmt.Errorf("open crdt datastore: %w", err))
 	}
 	if cfg.Unclean {
@@ -371,7 +369,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	r.tracker = NewTracker(TrackerConfig{
 		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
 		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
-		DivergedAfter: cfg.DivergedAfter, Since: loadHorizon(ctx, cfg.Datastore),
+		DivergedAfter: cfg.DivergedAfter,
 	})
 	r.wg.Add(4)
 	go r.maintain()
