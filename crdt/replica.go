@@ -271,6 +271,8 @@ type Replica struct {
 	rebuilding atomic.Bool
 	validators bool          // topic validators registered (teardown removes them)
 	heard      chan struct{} // a heartbeat arrived: maintain runs now
+	// savedHorizon is the freshness horizon last written (maintain only).
+	savedHorizon int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -369,7 +371,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	r.tracker = NewTracker(TrackerConfig{
 		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
 		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
-		DivergedAfter: cfg.DivergedAfter,
+		DivergedAfter: cfg.DivergedAfter, Since: loadHorizon(ctx, cfg.Datastore),
 	})
 	r.wg.Add(4)
 	go r.maintain()
