@@ -208,6 +208,14 @@ func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
 	if got := metricValue(t, m.Node(0), "shoal_rag_index_graphs_total", map[string]string{"how": "reopened"}); got != 1 {
 		t.Errorf("saved index reopened after a clean restart: %v, want 1 (the stored records no longer match the save)", got)
 	}
+
+	// Trusting peer 1 (SIGHUP) shows its records to reads at once.
+	if err := m.Node(0).Reload(peer.Reloadable{Trusted: []string{string(m.Node(1).Registry().Publisher().ID())}}); err != nil {
+		t.Fatal(err)
+	}
+	if res := do(t, "GET", baseURL(m.Node(0))+"/v1/collections/notes/docs/planted", nil); res.code != http.StatusOK {
+		t.Errorf("after trusting peer 1, peer 0 still does not read its document: %d %s", res.code, res.body)
+	}
 }
 
 // TestSlowClientsCannotStarveTheAPI: a crowd of Slowloris connections,
