@@ -29,13 +29,17 @@ import (
 // its SubscriberLimits behind, it is ended with ErrSlowSubscriber (as NATS
 // treats a slow consumer) rather than silently losing events.
 //
-// Callback contract: hooks only enqueue; nothing that reads the datastore
-// or takes another lock of this package runs under the merge lock.
+// Callback contract. The hooks (putHook, deleteHook) run under the merge
+// lock: they copy their arguments, take commitTracker.mu and eventQueue.mu
+// (one after the other, each briefly) and return; they never read the
+// datastore or wait. A subscriber reads C promptly, selects on Done as
+// well, and when Err wraps ErrSlowSubscriber subscribes again before it
+// reads the state again.
 //
-// Lock order: Replica.subMu before Subscription.mu. eventQueue.mu and
-// commitTracker.mu are leaves (a hook takes them one after the other,
-// never together). No lock is held while an event is sent on a channel except
-// Subscription.mu around a send that cannot block (select with default).
+// Lock order: Replica.subMu before Subscription.mu; eventQueue.mu and
+// commitTracker.mu are leaves. No lock is held while an event is sent on a
+// channel, except Subscription.mu around a send that cannot block (select
+// with default).
 
 // Sentinels a subscriber tests Subscription.Err against with errors.Is.
 var (
@@ -124,10 +128,11 @@ type rawEvent struct {
 // goroutine), so once no batch numbered up to it is open, that batch has
 // committed and the value is readable. Batches opened later do not hold
 // the event up; other batches open at the time (a concurrent merge's
-// tombstones, a heads update) may, briefly. This is exact without knowing
-// which batch holds which key, where the other candidate — waiting until
-// Get shows the event's value — can wait forever when a later write
-// replaces the value first.
+// tombstones, a heads update) may, briefly. So a put is never released
+// early (short of the abandonment below), without knowing which batch
+// holds which key; the other candidate — waiting until Get shows the
+// event's value — could wait forever when a later write replaced the
+// value first.
 //
 // go-datastore batches have no Discard, and go-ds-crdt abandons a batch
 // when a write into it fails. A batch still open abandonBatchAfter after
