@@ -155,11 +155,17 @@ func (r *Replica) Admit(ctx context.Context, key string, value []byte) (Record, 
 }
 
 func (r *Replica) admitted(ctx context.Context, key string, value []byte) (Record, []byte, error) {
-	rec, why := r.check(key, value)
 	els, err := r.elements(ctx, key)
 	if err != nil {
 		return Record{}, nil, err
 	}
+	return r.admittedAmong(ctx, key, value, els)
+}
+
+// admittedAmong is admitted given the key's elements.
+func (r *Replica) admittedAmong(ctx context.Context, key string, value []byte, els []element) (Record, []byte, error) {
+	rec, why := r.check(key, value)
+	var err error
 	if why == nil {
 		if len(els) <= 1 {
 			return rec, value, nil // the key's only element: nothing to replay
@@ -332,6 +338,11 @@ func (r *Replica) ScanAdmitted(ctx context.Context, prefix string, f func(key st
 		key   string
 		value []byte
 	}
+	// The keys' elements in one pass rather than a query per key.
+	elems, err := r.elementsUnder(ctx, prefix)
+	if err != nil {
+		return err
+	}
 	in := make(chan kv, 256)
 	var (
 		wg    sync.WaitGroup
@@ -355,7 +366,7 @@ func (r *Replica) ScanAdmitted(ctx context.Context, prefix string, f func(key st
 		go func() {
 			defer wg.Done()
 			for e := range in {
-				rec, val, err := r.admitted(ctx, e.key, e.value)
+				rec, val, err := r.admittedAmong(ctx, e.key, e.value, elems[e.key])
 				switch {
 				case errors.Is(err, ErrNotFound):
 				case err != nil:
@@ -366,7 +377,7 @@ func (r *Replica) ScanAdmitted(ctx context.Context, prefix string, f func(key st
 			}
 		}()
 	}
-	err := r.Scan(ctx, prefix, func(key string, value []byte) error {
+	err = r.Scan(ctx, prefix, func(key string, value []byte) error {
 		select {
 		case in <- kv{key, bytes.Clone(value)}:
 			return nil

@@ -193,7 +193,13 @@ func TestReplayedRecordDoesNotWin(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sub := r.Subscribe("/unit/", 16)
+	poll.Until(t, 10*time.Second, "the writes so far dispatched", func() error {
+		if d, q := r.Dispatched(), r.EventSeq(); d < q {
+			return fmt.Errorf("dispatched %d of %d", d, q)
+		}
+		return nil
+	})
+	sub := r.Subscribe("/unit/", 16) // sees the replays only
 	defer sub.Close()
 	publish(t, r, "/unit/x", old)
 	publish(t, r, "/unit/y", deleted)
@@ -228,6 +234,16 @@ func TestReplayedRecordDoesNotWin(t *testing.T) {
 			t.Errorf("List after the replays = %+v", entries)
 		}
 		refused(t, r, "/unit/y", ErrReplayed)
+		scanned := map[string]string{}
+		if err := r.ScanAdmitted(ctx, "/unit/", func(k string, rec Record, value []byte) error {
+			scanned[k] = string(value)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(scanned) != 1 || !strings.Contains(scanned["/unit/x"], `"new"`) {
+			t.Errorf("ScanAdmitted after the replays = %v", scanned)
+		}
 	}
 	check()
 	rejected(t, r, Rejections{Replayed: 2})

@@ -66,6 +66,30 @@ func (r *Replica) elements(ctx context.Context, key string) ([]element, error) {
 	return out, nil
 }
 
+// elementsUnder lists the elements of every key under prefix (as Scan
+// reads prefix), by key, in one pass.
+func (r *Replica) elementsUnder(ctx context.Context, prefix string) (map[string][]element, error) {
+	ns := elemsNamespace.String()
+	res, err := r.cfg.Datastore.Query(ctx, query.Query{Prefix: ns + ds.NewKey(prefix).String(), KeysOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("crdt elements under %s: %w", prefix, err)
+	}
+	defer res.Close()
+	out := map[string][]element{}
+	for e := range res.Next() {
+		if e.Error != nil {
+			return nil, fmt.Errorf("crdt elements under %s: %w", prefix, e.Error)
+		}
+		i := strings.LastIndexByte(e.Key, '/')
+		if i <= len(ns) {
+			continue
+		}
+		key := e.Key[len(ns):i]
+		out[key] = append(out[key], element{block: e.Key[i+1:]})
+	}
+	return out, nil
+}
+
 // tombstoned reports whether a delete removed key's element of block.
 func (r *Replica) tombstoned(ctx context.Context, key string, e element) (bool, error) {
 	return r.cfg.Datastore.Has(ctx, ds.NewKey(tombsNamespace.String()+key).ChildString(e.block))
