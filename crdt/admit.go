@@ -145,15 +145,9 @@ func (r *Replica) admit(key string, value []byte) (Record, error) {
 	return rec, err
 }
 
-// Admit returns the record key shows and its bytes, given value, the bytes
-// go-ds-crdt holds under it (read with Scan): the answer Get would give.
-// A caller that reads the state undecoded (a start-up scan) passes what it
-// read through Admit so that nothing Get would refuse slips in that way.
-// Refused: an error wrapping ErrNotFound and the reason.
-func (r *Replica) Admit(ctx context.Context, key string, value []byte) (Record, []byte, error) {
-	return r.admitted(ctx, key, value)
-}
-
+// admitted returns the record key shows and its bytes, given value, the
+// bytes go-ds-crdt holds under it; refused: an error wrapping ErrNotFound
+// and the reason. A reader of many keys uses ScanAdmitted.
 func (r *Replica) admitted(ctx context.Context, key string, value []byte) (Record, []byte, error) {
 	els, err := r.elements(ctx, key)
 	if err != nil {
