@@ -2,8 +2,10 @@ package crdt
 
 import (
 	"context"
-	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"sort"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
@@ -15,7 +17,11 @@ import (
 // before, a peer down for an hour claimed to hold everything written
 // before its restart, and answered reads for writes made while it was
 // down with a staleness of a second (found by the history checker in
-// TestFaultWriterOfflineMidBranch).
+// TestFaultWriterOfflineMidBranch). The peers it knew are kept with it:
+// after a restart each counts, as reachable and never caught up with, for
+// a PeerTimeout unless it is heard first — a peer that restarts and hears
+// one sibling before the writer must not take that sibling's word for
+// everything (TestFaultCloseMidWalk).
 
 var horizonKey = ds.NewKey("/crdt-horizon")
 
@@ -26,17 +32,27 @@ var epoch = HLC{Wall: 1}
 // horizonEvery is how often the horizon is written while it advances.
 const horizonEvery = 5 * time.Second
 
-// loadHorizon reads the recorded horizon, or epoch.
-func loadHorizon(ctx context.Context, d ds.Datastore) HLC {
+// savedHorizonRecord is what horizonKey holds.
+type savedHorizonRecord struct {
+	Wall  int64    `json:"wall"`
+	Peers []string `json:"peers,omitempty"`
+}
+
+// maxRememberedPeers bounds the peers kept with the horizon.
+const maxRememberedPeers = 256
+
+// loadHorizon reads the recorded horizon (epoch when there is none) and
+// the peers known when it was recorded.
+func loadHorizon(ctx context.Context, d ds.Datastore) (HLC, []string) {
 	b, err := d.Get(ctx, horizonKey)
-	if err != nil || len(b) != 8 {
-		return epoch
+	if err != nil {
+		return epoch, nil
 	}
-	wall := int64(binary.BigEndian.Uint64(b))
-	if wall <= 0 {
-		return epoch
+	var rec savedHorizonRecord
+	if json.Unmarshal(b, &rec) != nil || rec.Wall <= 0 {
+		return epoch, nil
 	}
-	return HLC{Wall: wall}
+	return HLC{Wall: rec.Wall}, rec.Peers
 }
 
 // horizon computes the current horizon from the staleness.
@@ -50,16 +66,22 @@ func (r *Replica) horizon() int64 {
 // stays so).
 func (r *Replica) saveHorizon(ctx context.Context) {
 	h := r.horizon()
-	if h <= r.savedHorizon {
+	var peers []string
+	for _, p := range r.Staleness().Peers {
+		peers = append(peers, p.ID)
+	}
+	sort.Strings(peers)
+	peers = peers[:min(len(peers), maxRememberedPeers)]
+	key := fmt.Sprint(peers)
+	if h <= r.savedHorizon && key == r.savedPeers {
 		return
 	}
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(h))
-	if err := r.cfg.Datastore.Put(ctx, horizonKey, b[:]); err != nil {
+	b, _ := json.Marshal(savedHorizonRecord{Wall: max(h, r.savedHorizon), Peers: peers})
+	if err := r.cfg.Datastore.Put(ctx, horizonKey, b); err != nil {
 		if !errors.Is(err, context.Canceled) {
 			r.log.Warn("cannot record the freshness horizon", "err", err)
 		}
 		return
 	}
-	r.savedHorizon = h
+	r.savedHorizon, r.savedPeers = max(h, r.savedHorizon), key
 }

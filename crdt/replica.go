@@ -271,8 +271,10 @@ type Replica struct {
 	rebuilding atomic.Bool
 	validators bool          // topic validators registered (teardown removes them)
 	heard      chan struct{} // a heartbeat arrived: maintain runs now
-	// savedHorizon is the freshness horizon last written (maintain only).
+	// savedHorizon and savedPeers are what was last written of the
+	// freshness horizon (maintain only).
 	savedHorizon int64
+	savedPeers   string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -368,10 +370,11 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	// Freshness counts a head only once its whole branch is merged here
 	// (see completeness), never on go-ds-crdt's processed mark alone.
 	r.complete = newCompleteness(cfg.Local, r.Processed, cfg.Datastore)
+	since, known := loadHorizon(ctx, cfg.Datastore)
 	r.tracker = NewTracker(TrackerConfig{
 		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
 		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
-		DivergedAfter: cfg.DivergedAfter, Since: loadHorizon(ctx, cfg.Datastore),
+		DivergedAfter: cfg.DivergedAfter, Since: since, Known: known,
 	})
 	r.wg.Add(4)
 	go r.maintain()

@@ -185,6 +185,11 @@ type TrackerConfig struct {
 	// stale, not as fresh as its start. Zero: the tracker's creation
 	// (for callers without history, such as tests).
 	Since HLC
+	// Known are peers this peer knew before it restarted: each is listed
+	// from the start as heard then and never caught up with, so for a
+	// PeerTimeout it counts (with the staleness Since gives) unless it
+	// speaks first.
+	Known []string
 	Now   func() time.Time // defaults to time.Now
 }
 
@@ -200,12 +205,18 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	if cfg.Since.IsZero() {
 		cfg.Since = cfg.Clock.Peek()
 	}
-	return &Tracker{
+	t := &Tracker{
 		self: cfg.Self, clock: cfg.Clock, processed: cfg.Processed, divergeAfter: cfg.DivergedAfter,
 		peerTimeout: cfg.PeerTimeout, forgetAfter: cfg.ForgetAfter, startupGrace: cfg.StartupGrace,
 		started: now(), startHLC: cfg.Since, now: now,
 		peers: make(map[string]*peerView),
 	}
+	for _, id := range cfg.Known {
+		if id != cfg.Self {
+			t.peers[id] = &peerView{id: id, lastHeard: t.started}
+		}
+	}
+	return t
 }
 
 // Observe records a heartbeat. It returns the announced heads, parsed.
