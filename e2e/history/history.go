@@ -139,6 +139,14 @@ func (r Report) String() string {
 	return s
 }
 
+// short keeps a value readable in a report.
+func short(v string) string {
+	if len(v) > 24 {
+		return v[:24] + "…"
+	}
+	return v
+}
+
 func (r *Report) violate(format string, args ...any) {
 	r.Count++
 	if len(r.Violations) < 20 {
@@ -192,7 +200,7 @@ func (h *History) Check(finals []Final) Report {
 			if !ok || !covers(byKey, v, w) {
 				rep.Lost++
 				rep.violate("lost: peer %d ends without %s=%s (acked by peer %d at %s), holds %q",
-					f.Peer, w.Key, w.Value, w.Peer, w.End.Format("15:04:05.000"), v)
+					f.Peer, w.Key, short(w.Value), w.Peer, w.End.Format("15:04:05.000"), short(v))
 			}
 		}
 	}
@@ -222,7 +230,7 @@ func (h *History) Check(finals []Final) Report {
 			if !r.Found || !covers(byKey, r.Value, w) {
 				rep.violate("dishonest staleness: peer %d answered %s at %s claiming staleness %.3fs (fresh up to %s) without %s=%s acked at %s",
 					r.Peer, r.Key, r.Start.Format("15:04:05.000"), r.Staleness, horizon.Format("15:04:05.000"),
-					w.Key, w.Value, w.End.Format("15:04:05.000"))
+					w.Key, short(w.Value), w.End.Format("15:04:05.000"))
 				break
 			}
 		}
