@@ -59,7 +59,7 @@ var (
 	ErrReplayed  = errors.New("record replayed: a copy of an older or deleted record")
 )
 
-// Rejection reasons, the label values of shoal_records_rejected_total.
+// Rejection reasons, the label values of shoal_rejected_records_total.
 const (
 	ReasonUnsigned  = "unsigned"
 	ReasonForged    = "forged"

@@ -163,8 +163,8 @@ func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
 
 	untrusted := map[string]string{"reason": "untrusted"}
 	eventually(t, "peer 0 has refused peer 1's three records", func() error {
-		if v := metricValue(t, m.Node(0), "shoal_records_rejected_total", untrusted); v != 3 {
-			return fmt.Errorf("shoal_records_rejected_total{reason=untrusted} = %v", v)
+		if v := metricValue(t, m.Node(0), "shoal_rejected_records_total", untrusted); v != 3 {
+			return fmt.Errorf("shoal_rejected_records_total{reason=untrusted} = %v", v)
 		}
 		return nil
 	})

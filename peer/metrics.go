@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,12 +113,8 @@ func (n *Node) counters() []counter {
 				l("topic", topic, "reason", reason), u(func() uint64 { return rc().RejectedMessages[key] })})
 		}
 	}
-	for _, reason := range models.Reasons {
+	for _, reason := range rejectReasons() {
 		out = append(out, counter{"shoal_rejected_records_total", rejected, l("reason", reason), u(func() uint64 { return n.rejected(reason) })})
-	}
-	for _, reason := range crdt.RejectReasons {
-		out = append(out, counter{"shoal_records_rejected_total", "Replicated records the replica refuses to show, by reason (unsigned, forged, untrusted, future, replayed); each distinct record counts once.",
-			l("reason", reason), u(func() uint64 { return rc().Rejected.Of(reason) })})
 	}
 	if n.cache != nil {
 		out = append(out, counter{"shoal_cache_evictions_total", "Result-cache entries evicted to stay within the byte bound.", nil, u(func() uint64 { return n.cache.Stats().Evictions })})
@@ -125,11 +122,28 @@ func (n *Node) counters() []counter {
 	return out
 }
 
-// rejected counts records kept out of the state for reason: the
-// registry's verdicts plus the replica's own (undecodable, oversize).
+// rejectReasons are the label values of shoal_rejected_records_total: the
+// replica's admission reasons (unsigned, forged, untrusted, future,
+// replayed) and the registry's (bad_signature, key_mismatch, clock_skew,
+// malformed, oversize, and untrusted too), one metric for every record
+// kept out, whichever layer refused it.
+func rejectReasons() []string {
+	out := append([]string(nil), crdt.RejectReasons...)
+	for _, r := range models.Reasons {
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// rejected counts records kept out of the state for reason: the replica's
+// admission, its decoding (undecodable, oversize) and the registry's
+// verdicts on what admission let through.
 func (n *Node) rejected(reason string) uint64 {
 	v := n.registry.Rejected()[reason]
 	cnt := n.replica.Counters()
+	v += cnt.Rejected.Of(reason)
 	switch reason {
 	case models.ReasonMalformed:
 		v += cnt.BadRecords
