@@ -118,8 +118,9 @@ func TestEncryptionKeyIsChecked(t *testing.T) {
 }
 
 // TestBlocksRespectTheReserve: blocks other peers send count against the
-// disk reserve like the API's own writes; below it they are refused with
-// ErrDiskFull and nothing is stored.
+// disk reserve: in its upper half they are still stored (replicated
+// records keep arriving while the API refuses writes), below its lower
+// half they are refused with ErrDiskFull and nothing is stored.
 func TestBlocksRespectTheReserve(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(Config{Dir: dir, NoSync: true})
@@ -136,7 +137,15 @@ func TestBlocksRespectTheReserve(t *testing.T) {
 	if err := s.Blockstore().Put(ctx, ok); err != nil {
 		t.Fatalf("a block well inside the free space: %v", err)
 	}
-	s.minFree = free + 1<<30 // the reserve is now more than the disk has
+	s.minFree = free + free/2 // free is inside the reserve's upper half
+	if err := s.CheckSpace(1); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("CheckSpace inside the reserve: %v", err)
+	}
+	upper := blocks.NewBlock([]byte("inside the reserve's upper half"))
+	if err := s.Blockstore().Put(ctx, upper); err != nil {
+		t.Fatalf("a block in the reserve's upper half: %v", err)
+	}
+	s.minFree = 2*free + 1<<30 // half the reserve is now more than the disk has
 	refused := blocks.NewBlock([]byte("past the reserve"))
 	if err := s.Blockstore().Put(ctx, refused); !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("Put past the reserve: err = %v, want ErrDiskFull", err)

@@ -167,8 +167,8 @@ const tail = `
   peers; a write it never heard announced before the split, it cannot know it lacks. A client that must not be
   served by a minority side checks the reachable peer count as well as the staleness (see docs/consistency.md).
   This is why the checker reads only where that promise applies: not across the split scenario's partition.
-- Block writes from other peers (bitswap, pushed head blocks) now respect the reserve too; a disk filled
-  *past* the reserve by replicated writes alone is still not exercised here. Badger writes its memtables
+- Block writes from other peers (bitswap, pushed head blocks) stop at half the reserve (the upper half
+  stays open to replicated records); a disk filled that far by replicated writes alone is not exercised here. Badger writes its memtables
   through mmap, where running out of space is a SIGBUS — which is why the reserve exists.
 - Forged, replayed and untrusted records, and oversize or garbage gossip messages, are tested in process
   (` + "`crdt`" + ` admission and validator tests, ` + "`e2e`" + `'s ` + "`TestUntrustedPeersWritesAreInvisible`" + `), not in this table; so is
