@@ -670,6 +670,7 @@ func TestFaultDivergedState(t *testing.T) {
 	defer cancel()
 	victim := m.Peers[2]
 	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
 	var w docWriter
 	for i := 0; i < 10; i++ {
 		if err := w.put(ctx, m.Peers[i%2], fmt.Sprintf("g%02d", i)); err != nil {
