@@ -603,7 +603,7 @@ func TestFaultWriterOfflineMidBranch(t *testing.T) {
 	}
 	t.Logf("converged %.2fs after the writer returned; %d readers held a holed branch; %v branches walked again", converge.Seconds(), holed, healed)
 	record(t, nw, reliabilityRow{Scenario: "writer offline mid-branch: the reader holds its head, not the 576 KiB delta below, 15 s", Peers: 2,
-		Duration: time.Since(began).Seconds(), Faults: "partition, 300 ms links, writer cut while its delta is in flight",
+		Duration: time.Since(began).Seconds(), Faults: "reader down during the write, 300 ms links, writer cut while its delta is in flight",
 		Acked: len(w.ids()), Converge: time.Since(back).Seconds()}.withHistory(hist))
 }
 
