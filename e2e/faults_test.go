@@ -27,6 +27,7 @@ import (
 	"github.com/shoal-mesh/shoal/e2e/history"
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
 	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/store"
 )
@@ -808,6 +809,163 @@ func heardHeads(ctx context.Context, p *procmesh.Peer, id string, heads []string
 		return true
 	}
 	return false
+}
+
+var (
+	attackerOnce sync.Once
+	attackerBin  string
+	attackerErr  error
+)
+
+// attacker builds e2e/cmd/shoal-attacker once per test binary.
+func attacker(t *testing.T) string {
+	t.Helper()
+	attackerOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-attacker-*")
+		if err != nil {
+			attackerErr = err
+			return
+		}
+		attackerBin = filepath.Join(dir, "shoal-attacker")
+		cmd := exec.Command("go", "build", "-o", attackerBin, "./e2e/cmd/shoal-attacker")
+		cmd.Dir = testmesh.RepoFile(".")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			attackerErr = fmt.Errorf("go build ./e2e/cmd/shoal-attacker: %w\n%s", err, out)
+		}
+	})
+	if attackerErr != nil {
+		t.Fatal(attackerErr)
+	}
+	return attackerBin
+}
+
+// TestFaultHostileGossip: a hostile host joins the mesh's gossip topics
+// and, for 15 s, keeps sending garbage, oversize broadcasts, inline blocks
+// that do not hash to their CIDs, heartbeats that speak for another peer
+// and envelopes of an unknown version, while the peers take writes and
+// reads. The topic validators refuse each kind (counted), nothing of it is
+// relayed or reaches the state, and the history is clean.
+func TestFaultHostileGossip(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-hostile", []int{1, 1, 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
+	ah, err := nw.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-mesh", "shoal-hostile", "-for", "15s", "-impersonate", m.Peers[0].ID.String()}
+	for _, p := range m.Peers {
+		args = append(args, "-peer", p.Multiaddr())
+	}
+	cmd := ah.Command(attacker(t), args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+
+	var w docWriter
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("attacker: %v: %s", err, out.String())
+			}
+			goto attacked
+		default:
+		}
+		id := fmt.Sprintf("h%03d", i)
+		if err := w.put(ctx, m.Peers[i%2], id); err != nil {
+			t.Fatal(err)
+		}
+		w.read(ctx, m.Peers[2], fmt.Sprintf("h%03d", i/2))
+		time.Sleep(100 * time.Millisecond)
+	}
+attacked:
+	converge := waitConverged(t, ctx, m.Peers)
+	for _, p := range m.Peers {
+		for _, id := range w.ids() {
+			w.read(ctx, p, id)
+		}
+		for _, series := range []string{
+			`shoal_pubsub_rejected_total{reason="malformed",topic="crdt"}`,
+			`shoal_pubsub_rejected_total{reason="oversize",topic="crdt"}`,
+			`shoal_pubsub_rejected_total{reason="mismatch",topic="crdt"}`,
+			`shoal_pubsub_rejected_total{reason="version",topic="crdt"}`,
+			`shoal_pubsub_rejected_total{reason="author",topic="heartbeat"}`,
+		} {
+			if v := metric(t, ctx, p, series); v == 0 {
+				t.Errorf("peer %d: %s = 0", p.Index, series)
+			}
+		}
+	}
+	hist := w.check(t, ctx, m.Peers)
+	t.Logf("attacker: %s", strings.TrimSpace(out.String()))
+	record(t, nw, reliabilityRow{Scenario: "a hostile peer gossips garbage, oversize broadcasts, mismatched blocks, forged heartbeats for 15 s", Peers: 3,
+		Duration: time.Since(began).Seconds(), Faults: strings.TrimSpace(out.String()) + ", 5 kinds",
+		Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
+}
+
+// TestFaultUntrustedWriter: a peer whose key the others do not trust
+// writes documents — new ones and overwrites of trusted ones — among
+// trusted writes. Its records replicate (they are in the DAG) but no
+// trusting peer ever shows them: reads answer what the trusted writers
+// wrote, the history is clean, and each refused record is counted.
+func TestFaultUntrustedWriter(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-untrusted", []int{1, 1, 1}, func(o *procmesh.Options) { o.Untrusted = []int{2} })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	intruder, trusted := m.Peers[2], m.Peers[:2]
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
+	var w docWriter
+	for i := 0; i < 20; i++ {
+		if err := w.put(ctx, trusted[i%2], fmt.Sprintf("t%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The intruder adds its own documents and overwrites trusted ones.
+	var bad docWriter
+	for i := 0; i < 10; i++ {
+		if err := bad.put(ctx, intruder, fmt.Sprintf("x%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if err := bad.putBatch(ctx, intruder, []string{fmt.Sprintf("t%02d", i)}, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Trusted peers: the intruder's records arrive, and are counted.
+	for _, p := range trusted {
+		if err := poll.Wait(ctx, 200*time.Millisecond, func() error {
+			if v := metric(t, ctx, p, `shoal_rejected_records_total{reason="untrusted"}`); v < 20 {
+				return fmt.Errorf("peer %d counted %v untrusted records", p.Index, v)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range w.ids() {
+			w.read(ctx, p, id)
+		}
+		for i := 0; i < 10; i++ {
+			r, err := p.Do(ctx, "GET", fmt.Sprintf("/v1/collections/notes/docs/x%02d", i), nil)
+			if err != nil || r.Code != 404 {
+				t.Errorf("peer %d shows the intruder's x%02d: %v %v", p.Index, i, r, err)
+			}
+		}
+	}
+	converge := waitConverged(t, ctx, m.Peers)
+	hist := w.check(t, ctx, trusted)
+	record(t, nw, reliabilityRow{Scenario: "an untrusted peer writes 10 documents and overwrites 10 trusted ones", Peers: 3,
+		Duration: time.Since(began).Seconds(), Faults: "a writer whose key is not in --trust",
+		Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
 }
 
 func TestFaultKillDuringWritesAndDownload(t *testing.T) {

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,6 +94,10 @@ type Options struct {
 	// NoBootstrap leaves peers without bootstrap addresses (discovery
 	// tests).
 	NoBootstrap bool
+	// Untrusted lists peers whose publisher keys the others do not trust
+	// (they still trust everyone): what they write replicates but must
+	// never be shown elsewhere.
+	Untrusted []int
 }
 
 // Mesh is a set of peer processes.
@@ -154,7 +159,9 @@ func New(opts Options) (*Mesh, error) {
 		if err != nil {
 			return nil, err
 		}
-		trust = append(trust, string(pub.ID()))
+		if !slices.Contains(opts.Untrusted, i) {
+			trust = append(trust, string(pub.ID()))
+		}
 		m.Peers = append(m.Peers, p)
 	}
 	for i, p := range m.Peers {

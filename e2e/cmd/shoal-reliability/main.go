@@ -148,16 +148,16 @@ const tail = `
   before Shoal tracked completeness the reader reported itself fresh (2,884 dishonest answers in this scenario
   on the code before) and no repair ever fetched the rest. Now its staleness grows from the last moment it held
   everything, every read is judged by the checker, and when the writer returns the branch is walked again
-  (`+"`shoal_crdt_healed_branches_total`"+`) and both peers end on one state with every document.
+  (` + "`shoal_crdt_healed_branches_total`" + `) and both peers end on one state with every document.
 - **Clean stop mid-walk** — the same half-delivered write, but the reader is stopped with SIGTERM while the
   large delta crosses, and restarted: go-ds-crdt's repair walks from the heads and cannot reach the tip, so the
   restarted reader must find the hole itself. It also must not take its first heartbeat for freshness: the
   horizon it recorded on the way down, and the peers it knew, bound its staleness until it has caught up.
 - **Diverged store** — a peer is stopped and a value that no DAG block carries is written into its store (what
   a lost write or a damaged disk leaves); restarted, its heads equal its siblings' and its state does not. The
-  state digests in the heartbeats show it: the peers list each other under `+"`diverged`"+` in `+"`/v1/status`"+`
-  (`+"`shoal_state_diverged`"+` is 1, and the staleness counts from the last agreement), the peer that agrees with
-  no one rebuilds its state from the DAG (`+"`shoal_state_rebuilds_total`"+`), and all end on one state.
+  state digests in the heartbeats show it: the peers list each other under ` + "`diverged`" + ` in ` + "`/v1/status`" + `
+  (` + "`shoal_state_diverged`" + ` is 1, and the staleness counts from the last agreement), the peer that agrees with
+  no one rebuilds its state from the DAG (` + "`shoal_state_rebuilds_total`" + `), and all end on one state.
 
 ## What is *not* claimed
 
