@@ -158,6 +158,15 @@ const tail = `
   state digests in the heartbeats show it: the peers list each other under ` + "`diverged`" + ` in ` + "`/v1/status`" + `
   (` + "`shoal_state_diverged`" + ` is 1, and the staleness counts from the last agreement), the peer that agrees with
   no one rebuilds its state from the DAG (` + "`shoal_state_rebuilds_total`" + `), and all end on one state.
+- **Hostile gossip** — a host that is not a Shoal peer (` + "`e2e/cmd/shoal-attacker`" + `) joins the mesh's topics and
+  for 15 s sends, every 50 ms, garbage, a broadcast over the size limit, an inline block that does not hash to
+  its CID, a heartbeat speaking for another peer and an envelope of an unknown version, while the peers take
+  writes and reads. Every peer counts each kind in ` + "`shoal_pubsub_rejected_total`" + ` (refused inside gossipsub,
+  so never relayed; the sender's peer score falls with each), and the history is clean.
+- **Untrusted writer** — a peer whose key the others do not ` + "`--trust`" + ` adds 10 documents and overwrites 10
+  trusted ones. Its records replicate, but the trusting peers never show them (the intruder's documents answer
+  404, the overwritten ones keep their trusted text — the checker would count any other value as a loss) and
+  count each in ` + "`shoal_rejected_records_total{reason=\"untrusted\"}`" + `.
 
 ## What is *not* claimed
 
@@ -170,9 +179,10 @@ const tail = `
 - Block writes from other peers (bitswap, pushed head blocks) stop at half the reserve (the upper half
   stays open to replicated records); a disk filled that far by replicated writes alone is not exercised here. Badger writes its memtables
   through mmap, where running out of space is a SIGBUS — which is why the reserve exists.
-- Forged, replayed and untrusted records, and oversize or garbage gossip messages, are tested in process
-  (` + "`crdt`" + ` admission and validator tests, ` + "`e2e`" + `'s ` + "`TestUntrustedPeersWritesAreInvisible`" + `), not in this table; so is
-  bounded history (issue 15's compaction and soak are not built yet).
+- Forged (altered or moved), replayed and future-dated records are tested in process (` + "`crdt`" + `'s admission
+  tests), not in this table. Deletes are go-ds-crdt tombstones, which are not signed: a connected peer can
+  still delete a trusted record. Bounded history (issue 15's compaction and its soak) is not built yet: every
+  version of every record stays in the DAG.
 
 ## Fault harness
 
