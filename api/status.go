@@ -4,26 +4,26 @@ import "time"
 
 // Status is the JSON of GET /v1/status and of `shoal status --json`.
 type Status struct {
-	PeerID           string          `json:"peer_id"`
-	Addrs            []string        `json:"addrs"`
-	Mesh             string          `json:"mesh"`
-	Version          string          `json:"version"`
-	StartedAt        time.Time       `json:"started_at"`
-	StalenessSeconds float64         `json:"staleness_seconds"`
-	Peers            []PeerInfo      `json:"peers"`
-	Connected        int             `json:"connected"`
-	Heads            []string        `json:"heads"`
-	Height           uint64          `json:"height"`
-	QueuedJobs       int             `json:"queued_jobs"`
-	StateHash        string          `json:"state_hash"`
+	PeerID           string     `json:"peer_id"`
+	Addrs            []string   `json:"addrs"`
+	Mesh             string     `json:"mesh"`
+	Version          string     `json:"version"`
+	StartedAt        time.Time  `json:"started_at"`
+	StalenessSeconds float64    `json:"staleness_seconds"`
+	Peers            []PeerInfo `json:"peers"`
+	Connected        int        `json:"connected"`
+	Heads            []string   `json:"heads"`
+	Height           uint64     `json:"height"`
+	QueuedJobs       int        `json:"queued_jobs"`
+	StateHash        string     `json:"state_hash"`
 	// StateDigest is the digest of the state at Heads that this peer's
 	// heartbeats carry (empty while a merge is under way); Diverged lists
 	// the peers whose heads equal this peer's while their states differ.
-	StateDigest string   `json:"state_digest,omitempty"`
-	Diverged    []string `json:"diverged"`
-	Runtime          RuntimeStatus   `json:"runtime"`
-	Inference        InferenceStatus `json:"inference"`
-	Models           []ModelSummary  `json:"models"`
+	StateDigest string          `json:"state_digest,omitempty"`
+	Diverged    []string        `json:"diverged"`
+	Runtime     RuntimeStatus   `json:"runtime"`
+	Inference   InferenceStatus `json:"inference"`
+	Models      []ModelSummary  `json:"models"`
 	// Progress lists long operations under way: artifact pulls and
 	// retrieval index builds.
 	Progress []Progress `json:"progress"`
