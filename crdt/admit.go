@@ -132,7 +132,11 @@ func (r *Replica) check(key string, value []byte) (Record, error) {
 	if rec.Signer != r.cfg.Signer.ID() && !r.cfg.Trust.Trusts(rec.Signer) {
 		return rec, fmt.Errorf("%w: %s", ErrUntrusted, rec.Signer)
 	}
-	if ahead := time.Duration(rec.HLC.Wall - r.clock.now().UnixNano()); ahead > r.cfg.MaxClockSkew {
+	// Measured against the HLC, not the wall clock: the HLC already
+	// follows the fastest clock heard in the mesh (within MaxClockSkew),
+	// so a trusted writer whose records carry that lead is not refused by
+	// a reader whose own clock runs a little slow.
+	if ahead := time.Duration(rec.HLC.Wall - r.clock.Peek().Wall); ahead > r.cfg.MaxClockSkew {
 		return rec, fmt.Errorf("%w: %v ahead (bound %v)", ErrFuture, ahead.Round(time.Millisecond), r.cfg.MaxClockSkew)
 	}
 	return rec, nil

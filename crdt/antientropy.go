@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	cid "github.com/ipfs/go-cid"
@@ -39,6 +40,28 @@ func (r *Replica) snapshotDigest(ctx context.Context, heads []cid.Cid) string {
 	}
 	return d
 }
+
+// finishRebuild repairs until the store is clean, every rebuildRetry (not
+// go-ds-crdt's RepairInterval of minutes: the peer reports itself as
+// holding nothing for certain until it is done).
+func (r *Replica) finishRebuild() {
+	defer r.wg.Done()
+	for {
+		err := r.ds.Repair(r.ctx)
+		if r.ctx.Err() != nil || (err == nil && !r.ds.IsDirty(r.ctx)) {
+			return
+		}
+		r.log.Warn("state rebuild not finished; trying again", "err", err, "in", rebuildRetry)
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(rebuildRetry):
+		}
+	}
+}
+
+// rebuildRetry paces finishRebuild.
+const rebuildRetry = 5 * time.Second
 
 func sameCIDs(a, b []cid.Cid) bool {
 	if len(a) != len(b) {
@@ -91,12 +114,18 @@ func (r *Replica) checkDivergence() {
 // rebuildState throws away the merged state and go-ds-crdt's processed
 // markers and merges every block reachable from the heads again, as an
 // unclean start does. Writes wait meanwhile; readers see the state being
-// rebuilt, and the staleness says so (no head is merged until its branch
-// is). Keys that held a value before and none after get a delete event,
-// since no hook reports a key that simply is not rebuilt.
+// rebuilt, and the staleness says so: from before the reset until the
+// store is clean again the tracker reports this peer as never caught up
+// (tracker.rebuilding). Keys that held a value before and none after get a
+// delete event, since no hook reports a key that simply is not rebuilt —
+// but only once the rebuild is complete: go-ds-crdt's repair returns
+// without error when its context ends, so a dirty store afterwards means
+// the rest of the state is still to come.
 func (r *Replica) rebuildState(ctx context.Context) error {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
+	r.tracker.setRebuilding(true)
+	r.complete.forget()
 	start := time.Now()
 	before := map[string]bool{}
 	if err := r.Scan(ctx, "/", func(key string, _ []byte) error {
@@ -113,7 +142,12 @@ func (r *Replica) rebuildState(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, syncRepairTimeout)
 	err := r.ds.Repair(rctx)
 	cancel()
+	if err == nil && r.ds.IsDirty(ctx) {
+		err = errors.New("the rebuild did not finish in time; it goes on in the background")
+	}
 	if err != nil {
+		r.wg.Add(1)
+		go r.finishRebuild()
 		return err
 	}
 	if err := r.Scan(ctx, "/", func(key string, _ []byte) error {
@@ -130,6 +164,7 @@ func (r *Replica) rebuildState(ctx context.Context) error {
 	if err := r.digest.load(ctx, r); err != nil {
 		return err
 	}
+	r.tracker.setRebuilding(false)
 	r.count(func(c *Counters) { c.StateRebuilds++ })
 	r.log.Warn("replicated state rebuilt from the DAG", "seconds", time.Since(start).Seconds(), "vanished_keys", len(before))
 	return nil

@@ -342,3 +342,80 @@ func TestDivergedStateIsReportedAndRebuilt(t *testing.T) {
 	}
 	sameState(t, ctx, "one state", a.r, b.r)
 }
+
+// TestRebuildIsNeverFresh: while the state is rebuilt from the DAG it holds
+// nothing for certain, and a rebuild that cannot finish (a block it cannot
+// read; or its deadline, at which go-ds-crdt's repair returns without
+// error) is not taken for done: no delete events for keys not rebuilt
+// yet, and the staleness stays at "never caught up" until the repair,
+// retried in the background, has finished.
+func TestRebuildIsNeverFresh(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var off *offlineDAG
+	n := openNode(t, ctx, t.TempDir(), nodeOpts{
+		wrapDAG: func(d ipld.DAGService) ipld.DAGService { off = newOfflineDAG(d); return off },
+	})
+	defer n.close()
+	var first cid.Cid
+	for i := 0; i < 5; i++ {
+		w, err := n.r.Put(ctx, fmt.Sprintf("/r/%d", i), "unit.kv", i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = w.Heads[0]
+		}
+	}
+	if s := n.r.Staleness().Seconds; s > 1 {
+		t.Fatalf("a lone replica past its grace period reports %.1fs", s)
+	}
+	sub := n.r.Subscribe("/r/", 64)
+	defer sub.Close()
+	off.set(first, true, false) // the rebuild cannot read the oldest block
+	if err := n.r.rebuildState(ctx); err == nil {
+		t.Fatal("a rebuild cut short by its deadline reported success")
+	}
+	if s := n.r.Staleness().Seconds; s < 1e9 {
+		t.Errorf("mid-rebuild staleness %.3fs; the state holds nothing for certain", s)
+	}
+	select {
+	case ev := <-sub.C():
+		if ev.Type == EventDelete {
+			t.Errorf("a delete event for %s while the rebuild is unfinished", ev.Key)
+		}
+	default:
+	}
+	off.back()
+	poll.Until(t, 30*time.Second, "the background repair finishes and the replica is fresh again", func() error {
+		if s := n.r.Staleness().Seconds; s > 1 {
+			return fmt.Errorf("staleness %.1fs", s)
+		}
+		return nil
+	})
+	for i := 0; i < 5; i++ {
+		if _, err := n.r.Get(ctx, fmt.Sprintf("/r/%d", i)); err != nil {
+			t.Errorf("/r/%d after the rebuild: %v", i, err)
+		}
+	}
+}
+
+// TestNoHorizonWithoutPeers: a replica that has heard no one records no
+// horizon (its staleness then is its uptime, or 0 once alone), so a
+// restart does not take its first start for the instant it held
+// everything.
+func TestNoHorizonWithoutPeers(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	r, closeAll := openReplicaAt(t, ctx, dir, false)
+	r.saveHorizon(ctx)
+	closeAll()
+	st, err := store.Open(store.Config{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if h, _ := loadHorizon(ctx, st.Datastore()); h != epoch {
+		t.Errorf("a replica that heard no one recorded the horizon %v", h.Time())
+	}
+}

@@ -203,17 +203,19 @@ func (r *Replica) healBranches(ctx context.Context, candidates []cid.Cid) {
 			continue
 		}
 		r.cntMu.Lock()
-		last, tried := r.healed[c]
-		retry := !tried || now.Sub(last) >= healRetry
+		prev, tried := r.healed[c]
+		retry := !tried || now.Sub(prev.at) >= prev.wait()
 		if retry {
-			r.healed[c] = now
+			r.healed[c] = healAttempt{at: now, n: prev.n + 1}
 		}
 		r.cntMu.Unlock()
 		if !retry {
 			continue
 		}
 		for _, h := range holes {
-			for _, b := range append([]cid.Cid{c}, h.path...) {
+			// The hole itself too: a block marked processed whose bytes
+			// are not here is a hole no walk above it would refill.
+			for _, b := range append([]cid.Cid{c, h.block}, h.path...) {
 				if err := r.cfg.Datastore.Delete(ctx, r.processedKey(b)); err != nil {
 					r.log.Warn("cannot reopen branch", "block", b.String(), "err", err)
 				}
@@ -227,6 +229,20 @@ func (r *Replica) healBranches(ctx context.Context, candidates []cid.Cid) {
 	}
 }
 
-// healRetry is how long a branch walked again is left to go-ds-crdt before
-// it is reopened once more.
-const healRetry = 10 * time.Second
+// healAttempt records the walks of one holed branch: each retry waits
+// twice as long as the one before (healRetry up to maxHealRetry), since a
+// walk that cannot fetch its hole holds go-ds-crdt's broadcast handling
+// for a fetch timeout and marks the store dirty.
+type healAttempt struct {
+	at time.Time
+	n  int
+}
+
+func (h healAttempt) wait() time.Duration {
+	return min(healRetry<<min(h.n-1, 10), maxHealRetry)
+}
+
+const (
+	healRetry    = 10 * time.Second
+	maxHealRetry = 5 * time.Minute
+)

@@ -53,6 +53,9 @@ func (r *Replica) maintain() {
 		case <-eval.C:
 		case <-r.heard:
 		}
+		if r.tracker.isRebuilding() && !r.rebuilding.Load() && !r.ds.IsDirty(r.ctx) {
+			r.tracker.setRebuilding(false) // a rebuild's background repair is done
+		}
 		r.tracker.Evaluate(r.ctx)
 		r.injectMissing()
 		r.checkDivergence()
@@ -144,10 +147,12 @@ func (r *Replica) injectMissing() {
 			missing = append(missing, c)
 		}
 	}
+	// Only while go-ds-crdt walks nothing: a branch it is still walking
+	// looks exactly like a holed one (tip processed, blocks below not yet).
 	if r.bc.idle() {
 		holed = append(holed, r.ds.InternalStats(r.ctx).Heads...)
+		r.healBranches(r.ctx, holed)
 	}
-	r.healBranches(r.ctx, holed)
 	if len(missing) == 0 {
 		return
 	}
@@ -159,8 +164,8 @@ func (r *Replica) injectMissing() {
 			delete(r.injected, c)
 		}
 	}
-	for c, at := range r.healed {
-		if now.Sub(at) > 10*time.Minute {
+	for c, h := range r.healed {
+		if now.Sub(h.at) > 2*maxHealRetry {
 			delete(r.healed, c)
 		}
 	}

@@ -55,19 +55,21 @@ func loadHorizon(ctx context.Context, d ds.Datastore) (HLC, []string) {
 	return HLC{Wall: rec.Wall}, rec.Peers
 }
 
-// horizon computes the current horizon from the staleness.
-func (r *Replica) horizon() int64 {
-	now := r.clock.Peek().Wall
-	return now - int64(r.Staleness().Seconds*float64(time.Second))
-}
-
 // saveHorizon records the horizon when it has moved forward since the last
 // record (it never moves back on disk: a peer that was complete up to T
 // stays so).
 func (r *Replica) saveHorizon(ctx context.Context) {
-	h := r.horizon()
+	// A horizon means something only when measured against peers: a peer
+	// that has heard no one yet (its staleness is its uptime, or 0 once
+	// alone) must not record its start as the instant it held everything,
+	// and a state being rebuilt holds nothing for certain.
+	st := r.Staleness()
+	if len(st.Peers) == 0 || r.tracker.isRebuilding() {
+		return
+	}
+	h := r.clock.Peek().Wall - int64(st.Seconds*float64(time.Second))
 	var peers []string
-	for _, p := range r.Staleness().Peers {
+	for _, p := range st.Peers {
 		peers = append(peers, p.ID)
 	}
 	sort.Strings(peers)

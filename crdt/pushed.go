@@ -120,7 +120,41 @@ func (d *pushedDAG) store(ctx context.Context, blk blocks.Block) (ipld.Node, err
 	return n, nil
 }
 
+// Session keeps the bitswap session go-ds-crdt uses to walk a branch
+// (through the wrapped DAG service's own Session, when it has one), with
+// pushed blocks still taken first.
+func (d *pushedDAG) Session(ctx context.Context) ipld.NodeGetter {
+	var inner ipld.NodeGetter = d.DAGService
+	if s, ok := d.DAGService.(interface {
+		Session(context.Context) ipld.NodeGetter
+	}); ok {
+		inner = s.Session(ctx)
+	}
+	return &pushedGetter{inner: inner, d: d}
+}
+
+// pushedGetter is a session's NodeGetter in front of the pushed blocks.
+type pushedGetter struct {
+	inner ipld.NodeGetter
+	d     *pushedDAG
+}
+
+func (g *pushedGetter) Get(ctx context.Context, c cid.Cid) (ipld.Node, error) {
+	if blk, ok := g.d.pushed.take(c); ok {
+		return g.d.store(ctx, blk)
+	}
+	return g.inner.Get(ctx, c)
+}
+
+func (g *pushedGetter) GetMany(ctx context.Context, cids []cid.Cid) <-chan *ipld.NodeOption {
+	return g.d.getMany(ctx, cids, g.inner)
+}
+
 func (d *pushedDAG) GetMany(ctx context.Context, cids []cid.Cid) <-chan *ipld.NodeOption {
+	return d.getMany(ctx, cids, d.DAGService)
+}
+
+func (d *pushedDAG) getMany(ctx context.Context, cids []cid.Cid, inner ipld.NodeGetter) <-chan *ipld.NodeOption {
 	var rest []cid.Cid
 	var found []*ipld.NodeOption
 	for _, c := range cids {
@@ -132,7 +166,7 @@ func (d *pushedDAG) GetMany(ctx context.Context, cids []cid.Cid) <-chan *ipld.No
 		}
 	}
 	if len(found) == 0 {
-		return d.DAGService.GetMany(ctx, cids)
+		return inner.GetMany(ctx, cids)
 	}
 	out := make(chan *ipld.NodeOption, len(cids))
 	go func() {
@@ -147,7 +181,7 @@ func (d *pushedDAG) GetMany(ctx context.Context, cids []cid.Cid) <-chan *ipld.No
 		if len(rest) == 0 {
 			return
 		}
-		for o := range d.DAGService.GetMany(ctx, rest) {
+		for o := range inner.GetMany(ctx, rest) {
 			select {
 			case out <- o:
 			case <-ctx.Done():

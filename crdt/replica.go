@@ -260,7 +260,7 @@ type Replica struct {
 	counters Counters
 	adm      admission // refused records already counted (admit.go)
 	injected map[cid.Cid]time.Time
-	healed   map[cid.Cid]time.Time // branches walked again, and when
+	healed   map[cid.Cid]healAttempt // branches walked again (healBranches)
 
 	complete *completeness
 	digest   *stateDigest
@@ -294,7 +294,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		subs:     make(map[*Subscription]struct{}),
 		queue:    newEventQueue(),
 		injected: make(map[cid.Cid]time.Time),
-		healed:   make(map[cid.Cid]time.Time),
+		healed:   make(map[cid.Cid]healAttempt),
 		heard:    make(chan struct{}, 1),
 		digest:   newStateDigest(),
 		ctx:      rctx, cancel: cancel,

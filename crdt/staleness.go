@@ -62,6 +62,9 @@ type peerView struct {
 	loaded    []string
 	fresh     HLC // newest announcement whose heads are all processed here
 	pending   []announcement
+	// remembered: known from before a restart and not heard since; it
+	// counts for rememberFor after the start even if silent.
+	remembered bool
 
 	// Anti-entropy: the peer's last announced heads (sorted, joined; ""
 	// when the list was truncated) and state digest, compared with this
@@ -160,6 +163,9 @@ type Tracker struct {
 
 	mu    sync.Mutex
 	peers map[string]*peerView
+	// rebuilding: the state is being rebuilt from the DAG and holds
+	// nothing for certain; the staleness counts from the epoch.
+	rebuilding bool
 	// local is this peer's own (heads, digest) snapshot.
 	localHeads, localState string
 }
@@ -213,7 +219,7 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	}
 	for _, id := range cfg.Known {
 		if id != cfg.Self {
-			t.peers[id] = &peerView{id: id, lastHeard: t.started}
+			t.peers[id] = &peerView{id: id, lastHeard: t.started, remembered: true}
 		}
 	}
 	return t
@@ -239,6 +245,7 @@ func (t *Tracker) Observe(hb Heartbeat) []cid.Cid {
 	}
 	p.lastHeard = t.now()
 	p.lastHLC = hb.HLC
+	p.remembered = false
 	p.height = hb.Height
 	p.heads = len(hb.Heads)
 	if len(hb.Loaded) <= maxHeartbeatLoaded {
@@ -271,11 +278,14 @@ func (t *Tracker) Evaluate(ctx context.Context) {
 	}
 	t.mu.Unlock()
 
+	// One answer per head per round: while catching up, many pending
+	// announcements share heads, and each check may walk a long branch.
+	seen := map[cid.Cid]bool{}
 	for id, anns := range work {
 		// Newest first: the first fully processed announcement settles it.
 		best := -1
 		for i := len(anns) - 1; i >= 0; i-- {
-			if t.allProcessed(ctx, anns[i].heads) {
+			if t.allProcessed(ctx, anns[i].heads, seen) {
 				best = i
 				break
 			}
@@ -301,10 +311,16 @@ func (t *Tracker) Evaluate(ctx context.Context) {
 	}
 }
 
-func (t *Tracker) allProcessed(ctx context.Context, heads []cid.Cid) bool {
+func (t *Tracker) allProcessed(ctx context.Context, heads []cid.Cid, seen map[cid.Cid]bool) bool {
 	for _, c := range heads {
-		ok, err := t.processed(ctx, c)
-		if err != nil || !ok {
+		ok, known := seen[c]
+		if !known {
+			var err error
+			ok, err = t.processed(ctx, c)
+			ok = ok && err == nil
+			seen[c] = ok
+		}
+		if !ok {
 			return false
 		}
 	}
@@ -391,7 +407,8 @@ func (t *Tracker) Staleness() Staleness {
 		// writes are known to be missing here, so this peer is not
 		// fresh until they arrive, whether their writer can be heard
 		// or not (a writer that went offline right after writing).
-		if (ps.Reachable || ps.Missing) && ps.LagSeconds > worstReachable {
+		recalled := p.remembered && mono.Sub(t.started) < rememberFor
+		if (ps.Reachable || ps.Missing || recalled) && ps.LagSeconds > worstReachable {
 			worstReachable = ps.LagSeconds
 		}
 		if bestKnown < 0 || ps.LagSeconds < bestKnown {
@@ -401,6 +418,10 @@ func (t *Tracker) Staleness() Staleness {
 	sort.Slice(out.Peers, func(i, j int) bool { return out.Peers[i].ID < out.Peers[j].ID })
 	sort.Strings(out.Diverged)
 	out.StateDigest = t.localState
+	if t.rebuilding {
+		out.Seconds = float64(now.Wall) / 1e9 // since the epoch: nothing is certain
+		return out
+	}
 	switch {
 	case worstReachable >= 0:
 		out.Seconds = worstReachable // the largest lag = the oldest FreshUpTo
@@ -469,4 +490,22 @@ func (t *Tracker) localKey() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.localHeads
+}
+
+// rememberFor is how long after a restart the peers known before it count
+// while silent: long enough for a peer that is up to reconnect and be
+// heard (dialling, joining the gossip mesh), so that the first sibling
+// heard cannot vouch for a writer not heard yet.
+const rememberFor = 30 * time.Second
+
+func (t *Tracker) setRebuilding(b bool) {
+	t.mu.Lock()
+	t.rebuilding = b
+	t.mu.Unlock()
+}
+
+func (t *Tracker) isRebuilding() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rebuilding
 }

@@ -74,8 +74,9 @@ func (r *Replica) Position(ctx context.Context) Write {
 	return r.written(ctx, r.clock.Now())
 }
 
-// WaitFor blocks until this replica has processed every head of the token,
-// or ctx ends; then the error wraps ErrNotCaughtUp and names what is
+// WaitFor blocks until this replica has merged every head of the token
+// and everything below it (Merged: a head merged over a hole does not
+// count — its writer's earlier writes may be the ones missing), or ctx ends; then the error wraps ErrNotCaughtUp and names what is
 // missing. Missing heads are handed to the CRDT at once, so a peer that
 // missed the broadcast does not wait for the next one.
 func (r *Replica) WaitFor(ctx context.Context, heads []cid.Cid) error {
@@ -84,7 +85,7 @@ func (r *Replica) WaitFor(ctx context.Context, heads []cid.Cid) error {
 		var missing []string
 		var missingC []cid.Cid
 		for _, c := range heads {
-			ok, err := r.Processed(ctx, c)
+			ok, err := r.Merged(ctx, c)
 			if err != nil && ctx.Err() == nil {
 				return err
 			}

@@ -175,9 +175,12 @@ func (r *Replica) unregisterValidators() {
 // PeerScoreOptions returns the gossipsub option that scores the peers of
 // mesh: each message a validator rejects costs its sender (the squared
 // count of invalid deliveries, weight -10), so a peer that keeps sending
-// garbage is graylisted after a handful — its messages are then neither
-// processed nor forwarded — and forgiven slowly (the count decays by 1 %
-// a second). Delivery-rate penalties stay off: on a quiet edge mesh a peer
+// garbage is graylisted (its messages neither processed nor forwarded)
+// while it does, and forgiven within a minute of stopping (the count
+// decays by 10 % a second): an honest peer that sends one bad message now
+// and then — an older release during an upgrade, a relay forwarding what
+// it did not check — never stays graylisted (one every 10 s settles at a
+// count of 1.5, a score of −23, above the graylist's −80). Delivery-rate penalties stay off: on a quiet edge mesh a peer
 // that has nothing to send is not misbehaving, and IP colocation is not
 // penalised, since a site's gateways often share one NAT address.
 func PeerScoreOptions(mesh string) pubsub.Option {
@@ -188,7 +191,7 @@ func PeerScoreOptions(mesh string) pubsub.Option {
 			// quantum whatever the weight.
 			TimeInMeshQuantum:              time.Second,
 			InvalidMessageDeliveriesWeight: -10,
-			InvalidMessageDeliveriesDecay:  0.99,
+			InvalidMessageDeliveriesDecay:  0.9,
 			SkipAtomicValidation:           true,
 		}
 	}
