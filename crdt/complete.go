@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -47,6 +48,9 @@ type completeness struct {
 
 	mu    sync.Mutex
 	known *cid.Set
+	// gen counts forgets: a check that began before one must not record
+	// what it found, which was read against the markers since deleted.
+	gen uint64
 }
 
 func newCompleteness(local LocalBlocks, processed func(context.Context, cid.Cid) (bool, error), store ds.Datastore) *completeness {
@@ -74,8 +78,13 @@ func (c *completeness) isKnown(ctx context.Context, b cid.Cid) bool {
 func (c *completeness) forget() {
 	c.mu.Lock()
 	c.known = cid.NewSet()
+	c.gen++
 	c.mu.Unlock()
 }
+
+// errStateReset: the state was reset while a check read it; what it read
+// says nothing now.
+var errStateReset = errors.New("state reset during the completeness check")
 
 // maxHoles bounds how many holes one check reports; healing the first ones
 // uncovers the rest.
@@ -89,6 +98,9 @@ func (c *completeness) check(ctx context.Context, head cid.Cid) ([]hole, error) 
 	if c.isKnown(ctx, head) {
 		return nil, nil
 	}
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
 	parent := map[cid.Cid]cid.Cid{}
 	visited := cid.NewSet()
 	stack := []cid.Cid{head}
@@ -131,10 +143,16 @@ func (c *completeness) check(ctx context.Context, head cid.Cid) ([]hole, error) 
 		return holes, nil
 	}
 	c.mu.Lock()
-	for _, b := range visited.Keys() {
-		c.known.Add(b)
+	stale := c.gen != gen
+	if !stale {
+		for _, b := range visited.Keys() {
+			c.known.Add(b)
+		}
 	}
 	c.mu.Unlock()
+	if stale {
+		return nil, errStateReset
+	}
 	if err := c.store.Put(ctx, completeNamespace.ChildString(head.String()), nil); err != nil {
 		return nil, fmt.Errorf("record complete head %s: %w", head, err)
 	}

@@ -86,6 +86,8 @@ func (n *Node) counters() []counter {
 		{"shoal_heartbeats_total", beats, l("direction", "out"), u(func() uint64 { return rc().HeartbeatsOut })},
 		{"shoal_crdt_injected_heads_total", "Heads learned from heartbeats and handed to the CRDT.", nil, u(func() uint64 { return rc().InjectedHeads })},
 		{"shoal_crdt_healed_branches_total", "Branches merged over a missing ancestor and walked again (the tip was processed, its parent never arrived).", nil, u(func() uint64 { return rc().HealedBranches })},
+		{"shoal_crdt_slow_subscribers_total", "Subscriptions ended because they fell too far behind (their owner subscribes again and resyncs from the state).", nil, u(func() uint64 { return rc().SlowSubscribers })},
+		{"shoal_rag_resyncs_total", "Times the retrieval indexes lost their subscription and resynced from the stored documents.", nil, u(func() uint64 { return n.rag.Stats().Resyncs })},
 		{"shoal_state_rebuilds_total", "Rebuilds of the replicated state from the DAG after it diverged from a peer's with the same heads.", nil, u(func() uint64 { return rc().StateRebuilds })},
 		{"shoal_crdt_inline_blocks_total", inline, l("result", "stored"), u(func() uint64 { return rc().InlineBlocks })},
 		{"shoal_crdt_inline_blocks_total", inline, l("result", "rejected"), u(func() uint64 { return rc().InlineRejected })},
