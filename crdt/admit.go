@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"runtime"
+	"sort"
 	"sync"
 	"time"
 
@@ -330,6 +332,16 @@ func (r *Replica) refuse(key string, value []byte, why error) {
 // a large collection verifies every signature. value is valid only
 // during the call. An error from f ends the scan.
 func (r *Replica) ScanAdmitted(ctx context.Context, prefix string, f func(key string, rec Record, value []byte) error) error {
+	return r.ScanAdmittedKnown(ctx, prefix, nil, f)
+}
+
+// ScanAdmittedKnown is ScanAdmitted for a caller that already knows some
+// records were admitted: a stored value for which known reports true is
+// handed to f as it is, with a zero Record, without being admitted again
+// (verifying a signature costs ~65 µs; a start-up reading 100,000
+// documents it had applied before paid 3 s for it). known must only vouch
+// for bytes admitted under the same trust set (TrustFingerprint).
+func (r *Replica) ScanAdmittedKnown(ctx context.Context, prefix string, known func(key string, value []byte) bool, f func(key string, rec Record, value []byte) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type kv struct {
@@ -364,6 +376,10 @@ func (r *Replica) ScanAdmitted(ctx context.Context, prefix string, f func(key st
 		go func() {
 			defer wg.Done()
 			for e := range in {
+				if known != nil && known(e.key, e.value) {
+					calls(e.key, Record{}, e.value)
+					continue
+				}
 				rec, val, err := r.admittedAmong(ctx, e.key, e.value, elems[e.key])
 				switch {
 				case errors.Is(err, ErrNotFound):
@@ -407,4 +423,25 @@ func (c *Config) defaultSigning() {
 	if c.Trust == nil {
 		c.Trust = sign.NewTrustSet()
 	}
+}
+
+// TrustFingerprint names the signers this replica admits (its own and the
+// trusted ones): equal across runs exactly when admission would decide
+// the same about a signer. Empty when the trust set cannot be listed (a
+// Trust that is not a *sign.TrustSet), in which case nothing may be taken
+// as known admitted.
+func (r *Replica) TrustFingerprint() string {
+	ts, ok := r.cfg.Trust.(interface{ IDs() []sign.ID })
+	if !ok {
+		return ""
+	}
+	ids := append(ts.IDs(), r.cfg.Signer.ID())
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	h := sha256.New()
+	h.Write([]byte(r.cfg.Mesh))
+	for _, id := range ids {
+		h.Write([]byte{0})
+		h.Write([]byte(id))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }

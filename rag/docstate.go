@@ -2,6 +2,7 @@ package rag
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"io"
@@ -62,6 +63,47 @@ type savedState struct {
 	Records  string                       `json:"records"`
 	Metadata map[string]map[string]string `json:"metadata,omitempty"`
 	Applied  crdt.HLC                     `json:"applied"`
+	// Sums are the records' hashes themselves (encodeSums), and Trust
+	// the replica's TrustFingerprint when they were admitted: at the next
+	// start a record whose bytes hash the same, under the same trust set,
+	// is known admitted and its signature is not verified again.
+	Sums  string `json:"sums,omitempty"`
+	Trust string `json:"trust,omitempty"`
+}
+
+// encodeSums packs (id, sum) pairs: for each, a 2-byte id length, the id
+// and the 16-byte sum; base64 for JSON. A third of a JSON map's size.
+func encodeSums(sums map[string]recordSum) string {
+	var b []byte
+	for _, id := range slices.Sorted(maps.Keys(sums)) {
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(id)))
+		b = append(b, id...)
+		s := sums[id]
+		b = append(b, s[:]...)
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// decodeSums reverses encodeSums; nil if s does not decode.
+func decodeSums(s string) map[string]recordSum {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil
+	}
+	out := map[string]recordSum{}
+	for len(b) > 0 {
+		if len(b) < 2 {
+			return nil
+		}
+		n := int(binary.LittleEndian.Uint16(b))
+		if len(b) < 2+n+16 {
+			return nil
+		}
+		id := string(b[2 : 2+n])
+		out[id] = recordSum(b[2+n : 2+n+16])
+		b = b[2+n+16:]
+	}
+	return out
 }
 
 // metaIndex holds each document's metadata and, per key/value pair, the

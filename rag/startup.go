@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,11 +58,17 @@ func (m *Manager) Building() []Build {
 }
 
 // scan reads the store once at start: every collection's spec, and the
-// hash of every admitted document record, by collection.
+// hash of every admitted document record, by collection. A record whose
+// bytes are those a saved index was made from, under the same trust set,
+// is known admitted and not verified again (knownAdmitted).
 func (m *Manager) scan(ctx context.Context) ([]collections.Spec, map[string]map[string]recordSum, error) {
 	var specs []collections.Spec
 	sums := map[string]map[string]recordSum{}
-	err := m.store.Scan(ctx, func(s collections.Spec) { specs = append(specs, s) }, func(c, id string, value []byte) error {
+	known := m.knownAdmitted()
+	err := m.store.ScanKnown(ctx, func(c, id string, value []byte) bool {
+		s, ok := known[c][id]
+		return ok && s == sumOf(value)
+	}, func(s collections.Spec) { specs = append(specs, s) }, func(c, id string, value []byte) error {
 		if sums[c] == nil {
 			sums[c] = map[string]recordSum{}
 		}
@@ -68,6 +76,33 @@ func (m *Manager) scan(ctx context.Context) ([]collections.Spec, map[string]map[
 		return nil
 	})
 	return specs, sums, err
+}
+
+// knownAdmitted reads the record hashes saved beside each collection's
+// index whose trust fingerprint is this replica's: those records were
+// admitted when the index applied them.
+func (m *Manager) knownAdmitted() map[string]map[string]recordSum {
+	fp := m.replica.TrustFingerprint()
+	if m.indexDir == "" || fp == "" {
+		return nil
+	}
+	metas, _ := filepath.Glob(filepath.Join(m.indexDir, "*.meta.json"))
+	out := map[string]map[string]recordSum{}
+	for _, p := range metas {
+		name := strings.TrimSuffix(filepath.Base(p), ".meta.json")
+		saved, err := ReadSaved(m.indexDir, name)
+		if err != nil {
+			continue
+		}
+		var st savedState
+		if json.Unmarshal(saved.State(), &st) != nil || st.Trust != fp {
+			continue
+		}
+		if sums := decodeSums(st.Sums); sums != nil {
+			out[name] = sums
+		}
+	}
+	return out
 }
 
 func newIndexFor(spec collections.Spec) *Index {
@@ -261,7 +296,8 @@ func (m *Manager) save(name string, ci *collectionIndex) error {
 		}
 	}
 	ci.mu.RLock()
-	state, err := json.Marshal(savedState{Records: recordsDigest(ci.docs.sums), Metadata: ci.docs.meta.byID, Applied: ci.docs.applied})
+	state, err := json.Marshal(savedState{Records: recordsDigest(ci.docs.sums), Metadata: ci.docs.meta.byID, Applied: ci.docs.applied,
+		Sums: encodeSums(ci.docs.sums), Trust: m.replica.TrustFingerprint()})
 	ci.mu.RUnlock()
 	if err != nil {
 		return err

@@ -276,7 +276,22 @@ func (s *Store) Collection(ctx context.Context, name string) (Spec, error) {
 // bytes of its record, valid only during the call (see ScanDocs). Specs
 // that do not decode are skipped. The two are never called at once.
 func (s *Store) Scan(ctx context.Context, spec func(Spec), doc func(collection, id string, value []byte) error) error {
-	return s.r.ScanAdmitted(ctx, Prefix+"/", func(key string, rec crdt.Record, value []byte) error {
+	return s.ScanKnown(ctx, nil, spec, doc)
+}
+
+// ScanKnown is Scan for a caller that knows some document records were
+// admitted already (crdt.Replica.ScanAdmittedKnown): a document for which
+// known reports true is handed to doc without being admitted again. Specs
+// are always admitted.
+func (s *Store) ScanKnown(ctx context.Context, known func(collection, id string, value []byte) bool, spec func(Spec), doc func(collection, id string, value []byte) error) error {
+	var knownKey func(key string, value []byte) bool
+	if known != nil {
+		knownKey = func(key string, value []byte) bool {
+			c, id, err := ParseKey(key)
+			return err == nil && id != "" && known(c, id, value)
+		}
+	}
+	return s.r.ScanAdmittedKnown(ctx, Prefix+"/", knownKey, func(key string, rec crdt.Record, value []byte) error {
 		c, id, err := ParseKey(key)
 		switch {
 		case err != nil:
