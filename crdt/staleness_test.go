@@ -49,14 +49,36 @@ func approx(t *testing.T, what string, got, want float64) {
 	}
 }
 
-func TestTrackerStaleness(t *testing.T) {
-	ft := &fakeTime{t: time.Unix(10000, 0)}
-	clock := NewClock("self", ft.now)
-	proc := &fakeProcessed{set: map[cid.Cid]bool{}}
-	tr := NewTracker(TrackerConfig{
-		Self: "self", Clock: clock, Processed: proc.has, Now: ft.now,
-		PeerTimeout: 5 * time.Second, ForgetAfter: time.Hour, StartupGrace: 10 * time.Second,
+// trackerFixture is a Tracker on a fake clock with a fake processed set,
+// and hb, which delivers a heartbeat from peer announcing heads and
+// evaluates.
+type trackerFixture struct {
+	ft   *fakeTime
+	proc *fakeProcessed
+	tr   *Tracker
+}
+
+func newTrackerFixture(grace time.Duration) *trackerFixture {
+	f := &trackerFixture{ft: &fakeTime{t: time.Unix(10000, 0)}, proc: &fakeProcessed{set: map[cid.Cid]bool{}}}
+	f.tr = NewTracker(TrackerConfig{
+		Self: "self", Clock: NewClock("self", f.ft.now), Processed: f.proc.has, Now: f.ft.now,
+		PeerTimeout: 5 * time.Second, ForgetAfter: time.Hour, StartupGrace: grace,
 	})
+	return f
+}
+
+func (f *trackerFixture) hb(peer string, heads ...cid.Cid) {
+	h := Heartbeat{V: 1, Peer: peer, HLC: HLC{Wall: f.ft.t.UnixNano(), Peer: peer}}
+	for _, c := range heads {
+		h.Heads = append(h.Heads, c.String())
+	}
+	f.tr.Observe(h)
+	f.tr.Evaluate(context.Background())
+}
+
+func TestTrackerStaleness(t *testing.T) {
+	f := newTrackerFixture(10 * time.Second)
+	ft, proc, tr, hb := f.ft, f.proc, f.tr, f.hb
 	ctx := context.Background()
 
 	// Alone and young: uptime; alone after the grace period: fresh.
@@ -65,14 +87,6 @@ func TestTrackerStaleness(t *testing.T) {
 	ft.advance(8 * time.Second)
 	approx(t, "alone at 11s", tr.Staleness().Seconds, 0)
 
-	hb := func(peer string, heads ...cid.Cid) {
-		h := Heartbeat{V: 1, Peer: peer, HLC: HLC{Wall: ft.t.UnixNano(), Peer: peer}}
-		for _, c := range heads {
-			h.Heads = append(h.Heads, c.String())
-		}
-		tr.Observe(h)
-		tr.Evaluate(ctx)
-	}
 	c1, c2 := testCID(t, "one"), testCID(t, "two")
 
 	// B announces c1 which we have processed: fresh up to that heartbeat.
@@ -134,22 +148,9 @@ func TestTrackerStaleness(t *testing.T) {
 // known to be missing, so the staleness grows although every reachable
 // peer is current. A silent peer whose heads are all merged does not count.
 func TestTrackerCountsASilentWriterWhoseHeadsAreMissing(t *testing.T) {
-	ft := &fakeTime{t: time.Unix(10000, 0)}
-	clock := NewClock("self", ft.now)
-	proc := &fakeProcessed{set: map[cid.Cid]bool{}}
-	tr := NewTracker(TrackerConfig{
-		Self: "self", Clock: clock, Processed: proc.has, Now: ft.now,
-		PeerTimeout: 5 * time.Second, ForgetAfter: time.Hour, StartupGrace: time.Second,
-	})
+	f := newTrackerFixture(time.Second)
+	ft, proc, tr, hb := f.ft, f.proc, f.tr, f.hb
 	ctx := context.Background()
-	hb := func(peer string, heads ...cid.Cid) {
-		h := Heartbeat{V: 1, Peer: peer, HLC: HLC{Wall: ft.t.UnixNano(), Peer: peer}}
-		for _, c := range heads {
-			h.Heads = append(h.Heads, c.String())
-		}
-		tr.Observe(h)
-		tr.Evaluate(ctx)
-	}
 	base, tip := testCID(t, "base"), testCID(t, "tip")
 	proc.add(base)
 	hb("W", base)

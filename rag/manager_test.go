@@ -9,61 +9,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
-
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/collections"
+	"github.com/shoal-mesh/shoal/internal/crdttest"
 	"github.com/shoal-mesh/shoal/internal/poll"
-	"github.com/shoal-mesh/shoal/store"
 )
 
-// openTestReplica starts a lone replica on a real host and a real Badger,
-// closed when the test ends.
-func openTestReplica(t *testing.T) *crdt.Replica {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: t.TempDir(), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := pubsub.NewGossipSub(ctx, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := store.NewBlocks(ctx, h, st.Blockstore(), store.BlocksConfig{})
-	r, err := crdt.Open(ctx, crdt.Config{
-		Mesh: "rag-unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
-		DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
-		StartupGrace: time.Millisecond, Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("close replica: %v", err)
-		}
-		blocks.Close()
-		if err := st.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-		h.Close()
-	})
-	return r
-}
 
 // TestManagerRecoversFromASlowSubscription: when the manager falls so
 // far behind that the replica ends its subscription (ErrSlowSubscriber),
 // the changes it missed — puts, a delete, a new collection — and every
 // later one still reach its indexes.
 func TestManagerRecoversFromASlowSubscription(t *testing.T) {
-	r := openTestReplica(t)
+	r := crdttest.OpenReplica(t, "rag-unit")
 	// Room for the first writes (11 events) whatever the manager's pace,
 	// not for those made while it is stalled (37).
 	r.SetSubscriberLimits(crdt.SubscriberLimits{Events: 16})

@@ -43,14 +43,12 @@ func (g guardedBlockstore) PutMany(ctx context.Context, bs []blocks.Block) error
 
 // checkFloor is CheckSpace against half the reserve.
 func (s *Store) checkFloor(need int64) error {
-	if s.minFree < 0 {
-		return nil
-	}
-	free, err := s.FreeBytes()
+	floor := s.minFree / 2
+	short, free, err := s.short(need, floor)
 	if err != nil {
 		return err
 	}
-	if floor := s.minFree / 2; free-max(need, 0) < floor {
+	if short {
 		return fmt.Errorf("%w: %s has %d MiB free, a block of %d KiB would cut into the last %d MiB (half the reserve)", ErrDiskFull,
 			s.dir, free>>20, (max(need, 0)+1023)>>10, floor>>20)
 	}

@@ -201,18 +201,28 @@ func (s *Store) MinFree() int64 { return s.minFree }
 // CheckSpace returns an ErrDiskFull error when writing need more bytes
 // would leave less than the reserve free. Reads never need it.
 func (s *Store) CheckSpace(need int64) error {
-	if s.minFree < 0 {
-		return nil
-	}
-	free, err := s.FreeBytes()
+	short, free, err := s.short(need, s.minFree)
 	if err != nil {
 		return err
 	}
-	if free-max(need, 0) < s.minFree {
+	if short {
 		return fmt.Errorf("%w: %s has %d MiB free, a write of %d MiB would cut into the %d MiB reserve", ErrDiskFull,
 			s.dir, free>>20, (max(need, 0)+(1<<20)-1)>>20, s.minFree>>20)
 	}
 	return nil
+}
+
+// short reports whether writing need bytes would leave less than keep
+// free, and the free space; never with the check off (MinFree < 0).
+func (s *Store) short(need, keep int64) (bool, int64, error) {
+	if s.minFree < 0 {
+		return false, 0, nil
+	}
+	free, err := s.FreeBytes()
+	if err != nil {
+		return false, 0, err
+	}
+	return free-max(need, 0) < keep, free, nil
 }
 
 // Dir returns the data directory.

@@ -8,59 +8,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
-
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/internal/crdttest"
 	"github.com/shoal-mesh/shoal/internal/poll"
-	"github.com/shoal-mesh/shoal/store"
 )
 
-// openTestReplica starts a lone replica on a real host and a real Badger,
-// closed when the test ends.
-func openTestReplica(t *testing.T) *crdt.Replica {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: t.TempDir(), NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := pubsub.NewGossipSub(ctx, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := store.NewBlocks(ctx, h, st.Blockstore(), store.BlocksConfig{})
-	r, err := crdt.Open(ctx, crdt.Config{
-		Mesh: "models-unit", Self: h.ID(), PubSub: ps, Datastore: st.Datastore(),
-		DAG: blocks.DAG(), Local: blocks.Local(), Adder: blocks.Service(),
-		StartupGrace: time.Millisecond, Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("close replica: %v", err)
-		}
-		blocks.Close()
-		if err := st.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-		h.Close()
-	})
-	return r
-}
 
 // TestRegistryRecoversFromASlowSubscription: when Run falls so far behind
 // that the replica ends its subscription (ErrSlowSubscriber), the versions
 // published meanwhile and every later one are still announced.
 func TestRegistryRecoversFromASlowSubscription(t *testing.T) {
-	r := openTestReplica(t)
+	r := crdttest.OpenReplica(t, "models-unit")
 	// Room for the first version's events, not for those published while
 	// Run is stalled.
 	r.SetSubscriberLimits(crdt.SubscriberLimits{Events: 8})

@@ -22,6 +22,7 @@ var allowed = []struct {
 	pkg     string
 	imports []string
 }{
+	{"internal/crdttest", []string{"crdt", "store"}},
 	{"internal/...", nil},
 	{"store", nil},
 	{"store/artifacts", []string{"store"}},
