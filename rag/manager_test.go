@@ -15,7 +15,6 @@ import (
 	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
-
 // TestManagerRecoversFromASlowSubscription: when the manager falls so
 // far behind that the replica ends its subscription (ErrSlowSubscriber),
 // the changes it missed — puts, a delete, a new collection — and every

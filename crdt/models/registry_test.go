@@ -13,7 +13,6 @@ import (
 	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
-
 // TestRegistryRecoversFromASlowSubscription: when Run falls so far behind
 // that the replica ends its subscription (ErrSlowSubscriber), the versions
 // published meanwhile and every later one are still announced.
