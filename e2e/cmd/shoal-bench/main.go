@@ -52,8 +52,11 @@ func main() {
 		lossyD = flag.Duration("lossy-delay", 50*time.Millisecond, "one-way delay per link in the delay/loss comparison")
 		lossyL = flag.Float64("lossy-loss", 0.01, "packet loss per link in the delay/loss comparison")
 		rstN   = flag.Int("restart-docs", 100000, "documents in the restart scenario")
+		soakN  = flag.Int("soak-docs", 1000, "documents the soak scenario rewrites")
+		soakW  = flag.Int("soak-writes", 100000, "writes of the soak scenario")
+		soakB  = flag.Int("soak-batch", 10, "documents per request in the soak scenario (one DAG delta each)")
 		qset   = flag.String("quality-set", "", "labelled set of the retrieval-quality scenario (default "+qualitySetPath+")")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag, quality, restart or casestudy")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag, quality, restart, soak or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -72,6 +75,7 @@ func main() {
 		}},
 		{"quality", func() error { return runQuality(*qset, *out) }},
 		{"restart", func() error { return runRestart(*rstN, *ragDim, *out) }},
+		{"soak", func() error { return runSoak(*soakN, *soakW, *soakB, *out) }},
 		{"inference", func() error {
 			for _, s := range strings.Split(*thr, ",") {
 				var t int
