@@ -16,12 +16,11 @@ import (
 
 // soakResult is what one peer's history costs.
 type soakResult struct {
-	writes   int
-	write    time.Duration
-	dataDir  int64         // bytes, without the saved index
-	rebuild  time.Duration // unclean start: process start to API answering
-	height   uint64
-	blocksMB float64
+	writes  int
+	write   time.Duration
+	dataDir int64         // bytes, without the saved index
+	rebuild time.Duration // unclean start: process start to API answering
+	height  uint64
 }
 
 // runSoak measures whether disk use and the unclean-start rebuild follow
@@ -51,7 +50,7 @@ func runSoak(docs, rewrites, batch int, out string) error {
 		name string
 		s    soakResult
 	}{{"rewritten", soak}, {"final state only", fresh}} {
-		fmt.Fprintf(&b, "| %s | %d | %.0f s | %d | %.1f MiB | %.2f s |\n", r.name, r.s.writes, r.s.write.Seconds(), r.s.height, float64(r.s.dataDir)/(1<<20), r.s.rebuild.Seconds())
+		fmt.Fprintf(&b, "| %s | %d | %.1f s | %d | %.1f MiB | %.2f s |\n", r.name, r.s.writes, r.s.write.Seconds(), r.s.height, float64(r.s.dataDir)/(1<<20), r.s.rebuild.Seconds())
 	}
 	fmt.Fprintf(&b, "| ratio | %.0f× | | | %.1f× | %.1f× |\n\n", float64(soak.writes)/float64(fresh.writes),
 		float64(soak.dataDir)/float64(max(fresh.dataDir, 1)), soak.rebuild.Seconds()/max(fresh.rebuild.Seconds(), 0.001))
