@@ -5,14 +5,21 @@
 // deterministic but not "latest", and its hooks fire under the merge lock
 // before the batch is written. So this package keeps the CRDT at arm's
 // length: every value is a versioned Record carrying a hybrid logical clock
-// (HLC) and its writer, the hooks only enqueue, and subscribers receive
-// typed Events from one dispatcher goroutine after the write has landed.
-// Deciding which record is *effective* (trusted publishers, largest HLC) is
-// left to the packages that own each key space.
+// (HLC), its writer and the writer's signature, the hooks only enqueue,
+// and subscribers receive typed Events from one dispatcher goroutine after
+// the write has landed. Every read path admits a record only if it is
+// signed by a trusted key for its key and mesh, not future-dated and not a
+// replay (admit.go); deciding which admitted record is *effective*
+// (largest HLC, first publication) is left to the packages that own each
+// key space. Gossip is checked by topic validators before anything is
+// relayed (validate.go).
 //
 // Besides the data topic, each replica announces a heartbeat {peer, HLC,
-// heads, height} on a side topic every second; the Tracker turns those into
-// the staleness bound that the rest of Shoal promises callers.
+// heads, height, state digest} on a side topic every second; the Tracker
+// turns those into the staleness bound that the rest of Shoal promises
+// callers, counting a head only once its whole branch is merged
+// (complete.go) and a peer whose state differs at equal heads as diverged
+// (antientropy.go).
 package crdt
 
 import (
