@@ -3,6 +3,7 @@ package crdt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	cid "github.com/ipfs/go-cid"
@@ -127,6 +128,14 @@ func (r *Replica) rebuildState(ctx context.Context) error {
 	r.tracker.setRebuilding(true)
 	r.complete.forget()
 	start := time.Now()
+	// No branch walk beside the rebuild (see broadcaster.pause).
+	pctx, pcancel := context.WithTimeout(ctx, time.Minute)
+	err := r.bc.pause(pctx)
+	pcancel()
+	defer r.bc.resume()
+	if err != nil {
+		return fmt.Errorf("a branch walk did not finish before the rebuild: %w", err)
+	}
 	before := map[string]bool{}
 	if err := r.Scan(ctx, "/", func(key string, _ []byte) error {
 		before[key] = true
@@ -140,7 +149,7 @@ func (r *Replica) rebuildState(ctx context.Context) error {
 	r.complete.forget()
 	r.ds.MarkDirty(ctx)
 	rctx, cancel := context.WithTimeout(ctx, syncRepairTimeout)
-	err := r.ds.Repair(rctx)
+	err = r.ds.Repair(rctx)
 	cancel()
 	if err == nil && r.ds.IsDirty(ctx) {
 		err = errors.New("the rebuild did not finish in time; it goes on in the background")

@@ -419,3 +419,50 @@ func TestNoHorizonWithoutPeers(t *testing.T) {
 		t.Errorf("a replica that heard no one recorded the horizon %v", h.Time())
 	}
 }
+
+// TestRebuildWaitsForABranchWalk: a state rebuild does not run beside a
+// branch walk (whose blocks above its frontier it would leave with their
+// state wiped and no processed mark): it waits for the walk, and gives up
+// without touching the state if the walk does not end in time.
+func TestRebuildWaitsForABranchWalk(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := openNode(t, ctx, t.TempDir(), nodeOpts{})
+	defer a.close()
+	var off *offlineDAG
+	b := openNode(t, ctx, t.TempDir(), nodeOpts{
+		wrapDAG: func(d ipld.DAGService) ipld.DAGService { off = newOfflineDAG(d); return off },
+		config:  func(c *Config) { c.DAGTimeout = 3 * time.Second },
+	})
+	defer b.close()
+	if _, err := b.r.Put(ctx, "/unit/b", "unit.kv", "b"); err != nil {
+		t.Fatal(err)
+	}
+	var mid cid.Cid
+	for i := 0; i < 6; i++ {
+		w, err := a.r.Put(ctx, fmt.Sprintf("/unit/a%d", i), "unit.kv", i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 2 {
+			mid = w.Heads[0]
+		}
+	}
+	off.set(mid, false, true) // b's walk of a's branch stops here
+	connect(t, ctx, a, b)
+	select {
+	case <-off.hung:
+	case <-time.After(60 * time.Second):
+		t.Fatal("b never started walking a's branch")
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer rcancel()
+	if err := b.r.rebuildState(rctx); err == nil {
+		t.Fatal("a rebuild ran beside a branch walk")
+	}
+	if _, err := b.r.Get(ctx, "/unit/b"); err != nil {
+		t.Errorf("the rebuild that gave up touched the state: /unit/b %v", err)
+	}
+	off.back()
+	sameState(t, ctx, "a and b converge once the walk can finish", a.r, b.r)
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	blocks "github.com/ipfs/go-block-format"
 	cid "github.com/ipfs/go-cid"
@@ -66,6 +67,9 @@ type broadcaster struct {
 	pushed   *pushedBlocks
 	attached atomic.Uint64 // head blocks received inline
 	rejected atomic.Uint64 // inline blocks whose bytes did not match their CID
+	// resumed, while not nil, holds Next back (pause); closed by resume.
+	pauseMu sync.Mutex
+	resumed chan struct{}
 	// busy is set while go-ds-crdt works on heads Next handed it: it
 	// calls Next again only once every head of the previous broadcast is
 	// handled (handleNext processes them one by one), so between two
@@ -148,6 +152,9 @@ func buildEnvelope(ctx context.Context, local LocalBlocks, heads []cid.Cid, maxB
 // Next implements dscrdt.Broadcaster.
 func (b *broadcaster) Next(ctx context.Context) ([]byte, error) {
 	b.busy.Store(false)
+	if err := b.waitResumed(ctx); err != nil {
+		return nil, err
+	}
 	select {
 	case data := <-b.in:
 		b.busy.Store(true)
@@ -162,6 +169,54 @@ func (b *broadcaster) Next(ctx context.Context) ([]byte, error) {
 // idle reports that go-ds-crdt is not merging broadcast heads and none
 // are waiting for it.
 func (b *broadcaster) idle() bool { return !b.busy.Load() && len(b.in) == 0 }
+
+// pause holds back new broadcasts from go-ds-crdt (Next waits) and waits,
+// up to ctx, until the heads it was handed last are merged: a state
+// rebuild must not run beside a branch walk, whose blocks above its
+// frontier would be left with their state wiped and no processed mark.
+// Broadcasts arriving meanwhile queue (and, past the queue, are announced
+// again by heartbeats). resume lets them through.
+func (b *broadcaster) pause(ctx context.Context) error {
+	b.pauseMu.Lock()
+	if b.resumed == nil {
+		b.resumed = make(chan struct{})
+	}
+	b.pauseMu.Unlock()
+	for b.busy.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (b *broadcaster) resume() {
+	b.pauseMu.Lock()
+	if b.resumed != nil {
+		close(b.resumed)
+		b.resumed = nil
+	}
+	b.pauseMu.Unlock()
+}
+
+func (b *broadcaster) waitResumed(ctx context.Context) error {
+	b.pauseMu.Lock()
+	ch := b.resumed
+	b.pauseMu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return dscrdt.ErrNoMoreBroadcast
+	case <-b.ctx.Done():
+		return dscrdt.ErrNoMoreBroadcast
+	}
+}
 
 // Inject hands heads learned elsewhere (heartbeats) to the CRDT as if they
 // had been broadcast. It never blocks: a full queue means the CRDT is busy
