@@ -123,23 +123,29 @@ func sameState(t *testing.T, ctx context.Context, what string, rs ...*Replica) {
 // hold everything a held, and since the tip never became a head no repair
 // ever walked to the parent. b must say it is not fresh, and merge the
 // parent once the writer is back.
-func TestHoledBranchIsNotFreshUntilHealed(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a := openNode(t, ctx, t.TempDir(), nodeOpts{})
-	defer a.close()
-	var off *offlineDAG
-	b := openNode(t, ctx, t.TempDir(), nodeOpts{
+// writerAndReader opens a writer a and a reader b whose block fetches go
+// through an offlineDAG, and gives b a write of its own: a branch of a's
+// is then not made a head up front, as go-ds-crdt does for a replica with
+// no heads at all. b's DAG walks give up on a block after dagTimeout.
+func writerAndReader(t *testing.T, ctx context.Context, dagTimeout time.Duration) (a, b *testNode, off *offlineDAG) {
+	t.Helper()
+	a = openNode(t, ctx, t.TempDir(), nodeOpts{})
+	t.Cleanup(a.close)
+	b = openNode(t, ctx, t.TempDir(), nodeOpts{
 		wrapDAG: func(d ipld.DAGService) ipld.DAGService { off = newOfflineDAG(d); return off },
-		config:  func(c *Config) { c.DAGTimeout = 2 * time.Second },
+		config:  func(c *Config) { c.DAGTimeout = dagTimeout },
 	})
-	defer b.close()
-
-	// b has history of its own: a branch of a's is not made a head
-	// up front, as go-ds-crdt does for a replica with no heads at all.
+	t.Cleanup(b.close)
 	if _, err := b.r.Put(ctx, "/unit/b", "unit.kv", "b"); err != nil {
 		t.Fatal(err)
 	}
+	return a, b, off
+}
+
+func TestHoledBranchIsNotFreshUntilHealed(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, b, off := writerAndReader(t, ctx, 2*time.Second)
 	w1, err := a.r.Put(ctx, "/unit/a1", "unit.kv", "a1")
 	if err != nil {
 		t.Fatal(err)
@@ -427,17 +433,7 @@ func TestNoHorizonWithoutPeers(t *testing.T) {
 func TestRebuildWaitsForABranchWalk(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openNode(t, ctx, t.TempDir(), nodeOpts{})
-	defer a.close()
-	var off *offlineDAG
-	b := openNode(t, ctx, t.TempDir(), nodeOpts{
-		wrapDAG: func(d ipld.DAGService) ipld.DAGService { off = newOfflineDAG(d); return off },
-		config:  func(c *Config) { c.DAGTimeout = 3 * time.Second },
-	})
-	defer b.close()
-	if _, err := b.r.Put(ctx, "/unit/b", "unit.kv", "b"); err != nil {
-		t.Fatal(err)
-	}
+	a, b, off := writerAndReader(t, ctx, 3*time.Second)
 	var mid cid.Cid
 	for i := 0; i < 6; i++ {
 		w, err := a.r.Put(ctx, fmt.Sprintf("/unit/a%d", i), "unit.kv", i)
