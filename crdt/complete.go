@@ -208,10 +208,23 @@ func (r *Replica) Merged(ctx context.Context, c cid.Cid) (bool, error) {
 // time reaches the hole — fetching it if its writer is back — and makes
 // the tip a head. A branch whose hole still cannot be fetched comes back
 // here after healRetry.
+//
+// Candidates are taken in order, and a candidate that lies on the path of
+// an earlier one to its hole is left to that walk: re-walking a block that
+// sits below another head would make it a head of its own (go-ds-crdt adds
+// a walk's root as a head when the walk ends), so this replica's own heads
+// come first. (A local write made between reopening a head and the end of
+// its walk can still leave the walked head beside the new one: heads then
+// include an ancestor until the next write, and digests are not compared
+// meanwhile.)
 func (r *Replica) healBranches(ctx context.Context, candidates []cid.Cid) {
 	now := time.Now()
 	var heads []cid.Cid
+	covered := cid.NewSet()
 	for _, c := range candidates {
+		if !covered.Visit(c) {
+			continue
+		}
 		ok, err := r.Processed(ctx, c)
 		if err != nil || !ok {
 			continue // not merged at all: injectMissing's case
@@ -231,6 +244,9 @@ func (r *Replica) healBranches(ctx context.Context, candidates []cid.Cid) {
 			continue
 		}
 		for _, h := range holes {
+			for _, b := range h.path {
+				covered.Add(b)
+			}
 			// The hole itself too: a block marked processed whose bytes
 			// are not here is a hole no walk above it would refill.
 			for _, b := range append([]cid.Cid{c, h.block}, h.path...) {

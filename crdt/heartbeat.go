@@ -150,8 +150,9 @@ func (r *Replica) injectMissing() {
 	// Only while go-ds-crdt walks nothing: a branch it is still walking
 	// looks exactly like a holed one (tip processed, blocks below not yet).
 	if r.bc.idle() {
-		holed = append(holed, r.ds.InternalStats(r.ctx).Heads...)
-		r.healBranches(r.ctx, holed)
+		// Own heads first: a peer's head below one of them is healed by
+		// walking from the own head (see healBranches).
+		r.healBranches(r.ctx, append(r.ds.InternalStats(r.ctx).Heads, holed...))
 	}
 	if len(missing) == 0 {
 		return
