@@ -18,8 +18,8 @@ import (
 // before its restart, and answered reads for writes made while it was
 // down with a staleness of a second (found by the history checker in
 // TestFaultWriterOfflineMidBranch). The peers it knew are kept with it:
-// after a restart each counts, as reachable and never caught up with, for
-// a PeerTimeout unless it is heard first — a peer that restarts and hears
+// after a restart each counts, as never caught up with, for rememberFor
+// (30 s) unless it is heard first — a peer that restarts and hears
 // one sibling before the writer must not take that sibling's word for
 // everything (TestFaultCloseMidWalk).
 
