@@ -96,7 +96,7 @@ func (d *stateDigest) load(ctx context.Context, r *Replica) error {
 	d.mu.Unlock()
 	fresh := newStateDigest()
 	err := r.Scan(ctx, "/", func(key string, value []byte) error {
-		fresh.setLocked(key, append([]byte(nil), value...))
+		fresh.setLocked(key, value) // hashed, not kept
 		return nil
 	})
 	d.mu.Lock()
@@ -128,13 +128,15 @@ func (d *stateDigest) value() string {
 
 // observeState folds one state change into the digest, before the event
 // is delivered (so a heartbeat that sees the queue drained sees a digest
-// that includes every change queued so far). A put carries the value the
-// key is getting; a delete hook may leave another value in place, so the
-// key is read back. Undecodable values count: they are part of the state.
-func (r *Replica) observeState(raw rawEvent) {
+// that includes every change queued so far), and returns what the key now
+// stores. A put carries the value the key is getting; a delete hook may
+// leave another value in place, so the key is read back (once: the
+// dispatcher reports that value too). Undecodable values count: they are
+// part of the state.
+func (r *Replica) observeState(raw rawEvent) ([]byte, error) {
 	if raw.typ == EventPut {
 		r.digest.set(raw.key, raw.value)
-		return
+		return raw.value, nil
 	}
 	b, err := r.getRaw(r.ctx, raw.key)
 	switch {
@@ -143,4 +145,5 @@ func (r *Replica) observeState(raw rawEvent) {
 	case errors.Is(err, ErrNotFound):
 		r.digest.set(raw.key, nil)
 	}
+	return b, err
 }

@@ -549,7 +549,7 @@ func (r *Replica) dispatch() {
 				r.log.Warn("datastore batches open too long, taken as abandoned: events no longer wait for them", "batches", abandoned, "after", abandonBatchAfter)
 			}
 		}
-		r.observeState(raw)
+		stored, readErr := r.observeState(raw)
 		ev := Event{Type: raw.typ, Key: raw.key, Seq: raw.seq}
 		switch raw.typ {
 		case EventPut:
@@ -573,7 +573,13 @@ func (r *Replica) dispatch() {
 			ev.Record, ev.Value = rec, val
 			r.count(func(c *Counters) { c.Puts++ })
 		case EventDelete:
-			if b, rec, err := r.getRecord(r.ctx, raw.key); err == nil {
+			var rec Record
+			var b []byte
+			err := readErr
+			if err == nil {
+				rec, b, err = r.admitted(r.ctx, raw.key, stored)
+			}
+			if err == nil {
 				// Still the same change, so the same Seq: Delivered and
 				// Dispatched must not fall back to zero (rag's CaughtUp
 				// compares them with EventSeq).
@@ -585,16 +591,6 @@ func (r *Replica) dispatch() {
 		}
 		r.deliver(ev)
 	}
-}
-
-// getRecord reads key back: its bytes and their record.
-func (r *Replica) getRecord(ctx context.Context, key string) ([]byte, Record, error) {
-	b, err := r.getRaw(ctx, key)
-	if err != nil {
-		return nil, Record{}, err
-	}
-	rec, val, err := r.admitted(ctx, key, b)
-	return val, rec, err
 }
 
 // deliver offers ev to every subscription under whose prefix it falls,
