@@ -49,6 +49,10 @@ type Manager struct {
 	// save fits on the disk.
 	indexDir string
 	space    func(need int64) error
+	// startSaves holds the saves read at start for knownAdmitted, so that
+	// reopen does not read and decode them again (takeSave).
+	savesMu    sync.Mutex
+	startSaves map[string]savedRead
 	// builds counts the background graph builds, for Wait.
 	builds sync.WaitGroup
 }
@@ -177,6 +181,9 @@ func (m *Manager) Run(ctx context.Context, sub *crdt.Subscription) {
 	for _, spec := range specs {
 		total += m.load(ctx, spec, sums[spec.Name])
 	}
+	m.savesMu.Lock()
+	m.startSaves = nil // saves of collections no longer stored are not kept
+	m.savesMu.Unlock()
 	m.statsMu.Lock()
 	m.stats.Rebuilds++
 	m.stats.RebuildTime += time.Since(start)

@@ -88,21 +88,54 @@ func (m *Manager) knownAdmitted() map[string]map[string]recordSum {
 	}
 	metas, _ := filepath.Glob(filepath.Join(m.indexDir, "*.meta.json"))
 	out := map[string]map[string]recordSum{}
+	saves := map[string]savedRead{}
 	for _, p := range metas {
 		name := strings.TrimSuffix(filepath.Base(p), ".meta.json")
-		saved, err := ReadSaved(m.indexDir, name)
-		if err != nil {
+		sr := m.readSave(name)
+		saves[name] = sr
+		if sr.err != nil || sr.state.Trust != fp {
 			continue
 		}
-		var st savedState
-		if json.Unmarshal(saved.State(), &st) != nil || st.Trust != fp {
-			continue
-		}
-		if sums := decodeSums(st.Sums); sums != nil {
+		if sums := decodeSums(sr.state.Sums); sums != nil {
 			out[name] = sums
 		}
 	}
+	m.savesMu.Lock()
+	m.startSaves = saves
+	m.savesMu.Unlock()
 	return out
+}
+
+// savedRead is a collection's save as read from disk: its meta file and
+// the manager's state in it, or why it could not be read
+// (os.ErrNotExist: nothing saved; ErrIndexTorn: unreadable).
+type savedRead struct {
+	saved *Saved
+	state savedState
+	err   error
+}
+
+func (m *Manager) readSave(name string) savedRead {
+	saved, err := ReadSaved(m.indexDir, name)
+	sr := savedRead{saved: saved, err: err}
+	if err == nil {
+		if err := json.Unmarshal(saved.State(), &sr.state); err != nil {
+			sr.err = fmt.Errorf("%w: state: %v", ErrIndexTorn, err)
+		}
+	}
+	return sr
+}
+
+// takeSave returns the save of name read at start, once, or reads it.
+func (m *Manager) takeSave(name string) savedRead {
+	m.savesMu.Lock()
+	sr, ok := m.startSaves[name]
+	delete(m.startSaves, name)
+	m.savesMu.Unlock()
+	if ok {
+		return sr
+	}
+	return m.readSave(name)
 }
 
 func newIndexFor(spec collections.Spec) *Index {
@@ -148,15 +181,10 @@ func (m *Manager) reopen(ctx context.Context, ci *collectionIndex, sums map[stri
 	}
 	name := ci.spec.Name
 	readStart := time.Now()
-	saved, err := ReadSaved(m.indexDir, name)
+	sr := m.takeSave(name)
+	saved, st, err := sr.saved, sr.state, sr.err
 	if errors.Is(err, os.ErrNotExist) {
 		return false
-	}
-	var st savedState
-	if err == nil {
-		if err = json.Unmarshal(saved.State(), &st); err != nil {
-			err = fmt.Errorf("%w: state: %v", ErrIndexTorn, err)
-		}
 	}
 	scanStart := time.Now()
 	if err == nil {
