@@ -27,7 +27,6 @@ import (
 	"github.com/shoal-mesh/shoal/e2e/history"
 	"github.com/shoal-mesh/shoal/e2e/netsim"
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
-	"github.com/shoal-mesh/shoal/e2e/testmesh"
 	"github.com/shoal-mesh/shoal/internal/poll"
 	"github.com/shoal-mesh/shoal/store"
 )
@@ -811,34 +810,6 @@ func heardHeads(ctx context.Context, p *procmesh.Peer, id string, heads []string
 	return false
 }
 
-var (
-	attackerOnce sync.Once
-	attackerBin  string
-	attackerErr  error
-)
-
-// attacker builds e2e/cmd/shoal-attacker once per test binary.
-func attacker(t *testing.T) string {
-	t.Helper()
-	attackerOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "shoal-attacker-*")
-		if err != nil {
-			attackerErr = err
-			return
-		}
-		attackerBin = filepath.Join(dir, "shoal-attacker")
-		cmd := exec.Command("go", "build", "-o", attackerBin, "./e2e/cmd/shoal-attacker")
-		cmd.Dir = testmesh.RepoFile(".")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			attackerErr = fmt.Errorf("go build ./e2e/cmd/shoal-attacker: %w\n%s", err, out)
-		}
-	})
-	if attackerErr != nil {
-		t.Fatal(attackerErr)
-	}
-	return attackerBin
-}
-
 // TestFaultHostileGossip: a hostile host joins the mesh's gossip topics
 // and, for 15 s, keeps sending garbage, oversize broadcasts, inline blocks
 // that do not hash to their CIDs, heartbeats that speak for another peer
@@ -860,7 +831,11 @@ func TestFaultHostileGossip(t *testing.T) {
 	for _, p := range m.Peers {
 		args = append(args, "-peer", p.Multiaddr())
 	}
-	cmd := ah.Command(attacker(t), args...)
+	bin, err := procmesh.Build("./e2e/cmd/shoal-attacker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := ah.Command(bin, args...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

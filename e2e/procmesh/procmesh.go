@@ -46,28 +46,44 @@ const APIAddr = "127.0.0.1:8080"
 // P2PPort is every peer's libp2p TCP port.
 const P2PPort = 4010
 
+type built struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
 var (
-	buildOnce sync.Once
-	buildBin  string
-	buildErr  error
+	buildsMu sync.Mutex
+	builds   = map[string]*built{}
 )
 
 // Binary builds ./cmd/shoal once per test process and returns its path.
-func Binary() (string, error) {
-	buildOnce.Do(func() {
+func Binary() (string, error) { return Build("./cmd/shoal") }
+
+// Build builds the command in pkg (a path relative to the repository
+// root, "./e2e/cmd/…") once per test process and returns its path.
+func Build(pkg string) (string, error) {
+	buildsMu.Lock()
+	b := builds[pkg]
+	if b == nil {
+		b = &built{}
+		builds[pkg] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "shoal-bin-*")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		buildBin = filepath.Join(dir, "shoal")
-		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/shoal")
+		b.bin = filepath.Join(dir, filepath.Base(pkg))
+		cmd := exec.Command("go", "build", "-o", b.bin, pkg)
 		cmd.Dir = testmesh.RepoFile(".")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/shoal: %w\n%s", err, out)
+			b.err = fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 		}
 	})
-	return buildBin, buildErr
+	return b.bin, b.err
 }
 
 // Options describe a mesh.
