@@ -585,21 +585,15 @@ func (r *Replica) Scan(ctx context.Context, prefix string, f func(key string, va
 // List returns every valid record under prefix, ordered by key. Values that
 // do not decode are skipped (and counted): they never enter the state.
 func (r *Replica) List(ctx context.Context, prefix string) ([]Entry, error) {
-	res, err := r.ds.Query(ctx, query.Query{Prefix: prefix})
-	if err != nil {
-		return nil, fmt.Errorf("crdt query %s: %w", prefix, err)
-	}
-	defer res.Close()
 	var out []Entry
-	for e := range res.Next() {
-		if e.Error != nil {
-			return nil, fmt.Errorf("crdt query %s: %w", prefix, e.Error)
+	err := r.Scan(ctx, prefix, func(key string, value []byte) error {
+		if rec, err := r.admit(key, value); err == nil {
+			out = append(out, Entry{Key: key, Record: rec})
 		}
-		rec, err := r.admit(e.Key, e.Value)
-		if err != nil {
-			continue
-		}
-		out = append(out, Entry{Key: e.Key, Record: rec})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, nil
