@@ -73,8 +73,8 @@ func (c *completeness) isKnown(ctx context.Context, b cid.Cid) bool {
 	return false
 }
 
-// forget drops every cached and persisted marker (the state is being
-// rebuilt from the DAG).
+// forget drops the cached markers (the state is being rebuilt from the
+// DAG; resetState deletes the persisted ones) and voids checks under way.
 func (c *completeness) forget() {
 	c.mu.Lock()
 	c.known = cid.NewSet()
