@@ -26,6 +26,8 @@ func (n *Node) startHost(p parsed) error {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.DefaultMuxers,
 	}
+	n.wire = newWireBytes()
+	opts = append(opts, libp2p.BandwidthReporter(n.wire.counter))
 	listen := p.listen
 	if n.cfg.PSKFile != "" {
 		psk, err := readPSK(n.cfg.PSKFile)

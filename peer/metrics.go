@@ -105,6 +105,12 @@ func (n *Node) counters() []counter {
 		{"shoal_rag_index_graphs_total", graphs, l("how", "reopened"), u(func() uint64 { return n.rag.Stats().GraphsLoaded })},
 		{"shoal_rag_index_graphs_total", graphs, l("how", "built"), u(func() uint64 { return n.rag.Stats().GraphsBuilt })},
 	}
+	for _, dir := range []string{"in", "out"} {
+		for _, fam := range wireFamilies {
+			out = append(out, counter{"shoal_p2p_bytes_total", "Bytes this peer moved over libp2p streams, by direction and protocol family (gossipsub, bitswap, dht, other); stream payload, without transport, Noise and yamux framing.",
+				l("direction", dir, "protocol", fam), u(func() uint64 { return n.wire.bytes(dir)[fam] })})
+		}
+	}
 	for _, src := range discoverySources {
 		out = append(out, counter{"shoal_discovered_peers_total", found, l("source", src), u(func() uint64 { return n.discovered(src) })})
 	}

@@ -55,6 +55,7 @@ type Node struct {
 
 	store   *store.Store
 	host    host.Host
+	wire    *wireBytes
 	ps      *pubsub.PubSub
 	blocks  *store.Blocks
 	replica *crdt.Replica
