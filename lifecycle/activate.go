@@ -148,6 +148,8 @@ func (l *Manager) commit(ctx context.Context, a models.Activation, m models.Mani
 	}
 	l.mu.Unlock()
 	if prev.Version != a.Version {
+		// After the unlock: see watch.go for the lock order.
+		l.notify()
 		l.log.Info("serving model version", "model", a.Model, "version", a.Version, "previous", prev.Version, "lag_seconds", lag)
 	}
 	return committed

@@ -98,6 +98,11 @@ type Manager struct {
 	manifests map[string]models.Manifest // of loaded sessions, by CID
 
 	loadFailures *prometheus.CounterVec
+
+	// watchMu guards watchers (watch.go); a leaf lock, never held while
+	// taking another.
+	watchMu  sync.Mutex
+	watchers map[chan struct{}]struct{}
 }
 
 // New returns a Manager; Start makes it follow the registry.
@@ -111,6 +116,7 @@ func New(cfg Config) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, sem: make(chan struct{}, 4),
 		serving: map[string]Serving{}, bad: map[string]string{}, manifests: map[string]models.Manifest{},
+		watchers: map[chan struct{}]struct{}{},
 		loadFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_model_load_failures_total", Help: "Verified versions that failed to load or warm up here, by model.",
 		}, []string{"model"}),
@@ -167,6 +173,10 @@ func (l *Manager) run(changes <-chan models.Change) {
 		case <-l.ctx.Done():
 			return
 		case c := <-changes:
+			// The registry's state shows the change already: watchers
+			// read it now, and again when an activation switches what
+			// this peer serves (commit).
+			l.notify()
 			switch {
 			case c.Type == models.CurrentChanged:
 				a := *c.Activation
