@@ -193,6 +193,8 @@ func TestValidationNamesKeyFlagAndEnv(t *testing.T) {
 			want: `SHOAL_KEEP_VERSIONS="many": not an integer (key keep_versions, flag --keep-versions)`},
 		{name: "env not a boolean", env: "SHOAL_MDNS", val: "maybe",
 			want: `SHOAL_MDNS="maybe": not a boolean (use true or false) (key mdns, flag --mdns)`},
+		{name: "pprof off loopback", args: []string{"--pprof", "0.0.0.0:6060"},
+			want: `pprof = "0.0.0.0:6060" (flag --pprof, env SHOAL_PPROF): use a loopback host:port such as 127.0.0.1:6060`},
 		{name: "env not a duration", env: "SHOAL_CACHE_TTL", val: "600",
 			want: `SHOAL_CACHE_TTL="600": time: missing unit in duration "600" (key cache_ttl, flag --cache-ttl)`},
 	} {
@@ -224,6 +226,7 @@ var everyRowArgs = []string{
 	"--keep-versions", "5", "--ort-lib", "/opt/ort.so", "--device", "cpu", "--intra-op-threads", "2",
 	"--max-inflight", "4", "--warm-routing", "--cache-mb", "0", "--cache-ttl", "90s", "--cache-persist",
 	"--default-model", "none", "--demo-rag=false", "--log-level", "debug", "--log-format", "json",
+	"--pprof", "127.0.0.1:6061",
 }
 
 // TestConfigPrintRoundTrip: what `shoal config print` writes, given back

@@ -10,6 +10,7 @@ import (
 	"github.com/shoal-mesh/shoal/api"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -230,6 +231,32 @@ func TestTwoProcessesSeeEachOther(t *testing.T) {
 	out, _, code := shoal(t, "status", "--api", b.api)
 	if code != 0 || !strings.Contains(out, statusOf(a).PeerID) || !strings.Contains(out, "staleness") {
 		t.Errorf("human status (exit %d):\n%s", code, out)
+	}
+}
+
+// TestPprofOnItsOwnLoopbackListener: --pprof serves the runtime profiles
+// on the address given and nowhere else (not on the API).
+func TestPprofOnItsOwnLoopbackListener(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	p := startPeer(t, append(loopbackArgs(t.TempDir()), "--pprof", addr)...)
+	for url, want := range map[string]int{"http://" + addr + "/debug/pprof/cmdline": 200, p.api + "/debug/pprof/cmdline": 404} {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", url, resp.StatusCode, want)
+		}
+		if want == 200 && !bytes.Contains(body, []byte("--pprof")) {
+			t.Errorf("cmdline profile %q does not show the peer's command line", body)
+		}
 	}
 }
 

@@ -59,6 +59,15 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	for _, a := range node.Addrs() {
 		fmt.Fprintf(stdout, "  libp2p  %s\n", a)
 	}
+	if s.Pprof != "" {
+		stopProfiles, err := serveProfiles(s.Pprof, logger)
+		if err != nil {
+			node.Close()
+			return usageError("--pprof: %v", err)
+		}
+		defer stopProfiles()
+		fmt.Fprintf(stdout, "  pprof   http://%s/debug/pprof/\n", s.Pprof)
+	}
 	reloadUntilDone(ctx, func() { reload(args, logger, level, s, node) })
 	stop()
 	logger.Info("shutting down")

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -43,6 +45,7 @@ type settings struct {
 	DemoRAG        bool     `toml:"demo_rag"`
 	LogLevel       string   `toml:"log_level"`
 	LogFormat      string   `toml:"log_format"`
+	Pprof          string   `toml:"pprof"`
 }
 
 // duration is a time.Duration written as text ("10m"). Its own type,
@@ -209,6 +212,21 @@ var runSettings = []setting{
 	opt("log_level", func(s *settings) *string { return &s.LogLevel }, "info", "debug, info, warn or error", logLevel).liveOnReload(),
 	opt("log_format", func(s *settings) *string { return &s.LogFormat }, "auto",
 		"text, json, or auto: json when stderr is not a terminal", anyCase(oneOf("use text, json or auto", "text", "json", "auto", ""))),
+	opt("pprof", func(s *settings) *string { return &s.Pprof }, "",
+		"serve Go's runtime profiles (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060; empty: off", loopbackAddr),
+}
+
+// loopbackAddr accepts an empty address or host:port on a loopback IP:
+// profiles show the peer's internals and have no token.
+func loopbackAddr(s string) string {
+	if s == "" {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(s)
+	if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() {
+		return "use a loopback host:port such as 127.0.0.1:6060"
+	}
+	return ""
 }
 
 // defaultSettings returns the built-in defaults of every setting.
