@@ -5,6 +5,10 @@
 // restarted on the same directory; its API stays on the namespace's
 // loopback and the test reaches it from inside the namespace.
 //
+// With no Options.Net the peers run in the test's own network namespace
+// instead, each on its own loopback ports: the deployment's process
+// boundaries without a userspace switch on every packet (benchmarks).
+//
 // Every peer's libp2p identity and publisher key are made before the first
 // start, so each peer is given every other as a bootstrap address and
 // trusts every other's publications, as an operator would configure a
@@ -20,6 +24,7 @@ import (
 	"fmt"
 	"github.com/shoal-mesh/shoal/api"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,7 +48,7 @@ import (
 // APIAddr is every peer's API address inside its namespace.
 const APIAddr = "127.0.0.1:8080"
 
-// P2PPort is every peer's libp2p TCP port.
+// P2PPort is every peer's libp2p TCP port inside its namespace.
 const P2PPort = 4010
 
 type built struct {
@@ -88,6 +93,8 @@ func Build(pkg string) (string, error) {
 
 // Options describe a mesh.
 type Options struct {
+	// Net holds each peer in a namespace of its own; nil runs every peer
+	// on loopback ports of the caller's namespace.
 	Net *netsim.Net
 	// Sites lists each peer's site; its length is the number of peers.
 	Sites []int
@@ -125,19 +132,23 @@ type Mesh struct {
 
 // Peer is one `shoal run` process, running or not.
 type Peer struct {
-	Index   int
+	Index int
+	// Host is the peer's namespace; nil on loopback.
 	Host    *netsim.Host
 	ID      libp2ppeer.ID
 	DataDir string
 	LogPath string
 	Args    []string
 
-	mesh   *Mesh
-	client *http.Client
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	done   chan struct{}
-	exit   error
+	mesh    *Mesh
+	client  *http.Client
+	apiAddr string // host:port of the API, as reached from the test
+	ip      string // the peer's libp2p IPv4 address
+	p2pPort int
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	exit    error
 }
 
 // New makes the peers' hosts, directories and keys; it starts nothing.
@@ -152,14 +163,12 @@ func New(opts Options) (*Mesh, error) {
 	m := &Mesh{opts: opts, bin: bin}
 	var trust []string
 	for i, site := range opts.Sites {
-		h, err := opts.Net.AddHost(site)
-		if err != nil {
-			return nil, err
-		}
-		p := &Peer{Index: i, Host: h, mesh: m,
+		p := &Peer{Index: i, mesh: m,
 			DataDir: filepath.Join(opts.Dir, fmt.Sprintf("peer%d", i)),
 			LogPath: filepath.Join(opts.Dir, fmt.Sprintf("peer%d.log", i))}
-		p.client = &http.Client{Transport: &http.Transport{DialContext: h.DialContext, MaxIdleConnsPerHost: 16}}
+		if err := p.place(opts.Net, site); err != nil {
+			return nil, err
+		}
 		if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
 			return nil, err
 		}
@@ -181,8 +190,8 @@ func New(opts Options) (*Mesh, error) {
 		m.Peers = append(m.Peers, p)
 	}
 	for i, p := range m.Peers {
-		p.Args = []string{"run", "--data", p.DataDir, "--api", APIAddr, "--mesh", opts.Mesh,
-			"--listen", fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", P2PPort),
+		p.Args = []string{"run", "--data", p.DataDir, "--api", p.apiAddr, "--mesh", opts.Mesh,
+			"--listen", fmt.Sprintf("/ip4/%s/tcp/%d", p.listenIP(), p.p2pPort),
 			"--default-model", "none", "--demo-rag=false", "--log-format", "json", "--log-level", "debug"}
 		for _, k := range trust {
 			p.Args = append(p.Args, "--trust", k)
@@ -199,6 +208,68 @@ func New(opts Options) (*Mesh, error) {
 		}
 	}
 	return m, nil
+}
+
+// place gives p its addresses: the namespace's fixed ones on a netsim
+// host, or free loopback ports.
+func (p *Peer) place(nw *netsim.Net, site int) error {
+	if nw != nil {
+		h, err := nw.AddHost(site)
+		if err != nil {
+			return err
+		}
+		p.Host, p.apiAddr, p.ip, p.p2pPort = h, APIAddr, h.IP.String(), P2PPort
+		p.client = &http.Client{Transport: &http.Transport{DialContext: h.DialContext, MaxIdleConnsPerHost: 16}}
+		return nil
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	p.apiAddr, p.ip, p.p2pPort = fmt.Sprintf("127.0.0.1:%d", ports[0]), "127.0.0.1", ports[1]
+	p.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	return nil
+}
+
+// freePorts returns n TCP ports the kernel had free on loopback (held
+// open together, so they differ).
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// listenIP is the address the peer's libp2p host listens on.
+func (p *Peer) listenIP() string {
+	if p.Host != nil {
+		return "0.0.0.0"
+	}
+	return p.ip
+}
+
+// APIAddr is the peer's API address as the test reaches it (inside the
+// peer's namespace when it has one).
+func (p *Peer) APIAddr() string { return p.apiAddr }
+
+// Client reaches the peer's API (through its namespace when it has one),
+// for requests Do does not fit, such as a stream.
+func (p *Peer) Client() *http.Client { return p.client }
+
+// Pid is the running process's id, 0 when it is stopped.
+func (p *Peer) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // makeIdentity writes the libp2p key `shoal run` would make and returns its
@@ -220,7 +291,7 @@ func makeIdentity(dir string) (libp2ppeer.ID, error) {
 
 // Multiaddr is the peer's TCP address with its ID.
 func (p *Peer) Multiaddr() string {
-	return fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", p.Host.IP, P2PPort, p.ID)
+	return fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", p.ip, p.p2pPort, p.ID)
 }
 
 // StartAll starts every peer and waits until each is connected to all
@@ -281,7 +352,10 @@ func (p *Peer) Start(ctx context.Context) error {
 		p.mu.Unlock()
 		return err
 	}
-	cmd := p.Host.Command(p.mesh.bin, p.Args...)
+	cmd := exec.Command(p.mesh.bin, p.Args...)
+	if p.Host != nil {
+		cmd = p.Host.Command(p.mesh.bin, p.Args...)
+	}
 	cmd.Dir = testmesh.RepoFile(".")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = os.Environ()
@@ -404,7 +478,7 @@ func (p *Peer) Do(ctx context.Context, method, path string, body any, hdr ...str
 		}
 		rd = bytes.NewReader(enc)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+APIAddr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+p.apiAddr+path, rd)
 	if err != nil {
 		return nil, err
 	}
