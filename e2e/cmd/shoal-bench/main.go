@@ -56,7 +56,14 @@ func main() {
 		soakW  = flag.Int("soak-writes", 100000, "writes of the soak scenario")
 		soakB  = flag.Int("soak-batch", 10, "documents per request in the soak scenario (one DAG delta each)")
 		qset   = flag.String("quality-set", "", "labelled set of the retrieval-quality scenario (default "+qualitySetPath+")")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, lossy, models, inference, rag, quality, restart, soak or casestudy")
+		procN  = flag.String("proc-subscribers", "2,9,24,49", "subscriber counts of the multi-process scenario (one `shoal run` per peer)")
+		procA  = flag.Int("proc-alternates-upto", 24, "largest subscriber count at which the multi-process scenario also runs etcd, Redis and NATS")
+		procS  = flag.Int("proc-serve-upto", 24, "largest subscriber count at which the multi-process scenario measures activation → serving")
+		procM  = flag.Int("proc-serve-mib", 20, "artifact size (MiB) of the multi-process serving measurement")
+		procK  = flag.Int("proc-serve-activations", 8, "activations measured for the multi-process serving measurement")
+		procP  = flag.Int("proc-profile", 9, "subscriber count at which the multi-process scenario CPU-profiles the publisher and one subscriber (0: none)")
+		procD  = flag.String("proc-profile-dir", os.TempDir(), "where those profiles are written")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, lossy, models, inference, rag, quality, restart, soak or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -65,6 +72,14 @@ func main() {
 	}{
 		{"propagation", func() error { return run(*sizes, *writes, *gap, *out) }},
 		{"compare", func() error { return runCompare(*cmpN, *cmpK, *cmpA, *cmpG, *out) }},
+		{"procprop", func() error {
+			sizes, err := parseSizes(*procN)
+			if err != nil {
+				return err
+			}
+			return runProcProp(procOptions{sizes: sizes, alternates: *procA, serveUpTo: *procS, notices: *cmpK, gap: *cmpG,
+				serveMiB: *procM, serveActs: *procK, profile: *procP, profileDir: *procD}, *out)
+		}},
 		{"lossy", func() error {
 			return runLossy(*lossyN, *lossyK, netsim.Link{Delay: *lossyD, Loss: *lossyL}, *out)
 		}},
@@ -163,6 +178,19 @@ func render(rows []row, writes int, gap time.Duration) string {
 		fmt.Fprintf(&b, "| %d | %s | %s | %s |\n", r.peers, ms(r.p50), ms(r.p99), ms(r.max))
 	}
 	return b.String() + "\n"
+}
+
+// parseSizes parses a comma-separated list of positive counts.
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &n); err != nil || n < 1 {
+			return nil, fmt.Errorf("bad count %q in %q", f, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

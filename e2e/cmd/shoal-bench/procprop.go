@@ -1,0 +1,532 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoal-mesh/shoal/e2e/procmesh"
+	"github.com/shoal-mesh/shoal/internal/poll"
+)
+
+// The multi-process scenario (issue 16): version-change propagation with
+// one `shoal run` process per peer on loopback, as a fleet deploys it,
+// beside etcd, Redis and NATS measured in the same run, with what each
+// update costs every peer in CPU time and in bytes on its libp2p streams.
+// Lags are observed through each peer's watch stream
+// (GET /v1/models/{model}/watch), so no polling interval hides in them.
+
+// procOptions configure runProcProp.
+type procOptions struct {
+	sizes      []int         // subscriber counts
+	alternates int           // the largest size at which etcd, Redis and NATS run too
+	serveUpTo  int           // the largest size at which activation → serving runs
+	notices    int           // measured activations per size (after 10 warm-ups)
+	gap        time.Duration // between activations
+	serveMiB   int           // artifact size of the serving measurement
+	serveActs  int           // measured activations of the serving measurement
+	profile    int           // size at which a publisher and a subscriber are CPU-profiled (0: none)
+	profileDir string
+}
+
+// procRow is one system at one size.
+type procRow struct {
+	lagStats
+	cpuMs     float64 // CPU time per peer per update (ms), net of idle
+	bytesOut  float64 // libp2p stream bytes sent per peer per update, net of idle
+	idleCPU   float64 // CPU ms per peer per second when nothing changes
+	idleBytes float64 // bytes per peer per second when nothing changes
+	hasCost   bool
+	processes int
+}
+
+func runProcProp(o procOptions, out string) error {
+	var rows []procRow
+	versions := map[string]string{}
+	for _, n := range o.sizes {
+		fmt.Fprintf(os.Stderr, "procprop: %d shoal processes...\n", n+1)
+		r, err := procShoal(n, o)
+		if err != nil {
+			return fmt.Errorf("%d peers: %w", n+1, err)
+		}
+		rows = append(rows, r...)
+		if n > o.alternates {
+			continue
+		}
+		for _, mk := range []func() (notifier, error){newEtcd, newRedis, newNATS} {
+			nt, err := mk()
+			if err != nil {
+				return err
+			}
+			versions[nt.Name()] = nt.Version()
+			fmt.Fprintf(os.Stderr, "procprop: %s to %d subscribers...\n", nt.Name(), n)
+			lags, err := measureNotifier(nt, n, 10, o.notices, o.gap)
+			nt.Close()
+			if err != nil {
+				return err
+			}
+			rows = append(rows, procRow{lagStats: statsOf(nt.Name(), n, lags)})
+		}
+	}
+	table := renderProcProp(rows, versions, o)
+	fmt.Print(table)
+	if out == "" {
+		return nil
+	}
+	return writeSection(out, "procprop", table)
+}
+
+// procShoal runs n+1 peer processes and measures the activation record
+// (and, up to serveUpTo, activation → serving) to the n subscribers.
+func procShoal(n int, o procOptions) ([]procRow, error) {
+	dir, err := os.MkdirTemp("", "shoal-bench-proc-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	sites := make([]int, n+1)
+	profiled := o.profile == n
+	pprofAddrs := map[int]string{}
+	if profiled {
+		for _, i := range []int{0, 1} {
+			ports, err := freeLoopbackPort()
+			if err != nil {
+				return nil, err
+			}
+			pprofAddrs[i] = ports
+		}
+	}
+	m, err := procmesh.New(procmesh.Options{Sites: sites, Dir: dir, Mesh: "bench",
+		Args: func(i int, _ []*procmesh.Peer) []string {
+			args := []string{"--log-level", "warn", "--dht=false", "--mdns=false", "--cache-mb", "0"}
+			if a, ok := pprofAddrs[i]; ok {
+				args = append(args, "--pprof", a)
+			}
+			return args
+		}})
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if err := m.StartAll(ctx); err != nil {
+		return nil, err
+	}
+	total := 10 + o.notices
+	if err := pushVersions(ctx, m, "note", total, 1<<10); err != nil {
+		return nil, err
+	}
+	idle, err := sampleCost(ctx, m.Peers[1:], func() error {
+		time.Sleep(time.Duration(total) * o.gap) // the idle baseline is a span of time, not a wait for anything
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var lags []time.Duration
+	var stopProf func() error
+	if profiled {
+		stopProf = startProfiles(pprofAddrs, time.Duration(total)*o.gap, o.profileDir, n)
+	}
+	busy, err := sampleCost(ctx, m.Peers[1:], func() error {
+		var err error
+		nt := &procNotifier{m: m, model: "note"}
+		defer nt.Close()
+		lags, err = measureNotifier(nt, n, 10, o.notices, o.gap)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if stopProf != nil {
+		if err := stopProf(); err != nil {
+			fmt.Fprintf(os.Stderr, "procprop: profile: %v\n", err)
+		}
+	}
+	rec := procRow{lagStats: statsOf("Shoal: activation record", n, lags), hasCost: true, processes: n + 1}
+	rec.cpuMs, rec.bytesOut = busy.net(idle, total)
+	rec.idleCPU, rec.idleBytes = idle.perSecond()
+	rows := []procRow{rec}
+	if n > o.serveUpTo {
+		return rows, nil
+	}
+	acts := 2 + o.serveActs
+	if err := pushVersions(ctx, m, "serve", acts, o.serveMiB<<20); err != nil {
+		return nil, err
+	}
+	nt := &procNotifier{m: m, model: "serve", serving: true}
+	lags, err = measureNotifier(nt, n, 2, o.serveActs, 2*time.Second)
+	nt.Close()
+	if err != nil {
+		return nil, err
+	}
+	st := statsOf(fmt.Sprintf("Shoal: activation → serving a %d MiB model", o.serveMiB), n, lags)
+	rows = append(rows, procRow{lagStats: st, processes: n + 1})
+	return rows, nil
+}
+
+func freeLoopbackPort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// pushVersions pushes count versions of model (named as measureNotifier
+// names its notices) to peer 0 without activating them, and waits until
+// every peer lists them all, so an activation measures only itself.
+func pushVersions(ctx context.Context, m *procmesh.Mesh, model string, count, size int) error {
+	data := make([]byte, size)
+	for i := range count {
+		rand.Read(data)
+		r, err := m.Peers[0].Do(ctx, "PUT", fmt.Sprintf("/v1/models/%s/versions/n%06d", model, i), data)
+		if err != nil {
+			return err
+		}
+		if r.Code/100 != 2 {
+			return fmt.Errorf("push %s n%06d: %s", model, i, r)
+		}
+	}
+	for _, p := range m.Peers {
+		err := poll.Wait(ctx, 50*time.Millisecond, func() error {
+			mi, err := p.Model(ctx, model)
+			if err != nil {
+				return err
+			}
+			if len(mi.Versions) < count {
+				return fmt.Errorf("peer %d lists %d of %d versions", p.Index, len(mi.Versions), count)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// procNotifier is Shoal as a notifier: Publish activates a pushed version
+// on peer 0, and a subscriber has the notice when its peer's watch stream
+// reports that version as current (or, with serving, as served).
+type procNotifier struct {
+	m       *procmesh.Mesh
+	model   string
+	serving bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func (s *procNotifier) Name() string    { return "Shoal" }
+func (s *procNotifier) Version() string { return "" }
+
+func (s *procNotifier) Subscribe(n int, got func(int, string)) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	ready := make(chan error, n)
+	for i, p := range s.m.Peers[1 : n+1] {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watch(ctx, i, p, got, ready)
+		}()
+	}
+	for range n {
+		if err := <-ready; err != nil {
+			cancel()
+			return err
+		}
+	}
+	return nil
+}
+
+// watch follows one peer's watch stream, calling got once per version it
+// reports; it says on ready when the stream is open.
+func (s *procNotifier) watch(ctx context.Context, i int, p *procmesh.Peer, got func(int, string), ready chan<- error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.APIAddr()+"/v1/models/"+s.model+"/watch", nil)
+	resp, err := p.Client().Do(req)
+	if err != nil {
+		ready <- err
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		ready <- fmt.Errorf("watch on peer %d: %d %s", p.Index, resp.StatusCode, b)
+		return
+	}
+	ready <- nil
+	last := ""
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var ev struct {
+			Current string `json:"current"`
+			Serving string `json:"serving"`
+		}
+		if json.Unmarshal([]byte(data), &ev) != nil {
+			continue
+		}
+		v := ev.Current
+		if s.serving {
+			v = ev.Serving
+		}
+		if v != "" && v != last {
+			last = v
+			got(i, v)
+		}
+	}
+}
+
+func (s *procNotifier) Publish(notice string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := s.m.Peers[0].Do(ctx, "POST", "/v1/models/"+s.model+"/activate", map[string]string{"version": notice})
+	if err != nil {
+		return err
+	}
+	if r.Code/100 != 2 {
+		return fmt.Errorf("activate %s: %s", notice, r)
+	}
+	return nil
+}
+
+func (s *procNotifier) Close() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+}
+
+// cost is what a set of peer processes used over a span of time.
+type cost struct {
+	cpu   time.Duration // summed over the peers
+	bytes float64       // libp2p stream bytes sent, summed over the peers
+	peers int
+	span  time.Duration
+}
+
+// net returns the CPU ms and bytes per peer per update of a busy span,
+// less what the idle span's rate would have used in the same time.
+func (c cost) net(idle cost, updates int) (cpuMs, bytes float64) {
+	scale := c.span.Seconds() / idle.span.Seconds()
+	cpu := c.cpu.Seconds() - idle.cpu.Seconds()*scale
+	b := c.bytes - idle.bytes*scale
+	per := float64(c.peers * updates)
+	return max(cpu, 0) * 1000 / per, max(b, 0) / per
+}
+
+// perSecond returns the CPU ms and bytes per peer per second.
+func (c cost) perSecond() (cpuMs, bytes float64) {
+	per := float64(c.peers) * c.span.Seconds()
+	return c.cpu.Seconds() * 1000 / per, c.bytes / per
+}
+
+// sampleCost runs f and returns what peers used meanwhile: CPU time from
+// /proc/<pid>/stat, bytes from each peer's shoal_p2p_bytes_total.
+func sampleCost(ctx context.Context, peers []*procmesh.Peer, f func() error) (cost, error) {
+	read := func() (time.Duration, float64, error) {
+		var cpu time.Duration
+		var sent float64
+		for _, p := range peers {
+			c, err := processCPU(p.Pid())
+			if err != nil {
+				return 0, 0, err
+			}
+			b, err := sentBytes(ctx, p)
+			if err != nil {
+				return 0, 0, err
+			}
+			cpu += c
+			sent += b
+		}
+		return cpu, sent, nil
+	}
+	cpu0, b0, err := read()
+	if err != nil {
+		return cost{}, err
+	}
+	start := time.Now()
+	if err := f(); err != nil {
+		return cost{}, err
+	}
+	span := time.Since(start)
+	cpu1, b1, err := read()
+	if err != nil {
+		return cost{}, err
+	}
+	return cost{cpu: cpu1 - cpu0, bytes: b1 - b0, peers: len(peers), span: span}, nil
+}
+
+// processCPU is a process's user and system CPU time so far.
+func processCPU(pid int) (time.Duration, error) {
+	if pid == 0 {
+		return 0, errors.New("peer not running")
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) in ")".
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64) // utime, field 14
+	st, err2 := strconv.ParseInt(f[12], 10, 64) // stime, field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / ticksPerSecond, nil
+}
+
+// sentBytes sums a peer's shoal_p2p_bytes_total{direction="out"}.
+func sentBytes(ctx context.Context, p *procmesh.Peer) (float64, error) {
+	r, err := p.Do(ctx, "GET", "/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	found := false
+	for _, line := range strings.Split(string(r.Body), "\n") {
+		if !strings.HasPrefix(line, "shoal_p2p_bytes_total{") || !strings.Contains(line, `direction="out"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		sum += v
+		found = true
+	}
+	if !found {
+		return 0, fmt.Errorf("peer %d: no shoal_p2p_bytes_total on /metrics", p.Index)
+	}
+	return sum, nil
+}
+
+// startProfiles takes a CPU profile of each pprof address for d and
+// returns a function that waits for them and writes their top functions
+// to stderr.
+func startProfiles(addrs map[int]string, d time.Duration, dir string, n int) func() error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(addrs))
+	k := 0
+	for i, a := range addrs {
+		wg.Add(1)
+		go func(slot int) {
+			defer wg.Done()
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", a, max(int(d.Seconds()), 1))
+			resp, err := http.Get(url)
+			if err != nil {
+				errs[slot] = err
+				return
+			}
+			defer resp.Body.Close()
+			path := filepath.Join(dir, fmt.Sprintf("procprop-%dpeers-peer%d.pprof", n+1, i))
+			f, err := os.Create(path)
+			if err != nil {
+				errs[slot] = err
+				return
+			}
+			defer f.Close()
+			if _, err := io.Copy(f, resp.Body); err != nil {
+				errs[slot] = err
+				return
+			}
+			fmt.Fprintf(os.Stderr, "procprop: CPU profile of peer %d (%s) in %s\n", i, map[bool]string{true: "publisher", false: "subscriber"}[i == 0], path)
+		}(k)
+		k++
+	}
+	return func() error {
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+}
+
+func renderProcProp(rows []procRow, versions map[string]string, o procOptions) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "### Version-change propagation, one `shoal run` process per peer, against etcd, Redis and NATS (loopback)\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s, all in the same run. Servers: %s; %s; %s.\n", time.Now().UTC().Format("2006-01-02"), machine(),
+		versions["etcd watch"], versions["Redis pub/sub"], versions["NATS"])
+	fmt.Fprintf(&b, `For each size N one publisher tells N subscribers that the current version changed, %d times (after 10
+warm-ups), one every %s. Shoal: N+1 `+"`shoal run`"+` processes on loopback ports, each with its own Badger
+store (fsync on); versions are pushed beforehand and peer 0 activates one per notice (`+"`POST /v1/models/…/activate`"+`);
+lag = from the start of that call until the last subscriber's watch stream (`+"`GET /v1/models/{model}/watch`"+`)
+reported the new current version (*activation record*), or served it, fetched over bitswap and checked
+(*activation → serving*, %d activations, 2 s apart). The alternatives as in the in-process comparison (etcd
+one member with fsync and JSON-gateway watchers; Redis and NATS wire-protocol subscribers), in the same run.
+*CPU / peer / update* and *bytes / peer / update* are the subscribers' CPU time (/proc) and libp2p stream bytes
+sent (`+"`shoal_p2p_bytes_total`"+`) during the measured notices, less what the same peers used in an idle span of the
+same length just before (their heartbeats), per subscriber and notice; *idle* is that baseline per peer per
+second. Every process shares the machine's cores.
+
+`, o.notices, o.gap, o.serveActs)
+	fmt.Fprintln(&b, "| N | system | p50 | p99 | max | CPU / peer / update | bytes / peer / update | idle CPU, bytes / peer / s | Shoal record p99 ÷ this p99 |")
+	fmt.Fprintln(&b, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	base := map[int]time.Duration{}
+	for _, r := range rows {
+		if r.system == "Shoal: activation record" {
+			base[r.subscribers] = r.p99
+		}
+	}
+	for _, r := range rows {
+		ratio := "—"
+		if b0 := base[r.subscribers]; b0 > 0 && !strings.HasPrefix(r.system, "Shoal") && r.p99 > 0 {
+			ratio = fmt.Sprintf("%.1f×", float64(b0)/float64(r.p99))
+		}
+		cpu, by, idle := "—", "—", "—"
+		if r.hasCost {
+			cpu, by = fmt.Sprintf("%.2f ms", r.cpuMs), fmt.Sprintf("%.0f B", r.bytesOut)
+			idle = fmt.Sprintf("%.2f ms, %.0f B", r.idleCPU, r.idleBytes)
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.subscribers, r.system, ms(r.p50), ms(r.p99), ms(r.max), cpu, by, idle, ratio)
+	}
+	b.WriteString("\n")
+	b.WriteString(renderGrowth(rows))
+	return b.String()
+}
+
+// renderGrowth is the growth table: the activation record's p99 and cost
+// per peer at each size, and how each grows against the smallest size.
+func renderGrowth(rows []procRow) string {
+	var recs []procRow
+	for _, r := range rows {
+		if r.system == "Shoal: activation record" {
+			recs = append(recs, r)
+		}
+	}
+	if len(recs) < 2 {
+		return ""
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "#### How the activation record's cost grows with the mesh (same run)\n\n")
+	fmt.Fprintln(&b, "| processes | p50 | p99 | p99 ÷ smallest mesh's | CPU / peer / update | bytes / peer / update | idle CPU / peer / s | idle bytes / peer / s |")
+	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range recs {
+		fmt.Fprintf(&b, "| %d | %s | %s | %.1f× | %.2f ms | %.0f B | %.2f ms | %.0f B |\n", r.processes, ms(r.p50), ms(r.p99),
+			float64(r.p99)/float64(recs[0].p99), r.cpuMs, r.bytesOut, r.idleCPU, r.idleBytes)
+	}
+	return b.String() + "\n"
+}
