@@ -65,3 +65,18 @@ type PullResult struct {
 	Local artifacts.Status `json:"local"`
 	Size  int64            `json:"size,omitempty"`
 }
+
+// ModelWatchEvent is the data of one `event: model` of GET
+// /v1/models/{m}/watch: the model's effective current version and the
+// version this peer serves ("" for none yet, or a model not published
+// yet), sent at connect and then each time either changes.
+type ModelWatchEvent struct {
+	Model   string `json:"model"`
+	Current string `json:"current"`
+	Serving string `json:"serving"`
+	// CurrentHLC stamps the activation that made Current current.
+	CurrentHLC string `json:"current_hlc,omitempty"`
+	// StalenessSeconds is this peer's staleness bound when the event was
+	// sent (as Shoal-Staleness).
+	StalenessSeconds float64 `json:"staleness_seconds"`
+}

@@ -47,6 +47,10 @@ type Models interface {
 	StartPull(ctx context.Context, model, version string) (api.PullResult, bool, error)
 	Artifact(ctx context.Context, model, version string) (models.Manifest, io.ReadCloser, error)
 	ServingVersion(ctx context.Context, model string) (string, error)
+	// Watch signals (coalesced, never closed) whenever a model's
+	// current or serving version may have changed; stop ends it and may
+	// be called more than once.
+	Watch() (changed <-chan struct{}, stop func())
 	// OIP v2 readiness and metadata.
 	Ready(ctx context.Context) (bool, string)
 	ModelReady(ctx context.Context, model, version string) (lifecycle.ModelReadiness, error)

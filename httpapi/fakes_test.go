@@ -87,6 +87,7 @@ type fakeModels struct {
 	StartPullFn      func(ctx context.Context, model, version string) (api.PullResult, bool, error)
 	ArtifactFn       func(ctx context.Context, model, version string) (models.Manifest, io.ReadCloser, error)
 	ServingVersionFn func(ctx context.Context, model string) (string, error)
+	WatchFn          func() (<-chan struct{}, func())
 	ReadyFn          func(ctx context.Context) (bool, string)
 	ModelReadyFn     func(ctx context.Context, model, version string) (lifecycle.ModelReadiness, error)
 	MetadataFn       func(ctx context.Context, model, version string) (inference.ModelMetadata, string, error)
@@ -154,6 +155,15 @@ func (f *fakeModels) ServingVersion(ctx context.Context, model string) (string, 
 		return "v1", nil
 	}
 	return f.ServingVersionFn(ctx, model)
+}
+
+// Watch, by default, never signals.
+func (f *fakeModels) Watch() (<-chan struct{}, func()) {
+	f.add("Watch")
+	if f.WatchFn == nil {
+		return nil, func() {}
+	}
+	return f.WatchFn()
 }
 
 func (f *fakeModels) Ready(ctx context.Context) (bool, string) {

@@ -20,6 +20,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +59,12 @@ type API struct {
 	duration *prometheus.HistogramVec
 	// artifactBytesOut counts artifact bytes served over the API.
 	artifactBytesOut atomic.Uint64
+	// keepalive is how often an idle watch stream sends a comment
+	// (keepaliveEvery; tests shorten it).
+	keepalive time.Duration
+	// streamsEnd is closed by EndStreams: every watch stream ends.
+	streamsEnd chan struct{}
+	endStreams sync.Once
 }
 
 // New builds the API's handler.
@@ -68,7 +75,7 @@ func New(cfg Config) *API {
 	if cfg.Token == nil {
 		cfg.Token = func() string { return "" }
 	}
-	a := &API{cfg: cfg, log: cfg.Logger,
+	a := &API{cfg: cfg, log: cfg.Logger, keepalive: keepaliveEvery, streamsEnd: make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_requests_total", Help: "HTTP API requests by route and status code.",
 		}, []string{"route", "code"}),

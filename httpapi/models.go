@@ -22,6 +22,7 @@ const uploadTimeout = time.Hour
 func (a *API) routesModels(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models", a.handleModels)
 	mux.HandleFunc("GET /v1/models/{model}", a.handleModel)
+	mux.HandleFunc("GET /v1/models/{model}/watch", a.handleWatch)
 	mux.HandleFunc("PUT /v1/models/{model}/versions/{version}", a.handlePush)
 	mux.HandleFunc("POST /v1/models/{model}/activate", a.handleActivate)
 	mux.HandleFunc("POST /v1/models/{model}/rollback", a.handleRollback)
