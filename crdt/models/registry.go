@@ -147,6 +147,8 @@ type Registry struct {
 	counts   map[string]uint64
 	last     map[string]ModelState
 	subs     []chan Change
+
+	cache stateCache
 }
 
 // New returns a registry over cfg.Replica. Call Run to follow changes.
@@ -211,6 +213,7 @@ func (g *Registry) SetTrusted(ids []PublisherID) {
 	g.tmu.Lock()
 	g.trusted = set
 	g.tmu.Unlock()
+	g.cache.invalidate()
 	select {
 	case g.refresh <- struct{}{}:
 	default:
@@ -237,7 +240,7 @@ func (g *Registry) Run(ctx context.Context) {
 	sub := g.r.Subscribe(Prefix, 256)
 	defer func() { sub.Close() }() // the last subscription
 	all := func() {
-		if all, err := g.Models(ctx); err == nil {
+		if all, err := g.readModels(ctx); err == nil {
 			for _, st := range all {
 				g.diff(st)
 			}
@@ -336,6 +339,12 @@ func (g *Registry) reject(e crdt.Entry, reason string, err error) {
 
 // Models returns the effective state of every model.
 func (g *Registry) Models(ctx context.Context) ([]ModelState, error) {
+	return g.cachedModels(ctx, g.readModels)
+}
+
+// readModels is Models without the cache (Run's periodic re-evaluation
+// calls it, so the clock-dependent rules are applied afresh).
+func (g *Registry) readModels(ctx context.Context) ([]ModelState, error) {
 	entries, err := g.r.List(ctx, Prefix)
 	if err != nil {
 		return nil, err
@@ -361,6 +370,11 @@ func (g *Registry) State(ctx context.Context, model string) (ModelState, error) 
 	if err := CheckName("model", model); err != nil {
 		return ModelState{}, err
 	}
+	return g.cachedState(ctx, model, func(ctx context.Context) (ModelState, error) { return g.readState(ctx, model) })
+}
+
+// readState is State without the cache.
+func (g *Registry) readState(ctx context.Context, model string) (ModelState, error) {
 	entries, err := g.r.List(ctx, Prefix+model+"/")
 	if err != nil {
 		return ModelState{}, err
