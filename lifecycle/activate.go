@@ -34,9 +34,7 @@ func (l *Manager) activate(ctx context.Context, a models.Activation) {
 		}
 		switch l.commit(ctx, a, m, sess) {
 		case committed:
-			if err := l.gc(ctx); err != nil {
-				l.log.Warn("artifact GC failed", "err", err)
-			}
+			l.gcSoon()
 			return
 		case superseded:
 			return

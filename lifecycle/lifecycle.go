@@ -98,6 +98,7 @@ type Manager struct {
 	manifests map[string]models.Manifest // of loaded sessions, by CID
 
 	loadFailures *prometheus.CounterVec
+	gcWanted     chan struct{} // capacity 1: a GC run is wanted (gcSoon)
 
 	// watchMu guards watchers (watch.go); a leaf lock, never held while
 	// taking another.
@@ -115,7 +116,7 @@ func New(cfg Config) *Manager {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, sem: make(chan struct{}, 4),
-		serving: map[string]Serving{}, bad: map[string]string{}, manifests: map[string]models.Manifest{},
+		serving: map[string]Serving{}, bad: map[string]string{}, manifests: map[string]models.Manifest{}, gcWanted: make(chan struct{}, 1),
 		watchers: map[chan struct{}]struct{}{},
 		loadFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_model_load_failures_total", Help: "Verified versions that failed to load or warm up here, by model.",
@@ -130,11 +131,48 @@ func (l *Manager) Collectors() []prometheus.Collector {
 
 // Start follows changes (from Registry.Subscribe) until Close.
 func (l *Manager) Start(changes <-chan models.Change) {
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go func() {
 		defer l.wg.Done()
 		l.run(changes)
 	}()
+	go func() {
+		defer l.wg.Done()
+		l.gcLoop()
+	}()
+}
+
+// gcEvery spaces artifact GC runs: each reads every model's state and the
+// artifact store, so a burst of activations (a rollout, a benchmark)
+// triggers one run per interval rather than one per activation. Disk
+// space is freed at most this much later.
+const gcEvery = 2 * time.Second
+
+// gcSoon asks for an artifact GC run; requests made while one waits or
+// runs coalesce into the next.
+func (l *Manager) gcSoon() {
+	select {
+	case l.gcWanted <- struct{}{}:
+	default:
+	}
+}
+
+func (l *Manager) gcLoop() {
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-l.gcWanted:
+		}
+		if err := l.gc(l.ctx); err != nil && l.ctx.Err() == nil {
+			l.log.Warn("artifact GC failed", "err", err)
+		}
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-time.After(gcEvery):
+		}
+	}
 }
 
 // Close stops background work and waits for it.
