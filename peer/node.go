@@ -331,6 +331,9 @@ func (n *Node) serveAPI() error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
+	// Shutdown waits for active requests; watch streams never finish on
+	// their own, so they are ended when it begins.
+	n.httpSrv.RegisterOnShutdown(n.api.EndStreams)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
