@@ -122,6 +122,14 @@ type Config struct {
 	// MaxClockSkew bounds how far ahead of the local clock a remote HLC may
 	// be and still advance the local clock. Default 1m.
 	MaxClockSkew time.Duration
+	// Sync makes the datastore's writes so far durable. The replica calls
+	// it after each of its own writes, before acknowledging the write
+	// (groupSync), so the datastore itself need not sync every write:
+	// peer passes the store's Sync and runs Badger without SyncWrites. A
+	// power cut then loses no acknowledged write, only merges of other
+	// peers' writes, which are fetched again. nil: writes are as durable
+	// as the datastore makes them.
+	Sync func(context.Context) error
 	// DivergedAfter is how long this peer's state may differ from a
 	// peer's with equal heads before both count as diverged (not fresh,
 	// shoal_state_diverged) and the state is rebuilt. Default 3s: three
@@ -255,6 +263,9 @@ type Replica struct {
 	dataTop *pubsub.Topic
 
 	writeMu sync.Mutex // one writer: go-ds-crdt batches share one delta
+	// durability syncs local writes before they are acknowledged, outside
+	// writeMu.
+	durability groupSync
 
 	subMu sync.Mutex
 	subs  map[*Subscription]struct{}
@@ -296,7 +307,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	r := &Replica{
-		cfg: cfg, log: cfg.Logger.With("component", "crdt"),
+		cfg: cfg, log: cfg.Logger.With("component", "crdt"), durability: groupSync{sync: cfg.Sync},
 		clock:    NewClock(cfg.Self.String(), nil),
 		subs:     make(map[*Subscription]struct{}),
 		queue:    newEventQueue(),
@@ -407,24 +418,33 @@ func (r *Replica) Self() peer.ID { return r.cfg.Self }
 
 // Put writes body as a record of the given kind under key.
 func (r *Replica) Put(ctx context.Context, key, kind string, body any) (Write, error) {
+	h, err := r.put(ctx, key, kind, body)
+	if err != nil {
+		return Write{}, err
+	}
+	return r.acknowledge(ctx, h)
+}
+
+// put is Put's write, under writeMu; it returns the write's HLC.
+func (r *Replica) put(ctx context.Context, key, kind string, body any) (HLC, error) {
 	raw, err := json.Marshal(body)
 	if err != nil {
-		return Write{}, fmt.Errorf("encode %s body: %w", kind, err)
+		return HLC{}, fmt.Errorf("encode %s body: %w", kind, err)
 	}
 	if err := checkKey(key); err != nil {
-		return Write{}, err
+		return HLC{}, err
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	rec := Record{V: RecordVersion, Kind: kind, HLC: r.clock.Now(), Writer: r.cfg.Self.String(), Body: raw}
 	val, err := r.signed(key, rec)
 	if err != nil {
-		return Write{}, err
+		return HLC{}, err
 	}
 	if err := r.ds.Put(ctx, ds.NewKey(key), val); err != nil {
-		return Write{}, fmt.Errorf("crdt put %s: %w", key, err)
+		return HLC{}, fmt.Errorf("crdt put %s: %w", key, err)
 	}
-	return r.written(ctx, rec.HLC), nil
+	return rec.HLC, nil
 }
 
 // Op is one write of a PutBatch: a record of Kind with Body under Key, or
@@ -446,84 +466,113 @@ const maxBatchBytes = 512 << 10
 // a handful of broadcasts. Deletes of keys this replica has never seen are
 // skipped, as in Delete. The returned Write covers every op.
 func (r *Replica) PutBatch(ctx context.Context, ops []Op) (Write, error) {
+	h, err := r.putBatch(ctx, ops)
+	if err != nil {
+		return Write{}, err
+	}
+	return r.acknowledge(ctx, h)
+}
+
+// putBatch is PutBatch's write, under writeMu; it returns the write's HLC.
+func (r *Replica) putBatch(ctx context.Context, ops []Op) (HLC, error) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	var last HLC
 	b, err := r.ds.Batch(ctx)
 	if err != nil {
-		return Write{}, fmt.Errorf("crdt batch: %w", err)
+		return HLC{}, fmt.Errorf("crdt batch: %w", err)
 	}
 	size := 0
 	for _, op := range ops {
 		if err := checkKey(op.Key); err != nil {
-			return Write{}, err
+			return HLC{}, err
 		}
 		if op.Delete {
 			ok, err := r.ds.Has(ctx, ds.NewKey(op.Key))
 			if err != nil {
-				return Write{}, fmt.Errorf("crdt has %s: %w", op.Key, err)
+				return HLC{}, fmt.Errorf("crdt has %s: %w", op.Key, err)
 			}
 			if !ok {
 				continue
 			}
 			last = r.clock.Now()
 			if err := b.Delete(ctx, ds.NewKey(op.Key)); err != nil {
-				return Write{}, fmt.Errorf("crdt delete %s: %w", op.Key, err)
+				return HLC{}, fmt.Errorf("crdt delete %s: %w", op.Key, err)
 			}
 			size += len(op.Key) + 64
 		} else {
 			raw, err := json.Marshal(op.Body)
 			if err != nil {
-				return Write{}, fmt.Errorf("encode %s body: %w", op.Kind, err)
+				return HLC{}, fmt.Errorf("encode %s body: %w", op.Kind, err)
 			}
 			rec := Record{V: RecordVersion, Kind: op.Kind, HLC: r.clock.Now(), Writer: r.cfg.Self.String(), Body: raw}
 			last = rec.HLC
 			val, err := r.signed(op.Key, rec)
 			if err != nil {
-				return Write{}, err
+				return HLC{}, err
 			}
 			if err := b.Put(ctx, ds.NewKey(op.Key), val); err != nil {
-				return Write{}, fmt.Errorf("crdt put %s: %w", op.Key, err)
+				return HLC{}, fmt.Errorf("crdt put %s: %w", op.Key, err)
 			}
 			size += len(op.Key) + len(val)
 		}
 		if size >= maxBatchBytes {
 			if err := b.Commit(ctx); err != nil {
-				return Write{}, fmt.Errorf("crdt commit: %w", err)
+				return HLC{}, fmt.Errorf("crdt commit: %w", err)
 			}
 			if b, err = r.ds.Batch(ctx); err != nil {
-				return Write{}, fmt.Errorf("crdt batch: %w", err)
+				return HLC{}, fmt.Errorf("crdt batch: %w", err)
 			}
 			size = 0
 		}
 	}
 	if err := b.Commit(ctx); err != nil {
-		return Write{}, fmt.Errorf("crdt commit: %w", err)
+		return HLC{}, fmt.Errorf("crdt commit: %w", err)
 	}
 	if last.IsZero() {
 		last = r.clock.Now()
 	}
-	return r.written(ctx, last), nil
+	return last, nil
 }
 
 // Delete removes key. Deleting a key this replica has never seen is
 // ErrNotFound: go-ds-crdt would silently publish nothing (#62).
 func (r *Replica) Delete(ctx context.Context, key string) (Write, error) {
-	if err := checkKey(key); err != nil {
+	h, err := r.deleteKey(ctx, key)
+	if err != nil {
 		return Write{}, err
+	}
+	return r.acknowledge(ctx, h)
+}
+
+// deleteKey is Delete's write, under writeMu; it returns the write's HLC.
+func (r *Replica) deleteKey(ctx context.Context, key string) (HLC, error) {
+	if err := checkKey(key); err != nil {
+		return HLC{}, err
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	ok, err := r.ds.Has(ctx, ds.NewKey(key))
 	if err != nil {
-		return Write{}, fmt.Errorf("crdt has %s: %w", key, err)
+		return HLC{}, fmt.Errorf("crdt has %s: %w", key, err)
 	}
 	if !ok {
-		return Write{}, fmt.Errorf("%w: %s", ErrNotFound, key)
+		return HLC{}, fmt.Errorf("%w: %s", ErrNotFound, key)
 	}
 	h := r.clock.Now()
 	if err := r.ds.Delete(ctx, ds.NewKey(key)); err != nil {
-		return Write{}, fmt.Errorf("crdt delete %s: %w", key, err)
+		return HLC{}, fmt.Errorf("crdt delete %s: %w", key, err)
+	}
+	return h, nil
+}
+
+// acknowledge makes a local write durable (Config.Sync) and returns its
+// Write. It runs after writeMu is released, so writers finishing while
+// one sync runs share the next (groupSync); a Write's heads may then
+// already include later writes, which only makes its token ask for more.
+func (r *Replica) acknowledge(ctx context.Context, h HLC) (Write, error) {
+	if err := r.durability.durable(ctx); err != nil {
+		return Write{}, fmt.Errorf("crdt sync: %w", err)
 	}
 	return r.written(ctx, h), nil
 }

@@ -111,7 +111,8 @@ type Config struct {
 	// cut into it are refused with ErrDiskFull (HTTP 507) while reads go
 	// on. Default store.DefaultMinFree (64 MiB); negative turns it off.
 	MinFreeBytes int64
-	// NoSync turns off fsync on every write (tests and benchmarks only: an
+	// NoSync skips the sync that makes each of this peer's own writes
+	// durable before it is acknowledged (tests and benchmarks only: an
 	// acknowledged write can be lost on power failure).
 	NoSync bool
 	// Trusted publisher keys ("ed25519:<hex>") whose manifests and

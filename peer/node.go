@@ -188,7 +188,7 @@ func (n *Node) startReplication(ctx context.Context) error {
 	n.blocks = store.NewBlocks(n.ctx, n.host, n.store.Blockstore(), store.BlocksConfig{})
 	n.replica, err = crdt.Open(ctx, crdt.Config{
 		Mesh: n.cfg.Mesh, Self: n.host.ID(), PubSub: n.ps,
-		Datastore: n.store.Datastore(), DAG: n.blocks.DAG(),
+		Datastore: n.store.Datastore(), Sync: n.store.Sync, DAG: n.blocks.DAG(),
 		Local: n.blocks.Local(), Adder: n.blocks.Service(),
 		Logger: n.log, Unclean: n.store.Unclean(),
 		HeartbeatInterval: n.cfg.HeartbeatInterval, PeerTimeout: n.cfg.PeerTimeout,

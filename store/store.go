@@ -43,8 +43,11 @@ var (
 type Config struct {
 	// Dir is the data directory; Badger lives in Dir/badger. Required.
 	Dir string
-	// SyncWrites fsyncs every write before acknowledging it, so a power
-	// cut loses no acknowledged write. Default true; set NoSync to trade
+	// Badger runs without a sync per write; Sync makes everything written
+	// so far durable, and the replica calls it before acknowledging each of
+	// its own writes (crdt.Config.Sync), so a power cut loses no
+	// acknowledged write — only other peers' writes merged since the last
+	// sync, which the mesh has. NoSync makes Sync a no-op, trading even
 	// that for speed (tests, benchmarks).
 	NoSync bool
 	// MemTableSize is Badger's memtable size. Default 16 MiB.
@@ -79,6 +82,7 @@ type Store struct {
 	bs      blockstore.Blockstore
 	unclean bool
 	minFree int64
+	noSync  bool
 	log     *slog.Logger
 }
 
@@ -123,7 +127,7 @@ func Open(cfg Config) (*Store, error) {
 	opts := badger4.DefaultOptions
 	opts.GcInterval = cfg.GCInterval
 	opts.Options = opts.Options.
-		WithSyncWrites(!cfg.NoSync).
+		WithSyncWrites(false).
 		WithMemTableSize(cfg.MemTableSize).
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithValueLogFileSize(cfg.ValueLogFileSize).
@@ -142,7 +146,7 @@ func Open(cfg Config) (*Store, error) {
 		lock.Close()
 		return nil, err
 	}
-	s := &Store{dir: cfg.Dir, db: db, lock: lock, minFree: cfg.MinFree, log: cfg.Logger}
+	s := &Store{dir: cfg.Dir, db: db, lock: lock, minFree: cfg.MinFree, noSync: cfg.NoSync, log: cfg.Logger}
 	// The marker exists only while a peer runs: finding it at start means
 	// the last run ended without Close (kill -9, power cut).
 	marker := filepath.Join(cfg.Dir, runningMarker)
@@ -237,8 +241,13 @@ func (s *Store) Blockstore() blockstore.Blockstore { return s.bs }
 // Unclean reports whether the previous run ended without a clean Close.
 func (s *Store) Unclean() bool { return s.unclean }
 
-// Sync flushes everything to disk.
-func (s *Store) Sync(ctx context.Context) error { return s.db.Sync(ctx, ds.NewKey("/")) }
+// Sync makes everything written so far durable (a no-op with NoSync).
+func (s *Store) Sync(ctx context.Context) error {
+	if s.noSync {
+		return nil
+	}
+	return s.db.Sync(ctx, ds.NewKey("/"))
+}
 
 // Close syncs and closes the database and marks the shutdown clean.
 func (s *Store) Close() error {
