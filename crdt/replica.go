@@ -634,10 +634,20 @@ func (r *Replica) Scan(ctx context.Context, prefix string, f func(key string, va
 // List returns every valid record under prefix, ordered by key. Values that
 // do not decode are skipped (and counted): they never enter the state.
 func (r *Replica) List(ctx context.Context, prefix string) ([]Entry, error) {
+	// The keys' elements in one pass rather than a query per key (a
+	// model's state is read as one List of every record it ever had).
+	elems, err := r.elementsUnder(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
 	var out []Entry
-	err := r.Scan(ctx, prefix, func(key string, value []byte) error {
-		if rec, err := r.admit(key, value); err == nil {
+	err = r.Scan(ctx, prefix, func(key string, value []byte) error {
+		rec, _, err := r.admittedAmong(ctx, key, value, elems[key])
+		switch {
+		case err == nil:
 			out = append(out, Entry{Key: key, Record: rec})
+		case !errors.Is(err, ErrNotFound):
+			return err
 		}
 		return nil
 	})

@@ -148,7 +148,8 @@ type Registry struct {
 	last     map[string]ModelState
 	subs     []chan Change
 
-	cache stateCache
+	cache  stateCache
+	bodies checkedBodies
 }
 
 // New returns a registry over cfg.Replica. Call Run to follow changes.
@@ -399,6 +400,52 @@ func (g *Registry) Manifest(ctx context.Context, model, version string) (Manifes
 	return vs.Manifest, nil
 }
 
+// manifestOf decodes a publication and checks it against its key and its
+// signature (rejecting it, counted, if it fails); the trust and clock
+// rules are the caller's. Bodies that passed are remembered (bodies).
+func (g *Registry) manifestOf(model string, rest []string, e crdt.Entry) (Manifest, bool) {
+	var m Manifest
+	if g.bodies.get(e, &m) {
+		return m, true
+	}
+	if e.Record.Kind != KindVersion || e.Record.DecodeBody(&m) != nil {
+		g.reject(e, ReasonMalformed, errors.New("not a manifest"))
+		return m, false
+	}
+	if m.Model != model || m.Version != rest[1] || string(m.Publisher) != rest[2] {
+		g.reject(e, ReasonKeyMismatch, fmt.Errorf("manifest %s@%s by %s under %s", m.Model, m.Version, m.Publisher, e.Key))
+		return m, false
+	}
+	if err := m.Verify(); err != nil {
+		g.reject(e, ReasonBadSignature, err)
+		return m, false
+	}
+	g.bodies.put(e, m)
+	return m, true
+}
+
+// activationOf is manifestOf for an activation record.
+func (g *Registry) activationOf(model string, rest []string, e crdt.Entry) (Activation, bool) {
+	var a Activation
+	if g.bodies.get(e, &a) {
+		return a, true
+	}
+	if e.Record.Kind != KindCurrent || e.Record.DecodeBody(&a) != nil {
+		g.reject(e, ReasonMalformed, errors.New("not an activation"))
+		return a, false
+	}
+	if a.Model != model || string(a.Publisher) != rest[1] || (len(rest) == 3 && rest[2] != hlcSegment(a.HLC)) {
+		g.reject(e, ReasonKeyMismatch, fmt.Errorf("activation of %s by %s under %s", a.Model, a.Publisher, e.Key))
+		return a, false
+	}
+	if err := a.Verify(); err != nil {
+		g.reject(e, ReasonBadSignature, err)
+		return a, false
+	}
+	g.bodies.put(e, a)
+	return a, true
+}
+
 // evaluate applies the registry's rules to the raw entries of one model.
 func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 	st := ModelState{Name: model, Activations: []Activation{}, Versions: []VersionState{}}
@@ -408,17 +455,8 @@ func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 		rest := strings.Split(strings.TrimPrefix(e.Key, Prefix+model+"/"), "/")
 		switch {
 		case len(rest) == 3 && rest[0] == "versions":
-			var m Manifest
-			if e.Record.Kind != KindVersion || e.Record.DecodeBody(&m) != nil {
-				g.reject(e, ReasonMalformed, errors.New("not a manifest"))
-				continue
-			}
-			if m.Model != model || m.Version != rest[1] || string(m.Publisher) != rest[2] {
-				g.reject(e, ReasonKeyMismatch, fmt.Errorf("manifest %s@%s by %s under %s", m.Model, m.Version, m.Publisher, e.Key))
-				continue
-			}
-			if err := m.Verify(); err != nil {
-				g.reject(e, ReasonBadSignature, err)
+			m, ok := g.manifestOf(model, rest, e)
+			if !ok {
 				continue
 			}
 			if !g.isTrusted(m.Publisher) {
@@ -429,17 +467,8 @@ func (g *Registry) evaluate(model string, entries []crdt.Entry) ModelState {
 		case (len(rest) == 2 || len(rest) == 3) && rest[0] == "current":
 			// Two segments: the single per-publisher register of earlier
 			// releases, still honoured; three: one key per activation.
-			var a Activation
-			if e.Record.Kind != KindCurrent || e.Record.DecodeBody(&a) != nil {
-				g.reject(e, ReasonMalformed, errors.New("not an activation"))
-				continue
-			}
-			if a.Model != model || string(a.Publisher) != rest[1] || (len(rest) == 3 && rest[2] != hlcSegment(a.HLC)) {
-				g.reject(e, ReasonKeyMismatch, fmt.Errorf("activation of %s by %s under %s", a.Model, a.Publisher, e.Key))
-				continue
-			}
-			if err := a.Verify(); err != nil {
-				g.reject(e, ReasonBadSignature, err)
+			a, ok := g.activationOf(model, rest, e)
+			if !ok {
 				continue
 			}
 			if !g.isTrusted(a.Publisher) {

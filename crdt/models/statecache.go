@@ -2,10 +2,13 @@ package models
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/shoal-mesh/shoal/crdt"
 )
 
 // stateCache memoises the effective state of each model (and of all of
@@ -155,4 +158,62 @@ func cloneStates(all []ModelState) []ModelState {
 		out[i] = cloneState(st)
 	}
 	return out
+}
+
+// checkedBodies remembers the publications and activations that decoded,
+// matched their key and verified, by a hash of key, kind and body, so
+// evaluating a model after a change decodes and checks only its new
+// records (a JSON decode and a canonical re-encoding each, even with
+// package sign memoising the signature). Trust and clock rules are not
+// remembered: they are applied on every evaluation. Bounded: cleared
+// when full.
+type checkedBodies struct {
+	mu sync.Mutex
+	m  map[[32]byte]any // Manifest or Activation
+}
+
+const maxCheckedBodies = 1 << 16
+
+func bodyKey(e crdt.Entry) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(e.Key))
+	h.Write([]byte{0})
+	h.Write([]byte(e.Record.Kind))
+	h.Write([]byte{0})
+	h.Write(e.Record.Body)
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// get fills *v (a *Manifest or *Activation) from a remembered body.
+func (c *checkedBodies) get(e crdt.Entry, v any) bool {
+	k := bodyKey(e)
+	c.mu.Lock()
+	got, ok := c.m[k]
+	c.mu.Unlock()
+	if !ok {
+		return false
+	}
+	switch v := v.(type) {
+	case *Manifest:
+		m, ok := got.(Manifest)
+		*v = m
+		return ok
+	case *Activation:
+		a, ok := got.(Activation)
+		*v = a
+		return ok
+	}
+	return false
+}
+
+func (c *checkedBodies) put(e crdt.Entry, v any) {
+	k := bodyKey(e)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxCheckedBodies {
+		c.m = map[[32]byte]any{}
+	}
+	c.m[k] = v
+	c.mu.Unlock()
 }
