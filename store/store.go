@@ -91,6 +91,16 @@ var BlocksPrefix = ds.NewKey("/blocks")
 
 const runningMarker = "RUNNING"
 
+// valueThreshold is the size from which Badger keeps a value in its value
+// log rather than in the LSM tree. Badger's default (1 MiB) kept every
+// 256 KiB artifact chunk in the tree, so a 20 MiB fetch filled a
+// memtable every 64 chunks and was copied again by each flush and
+// compaction: two thirds of a fetching peer's CPU in a profile. Records
+// and delta blocks (about a kilobyte) stay in the tree; the space of a
+// deleted chunk comes back through value-log GC (GCInterval) instead of
+// compaction.
+const valueThreshold = 64 << 10
+
 // Open opens (creating if needed) the store in cfg.Dir.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
@@ -132,6 +142,7 @@ func Open(cfg Config) (*Store, error) {
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithValueLogFileSize(cfg.ValueLogFileSize).
 		WithNumMemtables(2).
+		WithValueThreshold(valueThreshold).
 		WithCompression(options.None)
 	if len(cfg.EncryptionKey) > 0 {
 		// Badger needs an index cache when blocks are encrypted.
