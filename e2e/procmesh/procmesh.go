@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"github.com/shoal-mesh/shoal/api"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -231,20 +232,39 @@ func (p *Peer) place(nw *netsim.Net, site int) error {
 	return nil
 }
 
-// freePorts returns n TCP ports the kernel had free on loopback (held
-// open together, so they differ).
+// freePorts returns n TCP ports free on loopback, from below Linux's
+// ephemeral range (32768 and up by default): a port the kernel hands out
+// as free is free only until some process's outgoing connection takes it
+// as its source port, which a mesh of fifty peers dialling each other did
+// before the peer meant to listen there had started. Ports are handed out
+// once per test process.
 func freePorts(n int) ([]int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("no free loopback port below 32768")
 		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		p := 20000 + mrand.IntN(12000)
+		if portsUsed[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsUsed[p] = true
+		ports = append(ports, p)
 	}
 	return ports, nil
 }
+
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
 
 // listenIP is the address the peer's libp2p host listens on.
 func (p *Peer) listenIP() string {

@@ -330,11 +330,36 @@ func (s *procNotifier) watch(ctx context.Context, i int, p *procmesh.Peer, got f
 		if s.serving {
 			v = ev.Serving
 		}
-		if v != "" && v != last {
-			last = v
-			got(i, v)
+		if v == "" || v == last {
+			continue
 		}
+		// The stream reports the latest state, not every step (a peer
+		// that applied two activations at once reports the second): the
+		// notices it skipped were superseded when it reported this one,
+		// and count as arriving then, which can only overstate their lag.
+		for _, skipped := range skippedNotices(last, v) {
+			got(i, skipped)
+		}
+		last = v
+		got(i, v)
 	}
+}
+
+// skippedNotices lists the notices measureNotifier published between two
+// a stream reported (named n%06d in order), exclusive of both.
+func skippedNotices(last, now string) []string {
+	var a, b int
+	if _, err := fmt.Sscanf(last, "n%06d", &a); err != nil {
+		return nil
+	}
+	if _, err := fmt.Sscanf(now, "n%06d", &b); err != nil {
+		return nil
+	}
+	var out []string
+	for k := a + 1; k < b; k++ {
+		out = append(out, fmt.Sprintf("n%06d", k))
+	}
+	return out
 }
 
 func (s *procNotifier) Publish(notice string) error {
