@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,12 +47,22 @@ type procOptions struct {
 // procRow is one system at one size.
 type procRow struct {
 	lagStats
-	cpuMs     float64 // CPU time per peer per update (ms), net of idle
-	bytesOut  float64 // libp2p stream bytes sent per peer per update, net of idle
-	idleCPU   float64 // CPU ms per peer per second when nothing changes
-	idleBytes float64 // bytes per peer per second when nothing changes
-	hasCost   bool
-	processes int
+	cpuMs      float64 // CPU time per peer per update (ms), net of idle
+	bytesOut   float64 // libp2p stream bytes sent per peer per update, net of idle
+	idleCPU    float64 // CPU ms per peer per second when nothing changes
+	idleBytes  float64 // bytes per peer per second when nothing changes
+	idleGossip float64 // the share of idleBytes that is gossipsub's
+	hasCost    bool
+	processes  int
+}
+
+// gapFor is the pause between notices to n subscribers: the configured
+// gap, and at least 40 ms per process, so the notices measure latency on
+// a machine whose cores every process shares, not the queue that forms
+// when n+1 processes are offered more work than two cores do (at 25
+// processes and 200 ms, CPU per update × peers exceeded the machine).
+func (o procOptions) gapFor(n int) time.Duration {
+	return max(o.gap, time.Duration(n+1)*40*time.Millisecond)
 }
 
 func runProcProp(o procOptions, out string) error {
@@ -74,7 +85,7 @@ func runProcProp(o procOptions, out string) error {
 			}
 			versions[nt.Name()] = nt.Version()
 			fmt.Fprintf(os.Stderr, "procprop: %s to %d subscribers...\n", nt.Name(), n)
-			lags, err := measureNotifier(nt, n, 10, o.notices, o.gap)
+			lags, err := measureNotifier(nt, n, 10, o.notices, o.gapFor(n))
 			nt.Close()
 			if err != nil {
 				return err
@@ -132,7 +143,7 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 		return nil, err
 	}
 	idle, err := sampleCost(ctx, m.Peers[1:], func() error {
-		time.Sleep(time.Duration(total) * o.gap) // the idle baseline is a span of time, not a wait for anything
+		time.Sleep(time.Duration(total) * o.gapFor(n)) // the idle baseline is a span of time, not a wait for anything
 		return nil
 	})
 	if err != nil {
@@ -141,13 +152,13 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	var lags []time.Duration
 	var stopProf func() error
 	if profiled {
-		stopProf = startProfiles(pprofAddrs, time.Duration(total)*o.gap, o.profileDir, n)
+		stopProf = startProfiles(pprofAddrs, time.Duration(total)*o.gapFor(n), o.profileDir, n)
 	}
 	busy, err := sampleCost(ctx, m.Peers[1:], func() error {
 		var err error
 		nt := &procNotifier{m: m, model: "note"}
 		defer nt.Close()
-		lags, err = measureNotifier(nt, n, 10, o.notices, o.gap)
+		lags, err = measureNotifier(nt, n, 10, o.notices, o.gapFor(n))
 		return err
 	})
 	if err != nil {
@@ -161,6 +172,9 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	rec := procRow{lagStats: statsOf("Shoal: activation record", n, lags), hasCost: true, processes: n + 1}
 	rec.cpuMs, rec.bytesOut = busy.net(idle, total)
 	rec.idleCPU, rec.idleBytes = idle.perSecond()
+	if idle.bytes > 0 {
+		rec.idleGossip = idle.gossip / idle.bytes
+	}
 	rows := []procRow{rec}
 	if n > o.serveUpTo {
 		return rows, nil
@@ -345,13 +359,17 @@ func (s *procNotifier) watch(ctx context.Context, i int, p *procmesh.Peer, got f
 	}
 }
 
-// skippedNotices lists the notices measureNotifier published between two
-// a stream reported (named n%06d in order), exclusive of both.
+// skippedNotices lists the notices measureNotifier published (named
+// n%06d in order) after last and before now, two a stream reported; last
+// is empty before the stream reported any.
 func skippedNotices(last, now string) []string {
-	var a, b int
-	if _, err := fmt.Sscanf(last, "n%06d", &a); err != nil {
-		return nil
+	a := -1 // nothing reported yet: every notice before now was skipped
+	if last != "" {
+		if _, err := fmt.Sscanf(last, "n%06d", &a); err != nil {
+			return nil
+		}
 	}
+	var b int
 	if _, err := fmt.Sscanf(now, "n%06d", &b); err != nil {
 		return nil
 	}
@@ -384,10 +402,11 @@ func (s *procNotifier) Close() {
 
 // cost is what a set of peer processes used over a span of time.
 type cost struct {
-	cpu   time.Duration // summed over the peers
-	bytes float64       // libp2p stream bytes sent, summed over the peers
-	peers int
-	span  time.Duration
+	cpu    time.Duration // summed over the peers
+	bytes  float64       // libp2p stream bytes sent, summed over the peers
+	gossip float64       // of which gossipsub's
+	peers  int
+	span   time.Duration
 }
 
 // net returns the CPU ms and bytes per peer per update of a busy span,
@@ -409,24 +428,25 @@ func (c cost) perSecond() (cpuMs, bytes float64) {
 // sampleCost runs f and returns what peers used meanwhile: CPU time from
 // /proc/<pid>/stat, bytes from each peer's shoal_p2p_bytes_total.
 func sampleCost(ctx context.Context, peers []*procmesh.Peer, f func() error) (cost, error) {
-	read := func() (time.Duration, float64, error) {
+	read := func() (time.Duration, float64, float64, error) {
 		var cpu time.Duration
-		var sent float64
+		var sent, gossip float64
 		for _, p := range peers {
 			c, err := processCPU(p.Pid())
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, 0, err
 			}
-			b, err := sentBytes(ctx, p)
+			b, g, err := sentBytes(ctx, p)
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, 0, err
 			}
 			cpu += c
 			sent += b
+			gossip += g
 		}
-		return cpu, sent, nil
+		return cpu, sent, gossip, nil
 	}
-	cpu0, b0, err := read()
+	cpu0, b0, g0, err := read()
 	if err != nil {
 		return cost{}, err
 	}
@@ -435,11 +455,11 @@ func sampleCost(ctx context.Context, peers []*procmesh.Peer, f func() error) (co
 		return cost{}, err
 	}
 	span := time.Since(start)
-	cpu1, b1, err := read()
+	cpu1, b1, g1, err := read()
 	if err != nil {
 		return cost{}, err
 	}
-	return cost{cpu: cpu1 - cpu0, bytes: b1 - b0, peers: len(peers), span: span}, nil
+	return cost{cpu: cpu1 - cpu0, bytes: b1 - b0, gossip: g1 - g0, peers: len(peers), span: span}, nil
 }
 
 // processCPU is a process's user and system CPU time so far.
@@ -466,13 +486,13 @@ func processCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / ticksPerSecond, nil
 }
 
-// sentBytes sums a peer's shoal_p2p_bytes_total{direction="out"}.
-func sentBytes(ctx context.Context, p *procmesh.Peer) (float64, error) {
+// sentBytes sums a peer's shoal_p2p_bytes_total{direction="out"}, and
+// its gossipsub series.
+func sentBytes(ctx context.Context, p *procmesh.Peer) (sum, gossip float64, err error) {
 	r, err := p.Do(ctx, "GET", "/metrics", nil)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var sum float64
 	found := false
 	for _, line := range strings.Split(string(r.Body), "\n") {
 		if !strings.HasPrefix(line, "shoal_p2p_bytes_total{") || !strings.Contains(line, `direction="out"`) {
@@ -480,15 +500,18 @@ func sentBytes(ctx context.Context, p *procmesh.Peer) (float64, error) {
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
 		if err != nil {
-			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+			return 0, 0, fmt.Errorf("metrics line %q: %w", line, err)
 		}
 		sum += v
+		if strings.Contains(line, `protocol="gossipsub"`) {
+			gossip += v
+		}
 		found = true
 	}
 	if !found {
-		return 0, fmt.Errorf("peer %d: no shoal_p2p_bytes_total on /metrics", p.Index)
+		return 0, 0, fmt.Errorf("peer %d: no shoal_p2p_bytes_total on /metrics", p.Index)
 	}
-	return sum, nil
+	return sum, gossip, nil
 }
 
 // startProfiles takes a CPU profile of each pprof address for d and
@@ -536,7 +559,8 @@ func renderProcProp(rows []procRow, versions map[string]string, o procOptions) s
 	fmt.Fprintf(&b, "Measured %s on %s, all in the same run. Servers: %s; %s; %s.\n", time.Now().UTC().Format("2006-01-02"), machine(),
 		versions["etcd watch"], versions["Redis pub/sub"], versions["NATS"])
 	fmt.Fprintf(&b, `For each size N one publisher tells N subscribers that the current version changed, %d times (after 10
-warm-ups), one every %s. Shoal: N+1 `+"`shoal run`"+` processes on loopback ports, each with its own Badger
+warm-ups), one every %s or 40 ms per process if that is longer (*gap* below: latency, not the queue that
+forms when every process's share of the cores runs out). Shoal: N+1 `+"`shoal run`"+` processes on loopback ports, each with its own Badger
 store (fsync on); versions are pushed beforehand and peer 0 activates one per notice (`+"`POST /v1/models/…/activate`"+`);
 lag = from the start of that call until the last subscriber's watch stream (`+"`GET /v1/models/{model}/watch`"+`)
 reported the new current version (*activation record*), or served it, fetched over bitswap and checked
@@ -548,8 +572,8 @@ same length just before (their heartbeats), per subscriber and notice; *idle* is
 second. Every process shares the machine's cores.
 
 `, o.notices, o.gap, o.serveActs)
-	fmt.Fprintln(&b, "| N | system | p50 | p99 | max | CPU / peer / update | bytes / peer / update | idle CPU, bytes / peer / s | Shoal record p99 ÷ this p99 |")
-	fmt.Fprintln(&b, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(&b, "| N | gap | system | p50 | p99 | max | CPU / peer / update | bytes / peer / update | idle CPU, bytes / peer / s | Shoal record p99 ÷ this p99 |")
+	fmt.Fprintln(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 	base := map[int]time.Duration{}
 	for _, r := range rows {
 		if r.system == "Shoal: activation record" {
@@ -566,7 +590,11 @@ second. Every process shares the machine's cores.
 			cpu, by = fmt.Sprintf("%.2f ms", r.cpuMs), fmt.Sprintf("%.0f B", r.bytesOut)
 			idle = fmt.Sprintf("%.2f ms, %.0f B", r.idleCPU, r.idleBytes)
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.subscribers, r.system, ms(r.p50), ms(r.p99), ms(r.max), cpu, by, idle, ratio)
+		gap := o.gapFor(r.subscribers).String()
+		if strings.Contains(r.system, "serving") {
+			gap = "in turn"
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.subscribers, gap, r.system, ms(r.p50), ms(r.p99), ms(r.max), cpu, by, idle, ratio)
 	}
 	b.WriteString("\n")
 	b.WriteString(renderGrowth(rows))
@@ -587,11 +615,12 @@ func renderGrowth(rows []procRow) string {
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "#### How the activation record's cost grows with the mesh (same run)\n\n")
-	fmt.Fprintln(&b, "| processes | p50 | p99 | p99 ÷ smallest mesh's | CPU / peer / update | bytes / peer / update | idle CPU / peer / s | idle bytes / peer / s |")
-	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(&b, "| processes | p50 | p99 | p99 ÷ smallest mesh's | CPU / peer / update | bytes / peer / update | idle CPU / peer / s | idle bytes / peer / s | of which gossipsub | idle CPU, all peers ÷ cores |")
+	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range recs {
-		fmt.Fprintf(&b, "| %d | %s | %s | %.1f× | %.2f ms | %.0f B | %.2f ms | %.0f B |\n", r.processes, ms(r.p50), ms(r.p99),
-			float64(r.p99)/float64(recs[0].p99), r.cpuMs, r.bytesOut, r.idleCPU, r.idleBytes)
+		fmt.Fprintf(&b, "| %d | %s | %s | %.1f× | %.2f ms | %.0f B | %.2f ms | %.0f B | %.0f %% | %.2f |\n", r.processes, ms(r.p50), ms(r.p99),
+			float64(r.p99)/float64(recs[0].p99), r.cpuMs, r.bytesOut, r.idleCPU, r.idleBytes, 100*r.idleGossip,
+			r.idleCPU*float64(r.processes)/1000/float64(runtime.NumCPU()))
 	}
 	return b.String() + "\n"
 }
