@@ -65,6 +65,22 @@ func (o procOptions) gapFor(n int) time.Duration {
 	return max(o.gap, time.Duration(n+1)*40*time.Millisecond)
 }
 
+// idleLoad is the idle CPU of all the mesh's processes against the
+// machine's cores.
+func (r procRow) idleLoad() float64 {
+	return r.idleCPU * float64(r.processes) / 1000 / float64(runtime.NumCPU())
+}
+
+// costCells are the CPU and bytes per peer per update, or a note where
+// the idle load alone took every core: the busy span then cost no more
+// than the idle one, and the difference says nothing.
+func (r procRow) costCells() (cpu, bytes string) {
+	if r.idleLoad() >= 1 {
+		return "— (idle load ≥ cores)", "—"
+	}
+	return fmt.Sprintf("%.2f ms", r.cpuMs), fmt.Sprintf("%.0f B", r.bytesOut)
+}
+
 func runProcProp(o procOptions, out string) error {
 	var rows []procRow
 	versions := map[string]string{}
@@ -561,7 +577,7 @@ func renderProcProp(rows []procRow, versions map[string]string, o procOptions) s
 	fmt.Fprintf(&b, `For each size N one publisher tells N subscribers that the current version changed, %d times (after 10
 warm-ups), one every %s or 40 ms per process if that is longer (*gap* below: latency, not the queue that
 forms when every process's share of the cores runs out). Shoal: N+1 `+"`shoal run`"+` processes on loopback ports, each with its own Badger
-store (fsync on); versions are pushed beforehand and peer 0 activates one per notice (`+"`POST /v1/models/…/activate`"+`);
+store (the writer syncs each write before acknowledging it); versions are pushed beforehand and peer 0 activates one per notice (`+"`POST /v1/models/…/activate`"+`);
 lag = from the start of that call until the last subscriber's watch stream (`+"`GET /v1/models/{model}/watch`"+`)
 reported the new current version (*activation record*), or served it, fetched over bitswap and checked
 (*activation → serving*, %d activations, each once the previous one was served everywhere). The alternatives as in the in-process comparison (etcd
@@ -587,7 +603,7 @@ second. Every process shares the machine's cores.
 		}
 		cpu, by, idle := "—", "—", "—"
 		if r.hasCost {
-			cpu, by = fmt.Sprintf("%.2f ms", r.cpuMs), fmt.Sprintf("%.0f B", r.bytesOut)
+			cpu, by = r.costCells()
 			idle = fmt.Sprintf("%.2f ms, %.0f B", r.idleCPU, r.idleBytes)
 		}
 		gap := o.gapFor(r.subscribers).String()
@@ -618,9 +634,9 @@ func renderGrowth(rows []procRow) string {
 	fmt.Fprintln(&b, "| processes | p50 | p99 | p99 ÷ smallest mesh's | CPU / peer / update | bytes / peer / update | idle CPU / peer / s | idle bytes / peer / s | of which gossipsub | idle CPU, all peers ÷ cores |")
 	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range recs {
-		fmt.Fprintf(&b, "| %d | %s | %s | %.1f× | %.2f ms | %.0f B | %.2f ms | %.0f B | %.0f %% | %.2f |\n", r.processes, ms(r.p50), ms(r.p99),
-			float64(r.p99)/float64(recs[0].p99), r.cpuMs, r.bytesOut, r.idleCPU, r.idleBytes, 100*r.idleGossip,
-			r.idleCPU*float64(r.processes)/1000/float64(runtime.NumCPU()))
+		cpu, by := r.costCells()
+		fmt.Fprintf(&b, "| %d | %s | %s | %.1f× | %s | %s | %.2f ms | %.0f B | %.0f %% | %.2f |\n", r.processes, ms(r.p50), ms(r.p99),
+			float64(r.p99)/float64(recs[0].p99), cpu, by, r.idleCPU, r.idleBytes, 100*r.idleGossip, r.idleLoad())
 	}
 	return b.String() + "\n"
 }
