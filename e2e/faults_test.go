@@ -39,6 +39,13 @@ func faultMesh(t *testing.T, prefix string, sites []int, opts ...func(*procmesh.
 	for _, f := range opts {
 		f(&o)
 	}
+	return nw, startProcMesh(t, o)
+}
+
+// startProcMesh starts the processes of o and stops them when the test
+// ends, logging each one's last lines if it failed.
+func startProcMesh(t *testing.T, o procmesh.Options) *procmesh.Mesh {
+	t.Helper()
 	m, err := procmesh.New(o)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +63,7 @@ func faultMesh(t *testing.T, prefix string, sites []int, opts ...func(*procmesh.
 	if err := m.StartAll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return nw, m
+	return m
 }
 
 // must fails the test unless the request answered want (200: any 2xx).

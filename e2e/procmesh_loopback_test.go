@@ -16,24 +16,10 @@ import (
 // processes connect, and an activation on one becomes current on the
 // other.
 func TestProcessesOnLoopback(t *testing.T) {
-	m, err := procmesh.New(procmesh.Options{Sites: []int{0, 0}, Dir: t.TempDir(), Mesh: "loopback",
+	m := startProcMesh(t, procmesh.Options{Sites: []int{0, 0}, Dir: t.TempDir(), Mesh: "loopback",
 		Args: func(int, []*procmesh.Peer) []string { return []string{"--dht=false", "--mdns=false"} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		m.Close()
-		if t.Failed() {
-			for _, p := range m.Peers {
-				t.Logf("peer %d log tail:\n%s", p.Index, p.LogTail(25))
-			}
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := m.StartAll(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if m.Peers[0].APIAddr() == m.Peers[1].APIAddr() || m.Peers[0].Pid() == 0 || m.Peers[0].Host != nil {
 		t.Fatalf("peers share an API address or have no process: %s %s pid %d", m.Peers[0].APIAddr(), m.Peers[1].APIAddr(), m.Peers[0].Pid())
 	}

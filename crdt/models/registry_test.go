@@ -13,14 +13,9 @@ import (
 	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
-// TestRegistryRecoversFromASlowSubscription: when Run falls so far behind
-// that the replica ends its subscription (ErrSlowSubscriber), the versions
-// published meanwhile and every later one are still announced.
-func TestRegistryRecoversFromASlowSubscription(t *testing.T) {
-	r := crdttest.OpenReplica(t, "models-unit")
-	// Room for the first version's events, not for those published while
-	// Run is stalled.
-	r.SetSubscriberLimits(crdt.SubscriberLimits{Events: 8})
+// newTestRegistry is a registry over r with a publisher key of its own.
+func newTestRegistry(t *testing.T, r *crdt.Replica) *Registry {
+	t.Helper()
 	pub, err := NewPublisherKey(t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
@@ -29,6 +24,18 @@ func TestRegistryRecoversFromASlowSubscription(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return g
+}
+
+// TestRegistryRecoversFromASlowSubscription: when Run falls so far behind
+// that the replica ends its subscription (ErrSlowSubscriber), the versions
+// published meanwhile and every later one are still announced.
+func TestRegistryRecoversFromASlowSubscription(t *testing.T) {
+	r := crdttest.OpenReplica(t, "models-unit")
+	// Room for the first version's events, not for those published while
+	// Run is stalled.
+	r.SetSubscriberLimits(crdt.SubscriberLimits{Events: 8})
+	g := newTestRegistry(t, r)
 	changes := g.Subscribe()
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})

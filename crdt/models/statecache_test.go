@@ -3,7 +3,6 @@ package models
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -23,15 +22,7 @@ func (c *stateCache) counts() (hits, misses uint64) {
 // modifying what it got does not change what the next caller gets; a new
 // trust set is evaluated afresh.
 func TestStateCacheServesRepeatsAndNeverHidesAWrite(t *testing.T) {
-	r := crdttest.OpenReplica(t, "statecache")
-	pub, err := NewPublisherKey(t.TempDir(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := New(Config{Replica: r, Publisher: pub, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := newTestRegistry(t, crdttest.OpenReplica(t, "statecache"))
 	ctx := context.Background()
 	publish := func(v string) {
 		t.Helper()
