@@ -170,17 +170,9 @@ to run; the alternatives relay a message through one central server, which is th
 `, notices, gap, acts)
 	fmt.Fprintln(&b, "| N | system | p50 | p99 | max | Shoal record p50 ÷ this p50 |")
 	fmt.Fprintln(&b, "|---:|---|---:|---:|---:|---:|")
-	base := map[int]time.Duration{}
+	ratioOf := shoalRatios(rows, func(r lagStats) time.Duration { return r.p50 })
 	for _, r := range rows {
-		if r.system == "Shoal: activation record" {
-			base[r.subscribers] = r.p50
-		}
-	}
-	for _, r := range rows {
-		ratio := "—"
-		if b0 := base[r.subscribers]; b0 > 0 && !strings.HasPrefix(r.system, "Shoal") && r.p50 > 0 {
-			ratio = fmt.Sprintf("%.1f×", float64(b0)/float64(r.p50))
-		}
+		ratio := ratioOf(r)
 		name := r.system
 		if r.note != "" {
 			name += " (" + r.note + ")"
@@ -188,4 +180,22 @@ to run; the alternatives relay a message through one central server, which is th
 		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s |\n", r.subscribers, name, ms(r.p50), ms(r.p99), ms(r.max), ratio)
 	}
 	return b.String() + "\n"
+}
+
+// shoalRatios returns the ratio column of a comparison: for an
+// alternative's row, Shoal's activation-record figure (of picks p50 or
+// p99) over the row's at the same N; "—" for Shoal's own rows.
+func shoalRatios(rows []lagStats, of func(lagStats) time.Duration) func(lagStats) string {
+	base := map[int]time.Duration{}
+	for _, r := range rows {
+		if r.system == "Shoal: activation record" {
+			base[r.subscribers] = of(r)
+		}
+	}
+	return func(r lagStats) string {
+		if b0 := base[r.subscribers]; b0 > 0 && !strings.HasPrefix(r.system, "Shoal") && of(r) > 0 {
+			return fmt.Sprintf("%.1f×", float64(b0)/float64(of(r)))
+		}
+		return "—"
+	}
 }

@@ -590,17 +590,13 @@ second. Every process shares the machine's cores.
 `, o.notices, o.gap, o.serveActs)
 	fmt.Fprintln(&b, "| N | gap | system | p50 | p99 | max | CPU / peer / update | bytes / peer / update | idle CPU, bytes / peer / s | Shoal record p99 ÷ this p99 |")
 	fmt.Fprintln(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-	base := map[int]time.Duration{}
-	for _, r := range rows {
-		if r.system == "Shoal: activation record" {
-			base[r.subscribers] = r.p99
-		}
+	stats := make([]lagStats, len(rows))
+	for i, r := range rows {
+		stats[i] = r.lagStats
 	}
+	ratioOf := shoalRatios(stats, func(r lagStats) time.Duration { return r.p99 })
 	for _, r := range rows {
-		ratio := "—"
-		if b0 := base[r.subscribers]; b0 > 0 && !strings.HasPrefix(r.system, "Shoal") && r.p99 > 0 {
-			ratio = fmt.Sprintf("%.1f×", float64(b0)/float64(r.p99))
-		}
+		ratio := ratioOf(r.lagStats)
 		cpu, by, idle := "—", "—", "—"
 		if r.hasCost {
 			cpu, by = r.costCells()
