@@ -142,11 +142,12 @@ func (s Staleness) Duration() time.Duration { return time.Duration(s.Seconds * f
 //
 // Peer A's view is fresh up to T with respect to B when A has processed every
 // head B announced at time T (B's HLC). A's staleness is now − min over
-// reachable peers B of that T. Peers not heard from for PeerTimeout are
-// unreachable: they stay listed and stop counting in the minimum, except
-// when no peer at all is reachable, where the staleness is measured from the
-// freshest view any peer ever gave (an isolated peer grows stale; it never
-// reports itself fresh). Peers silent for ForgetAfter are forgotten. A peer
+// counted peers B of that T. Peers not heard from for PeerTimeout are
+// unreachable: they stay listed, and stop counting in the minimum once some
+// other peer is heard after they timed out (the mesh goes on without them).
+// Until then they count, so an isolated peer — whose peers all fall silent —
+// grows stale from the oldest view they gave and never reports itself
+// fresher than a moment before. Peers silent for ForgetAfter are forgotten. A peer
 // that has heard of no other peer is fresh once StartupGrace has passed
 // (it is alone), and reports its uptime as staleness before that.
 type Tracker struct {
@@ -373,14 +374,26 @@ func (t *Tracker) Staleness() Staleness {
 	}
 
 	var out Staleness
-	var worstReachable, bestKnown = -1.0, -1.0
+	worstReachable := -1.0
 	reachable := 0
 	for id, p := range t.peers {
-		silent := mono.Sub(p.lastHeard)
-		if t.forgetAfter > 0 && silent > t.forgetAfter {
+		if t.forgetAfter > 0 && mono.Sub(p.lastHeard) > t.forgetAfter {
 			delete(t.peers, id)
-			continue
 		}
+	}
+	// lastAny is when any peer was last heard. A silent peer keeps
+	// counting until some other peer is heard after it timed out: when
+	// this peer is cut off its peers fall silent a heartbeat apart, and
+	// dropping each as it timed out would lower the staleness with no new
+	// evidence — back under a bound it had just reported broken.
+	var lastAny time.Time
+	for _, p := range t.peers {
+		if p.lastHeard.After(lastAny) {
+			lastAny = p.lastHeard
+		}
+	}
+	for id, p := range t.peers {
+		silent := mono.Sub(p.lastHeard)
 		ps := PeerStatus{
 			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.peerTimeout,
 			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs, Loaded: p.loaded,
@@ -408,11 +421,9 @@ func (t *Tracker) Staleness() Staleness {
 		// fresh until they arrive, whether their writer can be heard
 		// or not (a writer that went offline right after writing).
 		recalled := p.remembered && mono.Sub(t.started) < rememberFor
-		if (ps.Reachable || ps.Missing || recalled) && ps.LagSeconds > worstReachable {
+		lastWord := !lastAny.After(p.lastHeard.Add(t.peerTimeout))
+		if (ps.Reachable || ps.Missing || recalled || lastWord) && ps.LagSeconds > worstReachable {
 			worstReachable = ps.LagSeconds
-		}
-		if bestKnown < 0 || ps.LagSeconds < bestKnown {
-			bestKnown = ps.LagSeconds
 		}
 	}
 	sort.Slice(out.Peers, func(i, j int) bool { return out.Peers[i].ID < out.Peers[j].ID })
@@ -424,9 +435,9 @@ func (t *Tracker) Staleness() Staleness {
 	}
 	switch {
 	case worstReachable >= 0:
-		out.Seconds = worstReachable // the largest lag = the oldest FreshUpTo
-	case len(out.Peers) > 0:
-		out.Seconds = bestKnown // isolated: the freshest evidence anyone gave
+		// The largest lag = the oldest FreshUpTo. With any peer listed
+		// some peer counts: the one heard last is always the last word.
+		out.Seconds = worstReachable
 	default:
 		if up := mono.Sub(t.started); up < t.startupGrace {
 			out.Seconds = up.Seconds()

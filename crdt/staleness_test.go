@@ -177,3 +177,35 @@ func TestTrackerCountsASilentWriterWhoseHeadsAreMissing(t *testing.T) {
 	tr.Evaluate(ctx)
 	approx(t, "after W's heads are merged", tr.Staleness().Seconds, 0)
 }
+
+// TestTrackerIsolationNeverLowersStaleness: when a peer is cut off, its
+// peers fall silent one by one, each a heartbeat apart. Letting each stop
+// counting as it times out made the staleness drop back below the bound it
+// had just broken (the peer claimed to be fresher than a moment before,
+// with no new evidence). A silent peer keeps counting until some other
+// peer is heard after it timed out, so isolation only ever grows the
+// staleness.
+func TestTrackerIsolationNeverLowersStaleness(t *testing.T) {
+	f := newTrackerFixture(time.Second)
+	ft, proc, tr, hb := f.ft, f.proc, f.tr, f.hb
+	c := testCID(t, "c")
+	proc.add(c)
+	hb("A", c)
+	ft.advance(900 * time.Millisecond)
+	hb("B", c) // then the link goes down
+	last := 0.0
+	for i := 0; i < 100; i++ {
+		ft.advance(100 * time.Millisecond)
+		s := tr.Staleness().Seconds
+		if s < last-1e-9 {
+			t.Fatalf("after %v of isolation the staleness fell from %.3f to %.3f", time.Duration(i+1)*100*time.Millisecond, last, s)
+		}
+		last = s
+	}
+	approx(t, "isolated for 10s, A last fresh 10.9s ago", last, 10.9)
+
+	// B is heard again (the link is back) after A timed out: the mesh
+	// moves on without A, which stops counting.
+	hb("B", c)
+	approx(t, "B heard again", tr.Staleness().Seconds, 0)
+}
