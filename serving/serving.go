@@ -73,6 +73,13 @@ type Call struct {
 	Forwarded bool
 	// Headers travel with a forwarded call (the consistency demands).
 	Headers map[string]string
+	// Request is the request already decoded, by an API with its own
+	// wire form (gRPC); Body and HeaderLen are then unused and the call
+	// is never routed (a warm peer answers in the HTTP wire form).
+	Request *inference.InferRequest
+	// Decoded asks for the answer as Answer.Response, not encoded into
+	// Body (the gRPC API encodes it itself).
+	Decoded bool
 }
 
 // Answer is what Infer answers.
@@ -86,6 +93,8 @@ type Answer struct {
 	HeaderLen   int // ≥ 0: Body is JSON then binary outputs
 	RetryAfter  string
 	Body        []byte
+	// Response is the answer, decoded, when the call asked for it.
+	Response *inference.InferResponse
 }
 
 // Server serves inference on one peer.
@@ -132,9 +141,11 @@ func (s *Server) Slots() int     { return cap(s.slots) }
 // Sessions' errors.
 func (s *Server) Infer(ctx context.Context, c Call) (a Answer, err error) {
 	defer func() { s.Record(c.Model, a.versionOr(c.Version), outcome(a, err)) }()
-	req, err := inference.ParseRequest(c.Body, c.HeaderLen)
-	if err != nil {
-		return a, errs.Mark(ErrBadInput, err)
+	req := c.Request
+	if req == nil {
+		if req, err = inference.ParseRequest(c.Body, c.HeaderLen); err != nil {
+			return a, errs.Mark(ErrBadInput, err)
+		}
 	}
 	if s.mayRoute(c) && !s.cfg.Sessions.Loaded(c.Model, c.Version) {
 		if a, ok := s.routeCold(ctx, c); ok {
@@ -161,7 +172,7 @@ func (s *Server) Infer(ctx context.Context, c Call) (a Answer, err error) {
 		key = resultcache.KeyOf(sess.CID, p.Canonical())
 		if outs, ok := s.cached(ctx, cache, key, c.Model, sess.Version); ok {
 			resp.Outputs, a.Cache = outs, api.CacheHit
-			return encode(a, resp, req)
+			return encode(a, resp, req, c.Decoded)
 		}
 		a.Cache = api.CacheMiss
 	}
@@ -180,7 +191,7 @@ func (s *Server) Infer(ctx context.Context, c Call) (a Answer, err error) {
 			cache.Put(ctx, key, c.Model, sess.Version, raw)
 		}
 	}
-	return encode(a, resp, req)
+	return encode(a, resp, req, c.Decoded)
 }
 
 func (a Answer) versionOr(v string) string {
@@ -232,7 +243,11 @@ func (s *Server) run(ctx context.Context, sess *inference.Session, p *inference.
 	}
 }
 
-func encode(a Answer, resp inference.InferResponse, req *inference.InferRequest) (Answer, error) {
+func encode(a Answer, resp inference.InferResponse, req *inference.InferRequest, decoded bool) (Answer, error) {
+	if decoded {
+		a.Response, a.HeaderLen = &resp, -1
+		return a, nil
+	}
 	body, headerLen, err := inference.EncodeResponse(resp, req)
 	if err != nil {
 		return a, fmt.Errorf("encode the answer: %w", err)
@@ -283,7 +298,7 @@ func (s *Server) admit(ctx context.Context, c Call) (release func(), fwd *Answer
 // mayRoute reports whether c may go to a warm peer: this peer routes,
 // the call opted in, is pinned, and did not arrive by routing itself.
 func (s *Server) mayRoute(c Call) bool {
-	return s.cfg.Router != nil && c.Route && c.Version != "" && !c.Forwarded
+	return s.cfg.Router != nil && c.Route && c.Version != "" && !c.Forwarded && c.Request == nil
 }
 
 // routeCold forwards a pinned call for a version not loaded here to a
