@@ -4,8 +4,10 @@ import "time"
 
 // Status is the JSON of GET /v1/status and of `shoal status --json`.
 type Status struct {
-	PeerID           string     `json:"peer_id"`
-	Addrs            []string   `json:"addrs"`
+	PeerID string   `json:"peer_id"`
+	Addrs  []string `json:"addrs"`
+	// GRPCAddr is where the peer serves OIP v2 over gRPC; empty when off.
+	GRPCAddr         string     `json:"grpc_addr,omitempty"`
 	Mesh             string     `json:"mesh"`
 	Version          string     `json:"version"`
 	StartedAt        time.Time  `json:"started_at"`

@@ -36,35 +36,43 @@ func parseSeconds(s string) (time.Duration, error) {
 // Shoal-Staleness-Policy: flag). It returns the context the read must use;
 // on error the context is already cancelled.
 func (a *API) consistent(w http.ResponseWriter, r *http.Request) (context.Context, context.CancelFunc, error) {
+	return Demands(r.Context(), a.cfg.Consistency, r.Header.Get, w.Header().Set)
+}
+
+// Demands is consistent for any API edge: get reads a demand by its
+// header name (api.HeaderAfter, …; gRPC metadata lower-cases them) and
+// set answers Shoal-Staleness and Shoal-Stale. The gRPC API applies the
+// same demands through it, so both edges refuse, wait and flag alike.
+func Demands(parent context.Context, c Consistency, get func(string) string, set func(k, v string)) (context.Context, context.CancelFunc, error) {
 	wait := api.DefaultWait
-	if v := r.Header.Get(api.HeaderTimeout); v != "" {
+	if v := get(api.HeaderTimeout); v != "" {
 		d, err := parseSeconds(v)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %s: %v", errBadHeader, api.HeaderTimeout, err)
 		}
 		wait = min(d, api.MaxWait)
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), wait)
-	if err := a.checkConsistency(ctx, w, r, wait); err != nil {
+	ctx, cancel := context.WithTimeout(parent, wait)
+	if err := checkConsistency(ctx, c, get, set, wait); err != nil {
 		cancel()
 		return nil, nil, err
 	}
 	return ctx, cancel, nil
 }
 
-func (a *API) checkConsistency(ctx context.Context, w http.ResponseWriter, r *http.Request, wait time.Duration) error {
-	if tok := r.Header.Get(api.HeaderAfter); tok != "" {
+func checkConsistency(ctx context.Context, c Consistency, get func(string) string, set func(k, v string), wait time.Duration) error {
+	if tok := get(api.HeaderAfter); tok != "" {
 		_, heads, err := crdt.ParseToken(tok)
 		if err != nil {
 			return fmt.Errorf("%s: %w", api.HeaderAfter, err)
 		}
-		if err := a.cfg.Consistency.WaitFor(ctx, heads); err != nil {
+		if err := c.WaitFor(ctx, heads); err != nil {
 			return fmt.Errorf("%w: this peer has not caught up with the write yet (waited %s): %v", crdt.ErrNotCaughtUp, wait, err)
 		}
 	}
-	stale := a.cfg.Consistency.Staleness()
-	w.Header().Set(api.HeaderStaleness, FormatStaleness(stale))
-	v := r.Header.Get(api.HeaderMaxStaleness)
+	stale := c.Staleness()
+	set(api.HeaderStaleness, FormatStaleness(stale))
+	v := get(api.HeaderMaxStaleness)
 	if v == "" {
 		return nil
 	}
@@ -75,8 +83,8 @@ func (a *API) checkConsistency(ctx context.Context, w http.ResponseWriter, r *ht
 	if stale.Duration() <= maxStale {
 		return nil
 	}
-	if strings.EqualFold(r.Header.Get(api.HeaderStalenessPolicy), "flag") {
-		w.Header().Set(api.HeaderStale, "true")
+	if strings.EqualFold(get(api.HeaderStalenessPolicy), "flag") {
+		set(api.HeaderStale, "true")
 		return nil
 	}
 	return &stalenessError{msg: fmt.Sprintf("staleness %.3fs exceeds the requested bound %s", stale.Seconds, maxStale),

@@ -139,6 +139,12 @@ func bodyOf(err error) (api.Error, api.CodeInfo) {
 	return api.Error{Message: msg, Code: info.Code}, info
 }
 
+// Describe is err as every API edge reports it: the JSON error body (a
+// stable code from the catalogue, the message, and for a broken
+// staleness bound both figures) and the code's status and Retry-After.
+// The gRPC API maps the same description to its status codes.
+func Describe(err error) (api.Error, api.CodeInfo) { return bodyOf(err) }
+
 // writeError answers err with its catalogue status, code and Retry-After.
 func writeError(w http.ResponseWriter, err error) {
 	body, info := bodyOf(err)

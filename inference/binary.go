@@ -229,3 +229,15 @@ func appendNumber(b []byte, dt Datatype, n json.Number) []byte {
 	}
 	return b
 }
+
+// RawInput is an input whose data is given as raw little-endian element
+// bytes, as the binary extension and gRPC's raw_input_contents carry it
+// (BYTES elements: a 4-byte little-endian length, then the bytes).
+// Prepare checks the byte count against the shape and datatype.
+func RawInput(name, datatype string, shape []int64, raw []byte) RequestInput {
+	return RequestInput{Name: name, Datatype: datatype, Shape: shape, binary: raw, hasBinary: true}
+}
+
+// Raw renders the output's data as raw little-endian element bytes, the
+// form of the binary extension and of gRPC's raw_output_contents.
+func (o ResponseOutput) Raw() ([]byte, error) { return rawBytes(o.Datatype, o.Data) }

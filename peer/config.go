@@ -26,6 +26,14 @@ type Config struct {
 	// APIAddr is the HTTP API's listen address. Default "127.0.0.1:7480";
 	// port 0 picks a free port (see Node.APIAddr).
 	APIAddr string
+	// GRPCAddr is the listen address of the Open Inference Protocol v2
+	// over gRPC (KServe's GRPCInferenceService, which Triton's and
+	// KServe's clients speak). DefaultConfig: "127.0.0.1:7481"; empty:
+	// no gRPC API (a zero Config does not take a second port unasked).
+	// Port 0 picks a free port (see Node.GRPCAddr). Every method it
+	// serves is a read, as the same calls are on HTTP; like APIAddr it
+	// needs APIToken set to listen off loopback.
+	GRPCAddr string
 	// PSKFile, when set, makes the mesh private: a libp2p pre-shared key
 	// (the IPFS swarm.key format, see `shoal key psk`); peers without it
 	// cannot even complete a connection. QUIC cannot run under a PSK, so
@@ -141,8 +149,10 @@ type Config struct {
 const (
 	DefaultDataDir = "./shoal-data"
 	DefaultAPIAddr = "127.0.0.1:7480"
-	DefaultMesh    = "shoal"
-	DefaultP2PPort = 4010
+	// DefaultGRPCAddr is where `shoal run` serves OIP v2 over gRPC.
+	DefaultGRPCAddr = "127.0.0.1:7481"
+	DefaultMesh     = "shoal"
+	DefaultP2PPort  = 4010
 )
 
 // DefaultListenAddrs are TCP and QUIC on DefaultP2PPort.
@@ -158,6 +168,7 @@ func DefaultConfig() Config {
 	return Config{
 		DataDir:      DefaultDataDir,
 		APIAddr:      DefaultAPIAddr,
+		GRPCAddr:     DefaultGRPCAddr,
 		ListenAddrs:  DefaultListenAddrs(),
 		MDNS:         true,
 		DHT:          true,
@@ -245,6 +256,15 @@ func (c *Config) validate() (parsed, error) {
 	}
 	if c.APIToken == "" && !loopbackHost(host) {
 		return p, fmt.Errorf("%w: refusing to serve the API on %s without an API token (--api-token or SHOAL_API_TOKEN); loopback addresses need none", ErrBadConfig, c.APIAddr)
+	}
+	if c.GRPCAddr != "" {
+		ghost, _, err := net.SplitHostPort(c.GRPCAddr)
+		if err != nil {
+			return p, fmt.Errorf("%w: gRPC address %q: %v", ErrBadConfig, c.GRPCAddr, err)
+		}
+		if c.APIToken == "" && !loopbackHost(ghost) {
+			return p, fmt.Errorf("%w: refusing to serve gRPC on %s without an API token (--api-token or SHOAL_API_TOKEN); loopback addresses need none", ErrBadConfig, c.GRPCAddr)
+		}
 	}
 	for _, r := range c.Mesh {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {

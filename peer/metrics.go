@@ -23,6 +23,7 @@ import (
 func (n *Node) registerMetrics() error {
 	cs := []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &nodeCollector{n: n}}
 	cs = append(cs, n.api.Collectors()...)
+	cs = append(cs, n.grpc.Collectors()...)
 	cs = append(cs, n.serving.Collectors()...)
 	cs = append(cs, n.life.Collectors()...)
 	cs = append(cs, n.rag.Collectors()...)

@@ -34,6 +34,7 @@ import (
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/models"
 	"github.com/shoal-mesh/shoal/crdt/sign"
+	"github.com/shoal-mesh/shoal/grpcapi"
 	"github.com/shoal-mesh/shoal/httpapi"
 	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/inference/resultcache"
@@ -87,11 +88,13 @@ type Node struct {
 	flushes *serving.Flushes
 	rag     *rag.Service
 	api     *httpapi.API
+	grpc    *grpcapi.Server
 
 	// apiToken is Config.APIToken, replaced by Reload.
 	apiToken atomic.Pointer[string]
 	reg      *prometheus.Registry
 	apiLn    net.Listener
+	grpcLn   net.Listener // nil: no gRPC API
 	httpSrv  *http.Server
 
 	ctx    context.Context
@@ -171,6 +174,12 @@ func (n *Node) listenAPI() error {
 		return listenErr("API", n.cfg.APIAddr, err)
 	}
 	n.apiLn = ln
+	if n.cfg.GRPCAddr == "" {
+		return nil
+	}
+	if n.grpcLn, err = net.Listen("tcp", n.cfg.GRPCAddr); err != nil {
+		return listenErr("gRPC", n.cfg.GRPCAddr, err)
+	}
 	return nil
 }
 
@@ -286,6 +295,8 @@ func (n *Node) assemble() error {
 	n.api = httpapi.New(httpapi.Config{Peer: nodeStatus{n}, Consistency: n.replica, Models: n.life,
 		Inference: n.serving, Flusher: n.flushes, Retrieval: n.rag, Disk: n.store, Token: n.token,
 		Version: n.cfg.Version, Logger: n.log, Metrics: n.metricsHandler()})
+	n.grpc = grpcapi.New(grpcapi.Config{Consistency: n.replica, Models: n.life, Inference: n.serving,
+		Version: n.cfg.Version, Logger: n.log})
 	if router != nil {
 		router.Serve(n.ctx, n.api.Handler())
 	}
@@ -341,6 +352,15 @@ func (n *Node) serveAPI() error {
 			n.log.Error("API server stopped", "err", err)
 		}
 	}()
+	if n.grpcLn != nil {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := n.grpc.Serve(n.grpcLn); err != nil {
+				n.log.Error("gRPC server stopped", "err", err)
+			}
+		}()
+	}
 	return nil
 }
 
@@ -368,6 +388,14 @@ func (n *Node) Handler() http.Handler { return n.api.Handler() }
 
 // APIAddr returns the address the HTTP API listens on.
 func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
+
+// GRPCAddr returns the address the gRPC API listens on ("" when off).
+func (n *Node) GRPCAddr() string {
+	if n.grpcLn == nil {
+		return ""
+	}
+	return n.grpcLn.Addr().String()
+}
 
 // Serving returns the version of model this peer serves, if any.
 func (n *Node) Serving(model string) (string, bool) {
@@ -455,10 +483,16 @@ func (n *Node) stopAPI() {
 		if n.apiLn != nil {
 			n.apiLn.Close()
 		}
+		if n.grpcLn != nil {
+			n.grpcLn.Close()
+		}
 		return
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if n.grpcLn != nil {
+		n.grpc.Stop(sctx)
+	}
 	if err := n.httpSrv.Shutdown(sctx); err != nil {
 		n.log.Warn("API requests still running at shutdown; closing their connections", "err", err)
 		n.httpSrv.Close()

@@ -25,9 +25,11 @@ func (n *Node) Reload(r Reloadable) error {
 		return err
 	}
 	if r.APIToken == "" {
-		host, _, _ := net.SplitHostPort(n.cfg.APIAddr)
-		if !loopbackHost(host) {
-			return fmt.Errorf("%w: the API listens on %s: its token cannot be removed", ErrBadConfig, n.cfg.APIAddr)
+		for _, addr := range []string{n.cfg.APIAddr, n.cfg.GRPCAddr} {
+			host, _, _ := net.SplitHostPort(addr)
+			if addr != "" && !loopbackHost(host) {
+				return fmt.Errorf("%w: the API listens on %s: its token cannot be removed", ErrBadConfig, addr)
+			}
 		}
 	}
 	n.registry.SetTrusted(ids)

@@ -27,7 +27,7 @@ func (n *Node) Status(ctx context.Context) (api.Status, error) {
 	}
 	stale := n.replica.Staleness()
 	s := api.Status{
-		PeerID: n.host.ID().String(), Addrs: n.Addrs(), Mesh: n.cfg.Mesh, Version: n.cfg.Version,
+		PeerID: n.host.ID().String(), Addrs: n.Addrs(), GRPCAddr: n.GRPCAddr(), Mesh: n.cfg.Mesh, Version: n.cfg.Version,
 		StartedAt: n.started.UTC(), StalenessSeconds: stale.Seconds,
 		Connected: len(n.host.Network().Peers()), Height: st.Height, QueuedJobs: st.QueuedJobs,
 		StateHash: hash, Heads: []string{}, Peers: []api.PeerInfo{}, Models: []api.ModelSummary{},

@@ -183,7 +183,7 @@ func shoal(t *testing.T, args ...string) (string, string, int) {
 }
 
 func loopbackArgs(dir string) []string {
-	return []string{"--data", dir, "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--mesh", "proctest",
+	return []string{"--data", dir, "--api", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--mesh", "proctest",
 		"--ort-lib", repoFile("deps/onnxruntime/libonnxruntime.so"), "--default-model", "none"}
 }
 

@@ -56,6 +56,9 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 		return explainStartError(err)
 	}
 	fmt.Fprintf(stdout, "shoal %s: peer %s in mesh %q\n  API     http://%s\n", buildVersion(), node.ID(), cfg.Mesh, node.APIAddr())
+	if g := node.GRPCAddr(); g != "" {
+		fmt.Fprintf(stdout, "  gRPC    %s\n", g)
+	}
 	for _, a := range node.Addrs() {
 		fmt.Fprintf(stdout, "  libp2p  %s\n", a)
 	}

@@ -20,6 +20,7 @@ import (
 type settings struct {
 	Data           string   `toml:"data"`
 	API            string   `toml:"api"`
+	GRPC           string   `toml:"grpc"`
 	Mesh           string   `toml:"mesh"`
 	Listen         []string `toml:"listen"`
 	Bootstrap      []string `toml:"bootstrap"`
@@ -167,6 +168,8 @@ var peerDefaults = peer.DefaultConfig()
 var runSettings = []setting{
 	opt("data", func(s *settings) *string { return &s.Data }, peerDefaults.DataDir, "data directory"),
 	opt("api", func(s *settings) *string { return &s.API }, peerDefaults.APIAddr, "HTTP API listen address"),
+	opt("grpc", func(s *settings) *string { return &s.GRPC }, peerDefaults.GRPCAddr,
+		"OIP v2 over gRPC (KServe's GRPCInferenceService) listen address, or 'off'"),
 	opt("mesh", func(s *settings) *string { return &s.Mesh }, peerDefaults.Mesh, "mesh name: peers replicate only within a mesh"),
 	opt("listen", func(s *settings) *[]string { return &s.Listen }, peerDefaults.ListenAddrs,
 		"libp2p listen multiaddr, repeatable (default TCP and QUIC on port 4010)"),
@@ -256,7 +259,7 @@ func (s *settings) peerConfig() peer.Config {
 		cacheBytes = -1 // peer.Config's zero means the default size
 	}
 	return peer.Config{
-		DataDir: s.Data, APIAddr: s.API, Mesh: s.Mesh, ListenAddrs: s.Listen, Bootstrap: s.Bootstrap,
+		DataDir: s.Data, APIAddr: s.API, GRPCAddr: grpcAddr(s.GRPC), Mesh: s.Mesh, ListenAddrs: s.Listen, Bootstrap: s.Bootstrap,
 		MDNS: s.MDNS, DHT: s.DHT, NAT: s.NAT, RelayService: s.RelayService,
 		Trusted: s.Trust, PSKFile: s.PSK, APIToken: s.APIToken, EncryptKeyFile: s.EncryptKeyFile,
 		MinFreeBytes: int64(s.MinFreeMB) << 20, KeepVersions: s.KeepVersions,
@@ -264,4 +267,13 @@ func (s *settings) peerConfig() peer.Config {
 		CacheBytes: cacheBytes, CacheTTL: time.Duration(s.CacheTTL), CachePersist: s.CachePersist,
 		Version: buildVersion(),
 	}
+}
+
+// grpcAddr is the --grpc setting as peer.Config takes it: "off" (any
+// case) turns the gRPC API off.
+func grpcAddr(v string) string {
+	if strings.EqualFold(v, "off") {
+		return ""
+	}
+	return v
 }

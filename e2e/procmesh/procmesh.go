@@ -191,7 +191,7 @@ func New(opts Options) (*Mesh, error) {
 		m.Peers = append(m.Peers, p)
 	}
 	for i, p := range m.Peers {
-		p.Args = []string{"run", "--data", p.DataDir, "--api", p.apiAddr, "--mesh", opts.Mesh,
+		p.Args = []string{"run", "--data", p.DataDir, "--api", p.apiAddr, "--grpc", "127.0.0.1:0", "--mesh", opts.Mesh,
 			"--listen", fmt.Sprintf("/ip4/%s/tcp/%d", p.listenIP(), p.p2pPort),
 			"--default-model", "none", "--demo-rag=false", "--log-format", "json", "--log-level", "debug"}
 		for _, k := range trust {

@@ -100,6 +100,7 @@ func (m *Mesh) config(i int) peer.Config {
 	cfg := peer.Config{
 		DataDir:     m.DataDir(i),
 		APIAddr:     "127.0.0.1:0",
+		GRPCAddr:    "127.0.0.1:0",
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
 		Mesh:        m.opts.Mesh,
 		NoSync:      !m.opts.Sync,

@@ -1,0 +1,211 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"math"
+	"net/http"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/shoal-mesh/shoal/api"
+	"github.com/shoal-mesh/shoal/grpcapi"
+	"github.com/shoal-mesh/shoal/grpcapi/inferencepb"
+	"github.com/shoal-mesh/shoal/peer"
+)
+
+// grpcClient dials n's gRPC API.
+func grpcClient(t *testing.T, n *peer.Node) inferencepb.GRPCInferenceServiceClient {
+	t.Helper()
+	if n.GRPCAddr() == "" {
+		t.Fatal("the peer serves no gRPC API")
+	}
+	conn, err := grpc.NewClient(n.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return inferencepb.NewGRPCInferenceServiceClient(conn)
+}
+
+// clsInput is clsBody's image as float32s.
+func clsInput(seed int) []float32 {
+	data := make([]float32, 3*32*64)
+	for i := range data {
+		data[i] = float32(math.Sin(float64(i)*0.013+float64(seed))) * 0.7
+	}
+	return data
+}
+
+func le32(fs []float32) []byte {
+	b := make([]byte, 0, 4*len(fs))
+	for _, f := range fs {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(f))
+	}
+	return b
+}
+
+func fromLE32(b []byte) []float64 {
+	out := make([]float64, len(b)/4)
+	for i := range out {
+		out[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
+	}
+	return out
+}
+
+// errorInfo is a gRPC error's Shoal code (ErrorInfo reason).
+func errorInfo(err error) (codes.Code, *errdetails.ErrorInfo) {
+	st := status.Convert(err)
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.Domain == grpcapi.ErrorDomain {
+			return st.Code(), ei
+		}
+	}
+	return st.Code(), nil
+}
+
+// TestGRPCInferenceServesLikeREST drives the gRPC half of the Open
+// Inference Protocol on a second peer the way a KServe/Triton client
+// would: health and metadata, an inference pinned to a write's token
+// carried in metadata, raw and typed tensor data giving exactly the REST
+// answer, the result cache shared with REST, and errors with the
+// catalogue's codes — including a broken staleness bound, refused and
+// then flagged.
+func TestGRPCInferenceServesLikeREST(t *testing.T) {
+	m := startMesh(t, 2, nil)
+	a, b := m.Node(0), m.Node(1)
+	v1, _ := clsModels(t)
+	tok := push(t, a, "cls", "v1", v1, onnxQuery+"&activate=true")
+	c := grpcClient(t, b)
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "shoal-after", tok, "shoal-timeout", "60s")
+
+	eventually(t, "the model is ready over gRPC", func() error {
+		r, err := c.ModelReady(ctx, &inferencepb.ModelReadyRequest{Name: "cls"})
+		if err == nil && !r.Ready {
+			return errString("not ready")
+		}
+		return err
+	})
+	var hdr metadata.MD
+	md, err := c.ModelMetadata(ctx, &inferencepb.ModelMetadataRequest{Name: "cls"}, grpc.Header(&hdr))
+	if err != nil {
+		t.Fatalf("metadata after the push's token: %v", err)
+	}
+	if md.Name != "cls" || len(md.Inputs) != 1 || md.Inputs[0].Name != "x" || md.Inputs[0].Datatype != "FP32" || hdr.Get("shoal-model-version")[0] != "v1" {
+		t.Fatalf("metadata %v, header %v", md, hdr)
+	}
+	if live, err := c.ServerLive(t.Context(), &inferencepb.ServerLiveRequest{}); err != nil || !live.Live {
+		t.Fatalf("live: %v %v", live, err)
+	}
+	if sm, err := c.ServerMetadata(t.Context(), &inferencepb.ServerMetadataRequest{}); err != nil || sm.Name != "shoal" {
+		t.Fatalf("server metadata: %v %v", sm, err)
+	}
+
+	// The REST answer on the writer is the reference.
+	rest := inferHTTP(t, a, "cls", "v1", clsBody(3))
+	if rest.code != http.StatusOK {
+		t.Fatalf("REST: %d %s", rest.code, rest.body)
+	}
+	var want []float64
+	raw, _ := json.Marshal(rest.resp.Outputs[0].Data)
+	json.Unmarshal(raw, &want)
+
+	in := &inferencepb.ModelInferRequest_InferInputTensor{Name: "x", Datatype: "FP32", Shape: []int64{1, 3, 32, 64}}
+	req := &inferencepb.ModelInferRequest{ModelName: "cls", ModelVersion: "v1", Id: "g-1",
+		Inputs: []*inferencepb.ModelInferRequest_InferInputTensor{in}, RawInputContents: [][]byte{le32(clsInput(3))}}
+	check := func(what string, resp *inferencepb.ModelInferResponse, hdr metadata.MD, cache string) {
+		t.Helper()
+		if len(resp.Outputs) != 1 || len(resp.RawOutputContents) != 1 || resp.ModelVersion != "v1" {
+			t.Fatalf("%s: %v", what, resp)
+		}
+		got := fromLE32(resp.RawOutputContents[0])
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d values, REST gave %d", what, len(got), len(want))
+		}
+		for i := range got {
+			if float32(got[i]) != float32(want[i]) { // JSON carries a float32 in its shortest form
+				t.Fatalf("%s: output %d = %v, REST gave %v", what, i, got[i], want[i])
+			}
+		}
+		if h := hdr.Get("shoal-cache"); len(h) != 1 || h[0] != cache {
+			t.Errorf("%s: shoal-cache %v, want %s", what, h, cache)
+		}
+		if len(hdr.Get("shoal-staleness")) == 0 {
+			t.Errorf("%s: no shoal-staleness in %v", what, hdr)
+		}
+	}
+	resp, err := c.ModelInfer(ctx, req, grpc.Header(&hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("raw contents", resp, hdr, api.CacheMiss)
+	resp, err = c.ModelInfer(ctx, req, grpc.Header(&hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("repeated", resp, hdr, api.CacheHit)
+
+	// Typed contents instead of raw bytes: the same request, so the
+	// same answer (from the cache the raw request filled).
+	typed := &inferencepb.ModelInferRequest{ModelName: "cls", Inputs: []*inferencepb.ModelInferRequest_InferInputTensor{{
+		Name: "x", Datatype: "FP32", Shape: in.Shape, Contents: &inferencepb.InferTensorContents{Fp32Contents: clsInput(3)}}}}
+	resp, err = c.ModelInfer(ctx, typed, grpc.Header(&hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("typed contents", resp, hdr, api.CacheHit)
+
+	// Errors carry the catalogue's code under the matching gRPC code.
+	for _, tc := range []struct {
+		what string
+		call func() error
+		code codes.Code
+		want string
+	}{
+		{"unknown model", func() error {
+			_, err := c.ModelInfer(ctx, &inferencepb.ModelInferRequest{ModelName: "nope", Inputs: req.Inputs, RawInputContents: req.RawInputContents})
+			return err
+		}, codes.NotFound, api.CodeModelUnknown},
+		{"short tensor", func() error {
+			_, err := c.ModelInfer(ctx, &inferencepb.ModelInferRequest{ModelName: "cls", Inputs: req.Inputs, RawInputContents: [][]byte{make([]byte, 12)}})
+			return err
+		}, codes.InvalidArgument, api.CodeInferenceInput},
+		{"bad token", func() error {
+			_, err := c.ModelMetadata(metadata.AppendToOutgoingContext(t.Context(), "shoal-after", "garbage"), &inferencepb.ModelMetadataRequest{Name: "cls"})
+			return err
+		}, codes.InvalidArgument, api.CodeTokenMalformed},
+		{"staleness bound", func() error {
+			_, err := c.ModelInfer(metadata.AppendToOutgoingContext(t.Context(), "shoal-max-staleness", "0s"), req)
+			return err
+		}, codes.Unavailable, api.CodeStalenessExceeded},
+	} {
+		code, ei := errorInfo(tc.call())
+		if code != tc.code || ei == nil || ei.Reason != tc.want {
+			t.Errorf("%s: %v %v, want %v with reason %s", tc.what, code, ei, tc.code, tc.want)
+		}
+	}
+	// Asked to flag rather than refuse, the same bound answers and says so.
+	resp, err = c.ModelInfer(metadata.AppendToOutgoingContext(t.Context(), "shoal-max-staleness", "0s", "shoal-staleness-policy", "flag"), req, grpc.Header(&hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hdr.Get("shoal-stale"); len(h) != 1 || h[0] != "true" {
+		t.Errorf("flagged answer: shoal-stale %v", h)
+	}
+
+	var st api.Status
+	do(t, http.MethodGet, baseURL(b)+"/v1/status", nil).json(t, &st)
+	if st.GRPCAddr != b.GRPCAddr() {
+		t.Errorf("/v1/status grpc_addr %q, want %q", st.GRPCAddr, b.GRPCAddr())
+	}
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
