@@ -6,7 +6,7 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all setup build run test vet fuzz bench reliability clean
+.PHONY: all setup build run test vet fuzz bench reliability proto clean
 
 all: build
 
@@ -50,6 +50,16 @@ bench: setup
 # Fault scenarios with real processes in network namespaces (root).
 reliability: setup
 	$(GO) run ./e2e/cmd/shoal-reliability -out docs/reliability.md
+
+# Regenerates grpcapi/inferencepb from inference.proto: protoc from Debian
+# (protobuf-compiler), the Go plugins at these versions. The generated code
+# is committed; builds and CI need none of this.
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.1
+proto:
+	GOBIN=$(CURDIR)/bin/protoc-plugins $(GO) install $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	cd grpcapi/inferencepb && PATH=$(CURDIR)/bin/protoc-plugins:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative inference.proto
 
 clean:
 	rm -rf bin

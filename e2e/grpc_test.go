@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -15,8 +21,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shoal-mesh/shoal/api"
+	"github.com/shoal-mesh/shoal/e2e/testmesh"
 	"github.com/shoal-mesh/shoal/grpcapi"
 	"github.com/shoal-mesh/shoal/grpcapi/inferencepb"
+	"github.com/shoal-mesh/shoal/inference"
 	"github.com/shoal-mesh/shoal/peer"
 )
 
@@ -209,3 +217,125 @@ func TestGRPCInferenceServesLikeREST(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestTritonPythonClients points NVIDIA Triton's own Python clients
+// (tritonclient[http,grpc] from PyPI, pinned in
+// scripts/python-requirements.txt) at a peer, unchanged: liveness,
+// readiness and metadata, inference with binary and JSON tensors over
+// REST and raw tensors over gRPC — each exactly the bare onnxruntime
+// answer — a write's token passed as their headers, and the peer's
+// errors raised by the clients as errors with the peer's status.
+func TestTritonPythonClients(t *testing.T) {
+	python := testmesh.RepoFile("deps/python/bin/python3")
+	if _, err := os.Stat(python); err != nil {
+		t.Fatalf("the tests' Python is missing (%v): run `make setup`", err)
+	}
+	m := startMesh(t, 2, nil)
+	v1, _ := clsModels(t)
+	tok := push(t, m.Node(0), "cls", "v1", v1, onnxQuery+"&activate=true")
+	n := m.Node(1) // the clients talk to a peer that learns of the model by replication
+	input := filepath.Join(t.TempDir(), "image.f32")
+	if err := os.WriteFile(input, le32(clsInput(5)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(python, testmesh.RepoFile("e2e/testdata/triton_clients.py"), n.APIAddr(), n.GRPCAddr(), "cls", input, tok)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python clients: %v\n%s", err, stderr.String())
+	}
+	type failure struct{ Status, Message string }
+	var got struct {
+		HTTPLive, HTTPModelReady, GRPCLive, GRPCServerReady, GRPCModelReady bool
+		HTTPMetadata, GRPCMetadata                                          struct {
+			Name   string
+			Inputs []struct {
+				Name, Datatype string
+				Shape          []any
+			}
+		}
+		HTTPBinary, HTTPJSON, GRPC                map[string][]float64
+		HTTPVersion, GRPCVersion                  string
+		HTTPUnknownModel, HTTPBadShape            *failure
+		GRPCUnknownModel, GRPCBadShape, GRPCStale *failure
+	}
+	if err := json.Unmarshal(snakeToCamel(t, out), &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !got.HTTPLive || !got.HTTPModelReady || !got.GRPCLive || !got.GRPCServerReady || !got.GRPCModelReady {
+		t.Errorf("health as the clients saw it: %s", out)
+	}
+	for _, md := range []any{got.HTTPMetadata, got.GRPCMetadata} {
+		if s := fmt.Sprint(md); !strings.Contains(s, "cls") || !strings.Contains(s, "FP32") {
+			t.Errorf("metadata as a client saw it: %s", s)
+		}
+	}
+	if got.HTTPVersion != "v1" || got.GRPCVersion != "v1" {
+		t.Errorf("versions: http %q grpc %q", got.HTTPVersion, got.GRPCVersion)
+	}
+
+	// The bare onnxruntime answer, outside any peer.
+	body, _ := json.Marshal(inference.InferRequest{Inputs: []inference.RequestInput{{Name: "x", Shape: []int64{1, 3, 32, 64}, Datatype: "FP32",
+		Data: mustJSON(t, clsInput(5))}}})
+	var ref []inference.ResponseOutput
+	json.Unmarshal([]byte(reference(t, v1, body)), &ref)
+	for what, outs := range map[string]map[string][]float64{"http binary": got.HTTPBinary, "http json": got.HTTPJSON, "grpc": got.GRPC} {
+		if len(outs) != len(ref) {
+			t.Fatalf("%s: %d outputs, the model has %d", what, len(outs), len(ref))
+		}
+		for _, r := range ref {
+			var want []float64
+			json.Unmarshal(mustJSON(t, r.Data), &want)
+			gotVals := outs[r.Name]
+			if len(gotVals) != len(want) {
+				t.Fatalf("%s: output %s has %d values, want %d", what, r.Name, len(gotVals), len(want))
+			}
+			for i := range want {
+				if float32(gotVals[i]) != float32(want[i]) {
+					t.Fatalf("%s: output %s[%d] = %v, onnxruntime gave %v", what, r.Name, i, gotVals[i], want[i])
+				}
+			}
+		}
+	}
+	for what, f := range map[string]struct {
+		got    *failure
+		status string
+	}{
+		"http unknown model": {got.HTTPUnknownModel, "404"},
+		"http bad shape":     {got.HTTPBadShape, "400"},
+		"grpc unknown model": {got.GRPCUnknownModel, "StatusCode.NOT_FOUND"},
+		"grpc bad shape":     {got.GRPCBadShape, "StatusCode.INVALID_ARGUMENT"},
+		"grpc stale":         {got.GRPCStale, "StatusCode.UNAVAILABLE"},
+	} {
+		if f.got == nil || f.got.Status != f.status || f.got.Message == "" {
+			t.Errorf("%s: the client raised %+v, want status %s with a message", what, f.got, f.status)
+		}
+	}
+}
+
+func mustJSON(t *testing.T, v any) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// snakeToCamel rewrites the script's snake_case keys (http_model_ready)
+// so they decode into Go field names (HTTPModelReady matches
+// case-insensitively once the underscores are gone).
+func snakeToCamel(t *testing.T, js []byte) []byte {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(js, &m); err != nil {
+		t.Fatalf("%v: %s", err, js)
+	}
+	out := make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		out[strings.ReplaceAll(k, "_", "")] = v
+	}
+	b, _ := json.Marshal(out)
+	return b
+}
