@@ -57,7 +57,8 @@ reliability: setup
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.1
 proto:
-	GOBIN=$(CURDIR)/bin/protoc-plugins $(GO) install $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	GOBIN=$(CURDIR)/bin/protoc-plugins $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(CURDIR)/bin/protoc-plugins $(GO) install $(PROTOC_GEN_GO_GRPC)
 	cd grpcapi/inferencepb && PATH=$(CURDIR)/bin/protoc-plugins:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative inference.proto
 
