@@ -38,14 +38,16 @@ var allowed = []struct {
 	{"serving", []string{"api", "crdt/...", "inference/...", "internal/errs"}},
 	{"rag", []string{"api", "crdt/...", "inference/...", "internal/errs"}},
 	{"httpapi", []string{"api", "crdt/...", "inference/...", "store/...", "lifecycle", "serving", "rag", "internal/errs"}},
-	{"peer", []string{"api", "crdt/...", "inference/...", "store/...", "lifecycle", "serving", "rag", "httpapi", "internal/errs"}},
+	{"grpcapi/inferencepb", nil},
+	{"grpcapi", []string{"api", "grpcapi/inferencepb", "httpapi", "inference", "lifecycle", "serving", "internal/errs"}},
+	{"peer", []string{"api", "crdt/...", "inference/...", "store/...", "lifecycle", "serving", "rag", "httpapi", "grpcapi", "internal/errs"}},
 	{"cmd/...", []string{"api", "crdt/...", "inference/...", "store/...", "peer", "internal/errs"}},
 	{"e2e/...", []string{"..."}},
 }
 
 // noCgo are the packages (trees) that must not depend on onnxruntime,
 // directly or through anything they import.
-var noCgo = []string{"api", "crdt/...", "store/...", "internal/errs", "inference/resultcache"}
+var noCgo = []string{"api", "crdt/...", "store/...", "internal/errs", "inference/resultcache", "grpcapi/inferencepb"}
 
 type pkgInfo struct {
 	ImportPath string
