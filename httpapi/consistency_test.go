@@ -175,3 +175,40 @@ func TestMaxStalenessMalformed(t *testing.T) {
 	}
 	wantCalls(t, h.models.calls, map[string]int{"List": 0})
 }
+
+// TestWritesWaitForShoalAfter: a write that builds on another peer's
+// write — a document into a collection created there, activating a
+// version pushed there — carries that write's token and waits for it,
+// as reads do, instead of failing as unknown on a peer that has not
+// received it yet. A token that is not reached refuses the write before
+// anything is written.
+func TestWritesWaitForShoalAfter(t *testing.T) {
+	for _, tc := range []struct {
+		method, path, body string
+		wrote              func(h *harness) int
+	}{
+		{"PUT", "/v1/collections/notes/docs/a", `{"text":"t"}`, func(h *harness) int { return h.ret.calls["PrepareDocs"] + h.ret.calls["PutDocs"] }},
+		{"POST", "/v1/collections/notes/docs", `{"docs":[{"id":"a","text":"t"}]}`, func(h *harness) int { return h.ret.calls["PrepareDocs"] + h.ret.calls["PutDocs"] }},
+		{"DELETE", "/v1/collections/notes/docs/a", ``, func(h *harness) int { return h.ret.calls["DeleteDoc"] }},
+		{"POST", "/v1/collections", `{"name":"notes","embedder":"e@v1","dimension":4}`, func(h *harness) int { return h.ret.calls["CreateCollection"] }},
+		{"POST", "/v1/models/m/activate", `{"version":"v1"}`, func(h *harness) int { return h.models.calls["Activate"] }},
+		{"POST", "/v1/models/m/rollback", ``, func(h *harness) int { return h.models.calls["Rollback"] }},
+		{"PUT", "/v1/models/m/versions/v1", `bytes`, func(h *harness) int { return h.models.calls["Push"] }},
+		{"POST", "/v1/cache/flush", ``, func(h *harness) int { return h.flusher.calls["Flush"] }},
+	} {
+		h := newHarness(t)
+		h.cons.WaitForFn = func(ctx context.Context, heads []cid.Cid) error {
+			return fmt.Errorf("%w: missing heads x", crdt.ErrNotCaughtUp)
+		}
+		w := h.do(t, tc.method, tc.path, strings.NewReader(tc.body), api.HeaderAfter, testWrite("w").Token(), api.HeaderTimeout, "10ms")
+		if e := decode[api.Error](t, w); e.Code != api.CodeTokenNotReached {
+			t.Errorf("%s %s with an unreached token: %d %s, want %s", tc.method, tc.path, w.Code, e.Code, api.CodeTokenNotReached)
+		}
+		if n := tc.wrote(h); n != 0 {
+			t.Errorf("%s %s wrote (%d calls) before its token was reached", tc.method, tc.path, n)
+		}
+		if h.cons.calls["WaitFor"] != 1 {
+			t.Errorf("%s %s: WaitFor called %d times", tc.method, tc.path, h.cons.calls["WaitFor"])
+		}
+	}
+}

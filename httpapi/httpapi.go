@@ -182,8 +182,34 @@ func (a *API) middleware(next http.Handler) http.Handler {
 				return
 			}
 		}
+		if isWrite(r) {
+			if err := a.writeDemands(rec, r); err != nil {
+				writeError(rec, err)
+				return
+			}
+		}
 		next.ServeHTTP(rec, r)
 	})
+}
+
+// writeDemands applies a write's consistency demands before it is read:
+// a write that builds on another peer's write (a document into a
+// collection created there, activating a version pushed there) carries
+// that write's Shoal-After token and waits for it, as a read does, rather
+// than failing as unknown where the write has not arrived yet. A write
+// bounded by Shoal-Max-Staleness is refused (or flagged) like a read.
+// The handler then runs with its own deadline: the wait is bounded by
+// Shoal-Timeout alone.
+func (a *API) writeDemands(w http.ResponseWriter, r *http.Request) error {
+	if a.cfg.Consistency == nil || r.Header.Get(api.HeaderAfter) == "" && r.Header.Get(api.HeaderMaxStaleness) == "" {
+		return nil
+	}
+	_, cancel, err := a.consistent(w, r)
+	if err != nil {
+		return err
+	}
+	cancel()
+	return nil
 }
 
 // finish recovers a panic into a 500 and counts the request.
