@@ -14,17 +14,49 @@ const reinjectAfter = 10 * time.Second
 
 func (r *Replica) heartbeatLoop() {
 	defer r.wg.Done()
-	t := time.NewTicker(r.cfg.HeartbeatInterval)
+	// A ticker, reset when the interval changes: waiting a fresh interval
+	// after each send would add the send's own time to every period, and
+	// under load the cadence would drift past what receivers allow.
+	every := heartbeatEvery(r.cfg.HeartbeatInterval, r.tracker.Reachable())
+	t := time.NewTicker(every)
 	defer t.Stop()
-	r.sendHeartbeat()
+	r.sendHeartbeat(every)
 	for {
 		select {
 		case <-r.ctx.Done():
 			return
 		case <-t.C:
-			r.sendHeartbeat()
 		}
+		if next := heartbeatEvery(r.cfg.HeartbeatInterval, r.tracker.Reachable()); next != every {
+			every = next
+			t.Reset(every)
+		}
+		r.sendHeartbeat(every)
 	}
+}
+
+// heartbeatScaleAt is the mesh size up to which every peer heartbeats at
+// Config.HeartbeatInterval. Gossipsub relays every heartbeat to every
+// peer, several times over, so at a fixed rate each peer's heartbeat
+// traffic grows with the mesh: 56 KB/s per peer at 10 processes, 377 KB/s
+// at 50, where the idle load of all peers alone exceeded two cores
+// (docs/benchmarks.md). Past this size the interval grows with the mesh,
+// so a peer hears about heartbeatScaleAt heartbeats per interval
+// whatever the size; each peer's timeout grows with the interval it
+// announces (Heartbeat.Every).
+const heartbeatScaleAt = 16
+
+// maxHeartbeatScale bounds that growth: staleness is measured from
+// heartbeats, so a slower beat makes every peer's bound coarser.
+const maxHeartbeatScale = 8
+
+// heartbeatEvery is the heartbeat interval of a peer that has reachable
+// other peers: base up to heartbeatScaleAt peers in the mesh, then base
+// per started heartbeatScaleAt, up to maxHeartbeatScale × base.
+func heartbeatEvery(base time.Duration, reachable int) time.Duration {
+	mesh := reachable + 1
+	scale := (mesh + heartbeatScaleAt - 1) / heartbeatScaleAt
+	return base * time.Duration(min(max(scale, 1), maxHeartbeatScale))
 }
 
 // maintain evaluates freshness, fetches what peers announced and this
@@ -62,9 +94,12 @@ func (r *Replica) maintain() {
 	}
 }
 
-func (r *Replica) sendHeartbeat() {
+func (r *Replica) sendHeartbeat(every time.Duration) {
 	st := r.ds.InternalStats(r.ctx)
 	hb := Heartbeat{V: 1, Peer: r.cfg.Self.String(), HLC: r.clock.Now(), Height: st.MaxHeight}
+	if every != time.Second {
+		hb.Every = every.Milliseconds()
+	}
 	if r.cfg.Addrs != nil {
 		hb.Addrs = r.cfg.Addrs()
 		if len(hb.Addrs) > maxHeartbeatAddrs {

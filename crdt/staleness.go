@@ -29,6 +29,38 @@ type Heartbeat struct {
 	// take a consistent snapshot. Two peers with equal heads and different
 	// states have diverged.
 	State string `json:"state,omitempty"`
+	// Every is the sender's heartbeat interval in milliseconds (0: the
+	// default, one second). Heartbeats slow down as a mesh grows
+	// (heartbeatEvery), and a receiver gives a peer peerTimeoutBeats of
+	// its own interval before calling it unreachable.
+	Every int64 `json:"every,omitempty"`
+}
+
+// peerTimeoutBeats is how many of a peer's announced heartbeat intervals
+// it may stay silent before it counts as unreachable, when that is longer
+// than TrackerConfig.PeerTimeout (5 s: five one-second beats).
+const peerTimeoutBeats = 5
+
+// maxAnnouncedEvery bounds the interval a heartbeat may announce: a peer
+// cannot buy itself more than peerTimeoutBeats × this of silence.
+const maxAnnouncedEvery = 30 * time.Second
+
+// Reachable counts the peers heard from within their timeout.
+func (t *Tracker) Reachable() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	mono, n := t.now(), 0
+	for _, p := range t.peers {
+		if mono.Sub(p.lastHeard) <= t.timeoutFor(p) {
+			n++
+		}
+	}
+	return n
+}
+
+// timeoutFor is how long p may stay silent and still be reachable.
+func (t *Tracker) timeoutFor(p *peerView) time.Duration {
+	return max(t.peerTimeout, peerTimeoutBeats*p.every)
 }
 
 // maxHeartbeatHeads bounds how many heads one heartbeat carries; a peer
@@ -54,7 +86,8 @@ type announcement struct {
 
 type peerView struct {
 	id        string
-	lastHeard time.Time // local monotonic reading
+	lastHeard time.Time     // local monotonic reading
+	every     time.Duration // the peer's announced heartbeat interval (0: default)
 	lastHLC   HLC
 	height    uint64
 	heads     int
@@ -245,6 +278,7 @@ func (t *Tracker) Observe(hb Heartbeat) []cid.Cid {
 		return heads // replayed or reordered heartbeat
 	}
 	p.lastHeard = t.now()
+	p.every = min(time.Duration(max(hb.Every, 0))*time.Millisecond, maxAnnouncedEvery)
 	p.lastHLC = hb.HLC
 	p.remembered = false
 	p.height = hb.Height
@@ -395,7 +429,7 @@ func (t *Tracker) Staleness() Staleness {
 	for id, p := range t.peers {
 		silent := mono.Sub(p.lastHeard)
 		ps := PeerStatus{
-			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.peerTimeout,
+			ID: id, LastHeard: p.lastHeard, Reachable: silent <= t.timeoutFor(p),
 			LagSeconds: lag(p.fresh), Height: p.height, Heads: p.heads, Addrs: p.addrs, Loaded: p.loaded,
 			StateDigest: p.state, Agreement: t.agreement(p, mono), HeadCIDs: p.headList,
 		}
@@ -421,7 +455,7 @@ func (t *Tracker) Staleness() Staleness {
 		// fresh until they arrive, whether their writer can be heard
 		// or not (a writer that went offline right after writing).
 		recalled := p.remembered && mono.Sub(t.started) < rememberFor
-		lastWord := !lastAny.After(p.lastHeard.Add(t.peerTimeout))
+		lastWord := !lastAny.After(p.lastHeard.Add(t.timeoutFor(p)))
 		if (ps.Reachable || ps.Missing || recalled || lastWord) && ps.LagSeconds > worstReachable {
 			worstReachable = ps.LagSeconds
 		}

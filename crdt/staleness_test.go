@@ -209,3 +209,52 @@ func TestTrackerIsolationNeverLowersStaleness(t *testing.T) {
 	hb("B", c)
 	approx(t, "B heard again", tr.Staleness().Seconds, 0)
 }
+
+func TestHeartbeatEveryGrowsWithTheMesh(t *testing.T) {
+	for _, c := range []struct {
+		reachable int
+		want      time.Duration
+	}{{0, time.Second}, {15, time.Second}, {16, 2 * time.Second}, {31, 2 * time.Second}, {49, 4 * time.Second}, {10000, 8 * time.Second}} {
+		if got := heartbeatEvery(time.Second, c.reachable); got != c.want {
+			t.Errorf("heartbeatEvery(1s, %d reachable) = %v, want %v", c.reachable, got, c.want)
+		}
+	}
+}
+
+// TestSlowHeartbeatsKeepAPeerReachable: a peer announcing a slower
+// heartbeat (a large mesh) stays reachable for five of its intervals, and
+// no announcement buys more than five times maxAnnouncedEvery.
+func TestSlowHeartbeatsKeepAPeerReachable(t *testing.T) {
+	f := newTrackerFixture(time.Millisecond)
+	reachable := func(peer string) bool {
+		for _, p := range f.tr.Staleness().Peers {
+			if p.ID == peer {
+				return p.Reachable
+			}
+		}
+		t.Fatalf("peer %s not listed", peer)
+		return false
+	}
+	send := func(peer string, every time.Duration) {
+		f.tr.Observe(Heartbeat{V: 1, Peer: peer, HLC: HLC{Wall: f.ft.t.UnixNano(), Peer: peer}, Every: every.Milliseconds()})
+		f.tr.Evaluate(context.Background())
+	}
+	send("slow", 4*time.Second)
+	send("fast", 0)
+	send("liar", time.Hour)
+	f.ft.advance(10 * time.Second)
+	f.tr.Evaluate(context.Background())
+	if !reachable("slow") || reachable("fast") || f.tr.Reachable() != 2 {
+		t.Fatalf("after 10 s: slow %v (want true), fast %v (want false), %d reachable (want slow and liar)", reachable("slow"), reachable("fast"), f.tr.Reachable())
+	}
+	f.ft.advance(11 * time.Second)
+	f.tr.Evaluate(context.Background())
+	if reachable("slow") {
+		t.Fatal("a peer silent for more than five of its 4 s intervals is still reachable")
+	}
+	f.ft.advance(peerTimeoutBeats*maxAnnouncedEvery - 21*time.Second + time.Second)
+	f.tr.Evaluate(context.Background())
+	if reachable("liar") {
+		t.Fatal("an announced interval of an hour kept a silent peer reachable past the cap")
+	}
+}
