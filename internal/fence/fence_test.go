@@ -30,6 +30,7 @@ var allowed = []struct {
 	{"crdt", []string{"crdt/sign"}},
 	{"crdt/models", []string{"crdt", "crdt/sign"}},
 	{"crdt/collections", []string{"crdt"}},
+	{"sessions", []string{"crdt", "crdt/sign", "store"}},
 	{"api", []string{"crdt/...", "store/artifacts"}},
 	{"inference", []string{"inference/onnxmodel"}},
 	{"inference/onnxmodel", nil},
@@ -47,7 +48,7 @@ var allowed = []struct {
 
 // noCgo are the packages (trees) that must not depend on onnxruntime,
 // directly or through anything they import.
-var noCgo = []string{"api", "crdt/...", "store/...", "internal/errs", "inference/resultcache", "grpcapi/inferencepb"}
+var noCgo = []string{"api", "crdt/...", "store/...", "internal/errs", "inference/resultcache", "grpcapi/inferencepb", "sessions"}
 
 type pkgInfo struct {
 	ImportPath string
