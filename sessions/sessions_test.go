@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/peer"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/sign"
@@ -311,12 +311,15 @@ func TestBadInput(t *testing.T) {
 	n := testMesh(t, 1)
 	ctx := t.Context()
 	for what, err := range map[string]error{
-		"short id":  func() error { _, err := n[0].Append(ctx, "abc", "user", "x", nil); return err }(),
-		"bad role":  func() error { _, err := n[0].Append(ctx, sid, "king", "x", nil); return err }(),
-		"huge turn": func() error { _, err := n[0].Append(ctx, sid, "user", string(make([]byte, MaxTurnBytes+1)), nil); return err }(),
-		"array md":  func() error { _, err := n[0].Put(ctx, sid, time.Minute, json.RawMessage(`[1]`), false); return err }(),
-		"no site":   func() error { _, err := n[0].Put(ctx, sid, time.Minute, nil, true); return err }(),
-		"unknown":   func() error { _, err := n[0].Get(ctx, NewID(), nil); return err }(),
+		"short id": func() error { _, err := n[0].Append(ctx, "abc", "user", "x", nil); return err }(),
+		"bad role": func() error { _, err := n[0].Append(ctx, sid, "king", "x", nil); return err }(),
+		"huge turn": func() error {
+			_, err := n[0].Append(ctx, sid, "user", string(make([]byte, MaxTurnBytes+1)), nil)
+			return err
+		}(),
+		"array md": func() error { _, err := n[0].Put(ctx, sid, time.Minute, json.RawMessage(`[1]`), false); return err }(),
+		"no site":  func() error { _, err := n[0].Put(ctx, sid, time.Minute, nil, true); return err }(),
+		"unknown":  func() error { _, err := n[0].Get(ctx, NewID(), nil); return err }(),
 	} {
 		want := map[string]error{"short id": ErrBadID, "bad role": ErrBadOp, "huge turn": ErrTooLarge, "array md": ErrBadOp,
 			"no site": ErrBadOp, "unknown": ErrUnknown}[what]
