@@ -72,6 +72,9 @@ const (
 	CodeEmbedderNoTok     = "embedder.no_tokenizer"
 	CodeIndexBehind       = "index.behind"
 	CodeIndexLoading      = "index.loading"
+	CodeSessionUnknown    = "session.unknown"
+	CodeSessionInvalid    = "session.invalid"
+	CodeSessionTooLarge   = "session.too_large"
 )
 
 // CodeInfo is one row of the catalogue: the HTTP status a code comes with,
@@ -127,6 +130,9 @@ var Codes = []CodeInfo{
 	{CodeEmbedderNoTok, http.StatusConflict, 0, "the embedder has no tokenizer published as <model>.tokenizer@<version>"},
 	{CodeIndexBehind, http.StatusServiceUnavailable, time.Second, "the retrieval index has not applied this peer's changes within the request's deadline"},
 	{CodeIndexLoading, http.StatusServiceUnavailable, time.Second, "the collection's index is being loaded at start (reopened or read from the store); progress in /v1/status"},
+	{CodeSessionUnknown, http.StatusNotFound, 0, "no live session with that id, here or on the peers asked"},
+	{CodeSessionInvalid, http.StatusBadRequest, 0, "a session id, role, TTL or metadata that is not acceptable"},
+	{CodeSessionTooLarge, http.StatusRequestEntityTooLarge, 0, "a turn or session metadata past its size cap"},
 }
 
 // Lookup returns the catalogue row of code.

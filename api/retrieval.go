@@ -72,6 +72,10 @@ type QueryResponse struct {
 	// QueryTruncated: the query text was cut at the embedder's token
 	// limit before it was embedded.
 	QueryTruncated bool `json:"query_truncated,omitempty"`
+	// SessionTurns is how many of the session's last user turns
+	// (Shoal-Session) were put before the query text when it was
+	// embedded.
+	SessionTurns int `json:"session_turns,omitempty"`
 }
 
 // Result is one query hit with its document.

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/shoal-mesh/shoal/lifecycle"
 	"github.com/shoal-mesh/shoal/rag"
 	"github.com/shoal-mesh/shoal/serving"
+	"github.com/shoal-mesh/shoal/sessions"
 )
 
 // The interfaces below are what the handlers consume, each as small as
@@ -96,4 +98,14 @@ type Disk interface {
 	// CheckSpace fails (store.ErrDiskFull) when n more bytes would cut
 	// into the reserve.
 	CheckSpace(n int64) error
+}
+
+// Sessions are the conversation sessions (sessions.Service).
+type Sessions interface {
+	Put(ctx context.Context, id string, ttl time.Duration, metadata json.RawMessage, siteOnly bool) (sessions.Token, error)
+	Append(ctx context.Context, id, role, text string, metadata json.RawMessage) (sessions.Token, error)
+	Delete(ctx context.Context, id string) (sessions.Token, error)
+	// Get waits (within ctx) for after when it is set.
+	Get(ctx context.Context, id string, after *sessions.Token) (sessions.View, error)
+	Recent(ctx context.Context, id string, n int) ([]sessions.Turn, error)
 }

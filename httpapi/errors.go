@@ -14,6 +14,7 @@ import (
 	"github.com/shoal-mesh/shoal/lifecycle"
 	"github.com/shoal-mesh/shoal/rag"
 	"github.com/shoal-mesh/shoal/serving"
+	"github.com/shoal-mesh/shoal/sessions"
 	"github.com/shoal-mesh/shoal/store"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
@@ -93,6 +94,10 @@ var catalogue = []struct {
 	{collections.ErrEmptyText, api.CodeDocumentInvalid},
 	{collections.ErrNonFinite, api.CodeDocumentInvalid},
 	{collections.ErrZeroVector, api.CodeDocumentInvalid},
+	{sessions.ErrUnknown, api.CodeSessionUnknown},
+	{sessions.ErrBadID, api.CodeSessionInvalid},
+	{sessions.ErrBadOp, api.CodeSessionInvalid},
+	{sessions.ErrTooLarge, api.CodeSessionTooLarge},
 	// Not available within the request's time (Shoal-Timeout): the
 	// caller may retry; the fetch or load goes on.
 	{context.DeadlineExceeded, api.CodeUnavailable},

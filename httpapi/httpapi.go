@@ -39,7 +39,9 @@ type Config struct {
 	Inference   Inference
 	Flusher     CacheFlusher
 	Retrieval   Retrieval
-	Disk        Disk
+	// Sessions serves /v1/sessions; nil: not served (404).
+	Sessions Sessions
+	Disk     Disk
 	// Token returns the API token state-changing requests must carry
 	// ("" when none is needed); it may change at run time (SIGHUP).
 	Token func() string
@@ -110,6 +112,7 @@ func (a *API) routes() http.Handler {
 	a.routesModels(mux)
 	a.routesV2(mux)
 	a.routesRetrieval(mux)
+	a.routesSessions(mux)
 	mux.HandleFunc("POST /v1/cache/flush", a.handleCacheFlush)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %s %s", errNoRoute, r.Method, r.URL.Path))
@@ -154,6 +157,8 @@ func bodyLimit(r *http.Request) int64 {
 		return api.MaxInferBodyBytes
 	case strings.HasPrefix(p, "/v1/collections/") && r.Method != http.MethodGet:
 		return api.MaxRAGBody
+	case isSessionPath(p):
+		return maxSessionBody
 	}
 	return api.MaxBodyBytes
 }
@@ -170,7 +175,7 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		if a.cfg.Consistency != nil {
 			rec.Header().Set(api.HeaderStaleness, FormatStaleness(a.cfg.Consistency.Staleness()))
 		}
-		if a.cfg.Token() != "" && isWrite(r) && !a.authorized(r) {
+		if a.cfg.Token() != "" && (isWrite(r) || isSessionPath(r.URL.Path)) && !a.authorized(r) {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
 			writeError(rec, errUnauthorized)
 			return
@@ -201,7 +206,7 @@ func (a *API) middleware(next http.Handler) http.Handler {
 // The handler then runs with its own deadline: the wait is bounded by
 // Shoal-Timeout alone.
 func (a *API) writeDemands(w http.ResponseWriter, r *http.Request) error {
-	if a.cfg.Consistency == nil || r.Header.Get(api.HeaderAfter) == "" && r.Header.Get(api.HeaderMaxStaleness) == "" {
+	if a.cfg.Consistency == nil || isSessionPath(r.URL.Path) || r.Header.Get(api.HeaderAfter) == "" && r.Header.Get(api.HeaderMaxStaleness) == "" {
 		return nil
 	}
 	_, cancel, err := a.consistent(w, r)

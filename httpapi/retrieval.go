@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -328,7 +329,11 @@ func (a *API) handleQuery(w http.ResponseWriter, r *http.Request) {
 		resp := api.QueryResponse{Collection: c}
 		q := req.Vector
 		if req.Text != "" {
-			em, err := a.cfg.Retrieval.EmbedTexts(ctx, spec.Embedder, []string{req.Text})
+			text, err := a.expandQuery(ctx, r, req.Text, &resp)
+			if err != nil {
+				return err
+			}
+			em, err := a.cfg.Retrieval.EmbedTexts(ctx, spec.Embedder, []string{text})
 			if err != nil {
 				return err
 			}
@@ -355,4 +360,30 @@ func (a *API) handleCacheFlush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeResult(w, http.StatusOK, wr, map[string]any{"flush": f})
+}
+
+// sessionQueryTurns is how many of a session's last user turns expand a
+// text query that names the session (Shoal-Session).
+const sessionQueryTurns = 2
+
+// expandQuery adds to a text query the last user turns of the session it
+// names, so that a follow-up ("and how long does it keep?") is embedded
+// with what it follows up on. The query comes first and the turns after
+// it, newest first: an embedder that truncates keeps the start, so what
+// is cut is the oldest context, never the question. The expanded text is
+// capped to the query limit, older turns dropped first.
+func (a *API) expandQuery(ctx context.Context, r *http.Request, text string, resp *api.QueryResponse) (string, error) {
+	turns, err := a.sessionContext(ctx, r, sessionQueryTurns)
+	if err != nil || len(turns) == 0 {
+		return text, err
+	}
+	slices.Reverse(turns)
+	for len(turns) > 0 && len(text)+1+len(strings.Join(turns, "\n")) > collections.MaxTextBytes {
+		turns = turns[:len(turns)-1]
+	}
+	resp.SessionTurns = len(turns)
+	if len(turns) == 0 {
+		return text, nil
+	}
+	return text + "\n" + strings.Join(turns, "\n"), nil
 }

@@ -34,6 +34,10 @@ type Config struct {
 	// serves is a read, as the same calls are on HTTP; like APIAddr it
 	// needs APIToken set to listen off loopback.
 	GRPCAddr string
+	// Site names the site (a LAN, a building, a road segment) this peer
+	// belongs to. A session created site-only on a peer with a site is
+	// replicated only among the peers of that site. Empty: no site.
+	Site string
 	// PSKFile, when set, makes the mesh private: a libp2p pre-shared key
 	// (the IPFS swarm.key format, see `shoal key psk`); peers without it
 	// cannot even complete a connection. QUIC cannot run under a PSK, so
@@ -264,6 +268,11 @@ func (c *Config) validate() (parsed, error) {
 		}
 		if c.APIToken == "" && !loopbackHost(ghost) {
 			return p, fmt.Errorf("%w: refusing to serve gRPC on %s without an API token (--api-token or SHOAL_API_TOKEN); loopback addresses need none", ErrBadConfig, c.GRPCAddr)
+		}
+	}
+	for _, r := range c.Site {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return p, fmt.Errorf("%w: site name %q: use letters, digits, '-', '_' and '.'", ErrBadConfig, c.Site)
 		}
 	}
 	for _, r := range c.Mesh {

@@ -27,6 +27,7 @@ func (n *Node) registerMetrics() error {
 	cs = append(cs, n.serving.Collectors()...)
 	cs = append(cs, n.life.Collectors()...)
 	cs = append(cs, n.rag.Collectors()...)
+	cs = append(cs, n.sess.Collectors()...)
 	fetch := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "shoal_artifact_fetch_seconds", Help: "Time to fetch and verify one artifact from the mesh.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),

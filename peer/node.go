@@ -41,6 +41,7 @@ import (
 	"github.com/shoal-mesh/shoal/lifecycle"
 	"github.com/shoal-mesh/shoal/rag"
 	"github.com/shoal-mesh/shoal/serving"
+	"github.com/shoal-mesh/shoal/sessions"
 	"github.com/shoal-mesh/shoal/store"
 	"github.com/shoal-mesh/shoal/store/artifacts"
 )
@@ -87,6 +88,8 @@ type Node struct {
 	serving *serving.Server
 	flushes *serving.Flushes
 	rag     *rag.Service
+	sess    *sessions.Service
+	sessDB  *store.Expiring
 	api     *httpapi.API
 	grpc    *grpcapi.Server
 
@@ -162,6 +165,11 @@ func (n *Node) openStore() error {
 		return err
 	}
 	n.store = s
+	// Sessions churn: they live in a database of their own, under the
+	// same encryption key, whose files are dropped once none is left.
+	if n.sessDB, err = store.OpenExpiring(filepath.Join(n.cfg.DataDir, "sessions"), encKey); err != nil {
+		return err
+	}
 	if s.Unclean() {
 		n.log.Warn("previous run did not shut down cleanly", "data", n.cfg.DataDir)
 	}
@@ -292,8 +300,15 @@ func (n *Node) assemble() error {
 		// rest they are built again at every start instead.
 		n.rag.PersistIndexes(filepath.Join(n.cfg.DataDir, "index"), n.store.CheckSpace)
 	}
+	sess, err := sessions.New(sessions.Config{Mesh: n.cfg.Mesh, Site: n.cfg.Site, Host: n.host, PubSub: n.ps,
+		Signer: n.pub, Trust: n.trust, Clock: n.replica.Clock(), DB: n.sessDB, MaxClockSkew: time.Minute,
+		Logger: n.log.With("component", "sessions")})
+	if err != nil {
+		return err
+	}
+	n.sess = sess
 	n.api = httpapi.New(httpapi.Config{Peer: nodeStatus{n}, Consistency: n.replica, Models: n.life,
-		Inference: n.serving, Flusher: n.flushes, Retrieval: n.rag, Disk: n.store, Token: n.token,
+		Inference: n.serving, Flusher: n.flushes, Retrieval: n.rag, Sessions: n.sess, Disk: n.store, Token: n.token,
 		Version: n.cfg.Version, Logger: n.log, Metrics: n.metricsHandler()})
 	n.grpc = grpcapi.New(grpcapi.Config{Consistency: n.replica, Models: n.life, Inference: n.serving,
 		Version: n.cfg.Version, Logger: n.log})
@@ -450,6 +465,9 @@ func (n *Node) close() error {
 	if n.serving != nil {
 		n.serving.Close()
 	}
+	if n.sess != nil {
+		n.sess.Close()
+	}
 	if n.replica != nil {
 		if err := n.replica.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close replica: %w", err))
@@ -467,6 +485,11 @@ func (n *Node) close() error {
 	}
 	if n.engine != nil {
 		n.engine.Close()
+	}
+	if n.sessDB != nil {
+		if err := n.sessDB.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close sessions: %w", err))
+		}
 	}
 	if n.store != nil {
 		if err := n.store.Close(); err != nil {

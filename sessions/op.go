@@ -25,6 +25,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/shoal-mesh/shoal/api"
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/sign"
 )
@@ -104,14 +105,7 @@ func (o Op) Expires() time.Time { return o.HLC.Time().Add(time.Duration(o.TTLMs)
 func (o Op) size() int { return len(o.Text) + len(o.Metadata) + len(o.Role) }
 
 // Turn is one turn of a conversation as readers see it.
-type Turn struct {
-	Role     string          `json:"role"`
-	Text     string          `json:"text"`
-	Metadata json.RawMessage `json:"metadata,omitempty"`
-	At       time.Time       `json:"at"`
-	// Writer is the publisher key that wrote the turn.
-	Writer sign.ID `json:"writer"`
-}
+type Turn = api.SessionTurn
 
 // Roles a turn may have.
 var roles = map[string]bool{"user": true, "assistant": true, "system": true, "tool": true}
@@ -184,8 +178,21 @@ type state struct {
 	Deleted *Op    `json:"deleted,omitempty"`
 }
 
-// expires is when the state expires: TTL after its newest op.
+// expires is when the state expires: its newest op's TTL after that op.
+// The newest op's TTL rules, so a write can shorten a session's life as
+// well as extend it.
 func (s *state) expires() time.Time {
+	n := s.newest()
+	if n == nil {
+		return time.Time{}
+	}
+	return n.Expires()
+}
+
+// longest is when the last of the state's ops would expire on its own
+// TTL: until then an op of it may still be handed on by a peer that
+// missed a later write.
+func (s *state) longest() time.Time {
 	var t time.Time
 	for _, o := range s.ops() {
 		if e := o.Expires(); e.After(t) {
@@ -193,6 +200,17 @@ func (s *state) expires() time.Time {
 		}
 	}
 	return t
+}
+
+func (s *state) newest() *Op {
+	var newest *Op
+	for _, o := range s.ops() {
+		if newest == nil || o.HLC.Compare(newest.HLC) > 0 {
+			o := o
+			newest = &o
+		}
+	}
+	return newest
 }
 
 func (s *state) ops() []Op {
@@ -276,13 +294,7 @@ func (s *state) trim() {
 
 // ttl is the session's current TTL: that of its newest op.
 func (s *state) ttl() time.Duration {
-	var newest *Op
-	for _, o := range s.ops() {
-		if newest == nil || o.HLC.Compare(newest.HLC) > 0 {
-			o := o
-			newest = &o
-		}
-	}
+	newest := s.newest()
 	if newest == nil {
 		return DefaultTTL
 	}

@@ -1,6 +1,7 @@
 package sessions
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/shoal-mesh/shoal/api"
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/sign"
 	"github.com/shoal-mesh/shoal/store"
@@ -91,7 +93,9 @@ type Service struct {
 // push and fetch protocols.
 func New(cfg Config) (*Service, error) {
 	cfg.setDefaults()
-	s := &Service{cfg: cfg, log: cfg.Logger, self: cfg.Host.ID().String(), arrived: make(chan struct{}), m: newMetrics()}
+	// dirty from the start: the database may hold what an earlier run
+	// wrote, whose files the first sweep that finds nothing live drops.
+	s := &Service{cfg: cfg, log: cfg.Logger, self: cfg.Host.ID().String(), arrived: make(chan struct{}), m: newMetrics(), dirty: true}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	rep, err := startReplication(s)
 	if err != nil {
@@ -111,16 +115,8 @@ func (s *Service) Close() {
 	s.wg.Wait()
 }
 
-// View is a session as readers see it.
-type View struct {
-	ID        string          `json:"id"`
-	SiteOnly  bool            `json:"site_only,omitempty"`
-	Site      string          `json:"site,omitempty"`
-	Metadata  json.RawMessage `json:"metadata,omitempty"`
-	TTL       float64         `json:"ttl_seconds"`
-	ExpiresAt time.Time       `json:"expires_at"`
-	Turns     []Turn          `json:"turns"`
-}
+// View is a session as readers see it (the API's wire type).
+type View = api.Session
 
 func (st *state) view() View {
 	v := View{ID: st.ID, SiteOnly: st.Site != "", Site: st.Site, TTL: st.ttl().Seconds(), ExpiresAt: st.expires().UTC(), Turns: make([]Turn, 0, len(st.Turns))}
@@ -128,7 +124,7 @@ func (st *state) view() View {
 		v.Metadata = st.Meta.Metadata
 	}
 	for _, o := range st.Turns {
-		v.Turns = append(v.Turns, Turn{Role: o.Role, Text: o.Text, Metadata: o.Metadata, At: o.HLC.Time().UTC(), Writer: o.Signer})
+		v.Turns = append(v.Turns, Turn{Role: o.Role, Text: o.Text, Metadata: o.Metadata, At: o.HLC.Time().UTC(), Writer: string(o.Signer)})
 	}
 	return v
 }
@@ -290,6 +286,11 @@ func (s *Service) apply(o Op) (bool, error) {
 		return false, err
 	}
 	if st == nil {
+		if s.expiredAfter(o) {
+			s.mu.Unlock()
+			s.m.rejected.WithLabelValues("stale").Inc()
+			return false, nil // an op of a session that ended here since
+		}
 		st = &state{ID: o.Session, Site: o.Site}
 	}
 	if st.Site != o.Site {
@@ -335,8 +336,26 @@ func (s *Service) loadLocked(id string) (*state, error) {
 	return &st, nil
 }
 
-// storeLocked writes st with its TTL (a state already expired is deleted).
+// storeLocked writes st with its TTL (a state already expired is
+// deleted), and its end marker.
+//
+// A session ends at its newest op's TTL, which a write may shorten; a
+// peer that missed that write (it was down) still holds older ops whose
+// own TTLs run longer, and handing them on would bring the session back.
+// The end marker — the session's newest HLC — outlives the state only
+// until the last of its ops would have expired on its own, and turns away
+// any op at or before it once the state is gone. Nothing is kept longer
+// than the session's ops themselves could live.
 func (s *Service) storeLocked(st *state) error {
+	s.dirty = true
+	if n := st.newest(); n != nil {
+		if until := time.Until(st.longest()); until > 0 {
+			mark, _ := json.Marshal(n.HLC)
+			if err := s.cfg.DB.Put(markKey(st.ID), mark, until); err != nil {
+				return fmt.Errorf("store session %s: %w", st.ID, err)
+			}
+		}
+	}
 	ttl := time.Until(st.expires())
 	if ttl <= 0 {
 		return s.cfg.DB.Delete(key(st.ID))
@@ -345,11 +364,23 @@ func (s *Service) storeLocked(st *state) error {
 	if err != nil {
 		return err
 	}
-	s.dirty = true
 	if err := s.cfg.DB.Put(key(st.ID), b, ttl); err != nil {
 		return fmt.Errorf("store session %s: %w", st.ID, err)
 	}
 	return nil
+}
+
+func markKey(id string) []byte { return []byte("x/" + id) }
+
+// expiredAfter reports whether o is at or before the newest op of an
+// ended session of its id.
+func (s *Service) expiredAfter(o Op) bool {
+	b, err := s.cfg.DB.Get(markKey(o.Session))
+	if err != nil {
+		return false
+	}
+	var newest crdt.HLC
+	return json.Unmarshal(b, &newest) == nil && o.HLC.Compare(newest) <= 0
 }
 
 // sweepLoop counts live sessions and, when none is left and something was
@@ -371,10 +402,11 @@ func (s *Service) sweepLoop() {
 func (s *Service) sweep() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	live := 0
-	err := s.cfg.DB.Scan([]byte("s/"), func(_, val []byte) error {
+	live, held := 0, 0
+	err := s.cfg.DB.Scan(nil, func(k, val []byte) error {
+		held++ // Badger hides what has expired: end markers count too
 		var st state
-		if json.Unmarshal(val, &st) == nil && st.expires().After(time.Now()) {
+		if bytes.HasPrefix(k, []byte("s/")) && json.Unmarshal(val, &st) == nil && st.expires().After(time.Now()) {
 			live++
 		}
 		return nil
@@ -384,7 +416,7 @@ func (s *Service) sweep() {
 		return
 	}
 	s.m.live.Set(float64(live))
-	if live > 0 {
+	if held > 0 {
 		if err := s.cfg.DB.GC(); err != nil {
 			s.log.Warn("session value-log GC", "err", err)
 		}

@@ -331,3 +331,41 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("NewID %q does not pass CheckID", id)
 	}
 }
+
+// A write that shortens a session's TTL ends it on time even when a peer
+// that missed the write hands on the session's older ops afterwards: they
+// carry their own, longer TTLs, and would bring the session back.
+func TestShortenedSessionIsNotBroughtBack(t *testing.T) {
+	n := testMesh(t, 1)
+	ctx := t.Context()
+	if _, err := n[0].Append(ctx, sid, "user", "remember me", nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := n[0].load(sid)
+	if err != nil || st == nil || len(st.Turns) != 1 {
+		t.Fatalf("state %+v, %v", st, err)
+	}
+	old := st.Turns[0] // what a peer that missed the next write still holds
+	if _, err := n[0].Put(ctx, sid, 200*time.Millisecond, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the session ends at its shortened TTL", func() error {
+		if _, err := n[0].Get(ctx, sid, nil); !errors.Is(err, ErrUnknown) {
+			return fmt.Errorf("Get: %v", err)
+		}
+		return nil
+	})
+	if changed, err := n[0].apply(old); changed || err != nil {
+		t.Fatalf("an old op of the ended session was merged (%v, %v)", changed, err)
+	}
+	if v, err := n[0].Get(ctx, sid, nil); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("the ended session came back: %+v, %v", v, err)
+	}
+	// A new write after the end starts the session anew.
+	if _, err := n[0].Append(ctx, sid, "user", "new start", nil); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := n[0].Get(ctx, sid, nil); err != nil || fmt.Sprint(texts(v)) != "[user:new start]" {
+		t.Fatalf("after a new write: %+v, %v", v, err)
+	}
+}

@@ -218,7 +218,7 @@ func TestValidationNamesKeyFlagAndEnv(t *testing.T) {
 // everyRowArgs set every setting but the API token to something other
 // than its default, with a path that TOML must quote and escape.
 var everyRowArgs = []string{
-	"--data", "/srv/shoal \"edge\"\tdata é", "--api", "127.0.0.1:0", "--grpc", "off", "--mesh", "m-1",
+	"--data", "/srv/shoal \"edge\"\tdata é", "--api", "127.0.0.1:0", "--grpc", "off", "--mesh", "m-1", "--site", "north",
 	"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1",
 	"--bootstrap", "/ip4/10.0.0.1/tcp/4010/p2p/12D3KooWGzBkGMe6Yo6Rk1oGpGFmTn4ZgZ4M5jK2nJ3p1qv6WqXY",
 	"--mdns=false", "--dht=false", "--nat", "--relay-service", "--trust", "ed25519:aa",
@@ -282,7 +282,7 @@ func TestSettingsLandInPeerConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := peer.Config{
-		DataDir: "/srv/shoal \"edge\"\tdata é", APIAddr: "127.0.0.1:0", GRPCAddr: "", Mesh: "m-1", // --grpc off
+		DataDir: "/srv/shoal \"edge\"\tdata é", APIAddr: "127.0.0.1:0", GRPCAddr: "", Mesh: "m-1", Site: "north", // --grpc off
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
 		Bootstrap:   []string{"/ip4/10.0.0.1/tcp/4010/p2p/12D3KooWGzBkGMe6Yo6Rk1oGpGFmTn4ZgZ4M5jK2nJ3p1qv6WqXY"},
 		NAT:         true, RelayService: true, Trusted: []string{"ed25519:aa"},

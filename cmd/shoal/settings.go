@@ -22,6 +22,7 @@ type settings struct {
 	API            string   `toml:"api"`
 	GRPC           string   `toml:"grpc"`
 	Mesh           string   `toml:"mesh"`
+	Site           string   `toml:"site"`
 	Listen         []string `toml:"listen"`
 	Bootstrap      []string `toml:"bootstrap"`
 	MDNS           bool     `toml:"mdns"`
@@ -171,6 +172,8 @@ var runSettings = []setting{
 	opt("grpc", func(s *settings) *string { return &s.GRPC }, peerDefaults.GRPCAddr,
 		"OIP v2 over gRPC (KServe's GRPCInferenceService) listen address, or 'off'"),
 	opt("mesh", func(s *settings) *string { return &s.Mesh }, peerDefaults.Mesh, "mesh name: peers replicate only within a mesh"),
+	opt("site", func(s *settings) *string { return &s.Site }, "",
+		"this peer's site: a site-only session is replicated only among the peers of its site"),
 	opt("listen", func(s *settings) *[]string { return &s.Listen }, peerDefaults.ListenAddrs,
 		"libp2p listen multiaddr, repeatable (default TCP and QUIC on port 4010)"),
 	opt("bootstrap", func(s *settings) *[]string { return &s.Bootstrap }, nil, "bootstrap peer multiaddr ending in /p2p/<id>, repeatable"),
@@ -259,7 +262,7 @@ func (s *settings) peerConfig() peer.Config {
 		cacheBytes = -1 // peer.Config's zero means the default size
 	}
 	return peer.Config{
-		DataDir: s.Data, APIAddr: s.API, GRPCAddr: grpcAddr(s.GRPC), Mesh: s.Mesh, ListenAddrs: s.Listen, Bootstrap: s.Bootstrap,
+		DataDir: s.Data, APIAddr: s.API, GRPCAddr: grpcAddr(s.GRPC), Mesh: s.Mesh, Site: s.Site, ListenAddrs: s.Listen, Bootstrap: s.Bootstrap,
 		MDNS: s.MDNS, DHT: s.DHT, NAT: s.NAT, RelayService: s.RelayService,
 		Trusted: s.Trust, PSKFile: s.PSK, APIToken: s.APIToken, EncryptKeyFile: s.EncryptKeyFile,
 		MinFreeBytes: int64(s.MinFreeMB) << 20, KeepVersions: s.KeepVersions,
