@@ -6,12 +6,18 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all setup build run test vet fuzz bench reliability proto clean
+.PHONY: all setup setup-gpu build run test vet fuzz bench reliability proto clean
 
 all: build
 
 setup:
 	@scripts/setup.sh
+
+# onnxruntime with CUDA and NVIDIA's CUDA 12 libraries (2.4 GB download,
+# 3.1 GB in deps/onnxruntime-gpu), for GPU gateways; not part of setup or
+# test. A peer prefers this build when it is there. See docs/inference.md.
+setup-gpu:
+	@scripts/setup-gpu.sh
 
 build: setup
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/shoal ./cmd/shoal

@@ -88,13 +88,12 @@ func Open(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, library: lib, version: version, device: DeviceCPU}
 	if cfg.Device != DeviceCPU {
-		if err := e.probeCUDA(); err != nil {
-			err = e.explainNoCUDA(err)
+		if why := e.whyNotCUDA(); why != "" {
 			if cfg.Device == DeviceCUDA {
 				Release()
-				return nil, fmt.Errorf("%w: %v", ErrNoCUDA, err)
+				return nil, fmt.Errorf("%w: %s", ErrNoCUDA, why)
 			}
-			e.deviceReason = err.Error()
+			e.deviceReason = why
 		} else {
 			e.device = DeviceCUDA
 		}
@@ -105,9 +104,21 @@ func Open(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// probeCUDA runs a one-operator model on the CUDA provider: only a real
-// session proves that the provider library, its CUDA dependencies and a
-// GPU are all there.
+// whyNotCUDA says why sessions cannot run on CUDA here, "" when they can:
+// first what the machine shows (driver, GPU, onnxruntime build, provider,
+// CUDA libraries; see whyNoCUDA), then a probe session, since only a real
+// session proves the whole chain works.
+func (e *Engine) whyNotCUDA() string {
+	if why := whyNoCUDA(machineCUDA{}, e.library, e.cfg.CUDADeviceID); why != "" {
+		return why
+	}
+	if err := e.probeCUDA(); err != nil {
+		return "the CUDA provider fails a probe session: " + err.Error()
+	}
+	return ""
+}
+
+// probeCUDA runs a one-operator model on the CUDA provider.
 func (e *Engine) probeCUDA() error {
 	opts, err := ort.NewSessionOptions()
 	if err != nil {
@@ -122,21 +133,6 @@ func (e *Engine) probeCUDA() error {
 		return err
 	}
 	return s.Destroy()
-}
-
-// explainNoCUDA adds what the CUDA provider library beside the core
-// library says when loaded, which names the missing piece (a CUDA library,
-// the driver) better than the core library's "not enabled in this build".
-func (e *Engine) explainNoCUDA(err error) error {
-	provider := filepath.Join(filepath.Dir(e.library), "libonnxruntime_providers_cuda.so")
-	if _, serr := os.Stat(provider); serr != nil {
-		return err
-	}
-	if rerr := ort.RegisterExecutionProviderLibrary("shoal-cuda-probe", provider); rerr != nil {
-		return fmt.Errorf("%v; the CUDA provider beside it does not load: %v", err, rerr)
-	}
-	ort.UnregisterExecutionProviderLibrary("shoal-cuda-probe")
-	return fmt.Errorf("%v; the CUDA provider beside it loads as a plugin, which onnxruntime_go v1.27 cannot select (it wraps no EP-device API): use an onnxruntime build with CUDA enabled in the core library", err)
 }
 
 func (e *Engine) appendCUDA(opts *ort.SessionOptions) error {

@@ -5,7 +5,8 @@
 // model version.
 //
 // The onnxruntime shared library is not a Go module: `make setup` fetches a
-// pinned build into deps/ and FindLibrary looks for it there.
+// pinned CPU build into deps/, `make setup-gpu` a CUDA build beside it, and
+// FindLibrary looks for them there.
 package inference
 
 import (
@@ -25,12 +26,17 @@ const LibraryEnv = "SHOAL_ORT_LIB"
 // the repository root (or the directory holding the binary).
 const DefaultLibraryPath = "deps/onnxruntime/libonnxruntime.so"
 
+// GPULibraryPath is where `make setup-gpu` puts onnxruntime with CUDA and
+// the CUDA libraries its provider needs. FindLibrary prefers it: it runs
+// on CPU too, and a peer on a machine without a GPU says why not CUDA.
+const GPULibraryPath = "deps/onnxruntime-gpu/libonnxruntime.so"
+
 // ErrNoLibrary means no onnxruntime shared library was found.
 var ErrNoLibrary = errors.New("onnxruntime library not found")
 
 // FindLibrary resolves the onnxruntime library: explicit path, then
-// $SHOAL_ORT_LIB, then DefaultLibraryPath under the working directory, the
-// binary's directory and its parent.
+// $SHOAL_ORT_LIB, then under the working directory, the binary's directory
+// and its parent (the nearest first) GPULibraryPath, else DefaultLibraryPath.
 func FindLibrary(explicit string) (string, error) {
 	if explicit != "" {
 		if _, err := os.Stat(explicit); err != nil {
@@ -45,18 +51,27 @@ func FindLibrary(explicit string) (string, error) {
 		return filepath.Abs(env)
 	}
 	var tried []string
-	candidates := []string{DefaultLibraryPath}
-	if exe, err := os.Executable(); err == nil {
-		dir := filepath.Dir(exe)
-		candidates = append(candidates, filepath.Join(dir, DefaultLibraryPath), filepath.Join(dir, "..", DefaultLibraryPath))
-	}
-	for _, c := range candidates {
+	for _, c := range libraryCandidates() {
 		if _, err := os.Stat(c); err == nil {
 			return filepath.Abs(c)
 		}
 		tried = append(tried, c)
 	}
 	return "", fmt.Errorf("%w (tried %v; run `make setup` or set --ort-lib / $%s)", ErrNoLibrary, tried, LibraryEnv)
+}
+
+// libraryCandidates lists the default places, in order of preference.
+func libraryCandidates() []string {
+	bases := []string{""}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		bases = append(bases, dir, filepath.Join(dir, ".."))
+	}
+	var out []string
+	for _, b := range bases {
+		out = append(out, filepath.Join(b, GPULibraryPath), filepath.Join(b, DefaultLibraryPath))
+	}
+	return out
 }
 
 var (

@@ -80,6 +80,19 @@ func (n *Node) progress(ctx context.Context) []api.Progress {
 	return out
 }
 
+// InferenceDevice says where this peer's sessions run, cpu or cuda, and on
+// cpu why not CUDA ("" when CUDA was not asked for); without onnxruntime
+// device is "" and why says what failed.
+func (n *Node) InferenceDevice() (device, why string) {
+	if n.engine != nil {
+		return n.engine.Device(), n.engine.DeviceReason()
+	}
+	if n.engineErr != nil {
+		return "", n.engineErr.Error()
+	}
+	return "", ""
+}
+
 func (n *Node) inferenceStatus() api.InferenceStatus {
 	st := api.InferenceStatus{Loaded: []api.LoadedSession{}, Running: n.serving.Running(), Slots: n.serving.Slots()}
 	for _, l := range n.pool.Loaded() {

@@ -62,6 +62,7 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 	for _, a := range node.Addrs() {
 		fmt.Fprintf(stdout, "  libp2p  %s\n", a)
 	}
+	fmt.Fprintf(stdout, "  device  %s\n", deviceLine(node.InferenceDevice()))
 	if s.Pprof != "" {
 		stopProfiles, err := serveProfiles(s.Pprof, logger)
 		if err != nil {
@@ -78,6 +79,19 @@ func runPeer(args []string, stdout, stderr io.Writer, printOnly bool) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// deviceLine is the banner's one line on where inference runs and, when
+// not on CUDA although it was not ruled out, why: "cpu: no CUDA device
+// (driver libcuda.so.1 not found)".
+func deviceLine(device, why string) string {
+	switch {
+	case device == "":
+		return "none: " + why
+	case why != "":
+		return device + ": " + why
+	}
+	return device
 }
 
 // addDefaultContent sets the default model (--default-model: a file,

@@ -197,7 +197,7 @@ var runSettings = []setting{
 	opt("keep_versions", func(s *settings) *int { return &s.KeepVersions }, peerDefaults.KeepVersions,
 		"verified versions of each model kept on disk", atLeast(0, "use 1 or more (0 means the default, 2)")),
 	opt("ort_lib", func(s *settings) *string { return &s.ORTLib }, "",
-		"onnxruntime shared library (empty: deps/onnxruntime/libonnxruntime.so)"),
+		"onnxruntime shared library (empty: deps/onnxruntime-gpu/libonnxruntime.so when make setup-gpu installed it, else deps/onnxruntime/libonnxruntime.so)"),
 	opt("device", func(s *settings) *string { return &s.Device }, "auto",
 		"inference device: auto (CUDA when available, else CPU), cpu or cuda", oneOf("use auto, cpu or cuda", "auto", "cpu", "cuda")),
 	opt("intra_op_threads", func(s *settings) *int { return &s.IntraOpThreads }, 0,
