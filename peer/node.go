@@ -397,6 +397,10 @@ func (n *Node) Artifacts() *artifacts.Manager { return n.artifacts }
 // Blocks returns the block exchange.
 func (n *Node) Blocks() *store.Blocks { return n.blocks }
 
+// Sessions returns the conversation sessions, for in-process callers that
+// skip the HTTP API.
+func (n *Node) Sessions() *sessions.Service { return n.sess }
+
 // Handler is the HTTP API, for embedding the peer's API in another server
 // or calling it in-process.
 func (n *Node) Handler() http.Handler { return n.api.Handler() }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/shoal-mesh/shoal/api"
+	"github.com/shoal-mesh/shoal/sessions"
 )
 
 // answerError turns an error answer of the API into an *api.Error (the
@@ -30,6 +31,8 @@ var hints = map[string]string{
 	api.CodeArtifactPending:   "the artifact is still on its way; retry shortly (`shoal status` shows progress)",
 	api.CodeInferenceOff:      "the peer could not load onnxruntime; see `shoal status` for why",
 	api.CodeEmbedderNoTok:     "push the tokenizer with `shoal model push TOKENIZER --name <model>.tokenizer --version <v>`",
+	api.CodeSessionUnknown:    "it expired (its TTL after the last write) or was deleted, or the id is mistyped; `shoal session new` starts one",
+	api.CodeSessionTooLarge:   fmt.Sprintf("a turn's text and metadata are capped at %d KiB, a session's metadata at %d KiB", sessions.MaxTurnBytes>>10, sessions.MaxMetadataBytes>>10),
 }
 
 // describe is how the CLI prints err: an API error with its code and,

@@ -57,6 +57,8 @@ Usage:
   shoal collection create C --embedder M@V | ls
   shoal doc add C FILE... | rm C ID | query C TEXT [-k 5] [--filter key=value]
                                   retrieval collections and their documents
+  shoal session new | get ID | append ID --text T | put ID | rm ID
+                                  conversation sessions (--api-token or $SHOAL_API_TOKEN)
   shoal key new|show [--data DIR] this peer's publisher identity (ed25519)
   shoal key psk FILE              a private-network key for --psk
   shoal key encryption FILE       a data-at-rest key for --encrypt-key-file
@@ -93,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdCollection(args[1:], stdout, stderr)
 	case "doc":
 		err = cmdDoc(args[1:], stdout, stderr)
+	case "session":
+		err = cmdSession(args[1:], stdout, stderr)
 	case "key":
 		err = cmdKey(args[1:], stdout, stderr)
 	case "version", "--version":

@@ -63,7 +63,10 @@ func main() {
 		procK  = flag.Int("proc-serve-activations", 8, "activations measured for the multi-process serving measurement")
 		procP  = flag.Int("proc-profile", 9, "subscriber count at which the multi-process scenario CPU-profiles the publisher and one subscriber (0: none)")
 		procD  = flag.String("proc-profile-dir", os.TempDir(), "where those profiles are written")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, lossy, models, inference, rag, quality, restart, soak or casestudy")
+		sessT  = flag.Int("session-turns", 20, "turns of the session the sessions scenario reads")
+		sessN  = flag.Int("session-reads", 2000, "reads per reader and round in the sessions scenario")
+		sessR  = flag.Int("session-rounds", 5, "rounds of the sessions scenario")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, lossy, models, inference, rag, quality, restart, soak, sessions or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -91,6 +94,7 @@ func main() {
 		{"quality", func() error { return runQuality(*qset, *out) }},
 		{"restart", func() error { return runRestart(*rstN, *ragDim, *out) }},
 		{"soak", func() error { return runSoak(*soakN, *soakW, *soakB, *out) }},
+		{"sessions", func() error { return runSessions(*sessT, *sessN, *sessR, *out) }},
 		{"inference", func() error {
 			for _, s := range strings.Split(*thr, ",") {
 				var t int
