@@ -178,7 +178,7 @@ func throughput(url string, body []byte, headerLen, clients int, d time.Duration
 	return float64(done.Load()) / d.Seconds(), nil
 }
 
-func runInference(iters int, tput time.Duration, threads int, out string) error {
+func runInference(iters, rounds int, tput time.Duration, threads int, out string) error {
 	benchModels := []benchModel{
 		{"ocr-cls.onnx", []int64{1, 3, 48, 192}},
 		{"ocr-det.onnx", []int64{1, 3, 64, 192}},
@@ -225,40 +225,21 @@ func runInference(iters int, tput time.Duration, threads int, out string) error 
 	if threads > 0 {
 		threadsDesc = fmt.Sprintf("%d intra-op thread(s)", threads)
 	}
-	fmt.Fprintf(&b, "### Inference: HTTP endpoint over a bare onnxruntime Run (%s)\n\n", threadsDesc)
-	fmt.Fprintf(&b, "Measured %s on %s, CPU execution provider, onnxruntime %s, %s and no spinning for both.\n", time.Now().UTC().Format("2006-01-02"), machine(), ort.GetVersion(), threadsDesc)
-	fmt.Fprintf(&b, "%d sequential requests per row over loopback with keep-alive, result cache off. *Bare* is `DynamicAdvancedSession.Run`\n", iters)
-	fmt.Fprintf(&b, "with a preallocated input; the HTTP rows include request decoding, validation, the run, and the response. JSON\n")
-	fmt.Fprintf(&b, "rows send tensors as JSON numbers; binary rows use the binary tensor data extension. *Handler* calls the peer's\n")
-	fmt.Fprintf(&b, "HTTP handler in-process (routing, consistency checks, decoding, validation, run, response; no sockets, no client).\n\n")
-	fmt.Fprintln(&b, "| model, input | bare p50 | bare p99 | HTTP JSON p50 | p99 | overhead p50 | HTTP binary p50 | p99 | overhead p50 | handler binary p50 | p99 | overhead p50 |")
-	fmt.Fprintln(&b, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(&b, "### Inference: the endpoints over a bare onnxruntime Run (%s)\n\n", threadsDesc)
+	fmt.Fprintf(&b, "Measured %s on %s, CPU execution provider, onnxruntime %s, %s and no spinning for all, result cache off.\n", time.Now().UTC().Format("2006-01-02"), machine(), ort.GetVersion(), threadsDesc)
+	if err := writeOverhead(&b, n, base, benchModels, iters, rounds, threads); err != nil {
+		return err
+	}
+	fmt.Fprintf(&b, "\nJSON tensors, %d sequential HTTP requests (one round; tensors as JSON numbers):\n\n", iters)
+	fmt.Fprintln(&b, "| model, input | HTTP JSON p50 | p99 |")
+	fmt.Fprintln(&b, "|---|---:|---:|")
 	for _, bm := range benchModels {
-		fmt.Fprintf(os.Stderr, "measuring inference overhead, %s...\n", bm.name)
-		bare, err := bareRun(bm, iters, threads)
+		fmt.Fprintf(os.Stderr, "measuring JSON requests, %s...\n", bm.name)
+		js, err := httpLatencies(base+"/v2/models/"+bm.name+"/infer", bm.jsonBody(), -1, iters)
 		if err != nil {
 			return err
 		}
-		url := base + "/v2/models/" + bm.name + "/infer"
-		js, err := httpLatencies(url, bm.jsonBody(), -1, iters)
-		if err != nil {
-			return err
-		}
-		body, hl := bm.binaryBody()
-		bin, err := httpLatencies(url, body, hl, iters)
-		if err != nil {
-			return err
-		}
-		inproc, err := handlerLatencies(n, "/v2/models/"+bm.name+"/infer", body, hl, iters, false)
-		if err != nil {
-			return err
-		}
-		ov := func(l latencies) string {
-			return fmt.Sprintf("%+.0f %%", 100*(float64(l.pct(0.5))-float64(bare.pct(0.5)))/float64(bare.pct(0.5)))
-		}
-		fmt.Fprintf(&b, "| %s %v | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", bm.name, bm.shape,
-			us(bare.pct(0.5)), us(bare.pct(0.99)), us(js.pct(0.5)), us(js.pct(0.99)), ov(js), us(bin.pct(0.5)), us(bin.pct(0.99)), ov(bin),
-			us(inproc.pct(0.5)), us(inproc.pct(0.99)), ov(inproc))
+		fmt.Fprintf(&b, "| %s %v | %s | %s |\n", bm.name, bm.shape, us(js.pct(0.5)), us(js.pct(0.99)))
 	}
 
 	fmt.Fprintf(&b, "\nThroughput, requests per second over %s per row (binary requests, cache off):\n\n", tput)

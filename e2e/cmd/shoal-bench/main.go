@@ -30,7 +30,8 @@ func main() {
 		acts   = flag.Int("activations", 20, "activations measured per mesh size")
 		fanout = flag.String("fanout-mib", "20,100", "artifact sizes (MiB) for the fan-out scenario, comma-separated")
 		fanN   = flag.Int("fanout-peers", 11, "peers in the fan-out scenario")
-		iters  = flag.Int("infer-requests", 500, "requests per row of the inference scenario")
+		iters  = flag.Int("infer-requests", 200, "requests per mode and round of the inference scenario")
+		rounds = flag.Int("infer-rounds", 5, "interleaved rounds of the inference overhead table")
 		tput   = flag.Duration("throughput-time", 5*time.Second, "duration of each throughput row")
 		thr    = flag.String("intra-op-threads", "0,1", "intra-op thread settings for the inference scenario, comma-separated (0 = one per core)")
 		ragN   = flag.Int("rag-vectors", 100000, "vectors in the retrieval scenario")
@@ -101,7 +102,7 @@ func main() {
 				if _, err := fmt.Sscan(strings.TrimSpace(s), &t); err != nil {
 					return fmt.Errorf("bad -intra-op-threads %q", s)
 				}
-				if err := runInference(*iters, *tput, t, *out); err != nil {
+				if err := runInference(*iters, *rounds, *tput, t, *out); err != nil {
 					return err
 				}
 			}
