@@ -159,9 +159,7 @@ func cmdDoc(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if *asJSON {
-			var out bytes.Buffer
-			json.Indent(&out, raw, "", "  ")
-			fmt.Fprintln(stdout, out.String())
+			printJSON(stdout, raw)
 			return nil
 		}
 		var res api.QueryResponse
@@ -256,4 +254,11 @@ func cmdDocAdd(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stderr)
 	fmt.Fprintf(stdout, "added %d documents to %s\ntoken %s\n", len(docs), c, token)
 	return nil
+}
+
+// printJSON writes an API answer indented, for --json.
+func printJSON(w io.Writer, raw json.RawMessage) {
+	var out bytes.Buffer
+	json.Indent(&out, raw, "", "  ")
+	fmt.Fprintln(w, out.String())
 }

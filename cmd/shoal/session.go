@@ -121,6 +121,15 @@ func (c *sessionClient) do(ctx context.Context, method, path string, hdr http.He
 	return nil
 }
 
+// write sends a session write and returns its answer (id and token).
+func (c *sessionClient) write(method, path string, hdr http.Header, body any) (api.SessionWrite, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var res api.SessionWrite
+	err := c.do(ctx, method, path, hdr, body, &res)
+	return res, err
+}
+
 func sessionPath(id string) string { return "/v1/sessions/" + url.PathEscape(id) }
 
 // sessionBody reads the flags that new and put share.
@@ -159,10 +168,8 @@ func cmdSessionNew(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var res api.SessionWrite
-	if err := c.do(ctx, http.MethodPost, "/v1/sessions", nil, req, &res); err != nil {
+	res, err := c.write(http.MethodPost, "/v1/sessions", nil, req)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "session %s\ntoken %s\n", res.ID, res.Token)
@@ -182,10 +189,8 @@ func cmdSessionPut(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var res api.SessionWrite
-	if err := c.do(ctx, http.MethodPut, sessionPath(pos[0]), nil, req, &res); err != nil {
+	res, err := c.write(http.MethodPut, sessionPath(pos[0]), nil, req)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "session %s\ntoken %s\n", res.ID, res.Token)
@@ -198,10 +203,8 @@ func cmdSessionRm(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var res api.SessionWrite
-	if err := c.do(ctx, http.MethodDelete, sessionPath(pos[0]), nil, nil, &res); err != nil {
+	res, err := c.write(http.MethodDelete, sessionPath(pos[0]), nil, nil)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "deleted session %s\ntoken %s\n", res.ID, res.Token)
@@ -270,9 +273,7 @@ func cmdSessionGet(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		var out bytes.Buffer
-		json.Indent(&out, raw, "", "  ")
-		fmt.Fprintln(stdout, out.String())
+		printJSON(stdout, raw)
 		return nil
 	}
 	var s api.Session
