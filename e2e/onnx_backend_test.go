@@ -30,12 +30,7 @@ import (
 // the outputs are compared with the expected tensors. Nobody here wrote
 // the cases, so they check the tensor encoding independently.
 
-var oipType = map[int]string{
-	onnxmodel.Float: "FP32", onnxmodel.Uint8: "UINT8", onnxmodel.Int8: "INT8", onnxmodel.Uint16: "UINT16",
-	onnxmodel.Int16: "INT16", onnxmodel.Int32: "INT32", onnxmodel.Int64: "INT64", onnxmodel.String: "BYTES",
-	onnxmodel.Bool: "BOOL", onnxmodel.Float16: "FP16", onnxmodel.Double: "FP64", onnxmodel.Uint32: "UINT32",
-	onnxmodel.Uint64: "UINT64",
-}
+var oipType = onnxmodel.OIPType
 
 // mustPass are cases across every datatype and both encodings that have to
 // pass; the rest are counted (onnxruntime itself does not run them all).

@@ -193,3 +193,13 @@ func walkAll(b []byte, f func(num protowire.Number, typ protowire.Type, val []by
 	}
 	return nil
 }
+
+// OIPType names each ONNX tensor element type as the Open Inference
+// Protocol does (its datatype strings), for callers that turn ONNX test
+// tensors into inference requests.
+var OIPType = map[int]string{
+	Float: "FP32", Uint8: "UINT8", Int8: "INT8", Uint16: "UINT16",
+	Int16: "INT16", Int32: "INT32", Int64: "INT64", String: "BYTES",
+	Bool: "BOOL", Float16: "FP16", Double: "FP64", Uint32: "UINT32",
+	Uint64: "UINT64",
+}

@@ -21,12 +21,7 @@ import (
 // each other; how CPU itself compares with the reference outputs is the
 // e2e suite's business (TestONNXBackendCasesThroughTheEndpoint).
 
-var oipType = map[int]string{
-	onnxmodel.Float: "FP32", onnxmodel.Uint8: "UINT8", onnxmodel.Int8: "INT8", onnxmodel.Uint16: "UINT16",
-	onnxmodel.Int16: "INT16", onnxmodel.Int32: "INT32", onnxmodel.Int64: "INT64", onnxmodel.String: "BYTES",
-	onnxmodel.Bool: "BOOL", onnxmodel.Float16: "FP16", onnxmodel.Double: "FP64", onnxmodel.Uint32: "UINT32",
-	onnxmodel.Uint64: "UINT64",
-}
+var oipType = onnxmodel.OIPType
 
 // random operators and training-mode dropout draw different numbers on
 // each device: only their output names, datatypes and shapes are compared.
