@@ -68,7 +68,8 @@ func (a *API) handleModel(w http.ResponseWriter, r *http.Request) {
 
 // handlePush imports an uploaded artifact, publishes its signed manifest
 // and optionally activates it: PUT /v1/models/{model}/versions/{version}
-// [?activate=true][&prefetch=true][&media_type=...][&no_cache=true].
+// [?activate=true][&prefetch=true][&media_type=...][&no_cache=true]
+// [&max_batch_size=N][&max_queue_delay_us=N].
 func (a *API) handlePush(w http.ResponseWriter, r *http.Request) {
 	m, err := pushManifest(r)
 	if err != nil {
@@ -111,9 +112,25 @@ func pushManifest(r *http.Request) (models.Manifest, error) {
 	if m.MediaType == "" {
 		m.MediaType = "application/octet-stream"
 	}
+	for _, f := range []struct {
+		key string
+		v   *int
+	}{{"max_batch_size", &m.MaxBatchSize}, {"max_queue_delay_us", &m.MaxQueueDelayUS}} {
+		if s := q.Get(f.key); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return m, fmt.Errorf("%w: %s %q: not an integer", models.ErrBadSetting, f.key, s)
+			}
+			*f.v = n
+		}
+	}
 	warmup, err := parseWarmup(r.Header.Get(api.HeaderWarmup))
 	m.Warmup = warmup
-	return m, err
+	if err != nil {
+		return m, err
+	}
+	// Refused before the upload rather than after it.
+	return m, m.Validate()
 }
 
 // parseWarmup checks a Shoal-Warmup header: base64 of an OIP v2 request

@@ -169,6 +169,32 @@ func TestPushWarmupInvalid(t *testing.T) {
 	}
 }
 
+// TestPushBatchingSettings: the batching settings reach the manifest;
+// values out of range or not integers are refused before the upload,
+// naming the key.
+func TestPushBatchingSettings(t *testing.T) {
+	h := newHarness(t)
+	p := recordPush(h, models.Manifest{CID: "bafyart"}, testWrite("push"))
+	wantStatus(t, h.do(t, "PUT", "/v1/models/cls/versions/v1?max_batch_size=32&max_queue_delay_us=500", strings.NewReader("x")), http.StatusCreated)
+	if p.m.MaxBatchSize != 32 || p.m.MaxQueueDelayUS != 500 {
+		t.Errorf("Push got %+v", p.m)
+	}
+	for query, key := range map[string]string{
+		"max_batch_size=-1":                           "max_batch_size",
+		"max_batch_size=1025":                         "max_batch_size",
+		"max_batch_size=eight":                        "max_batch_size",
+		"max_batch_size=8&max_queue_delay_us=2e6":     "max_queue_delay_us",
+		"max_batch_size=8&max_queue_delay_us=1000001": "max_queue_delay_us",
+		"max_queue_delay_us=100":                      "max_queue_delay_us",
+	} {
+		e := wantError(t, h.do(t, "PUT", "/v1/models/cls/versions/v2?"+query, strings.NewReader("x")), api.CodeRecordInvalid)
+		if !strings.Contains(e.Message, key) {
+			t.Errorf("%s: message %q does not name %s", query, e.Message, key)
+		}
+	}
+	wantCalls(t, h.models.calls, map[string]int{"Push": 1})
+}
+
 func TestPushBadName(t *testing.T) {
 	h := newHarness(t)
 	for _, path := range []string{

@@ -421,6 +421,15 @@ func (t *tensor) canonical(b []byte) []byte {
 
 // encodeOutput turns an onnxruntime output into a response tensor.
 func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
+	out, err := outputData(name, v)
+	out.Data = finiteData(out.Data)
+	return out, err
+}
+
+// outputData reads an onnxruntime output into a response tensor whose
+// Data is a typed, flat slice ([]float32, []int64, []string, …), floats
+// not yet through finite: a batched run splits it before JSON care.
+func outputData(name string, v ort.Value) (ResponseOutput, error) {
 	shape := []int64(v.GetShape())
 	if shape == nil {
 		shape = []int64{}
@@ -428,9 +437,9 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 	out := ResponseOutput{Name: name, Shape: shape}
 	switch x := v.(type) {
 	case *ort.Tensor[float32]:
-		out.Datatype, out.Data = "FP32", finite(x.GetData())
+		out.Datatype, out.Data = "FP32", x.GetData()
 	case *ort.Tensor[float64]:
-		out.Datatype, out.Data = "FP64", finite(x.GetData())
+		out.Datatype, out.Data = "FP64", x.GetData()
 	case *ort.Tensor[int64]:
 		out.Datatype, out.Data = "INT64", x.GetData()
 	case *ort.Tensor[int32]:
@@ -456,9 +465,9 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 	case *ort.Tensor[bool]:
 		out.Datatype, out.Data = "BOOL", x.GetData()
 	case *ort.Scalar[float32]:
-		out.Datatype, out.Data = "FP32", finite([]float32{x.GetData()})
+		out.Datatype, out.Data = "FP32", []float32{x.GetData()}
 	case *ort.Scalar[float64]:
-		out.Datatype, out.Data = "FP64", finite([]float64{x.GetData()})
+		out.Datatype, out.Data = "FP64", []float64{x.GetData()}
 	case *ort.Scalar[int64]:
 		out.Datatype, out.Data = "INT64", []int64{x.GetData()}
 	case *ort.Scalar[int32]:
@@ -493,11 +502,22 @@ func encodeOutput(name string, v ort.Value) (ResponseOutput, error) {
 		for i := range f {
 			f[i] = halfToFloat32(binary.LittleEndian.Uint16(raw[2*i:]))
 		}
-		out.Datatype, out.Data = "FP16", finite(f)
+		out.Datatype, out.Data = "FP16", f
 	default:
 		return out, fmt.Errorf("output %q: value kind %T is not supported", name, v)
 	}
 	return out, nil
+}
+
+// finiteData applies finite to float data and returns other data as is.
+func finiteData(data any) any {
+	switch d := data.(type) {
+	case []float32:
+		return finite(d)
+	case []float64:
+		return finite(d)
+	}
+	return data
 }
 
 // finite returns f, or, when f holds NaN or ±Inf (which JSON cannot

@@ -12,6 +12,10 @@ type metrics struct {
 	saturated  *prometheus.CounterVec // outcome
 	forwarded  *prometheus.CounterVec // direction, outcome
 	runSeconds *prometheus.HistogramVec
+	// Dynamic batching (batch.go), by model.
+	batchRows      *prometheus.HistogramVec
+	queueSeconds   *prometheus.HistogramVec
+	batchFallbacks *prometheus.CounterVec // model, reason
 }
 
 func newMetrics() metrics {
@@ -32,12 +36,24 @@ func newMetrics() metrics {
 			Name: "shoal_inference_run_seconds", Help: "onnxruntime run time of one inference (cache misses), by model.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}, []string{"model"}),
+		batchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "shoal_inference_batch_size", Help: "Rows per onnxruntime run of a model with dynamic batching (max_batch_size), by model.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}, []string{"model"}),
+		queueSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "shoal_inference_queue_seconds", Help: "Time a request of a model with dynamic batching waited in its queue before its batch ran, by model.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 2, 18),
+		}, []string{"model"}),
+		batchFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_inference_batch_fallbacks_total", Help: "Batches run again request by request, by model and reason: error (the joined run failed), not_splittable (outputs without one row per input row; the model is no longer batched).",
+		}, []string{"model", "reason"}),
 	}
 }
 
 // Collectors are the Server's metrics, for the peer's registry.
 func (s *Server) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.m.requests, s.m.cache, s.m.saturated, s.m.forwarded, s.m.runSeconds}
+	return []prometheus.Collector{s.m.requests, s.m.cache, s.m.saturated, s.m.forwarded, s.m.runSeconds,
+		s.m.batchRows, s.m.queueSeconds, s.m.batchFallbacks}
 }
 
 // Outcomes of shoal_inference_requests_total.

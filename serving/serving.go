@@ -1,8 +1,9 @@
 // Package serving answers inference requests on a peer: parse the OIP v2
 // request, acquire the version's session, answer from the result cache
 // when it can, admit the run into one of the peer's inference slots, run
-// it, record it — and, for pinned requests that opt in, route them to a
-// warm peer that has the version loaded (routing.go).
+// it (alone, or joined with others for versions that ask for dynamic
+// batching, batch.go), record it — and, for pinned requests that opt in,
+// route them to a warm peer that has the version loaded (routing.go).
 //
 // Its surface is Server.Infer(ctx, Call): the HTTP API turns a request
 // into a Call and writes the Answer; nothing here knows of HTTP routes or
@@ -54,6 +55,10 @@ type Config struct {
 	Cache *resultcache.Cache
 	// MaxInflight bounds the inferences run at once (0: unbounded).
 	MaxInflight int
+	// BatchRunners bounds the batches of one queue (one session, one
+	// shape) that run at once, for versions with dynamic batching
+	// (batch.go). Default 4.
+	BatchRunners int
 	// Router forwards pinned requests to warm peers; nil: never.
 	Router *Router
 	Logger *slog.Logger
@@ -105,6 +110,16 @@ type Server struct {
 	running atomic.Int64
 	m       metrics
 
+	// Dynamic batching (batch.go). bmu is taken before a queue's mu.
+	bmu     sync.Mutex
+	queues  map[batchKey]*batchQueue
+	noBatch map[string]bool // CIDs whose outputs did not split by rows
+	// batchRunners is Config.BatchRunners, defaulted.
+	batchRunners int
+	// batchHook, when set (tests), is called as a batch is about to run,
+	// on the runner's goroutine.
+	batchHook func(*batch)
+
 	ctx    context.Context // bounds background loads
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -115,8 +130,12 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics()}
+	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics(), queues: map[batchKey]*batchQueue{}, noBatch: map[string]bool{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.batchRunners = cfg.BatchRunners
+	if s.batchRunners <= 0 {
+		s.batchRunners = defaultBatchRunners
+	}
 	if cfg.MaxInflight > 0 {
 		s.slots = make(chan struct{}, cfg.MaxInflight)
 	}
@@ -176,16 +195,14 @@ func (s *Server) Infer(ctx context.Context, c Call) (a Answer, err error) {
 		}
 		a.Cache = api.CacheMiss
 	}
-	release, fwd, err := s.admit(ctx, c)
+	outs, fwd, err := s.execute(ctx, c, sess, m, p)
 	if err != nil || fwd != nil {
 		if fwd != nil {
 			return *fwd, nil
 		}
 		return a, err
 	}
-	if resp.Outputs, err = s.run(ctx, sess, p, release); err != nil {
-		return a, err
-	}
+	resp.Outputs = outs
 	if cache != nil {
 		if raw, err := json.Marshal(resp.Outputs); err == nil {
 			cache.Put(ctx, key, c.Model, sess.Version, raw)
@@ -219,6 +236,21 @@ func (s *Server) cached(ctx context.Context, cache *resultcache.Cache, key resul
 	return nil, false
 }
 
+// execute computes p's outputs: in a batch with other requests for the
+// same session when the version asks for batching (batch.go), else alone
+// in an inference slot of its own. fwd is a warm peer's answer instead.
+func (s *Server) execute(ctx context.Context, c Call, sess *inference.Session, m models.Manifest, p *inference.Prepared) (outs []inference.ResponseOutput, fwd *Answer, err error) {
+	if spec := s.batchFor(sess, m, p); spec != nil {
+		return s.batched(ctx, c, p, spec)
+	}
+	release, fwd, err := s.admit(ctx, c)
+	if err != nil || fwd != nil {
+		return nil, fwd, err
+	}
+	outs, err = s.run(ctx, sess, p, release)
+	return outs, nil, err
+}
+
 // run runs p on sess holding an inference slot, which it releases as
 // soon as the run ends (not when the answer is written).
 func (s *Server) run(ctx context.Context, sess *inference.Session, p *inference.Prepared, release func()) ([]inference.ResponseOutput, error) {
@@ -228,18 +260,23 @@ func (s *Server) run(ctx context.Context, sess *inference.Session, p *inference.
 	start := time.Now()
 	outs, err := sess.Run(ctx, p)
 	s.m.runSeconds.WithLabelValues(sess.Model).Observe(time.Since(start).Seconds())
+	return outs, runError(ctx, err)
+}
+
+// runError classifies the error of a run under ctx.
+func runError(ctx context.Context, err error) error {
 	switch {
 	case err == nil:
-		return outs, nil
+		return nil
 	case errors.Is(err, inference.ErrBadRequest):
-		return nil, errs.Mark(ErrBadInput, err)
+		return errs.Mark(ErrBadInput, err)
 	case ctx.Err() != nil:
-		return nil, ErrTimeout
+		return ErrTimeout
 	default:
 		// onnxruntime refused inputs that fit the declared shapes (a
 		// model with stricter internal constraints): the caller's to
 		// fix, and the peer keeps serving.
-		return nil, errs.Mark(ErrBadInput, err)
+		return errs.Mark(ErrBadInput, err)
 	}
 }
 

@@ -48,7 +48,7 @@ Usage:
   shoal config print [flags]      the effective settings (flags > $SHOAL_* > --config TOML > defaults)
   shoal status [--api URL] [--json]
                                   show a running peer's peers, staleness and state
-  shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQ.json]
+  shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQ.json] [--max-batch N [--max-queue-delay DUR]]
   shoal model activate M V | rollback M | ls [--json]
                                   publish, activate and inspect model versions
   shoal infer M[@V] --input REQUEST.json [--max-staleness 5s] [--after TOKEN]

@@ -160,12 +160,17 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	mediaType := fs.String("media-type", "", "media type of the artifact (default "+models.MediaTypeONNX+" for *.onnx files, which peers serve for inference, else application/octet-stream)")
 	noCache := fs.Bool("no-cache", false, "keep this model's results out of the result cache (non-deterministic outputs)")
 	warmup := fs.String("warmup", "", "OIP v2 inference request (JSON file) that peers run before serving the version (default: zeros of guessed sizes)")
+	maxBatch := fs.Int("max-batch", 0, fmt.Sprintf("dynamic batching: run requests that arrive together as one inference of at most N rows (dimension 0; 0: off, at most %d)", models.MaxBatchSizeLimit))
+	maxDelay := fs.Duration("max-queue-delay", 0, "with --max-batch: how long a queued request may wait for others to fill its batch (e.g. 500us; at most 1s)")
 	pos, err := interleave(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *name == "" || *version == "" {
-		return usageError("usage: shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQUEST.json]")
+		return usageError("usage: shoal model push FILE --name M --version V [--activate] [--prefetch] [--no-cache] [--warmup REQUEST.json] [--max-batch N [--max-queue-delay DUR]]")
+	}
+	if *maxDelay%time.Microsecond != 0 {
+		return usageError("--max-queue-delay %s: use whole microseconds", *maxDelay)
 	}
 	if *mediaType == "" {
 		*mediaType = "application/octet-stream"
@@ -205,6 +210,13 @@ func cmdModelPush(args []string, stdout, stderr io.Writer) error {
 	}
 	if *noCache {
 		q.Set("no_cache", "true")
+	}
+	// Ranges are the peer's to check (it names the manifest key).
+	if *maxBatch != 0 {
+		q.Set("max_batch_size", fmt.Sprint(*maxBatch))
+	}
+	if *maxDelay != 0 {
+		q.Set("max_queue_delay_us", fmt.Sprint(maxDelay.Microseconds()))
 	}
 	pr := &progressReader{r: f, total: fi.Size()}
 	if isTerminal(stderr) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/shoal-mesh/shoal/crdt"
 	"github.com/shoal-mesh/shoal/crdt/sign"
@@ -42,6 +43,9 @@ var (
 	ErrUnknownVersion = errors.New("unknown model version")
 	ErrDuplicate      = errors.New("version already published with other content")
 	ErrNoPrevious     = errors.New("no previous version to roll back to")
+	// ErrBadSetting: a manifest's serving setting is out of its range. It
+	// is a malformed record to replicate (crdt.ErrBadRecord).
+	ErrBadSetting = fmt.Errorf("%w: model setting out of range", crdt.ErrBadRecord)
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -72,6 +76,15 @@ type Manifest struct {
 	// NoCache opts the model out of the result cache (outputs that are
 	// not a function of the inputs).
 	NoCache bool `json:"no_cache,omitempty"`
+	// MaxBatchSize turns on dynamic batching: requests for this version
+	// that arrive together run as one inference of at most this many
+	// rows (dimension 0). 0: every request runs alone.
+	MaxBatchSize int `json:"max_batch_size,omitempty"`
+	// MaxQueueDelayUS bounds, in microseconds, how long a queued request
+	// waits for others to fill its batch (Triton's
+	// max_queue_delay_microseconds); see serving's batcher for when a
+	// request waits at all. Needs MaxBatchSize.
+	MaxQueueDelayUS int `json:"max_queue_delay_us,omitempty"`
 	// Warmup is an inference request (OIP v2 JSON) that peers run before
 	// the version goes live, for models whose dynamic dimensions need
 	// particular sizes. Empty: peers synthesise one.
@@ -84,6 +97,53 @@ const MediaTypeONNX = "application/vnd.onnx"
 
 // MaxWarmup bounds a manifest's warm-up request (records stay small).
 const MaxWarmup = 64 << 10
+
+// Limits of the batching settings. A batch is one onnxruntime run: its
+// input is the sum of its requests', so the bound keeps one run within
+// what a peer can hold; a request should not queue longer than a second
+// for company.
+const (
+	MaxBatchSizeLimit    = 1024
+	MaxQueueDelayUSLimit = 1_000_000
+)
+
+// Validate checks what a publisher controls: the names, the warm-up
+// request's size and the serving settings' ranges. Errors name the
+// manifest key and wrap ErrBadName or ErrBadSetting.
+func (m Manifest) Validate() error {
+	if err := CheckName("model", m.Model); err != nil {
+		return err
+	}
+	if err := CheckName("version", m.Version); err != nil {
+		return err
+	}
+	if len(m.Warmup) > MaxWarmup {
+		return fmt.Errorf("%w: warmup: %d bytes, at most %d", ErrBadSetting, len(m.Warmup), MaxWarmup)
+	}
+	if m.MaxBatchSize < 0 || m.MaxBatchSize > MaxBatchSizeLimit {
+		return fmt.Errorf("%w: max_batch_size %d: use 0 (no batching) to %d", ErrBadSetting, m.MaxBatchSize, MaxBatchSizeLimit)
+	}
+	if m.MaxQueueDelayUS < 0 || m.MaxQueueDelayUS > MaxQueueDelayUSLimit {
+		return fmt.Errorf("%w: max_queue_delay_us %d: use 0 to %d (1 s)", ErrBadSetting, m.MaxQueueDelayUS, MaxQueueDelayUSLimit)
+	}
+	if m.MaxQueueDelayUS > 0 && m.MaxBatchSize == 0 {
+		return fmt.Errorf("%w: max_queue_delay_us %d without max_batch_size: a delay only applies to batching", ErrBadSetting, m.MaxQueueDelayUS)
+	}
+	return nil
+}
+
+// Batching returns the manifest's batching settings as a peer applies
+// them: the batch size (0: no batching) and the queue delay, clamped to
+// the limits. Peers do not reject a signed manifest over its settings
+// (a later release may allow more); they bound what they do with it.
+func (m Manifest) Batching() (maxRows int, delay time.Duration) {
+	maxRows = min(max(m.MaxBatchSize, 0), MaxBatchSizeLimit)
+	if maxRows == 0 {
+		return 0, 0
+	}
+	us := min(max(m.MaxQueueDelayUS, 0), MaxQueueDelayUSLimit)
+	return maxRows, time.Duration(us) * time.Microsecond
+}
 
 // IsONNX reports whether the artifact is an ONNX model to serve.
 func (m Manifest) IsONNX() bool { return m.MediaType == MediaTypeONNX }

@@ -524,14 +524,11 @@ func order(h1 crdt.HLC, p1 PublisherID, h2 crdt.HLC, p2 PublisherID) int {
 	return strings.Compare(string(p1), string(p2))
 }
 
-// Publish signs and writes a manifest. Publishing the same content again
-// is a no-op; other content under an existing model@version is
-// ErrDuplicate and changes nothing.
+// Publish validates (Manifest.Validate), signs and writes a manifest.
+// Publishing the same content again is a no-op; other content under an
+// existing model@version is ErrDuplicate and changes nothing.
 func (g *Registry) Publish(ctx context.Context, m Manifest) (Manifest, crdt.Write, error) {
-	if err := CheckName("model", m.Model); err != nil {
-		return m, crdt.Write{}, err
-	}
-	if err := CheckName("version", m.Version); err != nil {
+	if err := m.Validate(); err != nil {
 		return m, crdt.Write{}, err
 	}
 	if existing, err := g.Manifest(ctx, m.Model, m.Version); err == nil {
