@@ -42,7 +42,7 @@ var allowed = []struct {
 	{"grpcapi/inferencepb", nil},
 	{"grpcapi", []string{"api", "grpcapi/inferencepb", "httpapi", "inference", "lifecycle", "serving", "internal/errs"}},
 	{"peer", []string{"api", "crdt/...", "inference/...", "store/...", "lifecycle", "serving", "rag", "sessions", "httpapi", "grpcapi", "internal/errs"}},
-	{"cmd/...", []string{"api", "crdt/...", "inference/...", "store/...", "peer", "internal/errs"}},
+	{"cmd/...", []string{"api", "crdt/...", "inference/...", "store/...", "peer", "sessions", "internal/errs"}},
 	{"scripts/gpucheck", []string{"inference/..."}},
 	{"e2e/...", []string{"..."}},
 }
