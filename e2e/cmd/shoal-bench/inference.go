@@ -258,6 +258,9 @@ func runInference(iters, rounds int, tput time.Duration, threads int, out string
 		}
 		fmt.Fprintln(&b, row+" |")
 	}
+	if err := writeBatching(&b, n, base, min(rounds, 3), min(tput, 3*time.Second)); err != nil {
+		return err
+	}
 	m.Close()
 
 	// Cache hits: a second mesh with the cache on.
