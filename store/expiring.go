@@ -68,31 +68,21 @@ func (e *Expiring) Get(key []byte) ([]byte, error) {
 
 // Put stores val under key until ttl has passed.
 func (e *Expiring) Put(key, val []byte, ttl time.Duration) error {
-	return e.db.Update(func(txn *badger.Txn) error {
-		return txn.SetEntry(badger.NewEntry(key, val).WithTTL(ttl))
-	})
+	// Badger keeps expiry in whole seconds, and its WithTTL rounds down,
+	// which would hide an entry up to a second before ttl has passed;
+	// rounding up keeps it until then (and at most a second longer).
+	deadline := time.Now().Add(ttl)
+	entry := badger.NewEntry(key, val)
+	entry.ExpiresAt = uint64(deadline.Unix())
+	if deadline.Nanosecond() > 0 {
+		entry.ExpiresAt++
+	}
+	return e.db.Update(func(txn *badger.Txn) error { return txn.SetEntry(entry) })
 }
 
 // Delete removes key.
 func (e *Expiring) Delete(key []byte) error {
 	return e.db.Update(func(txn *badger.Txn) error { return txn.Delete(key) })
-}
-
-// Scan calls f with every live entry under prefix; val is valid only
-// during the call. An error from f ends the scan.
-func (e *Expiring) Scan(prefix []byte, f func(key, val []byte) error) error {
-	return e.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			err := item.Value(func(val []byte) error { return f(item.Key(), val) })
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // GC rewrites value-log files that are mostly garbage (values replaced
@@ -108,6 +98,19 @@ func (e *Expiring) GC() error {
 			return err
 		}
 	}
+}
+
+// ScanKeys calls f with the key of every live entry under prefix (nil:
+// all), reading no values; key is valid only during the call.
+func (e *Expiring) ScanKeys(prefix []byte, f func(key []byte)) error {
+	return e.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			f(it.Item().Key())
+		}
+		return nil
+	})
 }
 
 // DropAll deletes every entry and the files that held them. Call it only
