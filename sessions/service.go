@@ -188,11 +188,13 @@ func (s *Service) write(ctx context.Context, o Op, ttl time.Duration, siteOnly b
 	o.Sig = s.cfg.Signer.Sign(o.signingBytes(s.cfg.Mesh))
 	st.merge(o)
 	err = s.storeLocked(st)
+	if err == nil {
+		s.notifyLocked()
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return Token{}, err
 	}
-	s.notify()
 	s.m.ops.WithLabelValues(o.Kind, "local").Inc()
 	s.rep.replicate(ctx, o)
 	return Token{Session: o.Session, HLC: o.HLC, Peer: s.self}, nil
@@ -268,11 +270,11 @@ func (s *Service) waitFor(ctx context.Context, tok Token) error {
 	}
 }
 
-func (s *Service) notify() {
-	s.mu.Lock()
+// notifyLocked wakes the waiters for a token (waitFor): an op was just
+// stored. s.mu must be held for writing.
+func (s *Service) notifyLocked() {
 	close(s.arrived)
 	s.arrived = make(chan struct{})
-	s.mu.Unlock()
 }
 
 // apply merges a replicated op that passed verify; it reports whether
@@ -295,17 +297,18 @@ func (s *Service) apply(o Op) (bool, error) {
 	}
 	if st.Site != o.Site {
 		s.mu.Unlock()
-		s.m.rejected.WithLabelValues("site").Inc()
-		return false, fmt.Errorf("%w: op for site %q on a session of site %q", ErrRejected, o.Site, st.Site)
+		// Counted by the caller, as every refusal is (replication.count).
+		return false, refuse("site", "op for site %q on a session of site %q", o.Site, st.Site)
 	}
 	changed := st.merge(o)
 	if changed {
-		err = s.storeLocked(st)
+		if err = s.storeLocked(st); err == nil {
+			s.notifyLocked()
+		}
 	}
 	s.mu.Unlock()
 	if changed && err == nil {
 		s.m.ops.WithLabelValues(o.Kind, "remote").Inc()
-		s.notify()
 	}
 	return changed, err
 }
