@@ -12,8 +12,12 @@ import (
 	"github.com/shoal-mesh/shoal/sessions"
 )
 
-// routesSessions are the conversation sessions.
+// routesSessions are the conversation sessions; a peer that serves none
+// leaves them to the unknown-route answer.
 func (a *API) routesSessions(mux *http.ServeMux) {
+	if a.cfg.Sessions == nil {
+		return
+	}
 	mux.HandleFunc("POST /v1/sessions", a.handleNewSession)
 	mux.HandleFunc("PUT /v1/sessions/{id}", a.handlePutSession)
 	mux.HandleFunc("GET /v1/sessions/{id}", a.handleGetSession)
@@ -31,13 +35,6 @@ func isSessionPath(p string) bool {
 // body is 413 before it is read.
 const maxSessionBody = 4*sessions.MaxTurnBytes + 4<<10
 
-func (a *API) sessionsOn() error {
-	if a.cfg.Sessions == nil {
-		return fmt.Errorf("%w: sessions are not served by this peer", errNoRoute)
-	}
-	return nil
-}
-
 func (a *API) handleNewSession(w http.ResponseWriter, r *http.Request) {
 	a.putSession(w, r, sessions.NewID(), http.StatusCreated)
 }
@@ -48,8 +45,8 @@ func (a *API) handlePutSession(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) putSession(w http.ResponseWriter, r *http.Request, id string, status int) {
 	var req api.SessionRequest
-	err := a.sessionsOn()
-	if err == nil && r.ContentLength != 0 {
+	var err error
+	if r.ContentLength != 0 {
 		err = decodeJSON(r.Body, &req)
 	}
 	if err == nil && (req.TTLSeconds < 0 || math.IsInf(req.TTLSeconds, 0) || req.TTLSeconds > sessions.MaxTTL.Seconds()) {
@@ -69,10 +66,7 @@ func (a *API) putSession(w http.ResponseWriter, r *http.Request, id string, stat
 // after it even where gateways' clocks disagree.
 func (a *API) handleAppendTurn(w http.ResponseWriter, r *http.Request) {
 	var req api.TurnRequest
-	err := a.sessionsOn()
-	if err == nil {
-		err = decodeJSON(r.Body, &req)
-	}
+	err := decodeJSON(r.Body, &req)
 	if err == nil && sessions.IsToken(r.Header.Get(api.HeaderAfter)) {
 		err = a.waitForSessionWrite(w, r)
 	}
@@ -96,11 +90,7 @@ func (a *API) waitForSessionWrite(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (a *API) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
-	err := a.sessionsOn()
-	var tok sessions.Token
-	if err == nil {
-		tok, err = a.cfg.Sessions.Delete(r.Context(), r.PathValue("id"))
-	}
+	tok, err := a.cfg.Sessions.Delete(r.Context(), r.PathValue("id"))
 	a.answerSessionWrite(w, http.StatusOK, r.PathValue("id"), tok, err)
 }
 
@@ -118,10 +108,6 @@ func (a *API) answerSessionWrite(w http.ResponseWriter, status int, id string, t
 // not in the Merkle-CRDT); Shoal-Max-Staleness and Shoal-Timeout apply as
 // to any read.
 func (a *API) handleGetSession(w http.ResponseWriter, r *http.Request) {
-	if err := a.sessionsOn(); err != nil {
-		writeError(w, err)
-		return
-	}
 	ctx, cancel, after, err := a.sessionDemands(w, r)
 	if err != nil {
 		writeError(w, err)
@@ -167,8 +153,8 @@ func (a *API) sessionContext(ctx context.Context, r *http.Request, n int) ([]str
 	if id == "" {
 		return nil, nil
 	}
-	if err := a.sessionsOn(); err != nil {
-		return nil, err
+	if a.cfg.Sessions == nil {
+		return nil, fmt.Errorf("%w: sessions are not served by this peer", errNoRoute)
 	}
 	turns, err := a.cfg.Sessions.Recent(ctx, id, 4*n)
 	if err != nil {
