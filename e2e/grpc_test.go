@@ -96,7 +96,7 @@ func TestGRPCInferenceServesLikeREST(t *testing.T) {
 	eventually(t, "the model is ready over gRPC", func() error {
 		r, err := c.ModelReady(ctx, &inferencepb.ModelReadyRequest{Name: "cls"})
 		if err == nil && !r.Ready {
-			return errString("not ready")
+			return fmt.Errorf("not ready")
 		}
 		return err
 	})
@@ -214,9 +214,14 @@ func TestGRPCInferenceServesLikeREST(t *testing.T) {
 	}
 }
 
-type errString string
-
-func (e errString) Error() string { return string(e) }
+// clientMetadata is model metadata as a Triton client returned it.
+type clientMetadata struct {
+	Name   string
+	Inputs []struct {
+		Name, Datatype string
+		Shape          []any
+	}
+}
 
 // TestTritonPythonClients points NVIDIA Triton's own Python clients
 // (tritonclient[http,grpc] from PyPI, pinned in
@@ -247,20 +252,25 @@ func TestTritonPythonClients(t *testing.T) {
 	}
 	type failure struct{ Status, Message string }
 	var got struct {
-		HTTPLive, HTTPModelReady, GRPCLive, GRPCServerReady, GRPCModelReady bool
-		HTTPMetadata, GRPCMetadata                                          struct {
-			Name   string
-			Inputs []struct {
-				Name, Datatype string
-				Shape          []any
-			}
-		}
-		HTTPBinary, HTTPJSON, GRPC                map[string][]float64
-		HTTPVersion, GRPCVersion                  string
-		HTTPUnknownModel, HTTPBadShape            *failure
-		GRPCUnknownModel, GRPCBadShape, GRPCStale *failure
+		HTTPLive         bool                 `json:"http_live"`
+		HTTPModelReady   bool                 `json:"http_model_ready"`
+		GRPCLive         bool                 `json:"grpc_live"`
+		GRPCServerReady  bool                 `json:"grpc_server_ready"`
+		GRPCModelReady   bool                 `json:"grpc_model_ready"`
+		HTTPMetadata     clientMetadata       `json:"http_metadata"`
+		GRPCMetadata     clientMetadata       `json:"grpc_metadata"`
+		HTTPBinary       map[string][]float64 `json:"http_binary"`
+		HTTPJSON         map[string][]float64 `json:"http_json"`
+		GRPC             map[string][]float64 `json:"grpc"`
+		HTTPVersion      string               `json:"http_version"`
+		GRPCVersion      string               `json:"grpc_version"`
+		HTTPUnknownModel *failure             `json:"http_unknown_model"`
+		HTTPBadShape     *failure             `json:"http_bad_shape"`
+		GRPCUnknownModel *failure             `json:"grpc_unknown_model"`
+		GRPCBadShape     *failure             `json:"grpc_bad_shape"`
+		GRPCStale        *failure             `json:"grpc_stale"`
 	}
-	if err := json.Unmarshal(snakeToCamel(t, out), &got); err != nil {
+	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if !got.HTTPLive || !got.HTTPModelReady || !got.GRPCLive || !got.GRPCServerReady || !got.GRPCModelReady {
@@ -320,22 +330,5 @@ func mustJSON(t *testing.T, v any) json.RawMessage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
-}
-
-// snakeToCamel rewrites the script's snake_case keys (http_model_ready)
-// so they decode into Go field names (HTTPModelReady matches
-// case-insensitively once the underscores are gone).
-func snakeToCamel(t *testing.T, js []byte) []byte {
-	t.Helper()
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(js, &m); err != nil {
-		t.Fatalf("%v: %s", err, js)
-	}
-	out := make(map[string]json.RawMessage, len(m))
-	for k, v := range m {
-		out[strings.ReplaceAll(k, "_", "")] = v
-	}
-	b, _ := json.Marshal(out)
 	return b
 }
