@@ -67,7 +67,7 @@ func writeBatching(b *bytes.Buffer, n *peer.Node, base string, rounds int, tput 
 				off, on, ratio = append(off, a), append(on, z), append(ratio, z/a)
 			}
 			lo, hi := minMax(ratio)
-			fmt.Fprintf(b, "| %v | %d | %.0f | %.0f | %.2f× (%.2f…%.2f) |\n", bm.shape[1:], clients, medianF(off), medianF(on), medianF(ratio), lo, hi)
+			fmt.Fprintf(b, "| %v | %d | %.0f | %.0f | %.2f× (%.2f…%.2f) |\n", bm.shape[1:], clients, median(off), median(on), median(ratio), lo, hi)
 		}
 		var p50off, p50on []time.Duration
 		for r := 0; r < rounds; r++ {
@@ -81,8 +81,8 @@ func writeBatching(b *bytes.Buffer, n *peer.Node, base string, rounds int, tput 
 			}
 			p50off, p50on = append(p50off, a.pct(0.5)), append(p50on, z.pct(0.5))
 		}
-		fmt.Fprintf(b, "| %v | 1, p50 latency | %s | %s | %+.1f %% |\n", bm.shape[1:], us(medianDur(p50off)), us(medianDur(p50on)),
-			100*(float64(medianDur(p50on))/float64(medianDur(p50off))-1))
+		fmt.Fprintf(b, "| %v | 1, p50 latency | %s | %s | %+.1f %% |\n", bm.shape[1:], us(median(p50off)), us(median(p50on)),
+			100*(float64(median(p50on))/float64(median(p50off))-1))
 	}
 	return nil
 }

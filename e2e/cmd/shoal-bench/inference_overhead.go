@@ -53,18 +53,6 @@ var overheadModes = []string{"bare", "HTTP binary", "gRPC", "handler binary"}
 // roundFigures are one mode's p50 and p99 in each round.
 type roundFigures struct{ p50, p99 []time.Duration }
 
-func medianDur(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
-func medianF(fs []float64) float64 {
-	s := append([]float64(nil), fs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
 // measureOverhead runs rounds of iters requests per mode for bm and returns
 // each mode's figures by round.
 func measureOverhead(n *peer.Node, base string, bm benchModel, iters, rounds, threads int) (map[string]*roundFigures, error) {
@@ -115,7 +103,7 @@ func writeOverhead(b *bytes.Buffer, n *peer.Node, base string, benchModels []ben
 		if err != nil {
 			return err
 		}
-		row := fmt.Sprintf("| %s %v | %s | %s", bm.name, bm.shape, us(medianDur(figs["bare"].p50)), us(medianDur(figs["bare"].p99)))
+		row := fmt.Sprintf("| %s %v | %s | %s", bm.name, bm.shape, us(median(figs["bare"].p50)), us(median(figs["bare"].p99)))
 		for _, mode := range overheadModes[1:] {
 			var ratios []float64
 			for r := range figs[mode].p50 {
@@ -123,8 +111,8 @@ func writeOverhead(b *bytes.Buffer, n *peer.Node, base string, benchModels []ben
 			}
 			s := append([]float64(nil), ratios...)
 			sort.Float64s(s)
-			row += fmt.Sprintf(" | %s | %s | %+.0f %% (%+.0f…%+.0f)", us(medianDur(figs[mode].p50)), us(medianDur(figs[mode].p99)),
-				100*medianF(ratios), 100*s[0], 100*s[len(s)-1])
+			row += fmt.Sprintf(" | %s | %s | %+.0f %% (%+.0f…%+.0f)", us(median(figs[mode].p50)), us(median(figs[mode].p99)),
+				100*median(ratios), 100*s[0], 100*s[len(s)-1])
 		}
 		fmt.Fprintln(b, row+" |")
 	}

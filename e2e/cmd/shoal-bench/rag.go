@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -317,7 +318,8 @@ func filteredRows(x *rag.Index, ids []string, data, qs [][]float32) ([]filteredR
 	return rows, nil
 }
 
-func median(xs []float64) float64 {
+// median is the middle of xs (the upper one of two), xs left unsorted.
+func median[T cmp.Ordered](xs []T) T {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
