@@ -118,21 +118,28 @@ func TestArtifactFansOutToFivePeers(t *testing.T) {
 		!strings.Contains(string(res.body), `shoal_model_serving{model="detector",version="v1"} 1`) {
 		t.Errorf("/metrics lacks the lag or serving series of detector")
 	}
-	// Without spreading the origin would send 4× the artifact. Measured on
-	// a 2-core VM: 2.1–2.6× alone, up to 3.05× with the rest of the suite
-	// running beside it (slower peers ask the origin more often). So: under
-	// 3.5×, and the other peers must have served each other at least half
-	// an artifact's worth.
-	sent := m.Node(0).Blocks().Stats().BytesSent
+	// Without spreading the origin would send 4× the artifact. The swarm
+	// stripes what only the origin has over the fetchers and has them
+	// take the rest from each other (bitswap alone: 2.1–3.05× on a 2-core
+	// VM). So: under 2.5× — a fetcher that hears of the activation late
+	// takes its share twice — and the other peers must have served each
+	// other at least an artifact's worth.
+	sent := artifactBytesSent(m.Node(0))
 	var relayed uint64
 	for _, n := range m.Nodes()[1:] {
-		relayed += n.Blocks().Stats().BytesSent
+		relayed += artifactBytesSent(n)
 	}
 	ratio, relayedRatio := float64(sent)/float64(len(data)), float64(relayed)/float64(len(data))
 	t.Logf("origin uploaded %.2f× the artifact to 4 peers, which sent each other %.2f×", ratio, relayedRatio)
-	if ratio >= 3.5 || relayedRatio < 0.5 {
-		t.Errorf("origin uploaded %.2f× the artifact and the peers relayed %.2f×; bitswap should spread it (< 3.5× from the origin, ≥ 0.5× between peers)", ratio, relayedRatio)
+	if ratio >= 2.5 || relayedRatio < 1 {
+		t.Errorf("origin uploaded %.2f× the artifact and the peers relayed %.2f×; the swarm should spread it (< 2.5× from the origin, ≥ 1× between peers)", ratio, relayedRatio)
 	}
+}
+
+// artifactBytesSent is what a peer uploaded of artifacts, over the swarm
+// and over bitswap.
+func artifactBytesSent(n *peer.Node) uint64 {
+	return n.Blocks().Stats().BytesSent + n.Artifacts().SwarmStats().BytesSent
 }
 
 func TestPinnedFetchAndErrors(t *testing.T) {

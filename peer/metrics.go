@@ -100,6 +100,9 @@ func (n *Node) counters() []counter {
 		{"shoal_artifact_bytes_total", artBytes, l("direction", "in", "source", "bitswap"), u(n.artifacts.BytesFetched)},
 		{"shoal_artifact_bytes_total", artBytes, l("direction", "out", "source", "bitswap"), u(func() uint64 { return bs().BytesSent })},
 		{"shoal_artifact_bytes_total", artBytes, l("direction", "out", "source", "api"), u(n.api.ArtifactBytesSent)},
+		{"shoal_artifact_bytes_total", artBytes, l("direction", "in", "source", "swarm"), u(func() uint64 { return n.artifacts.SwarmStats().BytesReceived })},
+		{"shoal_artifact_bytes_total", artBytes, l("direction", "out", "source", "swarm"), u(func() uint64 { return n.artifacts.SwarmStats().BytesSent })},
+		{"shoal_artifact_bad_blocks_total", "Artifact blocks a peer served over the swarm that did not hash to their CID (the peer is not asked again during that fetch).", nil, u(func() uint64 { return n.artifacts.SwarmStats().BadBlocks })},
 		{"shoal_artifact_fetch_stalls_total", "Artifact fetch batches that went 15 s without a block and were asked for again through a fresh bitswap session.", nil, u(n.artifacts.Stalls)},
 		{"shoal_rag_events_applied_total", "Document changes applied to the indexes.", nil, u(func() uint64 { return n.rag.Stats().Applied })},
 		{"shoal_rag_index_build_seconds_total", "Time spent building indexes from stored documents (start-up).", nil, func() float64 { return n.rag.Stats().RebuildTime.Seconds() }},
@@ -109,7 +112,7 @@ func (n *Node) counters() []counter {
 	}
 	for _, dir := range []string{"in", "out"} {
 		for _, fam := range wireFamilies {
-			out = append(out, counter{"shoal_p2p_bytes_total", "Bytes this peer moved over libp2p streams, by direction and protocol family (gossipsub, bitswap, dht, other); stream payload, without transport, Noise and yamux framing.",
+			out = append(out, counter{"shoal_p2p_bytes_total", "Bytes this peer moved over libp2p streams, by direction and protocol family (gossipsub, bitswap, artifact, dht, other); stream payload, without transport, Noise and yamux framing.",
 				l("direction", dir, "protocol", fam), u(func() uint64 { return n.wire.bytes(dir)[fam] })})
 		}
 	}

@@ -236,7 +236,8 @@ func (n *Node) openRegistry() error {
 	if n.registry, err = models.New(models.Config{Replica: n.replica, Publisher: n.pub, Trusted: n.trust.IDs(), Logger: n.log}); err != nil {
 		return err
 	}
-	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Space: n.store.CheckSpace, Logger: n.log})
+	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Space: n.store.CheckSpace,
+		Host: n.host, Mesh: n.cfg.Mesh, Logger: n.log})
 	return nil
 }
 
@@ -471,6 +472,9 @@ func (n *Node) close() error {
 	}
 	if n.sess != nil {
 		n.sess.Close()
+	}
+	if n.artifacts != nil {
+		n.artifacts.Close()
 	}
 	if n.replica != nil {
 		if err := n.replica.Close(); err != nil {

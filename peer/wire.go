@@ -19,10 +19,11 @@ type wireBytes struct {
 func newWireBytes() *wireBytes { return &wireBytes{counter: metrics.NewBandwidthCounter()} }
 
 // wireFamilies are the label values of shoal_p2p_bytes_total's protocol.
-var wireFamilies = []string{"gossipsub", "bitswap", "dht", "other"}
+var wireFamilies = []string{"gossipsub", "bitswap", "artifact", "dht", "other"}
 
 // family groups a protocol id: gossipsub carries heartbeats and record
-// broadcasts, bitswap delta and artifact blocks, the DHT discovery across
+// broadcasts, bitswap delta blocks and the artifact blocks the swarm did
+// not bring, artifact the swarm's (store/artifacts), the DHT discovery across
 // sites; identify, ping, hole punching and Shoal's inference forwarding
 // are "other".
 func family(p protocol.ID) string {
@@ -32,6 +33,8 @@ func family(p protocol.ID) string {
 		return "gossipsub"
 	case strings.HasPrefix(s, "/ipfs/bitswap"):
 		return "bitswap"
+	case strings.HasPrefix(s, "/shoal/") && strings.HasSuffix(s, "/artifact/1"):
+		return "artifact"
 	case strings.Contains(s, "/kad/"):
 		return "dht"
 	}

@@ -21,6 +21,7 @@ func TestWireFamilies(t *testing.T) {
 	for p, want := range map[string]string{
 		"/meshsub/1.1.0": "gossipsub", "/meshsub/1.2.0": "gossipsub", "/floodsub/1.0.0": "gossipsub",
 		"/ipfs/bitswap/1.2.0": "bitswap", "/ipfs/kad/1.0.0": "dht", "/shoal/lan/kad/1.0.0": "dht",
+		"/shoal/lan/artifact/1": "artifact", "/shoal/lan/infer/1.0.0": "other",
 		"/ipfs/id/1.0.0": "other", "": "other",
 	} {
 		if got := family(protocol.ID(p)); got != want {

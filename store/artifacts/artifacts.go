@@ -34,6 +34,7 @@ import (
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	ipld "github.com/ipfs/go-ipld-format"
+	"github.com/libp2p/go-libp2p/core/host"
 	mh "github.com/multiformats/go-multihash"
 
 	"github.com/shoal-mesh/shoal/store"
@@ -87,6 +88,11 @@ type Config struct {
 	// error and is retried later like any failed fetch.
 	Space  func(need int64) error
 	Logger *slog.Logger
+	// Host and Mesh, when both set, let fetches use the mesh's artifact
+	// swarm (swarm.go) before bitswap, and let this peer serve it. Without
+	// them every fetch is a bitswap fetch.
+	Host host.Host
+	Mesh string
 }
 
 // Manager imports, fetches, verifies and garbage-collects artifacts.
@@ -96,7 +102,10 @@ type Manager struct {
 	space   func(need int64) error
 	offline ipld.DAGService
 	network ipld.NodeGetter // bitswap-backed; fetches go through sessions of it
+	sw      *swarm          // nil without a host
 	log     *slog.Logger
+	ctx     context.Context // ends at Close
+	cancel  context.CancelFunc
 
 	mu       sync.Mutex
 	inflight map[string]*flight
@@ -121,12 +130,18 @@ func New(cfg Config) *Manager {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Manager{
+	m := &Manager{
 		ds: cfg.Datastore, blocks: cfg.Blocks, space: cfg.Space, log: cfg.Logger.With("component", "artifacts"),
 		offline:  merkledag.NewDAGService(blockservice.New(cfg.Blocks.Local(), nil)),
 		network:  cfg.Blocks.DAG(),
 		inflight: map[string]*flight{}, live: map[string]*Status{},
 	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	if cfg.Host != nil && cfg.Mesh != "" {
+		m.sw = &swarm{host: cfg.Host, proto: SwarmProtocol(cfg.Mesh), fetching: map[cid.Cid]*swarmFetch{}, seeded: map[cid.Cid]bool{}}
+		cfg.Host.SetStreamHandler(m.sw.proto, m.serve)
+	}
+	return m
 }
 
 // OnFetch registers a callback receiving each completed fetch's duration.
@@ -222,7 +237,13 @@ func (m *Manager) All(ctx context.Context) ([]Status, error) {
 
 func (m *Manager) put(ctx context.Context, st Status) error {
 	b, _ := json.Marshal(st)
-	return m.ds.Put(ctx, statePrefix.ChildString(st.Ref), b)
+	if err := m.ds.Put(ctx, statePrefix.ChildString(st.Ref), b); err != nil {
+		return err
+	}
+	if c, err := cid.Decode(st.CID); err == nil && m.sw != nil {
+		m.sw.seedChanged(c, st.State == StateVerified)
+	}
+	return nil
 }
 
 // Ensure makes s verified on this peer: fetched from whichever peers have
@@ -343,6 +364,16 @@ func (m *Manager) fetch(s Spec, f *flight) {
 	close(f.done)
 }
 
+// resetProgress starts ref's fetched count again (a bitswap fetch counts
+// every block, also those the swarm brought).
+func (m *Manager) resetProgress(ref string) {
+	m.mu.Lock()
+	if st, ok := m.live[ref]; ok {
+		st.Fetched = 0
+	}
+	m.mu.Unlock()
+}
+
 func (m *Manager) progress(ref string, n int64) {
 	m.mu.Lock()
 	if st, ok := m.live[ref]; ok {
@@ -354,11 +385,6 @@ func (m *Manager) progress(ref string, n int64) {
 
 func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 	st := Status{Ref: s.Ref, CID: s.CID.String(), Size: s.Size}
-	bad := func(format string, args ...any) (Status, error) {
-		st.State, st.Reason = StateBad, fmt.Sprintf(format, args...)
-		m.log.Error("artifact is bad", "ref", s.Ref, "cid", s.CID.String(), "reason", st.Reason)
-		return st, fmt.Errorf("%w: %s: %s", ErrBad, s.Ref, st.Reason)
-	}
 	if m.space != nil {
 		if err := m.space(s.Size); err != nil {
 			st.State, st.Reason = StateFailed, err.Error()
@@ -367,6 +393,25 @@ func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 		}
 	}
 	m.log.Info("fetching artifact", "ref", s.Ref, "cid", s.CID.String(), "size", s.Size)
+	if m.sw != nil {
+		err := m.fetchFromPeers(ctx, s)
+		if err == nil {
+			return m.verify(ctx, s, st)
+		}
+		if !errors.Is(err, errNoHolders) {
+			m.log.Warn("artifact swarm fetch incomplete; bitswap fetches the rest", "ref", s.Ref, "err", err)
+		}
+		m.resetProgress(s.Ref)
+	}
+	if err := m.fetchByBitswap(ctx, s); err != nil {
+		st.State, st.Reason = StateFailed, err.Error()
+		return st, fmt.Errorf("%w: %s: %v", ErrIncomplete, s.Ref, err)
+	}
+	return m.verify(ctx, s, st)
+}
+
+// fetchByBitswap fetches every block of s that is not local over bitswap.
+func (m *Manager) fetchByBitswap(ctx context.Context, s Spec) error {
 	// Fetch the DAG breadth-first in small batches, each through a fresh
 	// bitswap session, in an order of this peer's own choosing. A new
 	// session asks every connected peer who has its first blocks, so peers
@@ -402,12 +447,10 @@ func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 			queue = append(queue, links...)
 		})
 		if err != nil {
-			st.State, st.Reason = StateFailed, err.Error()
-			return st, fmt.Errorf("%w: %s: %v", ErrIncomplete, s.Ref, err)
+			return err
 		}
 		if got != len(batch) {
-			st.State, st.Reason = StateFailed, "blocks missing"
-			return st, fmt.Errorf("%w: %s: %d of %d blocks arrived", ErrIncomplete, s.Ref, got, len(batch))
+			return fmt.Errorf("%d of %d blocks arrived", got, len(batch))
 		}
 		for _, c := range fresh {
 			if blk, err := local.GetSize(ctx, c); err == nil {
@@ -421,7 +464,17 @@ func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 			}
 		}
 	}
-	// Every block is local now: hash the file as UnixFS reads it.
+	return nil
+}
+
+// verify hashes the artifact, every block of which is local, as UnixFS
+// reads it, and checks its size and sha256 against s.
+func (m *Manager) verify(ctx context.Context, s Spec, st Status) (Status, error) {
+	bad := func(format string, args ...any) (Status, error) {
+		st.State, st.Reason = StateBad, fmt.Sprintf(format, args...)
+		m.log.Error("artifact is bad", "ref", s.Ref, "cid", s.CID.String(), "reason", st.Reason)
+		return st, fmt.Errorf("%w: %s: %s", ErrBad, s.Ref, st.Reason)
+	}
 	root, err := m.offline.Get(ctx, s.CID)
 	if err != nil {
 		return bad("root block unreadable: %v", err)
@@ -492,6 +545,9 @@ func (m *Manager) Remove(ctx context.Context, drop []Spec, keep []cid.Cid) (int,
 		}
 		if err := m.ds.Delete(ctx, statePrefix.ChildString(s.Ref)); err != nil {
 			return removed, err
+		}
+		if m.sw != nil {
+			m.sw.seedChanged(s.CID, false)
 		}
 		m.log.Info("artifact garbage-collected", "ref", s.Ref, "blocks", len(victims))
 	}
