@@ -61,6 +61,12 @@ type Config struct {
 	// found through any peer already known — a bootstrap address per site
 	// is enough. DefaultConfig turns it on.
 	DHT bool
+	// NoArtifactSwarm leaves artifact fetches to bitswap alone. By default a
+	// peer fetches a new version through the mesh's artifact swarm first,
+	// which stripes the origin's blocks over the peers fetching at once and
+	// has them pass the rest around (store/artifacts/swarm.go), and serves
+	// it to others; bitswap then fetches only what the swarm could not.
+	NoArtifactSwarm bool
 	// WarmRouting lets this peer forward a pinned inference request that
 	// carries "Shoal-Route: warm" to a peer that has the version loaded,
 	// when it has not loaded it itself or has no inference slot free (see

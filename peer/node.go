@@ -236,8 +236,11 @@ func (n *Node) openRegistry() error {
 	if n.registry, err = models.New(models.Config{Replica: n.replica, Publisher: n.pub, Trusted: n.trust.IDs(), Logger: n.log}); err != nil {
 		return err
 	}
-	n.artifacts = artifacts.New(artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Space: n.store.CheckSpace,
-		Host: n.host, Mesh: n.cfg.Mesh, Logger: n.log})
+	acfg := artifacts.Config{Datastore: n.store.Datastore(), Blocks: n.blocks, Space: n.store.CheckSpace, Logger: n.log}
+	if !n.cfg.NoArtifactSwarm {
+		acfg.Host, acfg.Mesh = n.host, n.cfg.Mesh
+	}
+	n.artifacts = artifacts.New(acfg)
 	return nil
 }
 

@@ -40,6 +40,7 @@ type settings struct {
 	IntraOpThreads int      `toml:"intra_op_threads"`
 	MaxInflight    int      `toml:"max_inflight"`
 	WarmRouting    bool     `toml:"warm_routing"`
+	ArtifactSwarm  bool     `toml:"artifact_swarm"`
 	CacheMB        int      `toml:"cache_mb"`
 	CacheTTL       duration `toml:"cache_ttl"`
 	CachePersist   bool     `toml:"cache_persist"`
@@ -205,6 +206,8 @@ var runSettings = []setting{
 	opt("max_inflight", func(s *settings) *int { return &s.MaxInflight }, 0,
 		"inferences run at once at most; a request finding all taken waits within its deadline (503 past it) or, with --warm-routing and 'Shoal-Route: warm', goes to a warm peer; 0 = unbounded",
 		atLeast(0, "use 0 (unbounded) or more")),
+	opt("artifact_swarm", func(s *settings) *bool { return &s.ArtifactSwarm }, true,
+		"fetch new model versions through the mesh's artifact swarm (the peers fetching at once share the origin's blocks) before bitswap, and serve it; off: bitswap alone"),
 	opt("warm_routing", func(s *settings) *bool { return &s.WarmRouting }, false,
 		"forward pinned inference requests that carry 'Shoal-Route: warm' to a peer that has the version loaded when this one has not (or has no inference slot free, see --max-inflight), and serve such requests for others"),
 	opt("cache_mb", func(s *settings) *int { return &s.CacheMB }, 64,
@@ -267,7 +270,8 @@ func (s *settings) peerConfig() peer.Config {
 		Trusted: s.Trust, PSKFile: s.PSK, APIToken: s.APIToken, EncryptKeyFile: s.EncryptKeyFile,
 		MinFreeBytes: int64(s.MinFreeMB) << 20, KeepVersions: s.KeepVersions,
 		ORTLibrary: s.ORTLib, Device: s.Device, IntraOpThreads: s.IntraOpThreads, MaxInflight: s.MaxInflight, WarmRouting: s.WarmRouting,
-		CacheBytes: cacheBytes, CacheTTL: time.Duration(s.CacheTTL), CachePersist: s.CachePersist,
+		NoArtifactSwarm: !s.ArtifactSwarm,
+		CacheBytes:      cacheBytes, CacheTTL: time.Duration(s.CacheTTL), CachePersist: s.CachePersist,
 		Version: buildVersion(),
 	}
 }

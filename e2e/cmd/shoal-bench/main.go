@@ -64,10 +64,12 @@ func main() {
 		procK  = flag.Int("proc-serve-activations", 8, "activations measured for the multi-process serving measurement")
 		procP  = flag.Int("proc-profile", 9, "subscriber count at which the multi-process scenario CPU-profiles the publisher and one subscriber (0: none)")
 		procD  = flag.String("proc-profile-dir", os.TempDir(), "where those profiles are written")
+		pfanN  = flag.Int("proc-fanout-peers", 10, "peers the multi-process fan-out scenario serves an artifact to")
+		pfanM  = flag.String("proc-fanout-mib", "20,100", "artifact sizes (MiB) of the multi-process fan-out scenario, comma-separated")
 		sessT  = flag.Int("session-turns", 20, "turns of the session the sessions scenario reads")
 		sessN  = flag.Int("session-reads", 2000, "reads per reader and round in the sessions scenario")
 		sessR  = flag.Int("session-rounds", 5, "rounds of the sessions scenario")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, lossy, models, inference, rag, quality, restart, soak, sessions or casestudy")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, procfanout, lossy, models, inference, rag, quality, restart, soak, sessions or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -83,6 +85,13 @@ func main() {
 			}
 			return runProcProp(procOptions{sizes: sizes, alternates: *procA, serveUpTo: *procS, notices: *cmpK, gap: *cmpG,
 				serveMiB: *procM, serveActs: *procK, profile: *procP, profileDir: *procD}, *out)
+		}},
+		{"procfanout", func() error {
+			sizes, err := parseSizes(*pfanM)
+			if err != nil {
+				return err
+			}
+			return runProcFanOut(*pfanN, sizes, *out)
 		}},
 		{"lossy", func() error {
 			return runLossy(*lossyN, *lossyK, netsim.Link{Delay: *lossyD, Loss: *lossyL}, *out)

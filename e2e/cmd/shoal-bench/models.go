@@ -55,7 +55,7 @@ func runModels(sizes string, acts int, fanout string, fanN int, out string) erro
 
 	b.Reset()
 	fmt.Fprintf(&b, "### Artifact fan-out from one origin to %d peers (in-process, loopback)\n\n", fanN-1)
-	fmt.Fprintf(&b, "Measured %s on %s, both in the same run. Shoal: origin bytes = bitswap bytes the publishing peer sent while\n", time.Now().UTC().Format("2006-01-02"), machine())
+	fmt.Fprintf(&b, "Measured %s on %s, both in the same run. Shoal: origin bytes = artifact bytes (swarm and bitswap) the publishing peer sent while\n", time.Now().UTC().Format("2006-01-02"), machine())
 	fmt.Fprintf(&b, "the other %d peers fetched and verified the artifact (peers serve each other the blocks they have). HTTP: the\n", fanN-1)
 	fmt.Fprintf(&b, "same %d clients download the artifact at once from one Go HTTP server on loopback and check its sha256. Time = until\n", fanN-1)
 	fmt.Fprintf(&b, "the last one had verified it. On loopback bandwidth is free, so time favours the single origin; the origin's\n")
@@ -123,7 +123,10 @@ func fanOut(n, size int) (float64, time.Duration, error) {
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	before := m.Node(0).Blocks().Stats().BytesSent
+	origin := func() uint64 {
+		return m.Node(0).Blocks().Stats().BytesSent + m.Node(0).Artifacts().SwarmStats().BytesSent
+	}
+	before := origin()
 	start := time.Now()
 	if err := m.PublishAndActivate(ctx, "fan", "v1", testmesh.RandomBytes(size)); err != nil {
 		return 0, 0, err
@@ -132,7 +135,7 @@ func fanOut(n, size int) (float64, time.Duration, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	sent := m.Node(0).Blocks().Stats().BytesSent - before
+	sent := origin() - before
 	return float64(sent) / float64(size), per[len(per)-1], nil
 }
 
