@@ -85,6 +85,9 @@ var (
 	swarmRequestTimeout = 30 * time.Second
 	// swarmIdle is how long a served stream may wait for its next request.
 	swarmIdle = time.Minute
+	// endgameAfter is how long a leaf may be asked of one peer before it is
+	// asked of another too, once nothing else is left to ask for.
+	endgameAfter = time.Second
 	// helpAfter is how long a fetcher waits without a block arriving before
 	// it takes leaves of other fetchers' stripes from a seed.
 	helpAfter = 2 * havePoll
@@ -258,17 +261,21 @@ func readChunk(r *bufio.Reader, limit int) ([]byte, error) {
 
 // swarmConn is one stream to a peer, used for one request at a time.
 type swarmConn struct {
-	st network.Stream
-	r  *bufio.Reader
-	w  *bufio.Writer
+	st   network.Stream
+	r    *bufio.Reader
+	w    *bufio.Writer
+	stop func() bool // ends the reset at ctx's end
 }
 
+// dial opens a stream to p that is reset when ctx ends, so no request
+// outlives the fetch that made it.
 func (m *Manager) dial(ctx context.Context, p peer.ID) (*swarmConn, error) {
 	st, err := m.sw.host.NewStream(ctx, p, m.sw.proto)
 	if err != nil {
 		return nil, err
 	}
-	return &swarmConn{st: st, r: bufio.NewReader(st), w: bufio.NewWriter(st)}, nil
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	return &swarmConn{st: st, r: bufio.NewReader(st), w: bufio.NewWriter(st), stop: stop}, nil
 }
 
 func (c *swarmConn) request(op byte, id cid.Cid) error {
@@ -325,7 +332,10 @@ func (c *swarmConn) get(id cid.Cid) (blocks.Block, error) {
 	return blocks.NewBlockWithCid(data, id)
 }
 
-func (c *swarmConn) close() { c.st.Close() }
+func (c *swarmConn) close() {
+	c.stop()
+	c.st.Close()
+}
 
 // swarmPeers are the connected peers that speak the swarm protocol.
 func (m *Manager) swarmPeers() []peer.ID {
@@ -357,35 +367,20 @@ func (m *Manager) fetchFromPeers(ctx context.Context, s Spec) error {
 	}()
 
 	peers := m.swarmPeers()
-	conns := make(map[peer.ID]*swarmConn, len(peers))
-	var mu sync.Mutex
+	var werr atomic.Pointer[error]
+	fail := func(err error) {
+		werr.CompareAndSwap(nil, &err)
+		cancel()
+	}
+	answered := make(chan struct{}, len(peers))
 	var wg sync.WaitGroup
 	for _, p := range peers {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := m.dial(ctx, p)
-			if err != nil {
-				return
-			}
-			state, bits, n, err := c.have(s.CID)
-			if err != nil {
-				c.close()
-				return
-			}
-			f.heard(p, state, bits, n)
-			mu.Lock()
-			conns[p] = c
-			mu.Unlock()
-		}()
+		go func() { defer wg.Done(); m.follow(ctx, f, p, s, answered, fail) }()
 	}
-	wg.Wait()
-	defer func() {
-		for _, c := range conns {
-			c.close()
-		}
-	}()
-	if !f.anyHolder() {
+	defer wg.Wait()
+	defer cancel()
+	if !f.waitHolder(ctx, answered, len(peers)) {
 		return errNoHolders
 	}
 	leaves, err := m.structure(ctx, f, s.CID)
@@ -402,20 +397,6 @@ func (m *Manager) fetchFromPeers(ctx context.Context, s Spec) error {
 		return false
 	})
 	m.progress(s.Ref, had)
-
-	var werr atomic.Pointer[error]
-	fail := func(err error) {
-		werr.CompareAndSwap(nil, &err)
-		cancel()
-	}
-	for p, c := range conns {
-		wg.Add(1)
-		go func() { defer wg.Done(); m.pollHolder(ctx, f, p, c, s.CID) }()
-		for range swarmWorkers {
-			wg.Add(1)
-			go func() { defer wg.Done(); m.takeFrom(ctx, f, p, s.Ref, fail) }()
-		}
-	}
 	err = f.wait(ctx, fetchStall)
 	cancel()
 	wg.Wait()
@@ -423,6 +404,36 @@ func (m *Manager) fetchFromPeers(ctx context.Context, s Spec) error {
 		return *e
 	}
 	return err
+}
+
+// follow asks p what it holds, says so on answered, then polls it and
+// takes leaves from it until the fetch ends. Every peer is followed on
+// its own, so one that hangs (cut off, but its connection not yet timed
+// out) delays nothing but the leaves it was asked for.
+func (m *Manager) follow(ctx context.Context, f *swarmFetch, p peer.ID, s Spec, answered chan<- struct{}, fail func(error)) {
+	c, err := m.dial(ctx, p)
+	if err == nil {
+		var state byte
+		var bits []byte
+		var n int
+		if state, bits, n, err = c.have(s.CID); err == nil {
+			f.heard(p, state, bits, n)
+		}
+	}
+	answered <- struct{}{}
+	if err != nil {
+		if c != nil {
+			c.close()
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(1 + swarmWorkers)
+	go func() { defer wg.Done(); defer c.close(); m.pollHolder(ctx, f, p, c, s.CID) }()
+	for range swarmWorkers {
+		go func() { defer wg.Done(); m.takeFrom(ctx, f, p, s.Ref, fail) }()
+	}
+	wg.Wait()
 }
 
 // structure fetches the artifact's non-leaf nodes (a 100 MiB artifact has
@@ -461,33 +472,78 @@ func (m *Manager) structure(ctx context.Context, f *swarmFetch, root cid.Cid) ([
 }
 
 // innerNode returns an inner node of the DAG, from the local blockstore or
-// from a holder, which it is then stored into.
+// from a holder, which it is then stored into. Holders are asked one after
+// another, the next once the others have not answered for endgameAfter
+// (still waiting for them too), so a hung one costs a second, not the
+// request timeout; the first block that hashes to c wins.
 func (m *Manager) innerNode(ctx context.Context, f *swarmFetch, c cid.Cid) (blocks.Block, error) {
 	local := m.blocks.Local()
 	if blk, err := local.Get(ctx, c); err == nil {
 		return blk, nil
 	}
-	for _, p := range f.structureHolders() {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	got := make(chan blocks.Block, 1)
+	ask := func(p peer.ID) {
+		var blk blocks.Block
+		defer func() {
+			select {
+			case got <- blk:
+			case <-ctx.Done():
+			}
+		}()
 		conn, err := m.dial(ctx, p)
 		if err != nil {
-			continue
+			return
 		}
-		blk, err := conn.get(c)
-		conn.close()
+		defer conn.close()
+		blk, err = conn.get(c)
 		if errors.Is(err, errBadBlock) {
 			m.sw.badBlocks.Add(1)
 			f.bad(p)
 		}
-		if err != nil || blk == nil {
-			continue
-		}
-		if err := local.Put(ctx, blk); err != nil {
-			return nil, err
-		}
-		m.sw.received.Add(uint64(len(blk.RawData())))
-		return blk, nil
 	}
-	return nil, fmt.Errorf("%w: block %s", errNoHolders, c)
+	// Holders are looked up afresh each time: one heard after the first
+	// (which may be the one that hangs) is asked too.
+	asked := map[peer.ID]bool{}
+	untried := func() (peer.ID, bool) {
+		for _, p := range f.structureHolders() {
+			if !asked[p] {
+				return p, true
+			}
+		}
+		return "", false
+	}
+	pending := 0
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if p, ok := untried(); ok {
+				asked[p] = true
+				pending++
+				go ask(p)
+			}
+			t.Reset(endgameAfter)
+		case blk := <-got:
+			pending--
+			if blk != nil {
+				if err := local.Put(ctx, blk); err != nil {
+					return nil, err
+				}
+				m.sw.received.Add(uint64(len(blk.RawData())))
+				return blk, nil
+			}
+			t.Reset(0) // that one failed: ask the next at once
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if _, ok := untried(); pending == 0 && !ok {
+			break
+		}
+	}
+	return nil, fmt.Errorf("no peer served inner block %s", c)
 }
 
 // pollHolder asks p what it holds every havePoll until the fetch ends.
@@ -572,7 +628,7 @@ type swarmFetch struct {
 	mu       sync.Mutex
 	leaves   []cid.Cid
 	have     []bool
-	inflight []bool
+	inflight []time.Time // when each leaf was last asked for; zero: not asked
 	missing  int
 	known    bool // leaves is set
 	peers    map[peer.ID]*holding
@@ -652,11 +708,30 @@ func (f *swarmFetch) anyHolder() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, h := range f.peers {
-		if h.state != holdsNone {
+		// A fetcher that does not know the leaves yet (it only asked) can
+		// serve nothing, not even the inner nodes.
+		if !h.bad && (h.state == holdsAll || h.state == holdsPartial && h.n > 0) {
 			return true
 		}
 	}
 	return false
+}
+
+// waitHolder waits until some peer answered that it holds the artifact,
+// or knows its leaves (true), or all n asked answered and none does
+// (false).
+func (f *swarmFetch) waitHolder(ctx context.Context, answered <-chan struct{}, n int) bool {
+	for got := 0; got < n; got++ {
+		if f.anyHolder() {
+			return true
+		}
+		select {
+		case <-answered:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return f.anyHolder()
 }
 
 // structureHolders are the peers that can serve the DAG's inner nodes:
@@ -690,7 +765,7 @@ func (f *swarmFetch) setLeaves(leaves []cid.Cid, local func(cid.Cid) bool) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.leaves, f.have, f.inflight, f.missing, f.known = leaves, have, make([]bool, len(leaves)), missing, true
+	f.leaves, f.have, f.inflight, f.missing, f.known = leaves, have, make([]time.Time, len(leaves)), missing, true
 	f.signal()
 }
 
@@ -710,7 +785,7 @@ func (f *swarmFetch) bitmap() ([]byte, int) {
 func (f *swarmFetch) got(i int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.inflight[i] = false
+	f.inflight[i] = time.Time{}
 	if !f.have[i] {
 		f.have[i] = true
 		f.missing--
@@ -722,7 +797,7 @@ func (f *swarmFetch) got(i int) {
 func (f *swarmFetch) release(i int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.inflight[i] = false
+	f.inflight[i] = time.Time{}
 	f.signal()
 }
 
@@ -730,7 +805,7 @@ func (f *swarmFetch) release(i int) {
 func (f *swarmFetch) lacks(p peer.ID, i int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.inflight[i] = false
+	f.inflight[i] = time.Time{}
 	if h := f.peers[p]; h != nil {
 		if h.state == holdsAll {
 			h.state = holdsNone // a seed that lost a block is no seed
@@ -775,7 +850,7 @@ func (f *swarmFetch) next(ctx context.Context, p peer.ID) (int, bool) {
 			return 0, false
 		}
 		if i := f.choose(p); i >= 0 {
-			f.inflight[i] = true
+			f.inflight[i] = time.Now()
 			f.mu.Unlock()
 			return i, true
 		}
@@ -808,7 +883,7 @@ func (f *swarmFetch) choose(p peer.ID) int {
 	best, bestScore := -1, 0
 	ties := 0
 	for i := range f.leaves {
-		if f.have[i] || f.inflight[i] || !h.has(i) {
+		if f.have[i] || !f.inflight[i].IsZero() || !h.has(i) {
 			continue
 		}
 		fellows, seeds := f.holders(i)
@@ -834,6 +909,26 @@ func (f *swarmFetch) choose(p peer.ID) int {
 			if rand.IntN(ties) == 0 { // a random one among equals
 				best = i
 			}
+		}
+	}
+	if best < 0 {
+		best = f.endgame(h)
+	}
+	return best
+}
+
+// endgame picks, when nothing is left to ask for, the leaf h holds that
+// has been asked of someone longest, more than endgameAfter ago: a peer
+// that hangs or crawls then holds up the end of a fetch for endgameAfter,
+// not for its request timeout. Whichever answer comes first is kept.
+func (f *swarmFetch) endgame(h *holding) int {
+	best := -1
+	for i, asked := range f.inflight {
+		if f.have[i] || asked.IsZero() || time.Since(asked) < endgameAfter || !h.has(i) {
+			continue
+		}
+		if best < 0 || asked.Before(f.inflight[best]) {
+			best = i
 		}
 	}
 	return best

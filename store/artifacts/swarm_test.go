@@ -184,6 +184,53 @@ func liar(t *testing.T) host.Host {
 	return h
 }
 
+// mute speaks the swarm protocol and then hangs: with haveAll it claims
+// every leaf and never answers a GET, without it it never answers at all —
+// a peer cut off whose connection has not timed out yet.
+func mute(t *testing.T, haveAll bool) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	h.SetStreamHandler(SwarmProtocol(testMesh), func(st network.Stream) {
+		defer st.Close()
+		r := bufio.NewReader(st)
+		for {
+			op, _, err := readRequest(r)
+			if err != nil {
+				return
+			}
+			if op == opHave && haveAll {
+				st.Write([]byte{holdsAll})
+			}
+		}
+	})
+	return h
+}
+
+// TestSwarmHungPeersDelayLittle: a peer that never answers does not hold
+// up the start of a fetch, and the leaves asked of a peer that claims them
+// and never sends them are asked of another after endgameAfter — the fetch
+// completes through the swarm well before any request times out.
+func TestSwarmHungPeersDelayLittle(t *testing.T) {
+	origin := newTestPeer(t, true)
+	fetcher := newTestPeer(t, true)
+	connectAll(t, origin.host, fetcher.host, mute(t, false), mute(t, true))
+	s := publish(t, origin, "m@v1", 2<<20)
+
+	ctx, cancel := context.WithTimeout(context.Background(), swarmRequestTimeout/3)
+	defer cancel()
+	st, err := fetcher.m.Ensure(ctx, s)
+	if err != nil || st.State != StateVerified {
+		t.Fatalf("ensure (within a third of the request timeout): %+v, %v", st, err)
+	}
+	if n := fetcher.m.BytesFetched(); n != 0 {
+		t.Errorf("bitswap brought %d bytes; the swarm should have brought all", n)
+	}
+}
+
 // TestSwarmRefusesBadBlocks: a peer that serves blocks that do not hash to
 // their CIDs is counted and dropped, and the fetch completes over bitswap
 // from an origin that does not speak the swarm.
@@ -226,7 +273,7 @@ func TestSwarmSchedule(t *testing.T) {
 		defer f.mu.Unlock()
 		i := f.choose(p)
 		if i >= 0 {
-			f.inflight[i] = true
+			f.inflight[i] = time.Now()
 		}
 		return i
 	}
