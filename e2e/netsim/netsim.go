@@ -71,7 +71,15 @@ type Link struct {
 	Delay time.Duration
 	// Loss is the probability (0–1) that a packet is dropped.
 	Loss float64
+	// Rate caps what each host sends, in bytes per second: its uplink, as
+	// a site's is. A host's packets leave one after another at that rate;
+	// a packet that would wait more than UplinkQueue behind the others is
+	// dropped, as a router's full queue drops. 0: no cap.
+	Rate int64
 }
+
+// UplinkQueue is the most a packet waits for a capped uplink (Link.Rate).
+const UplinkQueue = 100 * time.Millisecond
 
 // Stats counts what the switch did.
 type Stats struct {
@@ -127,6 +135,9 @@ type Host struct {
 	net *Net
 	tun *os.File
 	out chan packet
+	// uplinkFree is when the host's uplink is next free (Link.Rate); only
+	// the host's own read loop, which routes what it sends, touches it.
+	uplinkFree time.Time
 }
 
 type packet struct {
@@ -296,7 +307,20 @@ func (n *Net) deliver(src, dst *Host, pkt []byte) {
 		n.lost.Add(1)
 		return
 	}
-	p := packet{due: time.Now().Add(n.link.Delay), data: append([]byte(nil), pkt...)}
+	sent := time.Now()
+	if n.link.Rate > 0 {
+		start := sent
+		if src.uplinkFree.After(start) {
+			start = src.uplinkFree
+		}
+		if start.Sub(sent) > UplinkQueue {
+			n.lost.Add(1) // the uplink's queue is full
+			return
+		}
+		src.uplinkFree = start.Add(time.Duration(len(pkt)) * time.Second / time.Duration(n.link.Rate))
+		sent = src.uplinkFree
+	}
+	p := packet{due: sent.Add(n.link.Delay), data: append([]byte(nil), pkt...)}
 	select {
 	case dst.out <- p:
 	default:

@@ -134,6 +134,54 @@ func TestSwitchDelayLossPartition(t *testing.T) {
 	n.SetLink(Link{})
 }
 
+// TestUplinkRate: a capped uplink delivers no faster than its rate, and
+// lifting the cap lets the same transfer through at once.
+func TestUplinkRate(t *testing.T) {
+	n := Require(t, "shoalnet-rate")
+	a, err := n.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := echoServer(t, a)
+	send := func() time.Duration {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := b.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		line := strings.Repeat("x", 64<<10-1) + "\n"
+		start := time.Now()
+		go func() {
+			for range 8 { // 512 KiB, echoed back
+				c.Write([]byte(line))
+			}
+		}()
+		r := bufio.NewReaderSize(c, 128<<10)
+		for range 8 {
+			if _, err := r.ReadString('\n'); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+	n.SetLink(Link{Rate: 1 << 20})
+	// 512 KiB out of b and back out of a, each uplink at 1 MiB/s: the
+	// echo cannot finish before half a second (headers make it longer).
+	if took := send(); took < 500*time.Millisecond {
+		t.Errorf("512 KiB echoed in %v through 1 MiB/s uplinks", took)
+	}
+	n.SetLink(Link{})
+	if took := send(); took > 500*time.Millisecond {
+		t.Logf("512 KiB echoed in %v without a cap", took) // informational: the machine may be loaded
+	}
+}
+
 func TestMulticastStaysInSite(t *testing.T) {
 	n := Require(t, "shoalnet-mcast")
 	a, _ := n.AddHost(1)

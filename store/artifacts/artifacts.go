@@ -345,7 +345,7 @@ func (m *Manager) getBatch(ctx context.Context, ref string, batch []cid.Cid, eac
 func (m *Manager) Stalls() uint64 { return m.stalls.Load() }
 
 func (m *Manager) fetch(s Spec, f *flight) {
-	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
+	ctx, cancel := context.WithTimeout(m.ctx, fetchTimeout) // Close ends it
 	defer cancel()
 	start := time.Now()
 	st, err := m.fetchAndVerify(ctx, s)

@@ -2,6 +2,7 @@ package artifacts
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -37,10 +38,11 @@ import (
 //   - A leaf only seeds hold is taken from a seed by one fetcher only: the
 //     leaves are striped over the fetchers each knows of (leaf i belongs to
 //     the i mod F-th fetcher in id order), each takes its own stripe from
-//     the seeds and the rest from its fellows. Once its stripe is done it
-//     helps with the others', so a slow or departed fetcher delays no one,
-//     and views of who fetches that disagree only cost a few duplicate
-//     uploads.
+//     the seeds and the rest from its fellows. When nothing has arrived
+//     for a while (three times what a block has been taking, at least
+//     80 ms) it takes any leaf from a seed, so a slow, departed or lying
+//     fellow delays no one, and views of who fetches that disagree only
+//     cost a few duplicate uploads.
 //
 // Every block is checked against its CID before it is stored, and the
 // artifact's sha256 after, as for bitswap; a peer that serves a block that
@@ -86,11 +88,20 @@ var (
 	// swarmIdle is how long a served stream may wait for its next request.
 	swarmIdle = time.Minute
 	// endgameAfter is how long a leaf may be asked of one peer before it is
-	// asked of another too, once nothing else is left to ask for.
+	// asked of another too, once nothing else is left to ask for; at least
+	// blockWaits times the time a block has been taking (swarmFetch.patience).
 	endgameAfter = time.Second
 	// helpAfter is how long a fetcher waits without a block arriving before
-	// it takes leaves of other fetchers' stripes from a seed.
-	helpAfter = 2 * havePoll
+	// it takes leaves of other fetchers' stripes, or leaves a fellow holds,
+	// from a seed; at least blockWaits times the time a block has been
+	// taking, so a slow link is not mistaken for a stalled fetcher.
+	helpAfter                = 2 * havePoll
+	blockWaits time.Duration = 3
+	// idlePoll is how often a peer that holds nothing is asked again (a
+	// peer that starts fetching says so itself by asking).
+	idlePoll = 500 * time.Millisecond
+	// startTimeout bounds the wait for a first peer that holds the artifact.
+	startTimeout = 5 * time.Second
 )
 
 var (
@@ -146,8 +157,10 @@ func (s *swarm) seedChanged(root cid.Cid, verified bool) {
 	defer s.mu.Unlock()
 	if verified {
 		s.seeded[root] = true
-	} else {
+	} else if s.seeded[root] {
+		// Another ref may hold the same bytes: read the statuses again.
 		delete(s.seeded, root)
+		s.loaded = false
 	}
 }
 
@@ -362,7 +375,9 @@ func (m *Manager) fetchFromPeers(ctx context.Context, s Spec) error {
 	m.sw.mu.Unlock()
 	defer func() {
 		m.sw.mu.Lock()
-		delete(m.sw.fetching, s.CID)
+		if m.sw.fetching[s.CID] == f { // two refs of one CID may fetch at once
+			delete(m.sw.fetching, s.CID)
+		}
 		m.sw.mu.Unlock()
 	}()
 
@@ -380,7 +395,13 @@ func (m *Manager) fetchFromPeers(ctx context.Context, s Spec) error {
 	}
 	defer wg.Wait()
 	defer cancel()
-	if !f.waitHolder(ctx, answered, len(peers)) {
+	sctx, scancel := context.WithTimeout(ctx, startTimeout)
+	found := f.waitHolder(sctx, answered, len(peers))
+	scancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if !found {
 		return errNoHolders
 	}
 	leaves, err := m.structure(ctx, f, s.CID)
@@ -441,8 +462,12 @@ func (m *Manager) follow(ctx context.Context, f *swarmFetch, p peer.ID, s Spec, 
 // Import makes raw leaves, so every dag-pb node is an inner node.
 func (m *Manager) structure(ctx context.Context, f *swarmFetch, root cid.Cid) ([]cid.Cid, error) {
 	var leaves []cid.Cid
+	visits := 0
 	var walk func(c cid.Cid, depth int) error
 	walk = func(c cid.Cid, depth int) error {
+		if visits++; visits > maxLeaves { // a DAG that links one node many times
+			return fmt.Errorf("more than %d nodes", maxLeaves)
+		}
 		if c.Prefix().Codec == cid.Raw {
 			if len(leaves) >= maxLeaves {
 				return fmt.Errorf("more than %d leaves", maxLeaves)
@@ -548,7 +573,7 @@ func (m *Manager) innerNode(ctx context.Context, f *swarmFetch, c cid.Cid) (bloc
 
 // pollHolder asks p what it holds every havePoll until the fetch ends.
 func (m *Manager) pollHolder(ctx context.Context, f *swarmFetch, p peer.ID, c *swarmConn, root cid.Cid) {
-	t := time.NewTicker(havePoll)
+	t := time.NewTimer(havePoll)
 	defer t.Stop()
 	for {
 		select {
@@ -558,12 +583,16 @@ func (m *Manager) pollHolder(ctx context.Context, f *swarmFetch, p peer.ID, c *s
 		}
 		state, bits, n, err := c.have(root)
 		if err != nil {
-			f.heard(p, holdsNone, nil, 0)
+			f.bad(p)
 			return
 		}
-		f.heard(p, state, bits, n)
-		if state == holdsAll {
-			return // a seed stays one
+		if !f.heard(p, state, bits, n) || state == holdsAll {
+			return // failed, or a seed, which stays one
+		}
+		if state == holdsNone {
+			t.Reset(idlePoll)
+		} else {
+			t.Reset(havePoll)
 		}
 	}
 }
@@ -601,7 +630,7 @@ func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, ref st
 			return
 		case err != nil:
 			f.release(i)
-			f.heard(p, holdsNone, nil, 0)
+			f.bad(p) // not asked again in this fetch
 			return
 		case blk == nil:
 			f.lacks(p, i)
@@ -612,10 +641,10 @@ func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, ref st
 			fail(err)
 			return
 		}
-		n := len(blk.RawData())
-		m.sw.received.Add(uint64(n))
-		m.progress(ref, int64(n))
-		f.got(i)
+		if n := len(blk.RawData()); f.got(i) {
+			m.sw.received.Add(uint64(n))
+			m.progress(ref, int64(n))
+		}
 	}
 }
 
@@ -628,7 +657,9 @@ type swarmFetch struct {
 	mu       sync.Mutex
 	leaves   []cid.Cid
 	have     []bool
-	inflight []time.Time // when each leaf was last asked for; zero: not asked
+	inflight []time.Time   // when each leaf was last asked for; zero: not asked
+	askedOf  []peer.ID     // of whom
+	took     time.Duration // moving average of a block's wait
 	missing  int
 	known    bool // leaves is set
 	peers    map[peer.ID]*holding
@@ -641,7 +672,7 @@ type holding struct {
 	state byte
 	bits  []byte
 	n     int
-	bad   bool
+	bad   bool // served a bad block, or failed: not asked again
 }
 
 func (h *holding) has(i int) bool {
@@ -666,7 +697,9 @@ func (f *swarmFetch) signal() {
 	f.changed = make(chan struct{})
 }
 
-func (f *swarmFetch) heard(p peer.ID, state byte, bits []byte, n int) {
+// heard records what p answered to HAVE; false when p is not asked any
+// more (bad).
+func (f *swarmFetch) heard(p peer.ID, state byte, bits []byte, n int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h := f.peers[p]
@@ -674,8 +707,15 @@ func (f *swarmFetch) heard(p peer.ID, state byte, bits []byte, n int) {
 		h = &holding{}
 		f.peers[p] = h
 	}
+	if h.bad {
+		return false
+	}
+	if h.state == state && h.n == n && bytes.Equal(h.bits, bits) {
+		return true // nothing new: wake no one
+	}
 	h.state, h.bits, h.n = state, bits, n
 	f.signal()
+	return true
 }
 
 // askedBy records that p asked what this peer holds: only a fetcher asks,
@@ -766,6 +806,8 @@ func (f *swarmFetch) setLeaves(leaves []cid.Cid, local func(cid.Cid) bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.leaves, f.have, f.inflight, f.missing, f.known = leaves, have, make([]time.Time, len(leaves)), missing, true
+	f.askedOf = make([]peer.ID, len(leaves))
+	f.lastGot = time.Now() // the stall clock starts with the leaves
 	f.signal()
 }
 
@@ -782,16 +824,30 @@ func (f *swarmFetch) bitmap() ([]byte, int) {
 	return bits, len(f.have)
 }
 
-func (f *swarmFetch) got(i int) {
+// got records leaf i here; false when it was already (an endgame
+// duplicate).
+func (f *swarmFetch) got(i int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.inflight[i] = time.Time{}
-	if !f.have[i] {
-		f.have[i] = true
-		f.missing--
+	now := time.Now()
+	if !f.inflight[i].IsZero() {
+		f.took += (now.Sub(f.inflight[i]) - f.took) / 8
 	}
-	f.lastGot = time.Now()
+	f.inflight[i] = time.Time{}
+	if f.have[i] {
+		return false
+	}
+	f.have[i] = true
+	f.missing--
+	f.lastGot = now
 	f.signal()
+	return true
+}
+
+// patience is how long to wait for something before taking it as stuck:
+// least, or blockWaits times the time a block has been taking; mu held.
+func (f *swarmFetch) patience(least time.Duration) time.Duration {
+	return max(least, blockWaits*f.took)
 }
 
 func (f *swarmFetch) release(i int) {
@@ -850,13 +906,13 @@ func (f *swarmFetch) next(ctx context.Context, p peer.ID) (int, bool) {
 			return 0, false
 		}
 		if i := f.choose(p); i >= 0 {
-			f.inflight[i] = time.Now()
+			f.inflight[i], f.askedOf[i] = time.Now(), p
 			f.mu.Unlock()
 			return i, true
 		}
-		ch := f.changed
+		ch, wait := f.changed, f.patience(helpAfter)
 		f.mu.Unlock()
-		t := time.NewTimer(helpAfter)
+		t := time.NewTimer(wait)
 		select {
 		case <-ch:
 		case <-t.C: // choose depends on the time since the last block
@@ -869,9 +925,10 @@ func (f *swarmFetch) next(ctx context.Context, p peer.ID) (int, bool) {
 }
 
 // choose picks the leaf to ask p for next, or -1; mu held. From a fellow
-// fetcher: the rarest leaf it has. From a seed: only leaves no fellow has,
-// this peer's own stripe first, then the others' (see the top of this
-// file). Among equals the choice is random: while two fetchers' views of
+// fetcher: the rarest leaf it has. From a seed: only leaves of this peer's
+// own stripe that no fellow has — until nothing has arrived for a while
+// (patience(helpAfter)): then any, what no fellow has first (see the top
+// of this file). Among equals the choice is random: while two fetchers' views of
 // who fetches disagree, they then seldom take the same leaf from a seed
 // before their next HAVE shows it.
 func (f *swarmFetch) choose(p peer.ID) int {
@@ -880,6 +937,9 @@ func (f *swarmFetch) choose(p peer.ID) int {
 		return -1
 	}
 	fetchers, rank := f.stripes()
+	// Quiet for a while: fellows are not passing leaves on (slow, gone, or
+	// claiming what they do not serve), so seeds serve any leaf.
+	quiet := time.Since(f.lastGot) >= f.patience(helpAfter)
 	best, bestScore := -1, 0
 	ties := 0
 	for i := range f.leaves {
@@ -889,14 +949,13 @@ func (f *swarmFetch) choose(p peer.ID) int {
 		fellows, seeds := f.holders(i)
 		var score int
 		if h.state == holdsAll {
-			if fellows > 0 {
+			switch {
+			case quiet:
+				score = -fellows // what fellows hold last
+			case fellows > 0:
 				continue // a fellow has it: take it from the fellow
-			}
-			if i%fetchers != rank {
-				if time.Since(f.lastGot) < helpAfter {
-					continue // its owner is likely taking it; fellows will pass it on
-				}
-				score = -1 // others' stripes once nothing else arrives
+			case i%fetchers != rank:
+				continue // its owner takes it; fellows will pass it on
 			}
 		} else {
 			score = -(fellows + seeds) // rarest first
@@ -912,19 +971,21 @@ func (f *swarmFetch) choose(p peer.ID) int {
 		}
 	}
 	if best < 0 {
-		best = f.endgame(h)
+		best = f.endgame(p, h)
 	}
 	return best
 }
 
 // endgame picks, when nothing is left to ask for, the leaf h holds that
-// has been asked of someone longest, more than endgameAfter ago: a peer
-// that hangs or crawls then holds up the end of a fetch for endgameAfter,
-// not for its request timeout. Whichever answer comes first is kept.
-func (f *swarmFetch) endgame(h *holding) int {
+// has been asked of another peer longest, more than patience(endgameAfter)
+// ago: a peer that hangs or crawls then holds up the end of a fetch for
+// that long, not for its request timeout. Whichever answer comes first is
+// kept; mu held.
+func (f *swarmFetch) endgame(p peer.ID, h *holding) int {
 	best := -1
+	wait := f.patience(endgameAfter)
 	for i, asked := range f.inflight {
-		if f.have[i] || asked.IsZero() || time.Since(asked) < endgameAfter || !h.has(i) {
+		if f.have[i] || asked.IsZero() || time.Since(asked) < wait || f.askedOf[i] == p || !h.has(i) {
 			continue
 		}
 		if best < 0 || asked.Before(f.inflight[best]) {

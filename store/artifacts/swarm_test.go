@@ -184,10 +184,12 @@ func liar(t *testing.T) host.Host {
 	return h
 }
 
-// mute speaks the swarm protocol and then hangs: with haveAll it claims
-// every leaf and never answers a GET, without it it never answers at all —
-// a peer cut off whose connection has not timed out yet.
-func mute(t *testing.T, haveAll bool) host.Host {
+// mute speaks the swarm protocol and then hangs. claim "": it never
+// answers at all — a peer cut off whose connection has not timed out yet;
+// "all": it claims to be a seed and never answers a GET; "fellow": it
+// claims every leaf as a fetcher would (leaves leaves) and never answers a
+// GET.
+func mute(t *testing.T, claim string, leaves int) host.Host {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
@@ -202,8 +204,13 @@ func mute(t *testing.T, haveAll bool) host.Host {
 			if err != nil {
 				return
 			}
-			if op == opHave && haveAll {
+			switch {
+			case op != opHave:
+			case claim == "all":
 				st.Write([]byte{holdsAll})
+			case claim == "fellow":
+				bits := bytes.Repeat([]byte{0xff}, (leaves+7)/8)
+				st.Write(append(binary.AppendUvarint([]byte{holdsPartial}, uint64(leaves)), bits...))
 			}
 		}
 	})
@@ -211,14 +218,16 @@ func mute(t *testing.T, haveAll bool) host.Host {
 }
 
 // TestSwarmHungPeersDelayLittle: a peer that never answers does not hold
-// up the start of a fetch, and the leaves asked of a peer that claims them
-// and never sends them are asked of another after endgameAfter — the fetch
-// completes through the swarm well before any request times out.
+// up the start of a fetch; the leaves asked of a peer that claims to be a
+// seed and never sends them are asked of another after endgameAfter; those
+// a peer claims as a fetcher and never sends are taken from the seed once
+// nothing arrives — the fetch completes through the swarm well before any
+// request times out.
 func TestSwarmHungPeersDelayLittle(t *testing.T) {
 	origin := newTestPeer(t, true)
 	fetcher := newTestPeer(t, true)
-	connectAll(t, origin.host, fetcher.host, mute(t, false), mute(t, true))
-	s := publish(t, origin, "m@v1", 2<<20)
+	connectAll(t, origin.host, fetcher.host, mute(t, "", 0), mute(t, "all", 0), mute(t, "fellow", 8))
+	s := publish(t, origin, "m@v1", 2<<20) // 8 leaves
 
 	ctx, cancel := context.WithTimeout(context.Background(), swarmRequestTimeout/3)
 	defer cancel()
@@ -255,8 +264,8 @@ func TestSwarmRefusesBadBlocks(t *testing.T) {
 }
 
 // TestSwarmSchedule drives choose: leaves a fellow fetcher holds are taken
-// from the fellow; from a seed, this peer takes its own stripe first, then
-// the others' once nothing has arrived for helpAfter.
+// from the fellow; from a seed, this peer takes its own stripe, and the
+// others' only once nothing has arrived for helpAfter.
 func TestSwarmSchedule(t *testing.T) {
 	f := newSwarmFetch("b")
 	leaves := make([]cid.Cid, 8)
@@ -287,9 +296,9 @@ func TestSwarmSchedule(t *testing.T) {
 		t.Errorf("from the seed first: %v, want b's stripe 4 and 7", own)
 	}
 	if i := take("seed"); i != -1 {
-		t.Errorf("from the seed with b's stripe asked for and a block just in: leaf %d, want none (its owner takes it)", i)
+		t.Errorf("from the seed with b's stripe asked for and the fetch just started: leaf %d, want none (their owners take them)", i)
 	}
-	f.lastGot = time.Now().Add(-helpAfter) // nothing arrived for a while: help
+	f.lastGot = time.Now().Add(-helpAfter) // nothing arrived for a while: take any
 	rest := map[int]bool{}
 	for range 5 {
 		rest[take("seed")] = true

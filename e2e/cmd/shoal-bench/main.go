@@ -52,6 +52,8 @@ func main() {
 		lossyK = flag.Int("lossy-notices", 20, "version changes per system in the delay/loss comparison")
 		lossyD = flag.Duration("lossy-delay", 50*time.Millisecond, "one-way delay per link in the delay/loss comparison")
 		lossyL = flag.Float64("lossy-loss", 0.01, "packet loss per link in the delay/loss comparison")
+		lossyR = flag.Int64("lossy-uplink-mbit", 100, "every host's uplink (Mbit/s) in the fan-out over site links")
+		lossyM = flag.Int("lossy-fanout-mib", 20, "artifact size (MiB) of the fan-out over site links")
 		rstN   = flag.Int("restart-docs", 100000, "documents in the restart scenario")
 		soakN  = flag.Int("soak-docs", 1000, "documents the soak scenario rewrites")
 		soakW  = flag.Int("soak-writes", 100000, "writes of the soak scenario")
@@ -69,7 +71,7 @@ func main() {
 		sessT  = flag.Int("session-turns", 20, "turns of the session the sessions scenario reads")
 		sessN  = flag.Int("session-reads", 2000, "reads per reader and round in the sessions scenario")
 		sessR  = flag.Int("session-rounds", 5, "rounds of the sessions scenario")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, procfanout, lossy, models, inference, rag, quality, restart, soak, sessions or casestudy")
+		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, procfanout, lossy, lossyfanout, models, inference, rag, quality, restart, soak, sessions or casestudy")
 	)
 	flag.Parse()
 	scenarios := []struct {
@@ -95,6 +97,9 @@ func main() {
 		}},
 		{"lossy", func() error {
 			return runLossy(*lossyN, *lossyK, netsim.Link{Delay: *lossyD, Loss: *lossyL}, *out)
+		}},
+		{"lossyfanout", func() error {
+			return runLossyFanOut(*lossyN, *lossyM, netsim.Link{Delay: *lossyD, Loss: *lossyL, Rate: *lossyR * 1_000_000 / 8}, *out)
 		}},
 		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
 		{"casestudy", func() error { return runCaseStudy(*zipfK, *zipfS, *zipfC, *zipfD, *zipfE, *out) }},
