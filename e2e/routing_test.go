@@ -238,8 +238,15 @@ func TestWarmRoutingWhenBusy(t *testing.T) {
 			func() string { return "the long inference is not running yet" }))
 		cancelWait()
 		if len(long) > 0 || !running() {
+			// It ended before a scrape saw it (a loaded machine scrapes
+			// slowly, or ran it faster than sized): make it longer.
 			a := <-long
-			t.Fatalf("the long inference (%d×%d) never showed as running: %d %s", size, size, a.code, a.body)
+			if a.code != 200 || attempt == 4 {
+				t.Fatalf("the long inference (%d×%d) never showed as running: %d %s", size, size, a.code, a.body)
+			}
+			t.Logf("the long inference (%d×%d) ended before it showed as running; longer", size, size)
+			size = min(size*3/2, 4096)
+			continue
 		}
 
 		checks := time.Now()

@@ -36,7 +36,7 @@ func runModels(sizes string, acts int, fanout string, fanN int, out string) erro
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "### Activation → every peer serving the version (in-process, loopback)\n\n")
 	fmt.Fprintf(&b, "Measured %s on %s. %d activations of a fresh 256 KiB artifact per mesh; lag = from the start of the push on peer 0\n", time.Now().UTC().Format("2006-01-02"), machine(), acts)
-	fmt.Fprintf(&b, "(import, publish, activate) until the last peer had fetched it over bitswap, verified it, and switched to it.\n\n")
+	fmt.Fprintf(&b, "(import, publish, activate) until the last peer had fetched it (artifact swarm, then bitswap), verified it, and switched to it.\n\n")
 	fmt.Fprintln(&b, "| peers | p50 | p99 | max |")
 	fmt.Fprintln(&b, "|---:|---:|---:|---:|")
 	for _, s := range strings.Split(sizes, ",") {
