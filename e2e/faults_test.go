@@ -950,6 +950,14 @@ func TestFaultUntrustedWriter(t *testing.T) {
 		Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
 }
 
+// artifactBytesIn is what a peer fetched of artifacts, over the swarm and
+// over bitswap.
+func artifactBytesIn(t *testing.T, ctx context.Context, p *procmesh.Peer) float64 {
+	t.Helper()
+	return metric(t, ctx, p, `shoal_artifact_bytes_total{direction="in",source="swarm"}`) +
+		metric(t, ctx, p, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
+}
+
 func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 	began := time.Now()
 	nw, m := faultMesh(t, "shoal-kill", []int{1, 1, 1})
@@ -995,7 +1003,7 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 				}
 			}
 		}
-		before = metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
+		before = artifactBytesIn(t, ctx, victim)
 		if acked := len(w.ids()); before < size/4 || acked < 20 {
 			return fmt.Errorf("%.0f bytes pulled, %d writes acknowledged", before, acked)
 		}
@@ -1038,7 +1046,7 @@ func TestFaultKillDuringWritesAndDownload(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the pull never completed after restart: %v", err)
 	}
-	after := metric(t, ctx, victim, `shoal_artifact_bytes_total{direction="in",source="bitswap"}`)
+	after := artifactBytesIn(t, ctx, victim)
 	if after > size-before+(1<<20) {
 		t.Errorf("after the restart the victim fetched %v bytes of %d, though it had %v before: the download did not resume", after, size, before)
 	}

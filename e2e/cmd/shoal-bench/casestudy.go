@@ -125,7 +125,10 @@ func replay(cache bool, distinct int, skew float64, clients int, d, every time.D
 	}
 	bodies, hdrLen := zipfBodies(distinct)
 	url := "http://" + server.APIAddr() + "/v2/models/cls/infer"
-	meshBefore := server.Blocks().Stats().BytesReceived
+	meshIn := func() uint64 {
+		return server.Blocks().Stats().BytesReceived + server.Artifacts().SwarmStats().BytesReceived
+	}
+	meshBefore := meshIn()
 
 	var (
 		requests, hits atomic.Int64
@@ -199,7 +202,7 @@ func replay(cache bool, distinct int, skew float64, clients int, d, every time.D
 		res.lagP50, res.lagMax = testmesh.Percentile(lags, 50), lags[len(lags)-1]
 	}
 	res.httpBytes = httpBytes.Load()
-	res.meshBytesI = server.Blocks().Stats().BytesReceived - meshBefore
+	res.meshBytesI = meshIn() - meshBefore
 	return res, nil
 }
 

@@ -176,9 +176,13 @@ const tail = `
   peers; a write it never heard announced before the split, it cannot know it lacks. A client that must not be
   served by a minority side checks the reachable peer count as well as the staleness (see docs/consistency.md).
   This is why the checker reads only where that promise applies: not across the split scenario's partition.
-- Block writes from other peers (bitswap, pushed head blocks) stop at half the reserve (the upper half
+- Block writes from other peers (bitswap, the artifact swarm, pushed head blocks) stop at half the reserve (the upper half
   stays open to replicated records); a disk filled that far by replicated writes alone is not exercised here. Badger writes its memtables
   through mmap, where running out of space is a SIGBUS — which is why the reserve exists.
+- A peer that serves artifact blocks that do not hash to their CIDs, or claims blocks and never sends them, or
+  never answers at all, is tested against the artifact swarm in process (` + "`store/artifacts`" + `:
+  ` + "`TestSwarmRefusesBadBlocks`, `TestSwarmHungPeersDelayLittle`" + `), not in this table: the liar is counted
+  (` + "`shoal_artifact_bad_blocks_total`" + `) and not asked again, the silent ones cost a fetch about a second.
 - Forged (altered or moved), replayed and future-dated records are tested in process (` + "`crdt`" + `'s admission
   tests), not in this table. Deletes are go-ds-crdt tombstones, which are not signed: a connected peer can
   still delete a trusted record. Bounded history (issue 15's compaction and its soak) is not built yet: every
