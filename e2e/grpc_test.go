@@ -231,25 +231,7 @@ type clientMetadata struct {
 // answer — a write's token passed as their headers, and the peer's
 // errors raised by the clients as errors with the peer's status.
 func TestTritonPythonClients(t *testing.T) {
-	python := testmesh.RepoFile("deps/python/bin/python3")
-	if _, err := os.Stat(python); err != nil {
-		t.Fatalf("the tests' Python is missing (%v): run `make setup`", err)
-	}
-	m := startMesh(t, 2, nil)
-	v1, _ := clsModels(t)
-	tok := push(t, m.Node(0), "cls", "v1", v1, onnxQuery+"&activate=true")
-	n := m.Node(1) // the clients talk to a peer that learns of the model by replication
-	input := filepath.Join(t.TempDir(), "image.f32")
-	if err := os.WriteFile(input, le32(clsInput(5)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(python, testmesh.RepoFile("e2e/testdata/triton_clients.py"), n.APIAddr(), n.GRPCAddr(), "cls", input, tok)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python clients: %v\n%s", err, stderr.String())
-	}
+	out, ref := runPythonClients(t, "e2e/testdata/triton_clients.py")
 	type failure struct{ Status, Message string }
 	var got struct {
 		HTTPLive         bool                 `json:"http_live"`
@@ -285,28 +267,8 @@ func TestTritonPythonClients(t *testing.T) {
 		t.Errorf("versions: http %q grpc %q", got.HTTPVersion, got.GRPCVersion)
 	}
 
-	// The bare onnxruntime answer, outside any peer.
-	body, _ := json.Marshal(inference.InferRequest{Inputs: []inference.RequestInput{{Name: "x", Shape: []int64{1, 3, 32, 64}, Datatype: "FP32",
-		Data: mustJSON(t, clsInput(5))}}})
-	var ref []inference.ResponseOutput
-	json.Unmarshal([]byte(reference(t, v1, body)), &ref)
 	for what, outs := range map[string]map[string][]float64{"http binary": got.HTTPBinary, "http json": got.HTTPJSON, "grpc": got.GRPC} {
-		if len(outs) != len(ref) {
-			t.Fatalf("%s: %d outputs, the model has %d", what, len(outs), len(ref))
-		}
-		for _, r := range ref {
-			var want []float64
-			json.Unmarshal(mustJSON(t, r.Data), &want)
-			gotVals := outs[r.Name]
-			if len(gotVals) != len(want) {
-				t.Fatalf("%s: output %s has %d values, want %d", what, r.Name, len(gotVals), len(want))
-			}
-			for i := range want {
-				if float32(gotVals[i]) != float32(want[i]) {
-					t.Fatalf("%s: output %s[%d] = %v, onnxruntime gave %v", what, r.Name, i, gotVals[i], want[i])
-				}
-			}
-		}
+		sameAsReference(t, what, outs, ref)
 	}
 	for what, f := range map[string]struct {
 		got    *failure
@@ -317,6 +279,111 @@ func TestTritonPythonClients(t *testing.T) {
 		"grpc unknown model": {got.GRPCUnknownModel, "StatusCode.NOT_FOUND"},
 		"grpc bad shape":     {got.GRPCBadShape, "StatusCode.INVALID_ARGUMENT"},
 		"grpc stale":         {got.GRPCStale, "StatusCode.UNAVAILABLE"},
+	} {
+		if f.got == nil || f.got.Status != f.status || f.got.Message == "" {
+			t.Errorf("%s: the client raised %+v, want status %s with a message", what, f.got, f.status)
+		}
+	}
+}
+
+// runPythonClients starts two peers, activates the cls model on one and
+// runs script (one of e2e/testdata's client scripts, in the tests' Python)
+// against the other with the model's input and the activation's token. It
+// returns what the script printed and the bare onnxruntime outputs of the
+// same input, outside any peer.
+func runPythonClients(t *testing.T, script string) ([]byte, []inference.ResponseOutput) {
+	t.Helper()
+	python := testmesh.RepoFile("deps/python/bin/python3")
+	if _, err := os.Stat(python); err != nil {
+		t.Fatalf("the tests' Python is missing (%v): run `make setup`", err)
+	}
+	m := startMesh(t, 2, nil)
+	v1, _ := clsModels(t)
+	tok := push(t, m.Node(0), "cls", "v1", v1, onnxQuery+"&activate=true")
+	n := m.Node(1) // the clients talk to a peer that learns of the model by replication
+	input := filepath.Join(t.TempDir(), "image.f32")
+	if err := os.WriteFile(input, le32(clsInput(5)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(python, testmesh.RepoFile(script), n.APIAddr(), n.GRPCAddr(), "cls", input, tok)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python clients: %v\n%s", err, stderr.String())
+	}
+	body, _ := json.Marshal(inference.InferRequest{Inputs: []inference.RequestInput{{Name: "x", Shape: []int64{1, 3, 32, 64}, Datatype: "FP32",
+		Data: mustJSON(t, clsInput(5))}}})
+	var ref []inference.ResponseOutput
+	json.Unmarshal([]byte(reference(t, v1, body)), &ref)
+	return out, ref
+}
+
+// sameAsReference checks that a client's outputs are exactly onnxruntime's.
+func sameAsReference(t *testing.T, what string, outs map[string][]float64, ref []inference.ResponseOutput) {
+	t.Helper()
+	if len(outs) != len(ref) {
+		t.Fatalf("%s: %d outputs, the model has %d", what, len(outs), len(ref))
+	}
+	for _, r := range ref {
+		var want []float64
+		json.Unmarshal(mustJSON(t, r.Data), &want)
+		got := outs[r.Name]
+		if len(got) != len(want) {
+			t.Fatalf("%s: output %s has %d values, want %d", what, r.Name, len(got), len(want))
+		}
+		for i := range want {
+			if float32(got[i]) != float32(want[i]) {
+				t.Fatalf("%s: output %s[%d] = %v, onnxruntime gave %v", what, r.Name, i, got[i], want[i])
+			}
+		}
+	}
+}
+
+// TestKServePythonClients points the KServe SDK's own inference clients
+// (kserve from PyPI, pinned in scripts/python-requirements.txt) at a peer,
+// unchanged, speaking the v2 protocol: liveness and readiness, inference
+// with JSON and binary tensors over REST and over gRPC — each exactly the
+// bare onnxruntime answer — a write's token passed as their headers, and
+// an unknown model raised by each client as an error with the peer's
+// status. (The SDK's REST client drops model_version from the response
+// body: the script reads the peer's Shoal-Model-Version header instead.)
+func TestKServePythonClients(t *testing.T) {
+	out, ref := runPythonClients(t, "e2e/testdata/kserve_clients.py")
+	type failure struct{ Status, Message string }
+	var got struct {
+		RESTLive         bool                 `json:"rest_live"`
+		RESTReady        bool                 `json:"rest_ready"`
+		RESTModelReady   bool                 `json:"rest_model_ready"`
+		GRPCLive         bool                 `json:"grpc_live"`
+		GRPCReady        bool                 `json:"grpc_ready"`
+		GRPCModelReady   bool                 `json:"grpc_model_ready"`
+		RESTJSON         map[string][]float64 `json:"rest_json"`
+		RESTBinary       map[string][]float64 `json:"rest_binary"`
+		GRPC             map[string][]float64 `json:"grpc"`
+		RESTVersion      string               `json:"rest_version"`
+		GRPCVersion      string               `json:"grpc_version"`
+		RESTUnknownModel *failure             `json:"rest_unknown_model"`
+		GRPCUnknownModel *failure             `json:"grpc_unknown_model"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !got.RESTLive || !got.RESTReady || !got.RESTModelReady || !got.GRPCLive || !got.GRPCReady || !got.GRPCModelReady {
+		t.Errorf("health as the clients saw it: %s", out)
+	}
+	if got.RESTVersion != "v1" || got.GRPCVersion != "v1" {
+		t.Errorf("versions: rest %q grpc %q", got.RESTVersion, got.GRPCVersion)
+	}
+	for what, outs := range map[string]map[string][]float64{"rest json": got.RESTJSON, "rest binary": got.RESTBinary, "grpc": got.GRPC} {
+		sameAsReference(t, what, outs, ref)
+	}
+	for what, f := range map[string]struct {
+		got    *failure
+		status string
+	}{
+		"rest unknown model": {got.RESTUnknownModel, "404"},
+		"grpc unknown model": {got.GRPCUnknownModel, "NOT_FOUND"},
 	} {
 		if f.got == nil || f.got.Status != f.status || f.got.Message == "" {
 			t.Errorf("%s: the client raised %+v, want status %s with a message", what, f.got, f.status)
