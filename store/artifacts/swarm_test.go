@@ -95,6 +95,24 @@ func publish(t testing.TB, p *testPeer, ref string, size int) Spec {
 	return s
 }
 
+// ensureAll has every fetcher ensure s at once; the first error, if any.
+func ensureAll(ctx context.Context, fetchers []*testPeer, s Spec) error {
+	errs := make(chan error, len(fetchers))
+	for _, f := range fetchers {
+		go func() {
+			_, err := f.m.Ensure(ctx, s)
+			errs <- err
+		}()
+	}
+	var first error
+	for range fetchers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // TestSwarmFetch: fetchers that start together get a published artifact
 // through the swarm — bitswap moves none of it — and each one verified
 // reads back exactly the published bytes.
@@ -110,17 +128,8 @@ func TestSwarmFetch(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	errs := make(chan error, len(fetchers))
-	for _, f := range fetchers {
-		go func() {
-			_, err := f.m.Ensure(ctx, s)
-			errs <- err
-		}()
-	}
-	for range fetchers {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
+	if err := ensureAll(ctx, fetchers, s); err != nil {
+		t.Fatal(err)
 	}
 	var received uint64
 	for i, f := range fetchers {
@@ -354,17 +363,8 @@ func BenchmarkSwarmFanOut(b *testing.B) {
 		b.StartTimer()
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		errs := make(chan error, len(fetchers))
-		for _, f := range fetchers {
-			go func() {
-				_, err := f.m.Ensure(ctx, s)
-				errs <- err
-			}()
-		}
-		for range fetchers {
-			if err := <-errs; err != nil {
-				b.Fatal(err)
-			}
+		if err := ensureAll(ctx, fetchers, s); err != nil {
+			b.Fatal(err)
 		}
 		cancel()
 		took := time.Since(start)

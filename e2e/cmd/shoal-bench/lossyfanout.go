@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -171,31 +170,8 @@ func lossyHTTPFanOut(n, mib int, link netsim.Link) (time.Duration, float64, erro
 	}
 	nw.SetLink(link)
 	start := time.Now()
-	errs := make(chan error, n)
-	for _, c := range clients {
-		go func() {
-			res, err := c.Get("http://" + ln.Addr().String() + "/")
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer res.Body.Close()
-			h := sha256.New()
-			if _, err := io.Copy(h, res.Body); err != nil {
-				errs <- err
-				return
-			}
-			if !bytes.Equal(h.Sum(nil), want[:]) {
-				errs <- fmt.Errorf("sha256 mismatch")
-				return
-			}
-			errs <- nil
-		}()
-	}
-	for range n {
-		if err := <-errs; err != nil {
-			return 0, 0, err
-		}
+	if err := downloadAll(clients, "http://"+ln.Addr().String()+"/", want); err != nil {
+		return 0, 0, err
 	}
 	return time.Since(start), float64(sent.Load()) / float64(mib<<20), nil
 }

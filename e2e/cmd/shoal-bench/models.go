@@ -152,10 +152,23 @@ func httpFanOut(n, size int) (float64, time.Duration, error) {
 	}))
 	defer srv.Close()
 	start := time.Now()
-	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
+	clients := make([]*http.Client, n)
+	for i := range clients {
+		clients[i] = http.DefaultClient
+	}
+	if err := downloadAll(clients, srv.URL, want); err != nil {
+		return 0, 0, err
+	}
+	return float64(sent.Load()) / float64(size), time.Since(start), nil
+}
+
+// downloadAll has every client GET url at once and check the body's
+// sha256; it returns once all have, or with the first error.
+func downloadAll(clients []*http.Client, url string, want [32]byte) error {
+	errs := make(chan error, len(clients))
+	for _, c := range clients {
 		go func() {
-			res, err := http.Get(srv.URL)
+			res, err := c.Get(url)
 			if err != nil {
 				errs <- err
 				return
@@ -173,12 +186,12 @@ func httpFanOut(n, size int) (float64, time.Duration, error) {
 			errs <- nil
 		}()
 	}
-	for i := 0; i < n; i++ {
+	for range clients {
 		if err := <-errs; err != nil {
-			return 0, 0, err
+			return err
 		}
 	}
-	return float64(sent.Load()) / float64(size), time.Since(start), nil
+	return nil
 }
 
 type countingWriter struct {
