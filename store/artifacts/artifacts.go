@@ -393,7 +393,11 @@ func (m *Manager) fetchAndVerify(ctx context.Context, s Spec) (Status, error) {
 		}
 	}
 	m.log.Info("fetching artifact", "ref", s.Ref, "cid", s.CID.String(), "size", s.Size)
-	if m.sw != nil {
+	// A one-block artifact has nothing to stripe: bitswap's broadcast want,
+	// over streams already open, costs each peer less than the swarm's
+	// round of HAVEs to every peer (at 25 processes, 21 against 9 ms of
+	// CPU per activation of a 1 KiB version).
+	if m.sw != nil && s.Size > ChunkSize {
 		err := m.fetchFromPeers(ctx, s)
 		if err == nil {
 			return m.verify(ctx, s, st)
