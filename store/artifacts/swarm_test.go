@@ -160,9 +160,9 @@ func TestSwarmFetch(t *testing.T) {
 	}
 }
 
-// liar speaks the swarm protocol, claims to hold everything and answers
-// every GET with bytes that hash to nothing asked for.
-func liar(t *testing.T) host.Host {
+// fakePeer is a host that speaks the swarm protocol through answer, which
+// writes to w what it answers a request with op (or nothing at all).
+func fakePeer(t *testing.T, answer func(op byte, w *bufio.Writer)) host.Host {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
@@ -177,14 +177,7 @@ func liar(t *testing.T) host.Host {
 			if err != nil {
 				return
 			}
-			if op == opHave {
-				w.WriteByte(holdsAll)
-			} else {
-				junk := []byte("not the block you asked for")
-				w.WriteByte(blockFound)
-				w.Write(binary.AppendUvarint(nil, uint64(len(junk))))
-				w.Write(junk)
-			}
+			answer(op, w)
 			if w.Flush() != nil {
 				return
 			}
@@ -193,37 +186,37 @@ func liar(t *testing.T) host.Host {
 	return h
 }
 
-// mute speaks the swarm protocol and then hangs. claim "": it never
-// answers at all — a peer cut off whose connection has not timed out yet;
-// "all": it claims to be a seed and never answers a GET; "fellow": it
-// claims every leaf as a fetcher would (leaves leaves) and never answers a
-// GET.
+// liar claims to hold everything and answers every GET with bytes that
+// hash to nothing asked for.
+func liar(t *testing.T) host.Host {
+	return fakePeer(t, func(op byte, w *bufio.Writer) {
+		if op == opHave {
+			w.WriteByte(holdsAll)
+			return
+		}
+		junk := []byte("not the block you asked for")
+		w.WriteByte(blockFound)
+		w.Write(binary.AppendUvarint(nil, uint64(len(junk))))
+		w.Write(junk)
+	})
+}
+
+// mute hangs. claim "": it never answers at all — a peer cut off whose
+// connection has not timed out yet; "all": it claims to be a seed and never
+// answers a GET; "fellow": it claims every leaf as a fetcher would (leaves
+// leaves) and never answers a GET.
 func mute(t *testing.T, claim string, leaves int) host.Host {
-	t.Helper()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	h.SetStreamHandler(SwarmProtocol(testMesh), func(st network.Stream) {
-		defer st.Close()
-		r := bufio.NewReader(st)
-		for {
-			op, _, err := readRequest(r)
-			if err != nil {
-				return
-			}
-			switch {
-			case op != opHave:
-			case claim == "all":
-				st.Write([]byte{holdsAll})
-			case claim == "fellow":
-				bits := bytes.Repeat([]byte{0xff}, (leaves+7)/8)
-				st.Write(append(binary.AppendUvarint([]byte{holdsPartial}, uint64(leaves)), bits...))
-			}
+	return fakePeer(t, func(op byte, w *bufio.Writer) {
+		switch {
+		case op != opHave:
+		case claim == "all":
+			w.WriteByte(holdsAll)
+		case claim == "fellow":
+			w.WriteByte(holdsPartial)
+			w.Write(binary.AppendUvarint(nil, uint64(leaves)))
+			w.Write(bytes.Repeat([]byte{0xff}, (leaves+7)/8))
 		}
 	})
-	return h
 }
 
 // TestSwarmHungPeersDelayLittle: a peer that never answers does not hold
