@@ -226,8 +226,7 @@ func (m *Manager) serve(st network.Stream) {
 				break
 			}
 			w.WriteByte(blockFound)
-			w.Write(binary.AppendUvarint(nil, uint64(len(blk.RawData()))))
-			w.Write(blk.RawData())
+			writeChunk(w, blk.RawData())
 			m.sw.sent.Add(uint64(len(blk.RawData())))
 		default:
 			st.Reset()
@@ -254,6 +253,12 @@ func readRequest(r *bufio.Reader) (byte, cid.Cid, error) {
 		return 0, cid.Undef, fmt.Errorf("request: %w", err)
 	}
 	return op, c, nil
+}
+
+// writeChunk writes b as readChunk reads it: a uvarint length, then b.
+func writeChunk(w *bufio.Writer, b []byte) {
+	w.Write(binary.AppendUvarint(nil, uint64(len(b))))
+	w.Write(b)
 }
 
 // readChunk reads a uvarint length, at most limit, and that many bytes.
@@ -294,9 +299,7 @@ func (m *Manager) dial(ctx context.Context, p peer.ID) (*swarmConn, error) {
 func (c *swarmConn) request(op byte, id cid.Cid) error {
 	c.st.SetDeadline(time.Now().Add(swarmRequestTimeout))
 	c.w.WriteByte(op)
-	b := id.Bytes()
-	c.w.Write(binary.AppendUvarint(nil, uint64(len(b))))
-	c.w.Write(b)
+	writeChunk(c.w, id.Bytes())
 	return c.w.Flush()
 }
 
@@ -369,7 +372,7 @@ func (m *Manager) fetchFromPeers(ctx context.Context, s Spec) error {
 	defer cancel()
 	stop := context.AfterFunc(m.ctx, cancel)
 	defer stop()
-	f := newSwarmFetch(m.sw.host.ID())
+	f := newSwarmFetch(m.sw.host.ID(), s.Ref)
 	m.sw.mu.Lock()
 	m.sw.fetching[s.CID] = f
 	m.sw.mu.Unlock()
@@ -452,7 +455,7 @@ func (m *Manager) follow(ctx context.Context, f *swarmFetch, p peer.ID, s Spec, 
 	wg.Add(1 + swarmWorkers)
 	go func() { defer wg.Done(); defer c.close(); m.pollHolder(ctx, f, p, c, s.CID) }()
 	for range swarmWorkers {
-		go func() { defer wg.Done(); m.takeFrom(ctx, f, p, s.Ref, fail) }()
+		go func() { defer wg.Done(); m.takeFrom(ctx, f, p, fail) }()
 	}
 	wg.Wait()
 }
@@ -522,10 +525,10 @@ func (m *Manager) innerNode(ctx context.Context, f *swarmFetch, c cid.Cid) (bloc
 			return
 		}
 		defer conn.close()
-		blk, err = conn.get(c)
-		if errors.Is(err, errBadBlock) {
-			m.sw.badBlocks.Add(1)
-			f.bad(p)
+		// Only a bad block counts against p here: the others' asks end in
+		// an error once one of them answered.
+		if blk, err = conn.get(c); errors.Is(err, errBadBlock) {
+			m.failed(f, p, c, err)
 		}
 	}
 	// Holders are looked up afresh each time: one heard after the first
@@ -599,7 +602,7 @@ func (m *Manager) pollHolder(ctx context.Context, f *swarmFetch, p peer.ID, c *s
 
 // takeFrom fetches, over a stream of its own, the leaves the schedule
 // gives it from p until the fetch ends or p fails.
-func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, ref string, fail func(error)) {
+func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, fail func(error)) {
 	var conn *swarmConn
 	defer func() {
 		if conn != nil {
@@ -622,15 +625,9 @@ func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, ref st
 			blk, err = conn.get(c)
 		}
 		switch {
-		case errors.Is(err, errBadBlock):
-			m.sw.badBlocks.Add(1)
-			m.log.Warn("peer served an artifact block that does not hash to its CID; not asking it again", "peer", p, "ref", ref, "block", c)
-			f.release(i)
-			f.bad(p)
-			return
 		case err != nil:
 			f.release(i)
-			f.bad(p) // not asked again in this fetch
+			m.failed(f, p, c, err)
 			return
 		case blk == nil:
 			f.lacks(p, i)
@@ -643,9 +640,19 @@ func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, ref st
 		}
 		if n := len(blk.RawData()); f.got(i) {
 			m.sw.received.Add(uint64(n))
-			m.progress(ref, int64(n))
+			m.progress(f.ref, int64(n))
 		}
 	}
+}
+
+// failed records that asking p for block c failed with err: p is not asked
+// again in this fetch, and a block that did not hash to c is counted.
+func (m *Manager) failed(f *swarmFetch, p peer.ID, c cid.Cid, err error) {
+	if errors.Is(err, errBadBlock) {
+		m.sw.badBlocks.Add(1)
+		m.log.Warn("peer served an artifact block that does not hash to its CID; not asking it again", "peer", p, "ref", f.ref, "block", c)
+	}
+	f.bad(p)
 }
 
 // swarmFetch is the schedule of one fetch: the leaves, which are here and
@@ -653,6 +660,7 @@ func (m *Manager) takeFrom(ctx context.Context, f *swarmFetch, p peer.ID, ref st
 // none calls out while holding it.
 type swarmFetch struct {
 	self peer.ID
+	ref  string // for logs
 
 	mu       sync.Mutex
 	leaves   []cid.Cid
@@ -687,8 +695,12 @@ func (h *holding) has(i int) bool {
 	return false
 }
 
-func newSwarmFetch(self peer.ID) *swarmFetch {
-	return &swarmFetch{self: self, peers: map[peer.ID]*holding{}, changed: make(chan struct{}), lastGot: time.Now()}
+// knowsLeaves reports whether a fellow fetcher has the DAG's inner nodes:
+// one that only asked (n 0) can serve nothing yet, not even those.
+func (h *holding) knowsLeaves() bool { return h.state == holdsPartial && h.n > 0 }
+
+func newSwarmFetch(self peer.ID, ref string) *swarmFetch {
+	return &swarmFetch{self: self, ref: ref, peers: map[peer.ID]*holding{}, changed: make(chan struct{}), lastGot: time.Now()}
 }
 
 // signal wakes every waiter; mu held.
@@ -748,9 +760,7 @@ func (f *swarmFetch) anyHolder() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, h := range f.peers {
-		// A fetcher that does not know the leaves yet (it only asked) can
-		// serve nothing, not even the inner nodes.
-		if !h.bad && (h.state == holdsAll || h.state == holdsPartial && h.n > 0) {
+		if !h.bad && (h.state == holdsAll || h.knowsLeaves()) {
 			return true
 		}
 	}
@@ -785,7 +795,7 @@ func (f *swarmFetch) structureHolders() []peer.ID {
 		case h.bad:
 		case h.state == holdsAll:
 			seeds = append(seeds, p)
-		case h.state == holdsPartial && h.n > 0:
+		case h.knowsLeaves():
 			fellows = append(fellows, p)
 		}
 	}

@@ -194,10 +194,8 @@ func liar(t *testing.T) host.Host {
 			w.WriteByte(holdsAll)
 			return
 		}
-		junk := []byte("not the block you asked for")
 		w.WriteByte(blockFound)
-		w.Write(binary.AppendUvarint(nil, uint64(len(junk))))
-		w.Write(junk)
+		writeChunk(w, []byte("not the block you asked for"))
 	})
 }
 
@@ -269,7 +267,7 @@ func TestSwarmRefusesBadBlocks(t *testing.T) {
 // from the fellow; from a seed, this peer takes its own stripe, and the
 // others' only once nothing has arrived for helpAfter.
 func TestSwarmSchedule(t *testing.T) {
-	f := newSwarmFetch("b")
+	f := newSwarmFetch("b", "m@v1")
 	leaves := make([]cid.Cid, 8)
 	for i := range leaves {
 		leaves[i] = cid.NewCidV1(cid.Raw, mustSum(t, []byte{byte(i)}))
