@@ -95,9 +95,7 @@ func lossyShoalFanOut(n, mib int, link netsim.Link, swarm bool) (time.Duration, 
 		sites[i] = 1
 	}
 	m, err := procmesh.New(procmesh.Options{Net: nw, Sites: sites, Dir: dir, Mesh: "bench",
-		Args: func(int, []*procmesh.Peer) []string {
-			return []string{"--log-level", "warn", "--dht=false", "--mdns=false", "--cache-mb", "0", fmt.Sprintf("--artifact-swarm=%v", swarm)}
-		}})
+		Args: benchArgs("warn", nil, fmt.Sprintf("--artifact-swarm=%v", swarm))})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -107,28 +105,11 @@ func lossyShoalFanOut(n, mib int, link netsim.Link, swarm bool) (time.Duration, 
 	if err := m.StartAll(ctx); err != nil {
 		return 0, 0, err
 	}
-	if err := pushVersions(ctx, m, "fan", 1, mib<<20); err != nil {
-		return 0, 0, err
-	}
-	before, err := artifactBytesOut(ctx, m.Peers[0])
-	if err != nil {
-		return 0, 0, err
-	}
-	nw.SetLink(link)
-	defer nw.SetLink(netsim.Link{})
-	nt := &procNotifier{m: m, model: "fan", serving: true}
-	lags, err := measureInTurn(nt, n, 0, 1)
-	nt.Close()
-	if err != nil {
-		return 0, 0, err
-	}
-	nw.SetLink(netsim.Link{})
-	after, err := artifactBytesOut(ctx, m.Peers[0])
-	if err != nil {
-		return 0, 0, err
-	}
-	sent := after["swarm"] + after["bitswap"] - before["swarm"] - before["bitswap"]
-	return lags[0], sent / float64(mib<<20), nil
+	return fanOutOnce(ctx, m, n, mib, func(activate func() error) error {
+		nw.SetLink(link)
+		defer nw.SetLink(netsim.Link{})
+		return activate()
+	})
 }
 
 // lossyHTTPFanOut has n clients, each in a namespace of its own, download

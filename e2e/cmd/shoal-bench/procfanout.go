@@ -84,26 +84,18 @@ func procFanOut(n, mib int, swarm bool) (fanRow, error) {
 	// SHOAL_BENCH_KEEP keeps the peers' logs, at info, and CPU profiles of
 	// the origin and one fetcher during the fan-out, for a post-mortem.
 	level, keep := "warn", os.Getenv("SHOAL_BENCH_KEEP") != ""
-	pprofAddrs := map[int]string{}
+	var pprof map[int]string
 	if keep {
 		level = "info"
 		fmt.Fprintf(os.Stderr, "procfanout: peers' data, logs and profiles kept in %s\n", dir)
-		for _, i := range []int{0, 1} {
-			if pprofAddrs[i], err = freeLoopbackPort(); err != nil {
-				return r, err
-			}
+		if pprof, err = pprofAddrs(0, 1); err != nil {
+			return r, err
 		}
 	} else {
 		defer os.RemoveAll(dir)
 	}
 	m, err := procmesh.New(procmesh.Options{Sites: make([]int, n+1), Dir: dir, Mesh: "bench",
-		Args: func(i int, _ []*procmesh.Peer) []string {
-			args := []string{"--log-level", level, "--dht=false", "--mdns=false", "--cache-mb", "0", fmt.Sprintf("--artifact-swarm=%v", swarm)}
-			if a, ok := pprofAddrs[i]; ok {
-				args = append(args, "--pprof", a)
-			}
-			return args
-		}})
+		Args: benchArgs(level, pprof, fmt.Sprintf("--artifact-swarm=%v", swarm))})
 	if err != nil {
 		return r, err
 	}
@@ -113,35 +105,17 @@ func procFanOut(n, mib int, swarm bool) (fanRow, error) {
 	if err := m.StartAll(ctx); err != nil {
 		return r, err
 	}
-	if err := pushVersions(ctx, m, "fan", 1, mib<<20); err != nil {
-		return r, err
-	}
-	before, err := artifactBytesOut(ctx, m.Peers[0])
-	if err != nil {
-		return r, err
-	}
-	var lags []time.Duration
-	if keep {
-		defer startProfiles(pprofAddrs, time.Duration(mib/10+1)*time.Second, dir, n)()
-	}
-	c, err := sampleCost(ctx, m.Peers, func() error {
-		nt := &procNotifier{m: m, model: "fan", serving: true}
-		defer nt.Close()
-		var err error
-		lags, err = measureInTurn(nt, n, 0, 1)
+	r.shoalTook, r.shoalRatio, err = fanOutOnce(ctx, m, n, mib, func(activate func() error) error {
+		if keep {
+			defer startProfiles(pprof, time.Duration(mib/10+1)*time.Second, dir, n)()
+		}
+		c, err := sampleCost(ctx, m.Peers, activate)
+		r.cpu = c.cpu
 		return err
 	})
 	if err != nil {
 		return r, err
 	}
-	r.cpu = c.cpu
-	after, err := artifactBytesOut(ctx, m.Peers[0])
-	if err != nil {
-		return r, err
-	}
-	size := float64(mib << 20)
-	total := after["swarm"] + after["bitswap"] - before["swarm"] - before["bitswap"]
-	r.shoalRatio, r.shoalTook = total/size, lags[0]
 	var viaSwarm, all float64
 	for _, p := range m.Peers[1:] {
 		in, err := metricValues(ctx, p, "shoal_artifact_bytes_total", `direction="in"`, "source")
@@ -160,6 +134,37 @@ func procFanOut(n, mib int, swarm bool) (fanRow, error) {
 		r.swarmShare = viaSwarm / all
 	}
 	return r, nil
+}
+
+// fanOutOnce pushes a fresh mib MiB version of model "fan" to peer 0 of m,
+// waits until every peer lists it, and activates it through around (which
+// calls activate once: a CPU sample, an impaired link). It returns the time
+// from the activation until the n subscribers serve the version, and what
+// the origin uploaded of it per artifact byte.
+func fanOutOnce(ctx context.Context, m *procmesh.Mesh, n, mib int, around func(activate func() error) error) (time.Duration, float64, error) {
+	if err := pushVersions(ctx, m, "fan", 1, mib<<20); err != nil {
+		return 0, 0, err
+	}
+	before, err := artifactBytesOut(ctx, m.Peers[0])
+	if err != nil {
+		return 0, 0, err
+	}
+	var lags []time.Duration
+	if err := around(func() error {
+		nt := &procNotifier{m: m, model: "fan", serving: true}
+		defer nt.Close()
+		var err error
+		lags, err = measureInTurn(nt, n, 0, 1)
+		return err
+	}); err != nil {
+		return 0, 0, err
+	}
+	after, err := artifactBytesOut(ctx, m.Peers[0])
+	if err != nil {
+		return 0, 0, err
+	}
+	sent := after["swarm"] + after["bitswap"] - before["swarm"] - before["bitswap"]
+	return lags[0], sent / float64(mib<<20), nil
 }
 
 // artifactBytesOut is a peer's shoal_artifact_bytes_total{direction="out"}

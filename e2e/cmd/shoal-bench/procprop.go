@@ -127,24 +127,13 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	defer os.RemoveAll(dir)
 	sites := make([]int, n+1)
 	profiled := o.profile == n
-	pprofAddrs := map[int]string{}
+	var pprof map[int]string
 	if profiled {
-		for _, i := range []int{0, 1} {
-			ports, err := freeLoopbackPort()
-			if err != nil {
-				return nil, err
-			}
-			pprofAddrs[i] = ports
+		if pprof, err = pprofAddrs(0, 1); err != nil {
+			return nil, err
 		}
 	}
-	m, err := procmesh.New(procmesh.Options{Sites: sites, Dir: dir, Mesh: "bench",
-		Args: func(i int, _ []*procmesh.Peer) []string {
-			args := []string{"--log-level", "warn", "--dht=false", "--mdns=false", "--cache-mb", "0"}
-			if a, ok := pprofAddrs[i]; ok {
-				args = append(args, "--pprof", a)
-			}
-			return args
-		}})
+	m, err := procmesh.New(procmesh.Options{Sites: sites, Dir: dir, Mesh: "bench", Args: benchArgs("warn", pprof)})
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +157,7 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	var lags []time.Duration
 	var stopProf func() error
 	if profiled {
-		stopProf = startProfiles(pprofAddrs, time.Duration(total)*o.gapFor(n), o.profileDir, n)
+		stopProf = startProfiles(pprof, time.Duration(total)*o.gapFor(n), o.profileDir, n)
 	}
 	busy, err := sampleCost(ctx, m.Peers[1:], func() error {
 		var err error
@@ -505,29 +494,40 @@ func processCPU(pid int) (time.Duration, error) {
 // sentBytes sums a peer's shoal_p2p_bytes_total{direction="out"}, and
 // its gossipsub series.
 func sentBytes(ctx context.Context, p *procmesh.Peer) (sum, gossip float64, err error) {
-	r, err := p.Do(ctx, "GET", "/metrics", nil)
+	byFamily, err := metricValues(ctx, p, "shoal_p2p_bytes_total", `direction="out"`, "protocol")
 	if err != nil {
 		return 0, 0, err
 	}
-	found := false
-	for _, line := range strings.Split(string(r.Body), "\n") {
-		if !strings.HasPrefix(line, "shoal_p2p_bytes_total{") || !strings.Contains(line, `direction="out"`) {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("metrics line %q: %w", line, err)
-		}
+	for _, v := range byFamily {
 		sum += v
-		if strings.Contains(line, `protocol="gossipsub"`) {
-			gossip += v
+	}
+	return sum, byFamily["gossipsub"], nil
+}
+
+// benchArgs are the flags of a benchmark mesh's peers: no discovery but
+// the mesh's own bootstrap, no result cache, logs at level, Go's profiles
+// served where pprof names an address for the peer.
+func benchArgs(level string, pprof map[int]string, extra ...string) func(int, []*procmesh.Peer) []string {
+	return func(i int, _ []*procmesh.Peer) []string {
+		args := append([]string{"--log-level", level, "--dht=false", "--mdns=false", "--cache-mb", "0"}, extra...)
+		if a, ok := pprof[i]; ok {
+			args = append(args, "--pprof", a)
 		}
-		found = true
+		return args
 	}
-	if !found {
-		return 0, 0, fmt.Errorf("peer %d: no shoal_p2p_bytes_total on /metrics", p.Index)
+}
+
+// pprofAddrs returns a free loopback address for each of peers' profiles.
+func pprofAddrs(peers ...int) (map[int]string, error) {
+	out := map[int]string{}
+	for _, i := range peers {
+		a, err := freeLoopbackPort()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = a
 	}
-	return sum, gossip, nil
+	return out, nil
 }
 
 // startProfiles takes a CPU profile of each pprof address for d and
