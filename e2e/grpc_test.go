@@ -232,7 +232,6 @@ type clientMetadata struct {
 // errors raised by the clients as errors with the peer's status.
 func TestTritonPythonClients(t *testing.T) {
 	out, ref := runPythonClients(t, "e2e/testdata/triton_clients.py")
-	type failure struct{ Status, Message string }
 	var got struct {
 		HTTPLive         bool                 `json:"http_live"`
 		HTTPModelReady   bool                 `json:"http_model_ready"`
@@ -246,11 +245,11 @@ func TestTritonPythonClients(t *testing.T) {
 		GRPC             map[string][]float64 `json:"grpc"`
 		HTTPVersion      string               `json:"http_version"`
 		GRPCVersion      string               `json:"grpc_version"`
-		HTTPUnknownModel *failure             `json:"http_unknown_model"`
-		HTTPBadShape     *failure             `json:"http_bad_shape"`
-		GRPCUnknownModel *failure             `json:"grpc_unknown_model"`
-		GRPCBadShape     *failure             `json:"grpc_bad_shape"`
-		GRPCStale        *failure             `json:"grpc_stale"`
+		HTTPUnknownModel *clientFailure       `json:"http_unknown_model"`
+		HTTPBadShape     *clientFailure       `json:"http_bad_shape"`
+		GRPCUnknownModel *clientFailure       `json:"grpc_unknown_model"`
+		GRPCBadShape     *clientFailure       `json:"grpc_bad_shape"`
+		GRPCStale        *clientFailure       `json:"grpc_stale"`
 	}
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -270,16 +269,30 @@ func TestTritonPythonClients(t *testing.T) {
 	for what, outs := range map[string]map[string][]float64{"http binary": got.HTTPBinary, "http json": got.HTTPJSON, "grpc": got.GRPC} {
 		sameAsReference(t, what, outs, ref)
 	}
-	for what, f := range map[string]struct {
-		got    *failure
-		status string
-	}{
+	raised(t, map[string]raisedAs{
 		"http unknown model": {got.HTTPUnknownModel, "404"},
 		"http bad shape":     {got.HTTPBadShape, "400"},
 		"grpc unknown model": {got.GRPCUnknownModel, "StatusCode.NOT_FOUND"},
 		"grpc bad shape":     {got.GRPCBadShape, "StatusCode.INVALID_ARGUMENT"},
 		"grpc stale":         {got.GRPCStale, "StatusCode.UNAVAILABLE"},
-	} {
+	})
+}
+
+// clientFailure is an error as a client script reported it.
+type clientFailure struct{ Status, Message string }
+
+// raisedAs is what a client should have raised: its report, and the
+// status the peer's error must carry.
+type raisedAs struct {
+	got    *clientFailure
+	status string
+}
+
+// raised checks that each client raised the peer's error, with its status
+// and a message.
+func raised(t *testing.T, want map[string]raisedAs) {
+	t.Helper()
+	for what, f := range want {
 		if f.got == nil || f.got.Status != f.status || f.got.Message == "" {
 			t.Errorf("%s: the client raised %+v, want status %s with a message", what, f.got, f.status)
 		}
@@ -350,7 +363,6 @@ func sameAsReference(t *testing.T, what string, outs map[string][]float64, ref [
 // body: the script reads the peer's Shoal-Model-Version header instead.)
 func TestKServePythonClients(t *testing.T) {
 	out, ref := runPythonClients(t, "e2e/testdata/kserve_clients.py")
-	type failure struct{ Status, Message string }
 	var got struct {
 		RESTLive         bool                 `json:"rest_live"`
 		RESTReady        bool                 `json:"rest_ready"`
@@ -363,8 +375,8 @@ func TestKServePythonClients(t *testing.T) {
 		GRPC             map[string][]float64 `json:"grpc"`
 		RESTVersion      string               `json:"rest_version"`
 		GRPCVersion      string               `json:"grpc_version"`
-		RESTUnknownModel *failure             `json:"rest_unknown_model"`
-		GRPCUnknownModel *failure             `json:"grpc_unknown_model"`
+		RESTUnknownModel *clientFailure       `json:"rest_unknown_model"`
+		GRPCUnknownModel *clientFailure       `json:"grpc_unknown_model"`
 	}
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -378,17 +390,10 @@ func TestKServePythonClients(t *testing.T) {
 	for what, outs := range map[string]map[string][]float64{"rest json": got.RESTJSON, "rest binary": got.RESTBinary, "grpc": got.GRPC} {
 		sameAsReference(t, what, outs, ref)
 	}
-	for what, f := range map[string]struct {
-		got    *failure
-		status string
-	}{
+	raised(t, map[string]raisedAs{
 		"rest unknown model": {got.RESTUnknownModel, "404"},
 		"grpc unknown model": {got.GRPCUnknownModel, "NOT_FOUND"},
-	} {
-		if f.got == nil || f.got.Status != f.status || f.got.Message == "" {
-			t.Errorf("%s: the client raised %+v, want status %s with a message", what, f.got, f.status)
-		}
-	}
+	})
 }
 
 func mustJSON(t *testing.T, v any) json.RawMessage {
