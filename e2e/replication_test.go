@@ -301,11 +301,20 @@ func TestStalenessWhileCutOff(t *testing.T) {
 
 	m.Isolate(2)
 	cutAt := time.Now()
-	// The others keep writing; peer 2 cannot know.
+	// The others keep writing; peer 2 cannot know. The writer stops before
+	// the mesh closes (cleanups run last-registered first): a test that
+	// finished early let it write to a closed mesh, a nil node (CI panic).
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(stop); <-stopped })
 	go func() {
+		defer close(stopped)
 		for j := 0; j < 20 && time.Since(cutAt) < 6*time.Second; j++ {
 			m.Node(0).Replica().Put(ctx, fmt.Sprintf("/test/while-cut/%d", j), "test.kv", kv{"z"})
-			time.Sleep(200 * time.Millisecond) // paces the writes, not synchronisation
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond): // paces the writes, not synchronisation
+			}
 		}
 	}()
 	eventually(t, "staleness rises while cut off", func() error {
