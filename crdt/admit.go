@@ -33,8 +33,13 @@ import (
 //     copy of an old signed record, which would then win everywhere. A
 //     writer stamps every write with a fresh HLC, so a record is one
 //     (HLC, signer) identity: a record is counted once, at the height of
-//     its first publication (its lowest element), and a record of which
-//     any copy was deleted stays deleted.
+//     its first publication (its lowest element). A deleted record stays
+//     deleted because its tombstone, a record too, was first published
+//     above it (deletes.go).
+//
+// go-ds-crdt's own tombstones are unsigned and ignored (deletes.go): the
+// key's elements decide whether any of them is tombstoned. A shown
+// tombstone reads as not found, wrapping ErrDeleted.
 //
 // When the value go-ds-crdt shows is refused, the key shows the best
 // record admission accepts among all of the key's elements (greatest
@@ -162,48 +167,69 @@ func (r *Replica) admitted(ctx context.Context, key string, value []byte) (Recor
 	return r.admittedAmong(ctx, key, value, els)
 }
 
-// admittedAmong is admitted given the key's elements.
+// admittedAmong is admitted given the key's elements. value is nil when
+// go-ds-crdt shows nothing for a key that unsigned tombstones hid.
 func (r *Replica) admittedAmong(ctx context.Context, key string, value []byte, els []element) (Record, []byte, error) {
-	rec, why := r.check(key, value)
-	var err error
-	if why == nil {
-		if len(els) <= 1 {
-			return rec, value, nil // the key's only element: nothing to replay
-		}
-		copied, err := r.copied(ctx, key, identityOf(rec), els)
-		if err != nil {
-			return Record{}, nil, err
-		}
-		if !copied {
-			return rec, value, nil
-		}
+	// hidden: unsigned tombstones may have made go-ds-crdt show an older
+	// element than the newest, or none: the elements decide.
+	hidden := r.rawDel.has(key)
+	var rec Record
+	why, replay := errNoValue, false
+	if value != nil {
+		rec, why = r.check(key, value)
 	}
-	// The value is refused, or its record was published more than once or
-	// deleted before: let the key's elements decide.
-	var best Record
-	var bestVal []byte
-	found := false
-	if len(els) > 1 {
-		if best, bestVal, found, err = r.resolve(ctx, key, els); err != nil {
+	if why == nil && len(els) > 1 {
+		var err error
+		if replay, err = r.copied(ctx, key, identityOf(rec), els); err != nil {
 			return Record{}, nil, err
 		}
 	}
-	if why == nil {
-		if found && identityOf(best) == identityOf(rec) {
-			return best, bestVal, nil // a copy of the key's own record: harmless
-		}
+	if why == nil && !replay && !hidden {
+		return shown(key, rec, value) // the common case
+	}
+	// The value is refused, or its record was published more than once,
+	// or tombstones are to be ignored: let the key's elements decide.
+	best, bestVal, found, err := r.resolve(ctx, key, els)
+	if err != nil {
+		return Record{}, nil, err
+	}
+	switch {
+	case why == nil && found && identityOf(best) == identityOf(rec):
+		return shown(key, best, bestVal) // a copy of the key's own record: harmless
+	case why == nil && replay:
 		why = ErrReplayed
+	case why == nil, why == errNoValue:
+		// go-ds-crdt showed an older record than the newest, or none,
+		// only because of unsigned tombstones: nothing was refused.
+		why = nil
 	}
-	r.refuse(key, value, why)
+	if why != nil {
+		r.refuse(key, value, why)
+	}
 	if found {
-		return best, bestVal, nil
+		return shown(key, best, bestVal)
+	}
+	if why == nil {
+		return Record{}, nil, fmt.Errorf("%w: %s", ErrNotFound, key)
 	}
 	return Record{}, nil, fmt.Errorf("%w: %s: %w", ErrNotFound, key, why)
 }
 
+// errNoValue stands for the missing value of a key go-ds-crdt shows none
+// for; it is never returned.
+var errNoValue = errors.New("no value")
+
+// shown is what a key whose admitted record is rec shows: rec, or nothing
+// when rec is a tombstone.
+func shown(key string, rec Record, value []byte) (Record, []byte, error) {
+	if rec.Deleted() {
+		return Record{}, nil, fmt.Errorf("%w: %s: %w", ErrNotFound, key, ErrDeleted)
+	}
+	return rec, value, nil
+}
+
 // copied reports whether another element of key holds id's record too (a
-// replay, or a harmless re-publication), or a deleted element holds it (a
-// resurrection).
+// replay, or a harmless re-publication).
 func (r *Replica) copied(ctx context.Context, key string, id identity, els []element) (bool, error) {
 	holders := 0
 	for _, e := range els {
@@ -212,42 +238,32 @@ func (r *Replica) copied(ctx context.Context, key string, id identity, els []ele
 			return false, err
 		}
 		for _, x := range ids {
-			if x != id {
-				continue
+			if x == id {
+				holders++
+				break
 			}
-			holders++
-			dead, err := r.tombstoned(ctx, key, e)
-			if err != nil {
-				return false, err
-			}
-			if dead || holders > 1 {
-				return true, nil
-			}
-			break
+		}
+		if holders > 1 {
+			return true, nil
 		}
 	}
 	return false, nil
 }
 
-// resolve picks the record key shows from all of its elements: among the
-// records that pass check and of which no copy is tombstoned, the one
-// first published at the greatest height, then with the greatest bytes.
-// It reads every element's block, so it runs only when go-ds-crdt's own
-// choice is refused or in doubt.
+// resolve picks the record key shows from all of its elements, tombstoned
+// or not: among the records that pass check, the one first published at
+// the greatest height, then with the greatest bytes. It reads every
+// element's block, so it runs only when go-ds-crdt's own choice is
+// refused or in doubt.
 func (r *Replica) resolve(ctx context.Context, key string, els []element) (Record, []byte, bool, error) {
 	type candidate struct {
 		rec   Record
 		value []byte
 		prio  uint64 // height of the record's first publication
-		dead  bool
 	}
 	byID := map[identity]*candidate{}
 	for _, e := range els {
 		d, err := r.delta(ctx, e)
-		if err != nil {
-			return Record{}, nil, false, err
-		}
-		dead, err := r.tombstoned(ctx, key, e)
 		if err != nil {
 			return Record{}, nil, false, err
 		}
@@ -262,10 +278,9 @@ func (r *Replica) resolve(ctx context.Context, key string, els []element) (Recor
 			id, prio := identityOf(rec), d.GetPriority()
 			c, ok := byID[id]
 			if !ok {
-				byID[id] = &candidate{rec: rec, value: el.GetValue(), prio: prio, dead: dead}
+				byID[id] = &candidate{rec: rec, value: el.GetValue(), prio: prio}
 				continue
 			}
-			c.dead = c.dead || dead
 			if prio < c.prio || (prio == c.prio && bytes.Compare(el.GetValue(), c.value) > 0) {
 				c.rec, c.value, c.prio = rec, el.GetValue(), prio
 			}
@@ -273,9 +288,6 @@ func (r *Replica) resolve(ctx context.Context, key string, els []element) (Recor
 	}
 	var best *candidate
 	for _, c := range byID {
-		if c.dead {
-			continue
-		}
 		if best == nil || c.prio > best.prio || (c.prio == best.prio && bytes.Compare(c.value, best.value) > 0) {
 			best = c
 		}
@@ -376,7 +388,7 @@ func (r *Replica) ScanAdmittedKnown(ctx context.Context, prefix string, known fu
 		go func() {
 			defer wg.Done()
 			for e := range in {
-				if known != nil && known(e.key, e.value) {
+				if known != nil && e.value != nil && known(e.key, e.value) {
 					calls(e.key, Record{}, e.value)
 					continue
 				}
@@ -391,7 +403,7 @@ func (r *Replica) ScanAdmittedKnown(ctx context.Context, prefix string, known fu
 			}
 		}()
 	}
-	err = r.Scan(ctx, prefix, func(key string, value []byte) error {
+	err = r.scanShown(ctx, prefix, func(key string, value []byte) error {
 		select {
 		case in <- kv{key, bytes.Clone(value)}:
 			return nil

@@ -233,7 +233,7 @@ func TestReplayedRecordDoesNotWin(t *testing.T) {
 		if len(entries) != 1 || entries[0].Key != "/unit/x" || !strings.Contains(string(entries[0].Record.Body), "new") {
 			t.Errorf("List after the replays = %+v", entries)
 		}
-		refused(t, r, "/unit/y", ErrReplayed)
+		refused(t, r, "/unit/y", ErrDeleted) // its replay counted as replayed
 		scanned := map[string]string{}
 		if err := r.ScanAdmitted(ctx, "/unit/", func(k string, rec Record, value []byte) error {
 			scanned[k] = string(value)
@@ -316,7 +316,7 @@ func TestUntrustedPeerIsInvisible(t *testing.T) {
 
 // TestElementsLayout guards the go-ds-crdt layout admission reads: a key
 // written twice has two elements, each block's identity is readable, and
-// a delete tombstones them.
+// go-ds-crdt's own delete tombstones them where rawDeletes looks.
 func TestElementsLayout(t *testing.T) {
 	r := openReplica(t)
 	ctx := context.Background()
@@ -346,12 +346,19 @@ func TestElementsLayout(t *testing.T) {
 	if !seen[ids[0]] || !seen[ids[1]] {
 		t.Errorf("identities %v, want %v", seen, ids)
 	}
-	if _, err := r.Delete(ctx, "/unit/l"); err != nil {
+	if err := r.ds.Delete(ctx, ds.NewKey("/unit/l")); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range els {
-		if dead, err := r.tombstoned(ctx, "/unit/l", e); err != nil || !dead {
+		if dead, err := r.cfg.Datastore.Has(ctx, ds.NewKey(tombsNamespace.String()+"/unit/l").ChildString(e.block)); err != nil || !dead {
 			t.Errorf("element %s after a delete: tombstoned = %v, %v", e.block, dead, err)
 		}
+	}
+	var loaded rawDeletes
+	if err := loaded.load(ctx, r.cfg.Datastore); err != nil {
+		t.Fatal(err)
+	}
+	if !loaded.has("/unit/l") || loaded.has("/unit/l/child") || len(loaded.keys) != 1 {
+		t.Errorf("keys with tombstones read from the store: %v, want /unit/l", loaded.keys)
 	}
 }

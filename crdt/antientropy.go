@@ -7,7 +7,6 @@ import (
 	"time"
 
 	cid "github.com/ipfs/go-cid"
-	ds "github.com/ipfs/go-datastore"
 )
 
 // Anti-entropy: every heartbeat carries this peer's heads and the digest
@@ -166,7 +165,7 @@ func (r *Replica) rebuildState(ctx context.Context) error {
 		return err
 	}
 	for key := range before {
-		r.deleteHook(ds.NewKey(key))
+		r.vanished(key)
 	}
 	// Start the digest again from the rebuilt state too, in case it was
 	// the digest that had drifted; changes still queued fold in after.

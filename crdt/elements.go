@@ -20,7 +20,8 @@ import (
 // delta block <block> added, <Namespace>/s/t/<key>/<block> once a delete
 // tombstoned it, and the element's value and priority (DAG height) in the
 // block itself. Admission reads them to tell a replayed record from a new
-// one (admit.go). Like Processed, this layout is internal to the pinned
+// one (admit.go); tombstones are unsigned and it ignores them, but
+// rawDeletes reads which keys have any (deletes.go). Like Processed, this layout is internal to the pinned
 // version (v0.6.5): it is read here and nowhere else, and
 // TestElementsLayout guards it.
 
@@ -88,11 +89,6 @@ func (r *Replica) elementsUnder(ctx context.Context, prefix string) (map[string]
 		out[key] = append(out[key], element{block: e.Key[i+1:]})
 	}
 	return out, nil
-}
-
-// tombstoned reports whether a delete removed key's element of block.
-func (r *Replica) tombstoned(ctx context.Context, key string, e element) (bool, error) {
-	return r.cfg.Datastore.Has(ctx, ds.NewKey(tombsNamespace.String()+key).ChildString(e.block))
 }
 
 // delta reads the delta of an element's block from the local blockstore

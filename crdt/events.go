@@ -112,6 +112,9 @@ type rawEvent struct {
 	// barrier (puts): the newest batch opened when the hook fired; the
 	// event waits until no batch up to it is open (commitTracker.await).
 	barrier uint64
+	// unsigned (deletes): an unsigned go-ds-crdt tombstone caused it,
+	// not a rebuild that no longer holds the key.
+	unsigned bool
 }
 
 // Puts are held until their batch commits. go-ds-crdt calls the put hook
@@ -521,16 +524,24 @@ func (r *Replica) putHook(k ds.Key, v []byte) {
 }
 
 // deleteHook runs under go-ds-crdt's merge lock, after its batch
-// committed: only enqueue.
+// committed: only note the key and enqueue. Shoal deletes by writing
+// signed tombstones, so this fires only for go-ds-crdt's own, unsigned
+// tombstones, which admission ignores (deletes.go).
 func (r *Replica) deleteHook(k ds.Key) {
-	r.queue.push(rawEvent{typ: EventDelete, key: k.String()})
+	r.rawDel.add(k.String())
+	r.queue.push(rawEvent{typ: EventDelete, key: k.String(), unsigned: true})
 }
 
-// dispatch turns raw hook calls into Events. A delete hook may fire while
-// the key still holds a value (a concurrent re-add, or a delete that
-// uncovered an older surviving value, for which no put hook fires): the
-// dispatcher reads the key back once the batch has landed and reports what
-// the state really is.
+// vanished reports a key that a rebuild of the state no longer holds (no
+// hook fires for it).
+func (r *Replica) vanished(key string) {
+	r.queue.push(rawEvent{typ: EventDelete, key: key})
+}
+
+// dispatch turns raw hook calls into Events. A delete hook (an unsigned
+// tombstone) leaves what admission shows as it was, and a put hook may
+// carry a tombstone or a refused value: the dispatcher admits what the key
+// holds once the batch has landed and reports what the state really is.
 func (r *Replica) dispatch() {
 	defer r.wg.Done()
 	for {
@@ -560,9 +571,10 @@ func (r *Replica) dispatch() {
 				continue
 			}
 			if err != nil {
-				// Refused (admit counted why) and nothing else under the
-				// key is admitted: Get now answers not found, so
-				// subscribers drop what they held under the key.
+				// A tombstone, or refused (admit counted why) with
+				// nothing else under the key admitted: Get now answers
+				// not found, so subscribers drop what they held under
+				// the key.
 				ev.Type = EventDelete
 				r.count(func(c *Counters) { c.Deletes++ })
 				break
@@ -573,9 +585,17 @@ func (r *Replica) dispatch() {
 			ev.Record, ev.Value = rec, val
 			r.count(func(c *Counters) { c.Puts++ })
 		case EventDelete:
+			if raw.unsigned {
+				// Counted; it changes nothing admission shows (signed
+				// deletes arrive as puts of tombstones).
+				r.refuse(raw.key, nil, errUnsignedDelete)
+			}
 			var rec Record
 			var b []byte
 			err := readErr
+			if errors.Is(err, ErrNotFound) {
+				stored, err = nil, nil // every element tombstoned: admission reads them
+			}
 			if err == nil {
 				rec, b, err = r.admitted(r.ctx, raw.key, stored)
 			}

@@ -10,9 +10,20 @@ import (
 	"github.com/shoal-mesh/shoal/crdt/sign"
 )
 
-// RecordVersion is the schema version written into every record. Readers
-// refuse versions they do not know rather than guess at their meaning.
+// RecordVersion is the schema version written into every record that holds
+// a value. Readers refuse versions they do not know rather than guess at
+// their meaning.
 const RecordVersion = 1
+
+// TombstoneVersion is the schema version of a tombstone, the signed record
+// a delete writes in the key's place (see deletes.go). It is a version of
+// its own so that peers of releases before signed deletes refuse it as
+// unknown rather than hand a record of an unknown kind to their
+// subscribers.
+const TombstoneVersion = 2
+
+// KindDeleted is the kind of every tombstone; no other record has it.
+const KindDeleted = "shoal.deleted"
 
 // MaxRecordSize caps an encoded record. go-ds-crdt packs records into DAG
 // blocks that travel by bitswap, which refuses blocks over 2 MiB, and a
@@ -96,8 +107,12 @@ func DecodeRecord(b []byte) (Record, error) {
 		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	switch {
-	case r.V != RecordVersion:
+	case r.V != RecordVersion && r.V != TombstoneVersion:
 		return Record{}, fmt.Errorf("%w: unknown schema version %d", ErrBadRecord, r.V)
+	case (r.V == TombstoneVersion) != (r.Kind == KindDeleted):
+		return Record{}, fmt.Errorf("%w: kind %q in a version %d record", ErrBadRecord, r.Kind, r.V)
+	case r.V == TombstoneVersion && len(r.Body) > 0:
+		return Record{}, fmt.Errorf("%w: a tombstone with a body", ErrBadRecord)
 	case r.Kind == "":
 		return Record{}, fmt.Errorf("%w: empty kind", ErrBadRecord)
 	case r.HLC.Wall <= 0 || r.HLC.Peer == "":
@@ -107,6 +122,10 @@ func DecodeRecord(b []byte) (Record, error) {
 	}
 	return r, nil
 }
+
+// Deleted reports whether r is a tombstone: the key it is written under was
+// deleted.
+func (r Record) Deleted() bool { return r.Kind == KindDeleted }
 
 // DecodeBody unmarshals the record's body into v.
 func (r Record) DecodeBody(v any) error {

@@ -277,6 +277,7 @@ type Replica struct {
 	cntMu    sync.Mutex
 	counters Counters
 	adm      admission // refused records already counted (admit.go)
+	rawDel   rawDeletes // keys with go-ds-crdt tombstones (deletes.go)
 	injected map[cid.Cid]time.Time
 	healed   map[cid.Cid]healAttempt // branches walked again (healBranches)
 
@@ -346,6 +347,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		}
 		r.log.Warn("previous shutdown was unclean: rebuilding the replicated state from the DAG", "dropped_keys", n)
 	}
+	if err := r.rawDel.load(ctx, cfg.Datastore); err != nil {
+		return fail(err)
+	}
 	opts := dscrdt.DefaultOptions()
 	opts.Logger = slogAdapter{r.log}
 	opts.RebroadcastInterval = cfg.RebroadcastInterval
@@ -383,6 +387,10 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 				}
 			}()
 		}
+	}
+
+	if err := r.migrateDeletes(ctx); err != nil {
+		return fail(err)
 	}
 
 	// Freshness counts a head only once its whole branch is merged here
@@ -488,18 +496,22 @@ func (r *Replica) putBatch(ctx context.Context, ops []Op) (HLC, error) {
 			return HLC{}, err
 		}
 		if op.Delete {
-			ok, err := r.ds.Has(ctx, ds.NewKey(op.Key))
+			ok, err := r.shows(ctx, op.Key)
 			if err != nil {
-				return HLC{}, fmt.Errorf("crdt has %s: %w", op.Key, err)
+				return HLC{}, err
 			}
 			if !ok {
 				continue
 			}
 			last = r.clock.Now()
-			if err := b.Delete(ctx, ds.NewKey(op.Key)); err != nil {
+			val, err := r.tombstone(op.Key, last)
+			if err != nil {
+				return HLC{}, err
+			}
+			if err := b.Put(ctx, ds.NewKey(op.Key), val); err != nil {
 				return HLC{}, fmt.Errorf("crdt delete %s: %w", op.Key, err)
 			}
-			size += len(op.Key) + 64
+			size += len(op.Key) + len(val)
 		} else {
 			raw, err := json.Marshal(op.Body)
 			if err != nil {
@@ -535,8 +547,8 @@ func (r *Replica) putBatch(ctx context.Context, ops []Op) (HLC, error) {
 	return last, nil
 }
 
-// Delete removes key. Deleting a key this replica has never seen is
-// ErrNotFound: go-ds-crdt would silently publish nothing (#62).
+// Delete removes key by writing its signed tombstone (deletes.go).
+// Deleting a key that shows no record here is ErrNotFound.
 func (r *Replica) Delete(ctx context.Context, key string) (Write, error) {
 	h, err := r.deleteKey(ctx, key)
 	if err != nil {
@@ -552,15 +564,19 @@ func (r *Replica) deleteKey(ctx context.Context, key string) (HLC, error) {
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
-	ok, err := r.ds.Has(ctx, ds.NewKey(key))
+	ok, err := r.shows(ctx, key)
 	if err != nil {
-		return HLC{}, fmt.Errorf("crdt has %s: %w", key, err)
+		return HLC{}, err
 	}
 	if !ok {
 		return HLC{}, fmt.Errorf("%w: %s", ErrNotFound, key)
 	}
 	h := r.clock.Now()
-	if err := r.ds.Delete(ctx, ds.NewKey(key)); err != nil {
+	val, err := r.tombstone(key, h)
+	if err != nil {
+		return HLC{}, err
+	}
+	if err := r.ds.Put(ctx, ds.NewKey(key), val); err != nil {
 		return HLC{}, fmt.Errorf("crdt delete %s: %w", key, err)
 	}
 	return h, nil
@@ -592,6 +608,11 @@ func checkKey(key string) error {
 // Get returns the current record under key, or ErrNotFound.
 func (r *Replica) Get(ctx context.Context, key string) (Record, error) {
 	b, err := r.getRaw(ctx, key)
+	if errors.Is(err, ErrNotFound) && r.rawDel.has(key) {
+		// Unsigned tombstones hid every element from go-ds-crdt; they
+		// do not hide them from admission.
+		b, err = nil, nil
+	}
 	if err != nil {
 		return Record{}, err
 	}
@@ -631,6 +652,31 @@ func (r *Replica) Scan(ctx context.Context, prefix string, f func(key string, va
 	return ctx.Err()
 }
 
+// scanShown is Scan for admission: it also calls f, with a nil value, for
+// the keys under prefix whose every element an unsigned tombstone hid from
+// go-ds-crdt (deletes.go).
+func (r *Replica) scanShown(ctx context.Context, prefix string, f func(key string, value []byte) error) error {
+	hidden := r.rawDel.under(prefix)
+	err := r.Scan(ctx, prefix, func(key string, value []byte) error {
+		delete(hidden, key)
+		return f(key, value)
+	})
+	if err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(hidden))
+	for k := range hidden {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := f(k, nil); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
 // List returns every valid record under prefix, ordered by key. Values that
 // do not decode are skipped (and counted): they never enter the state.
 func (r *Replica) List(ctx context.Context, prefix string) ([]Entry, error) {
@@ -641,7 +687,7 @@ func (r *Replica) List(ctx context.Context, prefix string) ([]Entry, error) {
 		return nil, err
 	}
 	var out []Entry
-	err = r.Scan(ctx, prefix, func(key string, value []byte) error {
+	err = r.scanShown(ctx, prefix, func(key string, value []byte) error {
 		rec, _, err := r.admittedAmong(ctx, key, value, elems[key])
 		switch {
 		case err == nil:

@@ -157,11 +157,19 @@ func TestReplicaWritesAndErrors(t *testing.T) {
 	if err := rec.DecodeBody(&s); err != nil || s != "two" {
 		t.Errorf("value = %q, %v", s, err)
 	}
+	h2, _ := r.StateHash(ctx)
 	if _, err := r.Delete(ctx, "/unit/x"); err != nil {
 		t.Fatal(err)
 	}
-	if h, _ := r.StateHash(ctx); h != h0 {
-		t.Errorf("state hash after deleting the only key = %s, want the empty state's %s", h, h0)
+	if _, err := r.Get(ctx, "/unit/x"); !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrDeleted) {
+		t.Errorf("get of a deleted key: err = %v, want ErrNotFound wrapping ErrDeleted", err)
+	}
+	// The state holds the key's tombstone, a record like any other.
+	if h, _ := r.StateHash(ctx); h == h2 || h == h0 {
+		t.Errorf("state hash after the delete = %s: unchanged, or the empty state's", h)
+	}
+	if _, err := r.Delete(ctx, "/unit/x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete of a deleted key: err = %v, want ErrNotFound", err)
 	}
 	if st := r.Staleness(); st.Seconds != 0 || len(st.Peers) != 0 {
 		t.Errorf("a lone replica past its grace period: %+v", st)
