@@ -895,8 +895,8 @@ attacked:
 }
 
 // TestFaultUntrustedWriter: a peer whose key the others do not trust
-// writes documents — new ones and overwrites of trusted ones — among
-// trusted writes. Its records replicate (they are in the DAG) but no
+// writes documents — new ones, overwrites of trusted ones, and deletes
+// (signed tombstones) of other trusted ones — among trusted writes. Its records replicate (they are in the DAG) but no
 // trusting peer ever shows them: reads answer what the trusted writers
 // wrote, the history is clean, and each refused record is counted.
 func TestFaultUntrustedWriter(t *testing.T) {
@@ -923,10 +923,21 @@ func TestFaultUntrustedWriter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	for i := 10; i < 20; i++ {
+		if err := poll.Wait(ctx, 100*time.Millisecond, func() error {
+			r, err := intruder.Do(ctx, "DELETE", fmt.Sprintf("/v1/collections/notes/docs/t%02d", i), nil)
+			if err == nil && r.Code != 200 {
+				err = fmt.Errorf("%d %s", r.Code, r.Body)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("the intruder deletes t%02d: %v", i, err)
+		}
+	}
 	// Trusted peers: the intruder's records arrive, and are counted.
 	for _, p := range trusted {
 		if err := poll.Wait(ctx, 200*time.Millisecond, func() error {
-			if v := metric(t, ctx, p, `shoal_rejected_records_total{reason="untrusted"}`); v < 20 {
+			if v := metric(t, ctx, p, `shoal_rejected_records_total{reason="untrusted"}`); v < 30 {
 				return fmt.Errorf("peer %d counted %v untrusted records", p.Index, v)
 			}
 			return nil
@@ -945,7 +956,7 @@ func TestFaultUntrustedWriter(t *testing.T) {
 	}
 	converge := waitConverged(t, ctx, m.Peers)
 	hist := w.check(t, ctx, trusted)
-	record(t, nw, reliabilityRow{Scenario: "an untrusted peer writes 10 documents and overwrites 10 trusted ones", Peers: 3,
+	record(t, nw, reliabilityRow{Scenario: "an untrusted peer writes 10 documents, overwrites 10 trusted ones and deletes 10 others", Peers: 3,
 		Duration: time.Since(began).Seconds(), Faults: "a writer whose key is not in --trust",
 		Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
 }

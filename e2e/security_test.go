@@ -128,8 +128,8 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 
 // TestUntrustedPeersWritesAreInvisible: peer 1 reaches the mesh, but
 // peer 0 does not trust its publisher key. Whatever peer 1 writes — a new
-// document, an overwrite of peer 0's, a cache flush — replicates to peer
-// 0 (the CRDT converges underneath) and is never shown there: not read,
+// document, an overwrite of peer 0's, a delete of another, a cache flush —
+// replicates to peer 0 (the CRDT converges underneath) and is never shown there: not read,
 // not queried, not after a restart, and counted as untrusted. Peer 1,
 // which trusts both, sees everything; and peer 0's saved index still
 // reopens, since what events and start-up scans admit is the same.
@@ -156,14 +156,18 @@ func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
 	}
 	tok := put(m.Node(0), "shared", "written by peer 0", shared, res.header.Get(api.HeaderToken))
 	tok = put(m.Node(1), "shared", "overwritten by peer 1", shared, tok)
-	put(m.Node(1), "planted", "planted by peer 1", planted, tok)
+	tok = put(m.Node(1), "planted", "planted by peer 1", planted, tok)
+	tok = put(m.Node(0), "kept", "kept by peer 0", shared, tok)
+	if res := do(t, http.MethodDelete, baseURL(m.Node(1))+"/v1/collections/notes/docs/kept", nil, api.HeaderAfter, tok); res.code != http.StatusOK {
+		t.Fatalf("peer 1 deletes kept: %d %s", res.code, res.body)
+	}
 	if res := do(t, http.MethodPost, baseURL(m.Node(1))+"/v1/cache/flush", nil); res.code != http.StatusOK {
 		t.Fatalf("flush: %d %s", res.code, res.body)
 	}
 
 	untrusted := map[string]string{"reason": "untrusted"}
-	eventually(t, "peer 0 has refused peer 1's three records", func() error {
-		if v := metricValue(t, m.Node(0), "shoal_rejected_records_total", untrusted); v != 3 {
+	eventually(t, "peer 0 has refused peer 1's four records", func() error {
+		if v := metricValue(t, m.Node(0), "shoal_rejected_records_total", untrusted); v != 4 {
 			return fmt.Errorf("shoal_rejected_records_total{reason=untrusted} = %v", v)
 		}
 		return nil
@@ -177,13 +181,16 @@ func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
 		if res.code != http.StatusOK || !strings.Contains(string(res.body), "written by peer 0") {
 			t.Errorf("%s: peer 0 reads shared as %d %s, want its own text", when, res.code, res.body)
 		}
+		if res := do(t, "GET", baseURL(m.Node(0))+"/v1/collections/notes/docs/kept", nil); res.code != http.StatusOK {
+			t.Errorf("%s: peer 1's delete of kept took effect on peer 0: %d %s", when, res.code, res.body)
+		}
 		eventually(t, when+": peer 0 answers queries", func() error {
 			out, res := query(t, m.Node(0), "notes", api.QueryRequest{Vector: planted, K: ptr(5)})
 			if res.code != http.StatusOK {
 				return fmt.Errorf("%d %s", res.code, res.body)
 			}
-			if out.Index.Documents != 1 {
-				t.Errorf("%s: peer 0 indexes %d documents, want 1", when, out.Index.Documents)
+			if out.Index.Documents != 2 {
+				t.Errorf("%s: peer 0 indexes %d documents, want shared and kept", when, out.Index.Documents)
 			}
 			for _, r := range out.Results {
 				if r.ID == "planted" || strings.Contains(r.Text, "peer 1") {
@@ -215,6 +222,9 @@ func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
 	}
 	if res := do(t, "GET", baseURL(m.Node(0))+"/v1/collections/notes/docs/planted", nil); res.code != http.StatusOK {
 		t.Errorf("after trusting peer 1, peer 0 still does not read its document: %d %s", res.code, res.body)
+	}
+	if res := do(t, "GET", baseURL(m.Node(0))+"/v1/collections/notes/docs/kept", nil); res.code != http.StatusNotFound {
+		t.Errorf("after trusting peer 1, peer 0 still reads the document peer 1 deleted: %d %s", res.code, res.body)
 	}
 }
 
