@@ -276,7 +276,7 @@ type Replica struct {
 
 	cntMu    sync.Mutex
 	counters Counters
-	adm      admission // refused records already counted (admit.go)
+	adm      admission  // refused records already counted (admit.go)
 	rawDel   rawDeletes // keys with go-ds-crdt tombstones (deletes.go)
 	injected map[cid.Cid]time.Time
 	healed   map[cid.Cid]healAttempt // branches walked again (healBranches)
