@@ -7,8 +7,9 @@
 // the peer that ingested it, tagged with the embedder's model@version, so
 // no other peer ever embeds it again: retrieval on every peer works from
 // replicated vectors. Concurrent writes of one document converge by the
-// CRDT's deterministic rule (every peer keeps the same value); deletes are
-// add-wins against a concurrent update, as everywhere in go-ds-crdt.
+// CRDT's deterministic rule (every peer keeps the same value); a delete is
+// the deleter's signed tombstone (crdt/deletes.go) and meets a concurrent
+// update by the same rule.
 package collections
 
 import (

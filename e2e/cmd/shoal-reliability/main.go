@@ -163,9 +163,10 @@ const tail = `
   its CID, a heartbeat speaking for another peer and an envelope of an unknown version, while the peers take
   writes and reads. Every peer counts each kind in ` + "`shoal_pubsub_rejected_total`" + ` (refused inside gossipsub,
   so never relayed; the sender's peer score falls with each), and the history is clean.
-- **Untrusted writer** — a peer whose key the others do not ` + "`--trust`" + ` adds 10 documents and overwrites 10
-  trusted ones. Its records replicate, but the trusting peers never show them (the intruder's documents answer
-  404, the overwritten ones keep their trusted text — the checker would count any other value as a loss) and
+- **Untrusted writer** — a peer whose key the others do not ` + "`--trust`" + ` adds 10 documents, overwrites 10
+  trusted ones and deletes 10 others. Its records and tombstones replicate, but the trusting peers never show
+  them (the intruder's documents answer 404, the overwritten and deleted ones keep their trusted text — the
+  checker would count any other answer as a loss) and
   count each in ` + "`shoal_rejected_records_total{reason=\"untrusted\"}`" + `.
 
 ## What is *not* claimed
@@ -184,8 +185,9 @@ const tail = `
   ` + "`TestSwarmRefusesBadBlocks`, `TestSwarmHungPeersDelayLittle`" + `), not in this table: the liar is counted
   (` + "`shoal_artifact_bad_blocks_total`" + `) and not asked again, the silent ones cost a fetch about a second.
 - Forged (altered or moved), replayed and future-dated records are tested in process (` + "`crdt`" + `'s admission
-  tests), not in this table. Deletes are go-ds-crdt tombstones, which are not signed: a connected peer can
-  still delete a trusted record. Bounded history (issue 15's compaction and its soak) is not built yet: every
+  tests), not in this table; so are go-ds-crdt's unsigned tombstones, which delete nothing
+  (` + "`TestUnsignedDeleteChangesNothing`" + `). Deletes are signed tombstone records: the untrusted writer's row
+  includes its deletes. Bounded history (issue 15's compaction and its soak) is not built yet: every
   version of every record stays in the DAG.
 
 ## Fault harness
