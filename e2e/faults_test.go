@@ -830,28 +830,7 @@ func TestFaultHostileGossip(t *testing.T) {
 	defer cancel()
 	createNotes(t, ctx, m.Peers[0])
 	waitConverged(t, ctx, m.Peers)
-	ah, err := nw.AddHost(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"-mesh", "shoal-hostile", "-for", "15s", "-impersonate", m.Peers[0].ID.String()}
-	for _, p := range m.Peers {
-		args = append(args, "-peer", p.Multiaddr())
-	}
-	bin, err := procmesh.Build("./e2e/cmd/shoal-attacker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := ah.Command(bin, args...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill() })
-
+	done, out := startAttacker(t, nw, m, "-mesh", "shoal-hostile", "-for", "15s", "-impersonate", m.Peers[0].ID.String())
 	var w docWriter
 	for i := 0; ; i++ {
 		select {
@@ -891,6 +870,88 @@ attacked:
 	t.Logf("attacker: %s", strings.TrimSpace(out.String()))
 	record(t, nw, reliabilityRow{Scenario: "a hostile peer gossips garbage, oversize broadcasts, mismatched blocks, forged heartbeats for 15 s", Peers: 3,
 		Duration: time.Since(began).Seconds(), Faults: strings.TrimSpace(out.String()) + ", 5 kinds",
+		Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
+}
+
+// startAttacker runs shoal-attacker with args on a host of its own in nw,
+// connected to every peer of m; the channel reports how it ended, the
+// builder holds what it printed.
+func startAttacker(t *testing.T, nw *netsim.Net, m *procmesh.Mesh, args ...string) (<-chan error, *strings.Builder) {
+	t.Helper()
+	ah, err := nw.AddHost(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range m.Peers {
+		args = append(args, "-peer", p.Multiaddr())
+	}
+	bin, err := procmesh.Build("./e2e/cmd/shoal-attacker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := ah.Command(bin, args...)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return done, out
+}
+
+// TestFaultHostileRecords: a hostile host learns the documents' signed
+// records from the peers' broadcasts and, for 15 s, publishes valid
+// go-ds-crdt blocks on top of the DAG holding old versions replayed,
+// versions with their text changed (forged, unsigned, or signed with its
+// own key), versions moved to another document, and unsigned deletes,
+// while trusted peers write every document twice and read them. Admission
+// refuses each (counted by reason): every read answers what the trusted
+// writers last wrote, and the history is clean.
+func TestFaultHostileRecords(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-records", []int{1, 1, 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, m.Peers)
+	done, out := startAttacker(t, nw, m, "-mesh", "shoal-records", "-for", "15s", "-every", "100ms", "-records")
+	var w docWriter
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("attacker: %v: %s", err, out.String())
+			}
+			goto attacked
+		default:
+		}
+		// Each document twice: the attacker replays the first version.
+		id := fmt.Sprintf("r%03d", i/2)
+		if err := w.putBatch(ctx, m.Peers[i%2], []string{id}, 20*(i%2)); err != nil {
+			t.Fatal(err)
+		}
+		w.read(ctx, m.Peers[2], fmt.Sprintf("r%03d", i/4))
+		time.Sleep(100 * time.Millisecond)
+	}
+attacked:
+	converge := waitConverged(t, ctx, m.Peers)
+	for _, p := range m.Peers {
+		for _, id := range w.ids() {
+			w.read(ctx, p, id)
+		}
+		for _, reason := range []string{"replayed", "forged", "unsigned", "untrusted"} {
+			series := fmt.Sprintf(`shoal_rejected_records_total{reason=%q}`, reason)
+			if v := metric(t, ctx, p, series); v == 0 {
+				t.Errorf("peer %d: %s = 0", p.Index, series)
+			}
+		}
+	}
+	hist := w.check(t, ctx, m.Peers)
+	t.Logf("attacker: %s", strings.TrimSpace(out.String()))
+	record(t, nw, reliabilityRow{Scenario: "a hostile peer publishes replayed, forged, moved, unsigned and untrusted document records and unsigned deletes for 15 s", Peers: 3,
+		Duration: time.Since(began).Seconds(), Faults: strings.TrimSpace(strings.TrimPrefix(out.String(), "sent ")),
 		Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
 }
 

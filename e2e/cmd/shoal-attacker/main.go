@@ -3,10 +3,12 @@
 // joins a mesh's gossip topics and keeps publishing what a broken or
 // malicious peer would — garbage, oversize broadcasts, inline blocks that
 // do not match their CIDs, heartbeats speaking for another peer, and
-// envelopes of an unknown version. It runs inside a test's network
-// namespace; nothing else uses it.
+// envelopes of an unknown version; or, with -records, blocks of forged,
+// replayed and unsigned records and unsigned deletes (records.go). It runs
+// inside a test's network namespace; nothing else uses it.
 //
 //	shoal-attacker -mesh M -peer /ip4/…/p2p/… [-peer …] -for 20s -impersonate PEERID
+//	shoal-attacker -mesh M -peer /ip4/…/p2p/… [-peer …] -for 20s -records
 package main
 
 import (
@@ -40,16 +42,17 @@ func main() {
 	dur := flag.Duration("for", 20*time.Second, "how long to attack")
 	every := flag.Duration("every", 50*time.Millisecond, "pause between rounds of bad messages")
 	victim := flag.String("impersonate", "", "peer id the forged heartbeats speak for")
+	records := flag.Bool("records", false, "attack the replicated records instead of the gossip layer")
 	flag.Parse()
-	if err := run(*mesh, peers, *dur, *every, *victim); err != nil {
+	if err := run(*mesh, peers, *dur, *every, *victim, *records); err != nil {
 		fmt.Fprintln(os.Stderr, "shoal-attacker:", err)
 		os.Exit(1)
 	}
 }
 
-func run(mesh string, peers []string, dur, every time.Duration, victim string) error {
-	if mesh == "" || len(peers) == 0 || victim == "" {
-		return fmt.Errorf("-mesh, -peer and -impersonate are required")
+func run(mesh string, peers []string, dur, every time.Duration, victim string, records bool) error {
+	if mesh == "" || len(peers) == 0 || (victim == "") != records {
+		return fmt.Errorf("-mesh, -peer and one of -impersonate and -records are required")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dur+30*time.Second)
 	defer cancel()
@@ -72,10 +75,13 @@ func run(mesh string, peers []string, dur, every time.Duration, victim string) e
 	if err != nil {
 		return err
 	}
+	var subs []*pubsub.Subscription
 	for _, t := range []*pubsub.Topic{data, hb} {
-		if _, err := t.Subscribe(); err != nil {
+		s, err := t.Subscribe()
+		if err != nil {
 			return err
 		}
+		subs = append(subs, s)
 	}
 	for _, s := range peers {
 		ma, err := multiaddr.NewMultiaddr(s)
@@ -89,6 +95,14 @@ func run(mesh string, peers []string, dur, every time.Duration, victim string) e
 		if err := h.Connect(ctx, *ai); err != nil {
 			return fmt.Errorf("connect %s: %w", s, err)
 		}
+	}
+	if records {
+		var l learned
+		go l.listen(ctx, subs[0], h.ID().String())
+		sent, err := attackRecords(ctx, data, &l, mesh, time.Now().Add(dur), every)
+		fmt.Printf("sent %d replayed, %d forged, %d moved, %d unsigned, %d untrusted records, %d unsigned deletes\n",
+			sent["replayed"], sent["forged"], sent["moved"], sent["unsigned"], sent["untrusted"], sent["deletes"])
+		return err
 	}
 	block := merkledag.NodeWithData([]byte("a block"))
 	garbage := []byte("{not json")
