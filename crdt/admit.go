@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"runtime"
 	"sort"
 	"sync"
@@ -126,17 +127,11 @@ const maxCounted = 1 << 16
 
 // check applies rules 1–4 to one stored value of key.
 func (r *Replica) check(key string, value []byte) (Record, error) {
-	rec, err := DecodeRecord(value)
+	rec, err := r.verified(key, value)
 	if err != nil {
 		return rec, err
 	}
-	if rec.Signer == "" || len(rec.Sig) == 0 {
-		return rec, ErrUnsigned
-	}
-	if err := sign.Verify(rec.Signer, rec.SigningBytes(r.cfg.Mesh, key), rec.Sig); err != nil {
-		return rec, fmt.Errorf("%w: %v", ErrForged, err)
-	}
-	if rec.Signer != r.cfg.Signer.ID() && !r.cfg.Trust.Trusts(rec.Signer) {
+	if rec.Signer != r.self && !r.cfg.Trust.Trusts(rec.Signer) {
 		return rec, fmt.Errorf("%w: %s", ErrUntrusted, rec.Signer)
 	}
 	// Measured against the HLC, not the wall clock: the HLC already
@@ -147,6 +142,85 @@ func (r *Replica) check(key string, value []byte) (Record, error) {
 		return rec, fmt.Errorf("%w: %v ahead (bound %v)", ErrFuture, ahead.Round(time.Millisecond), r.cfg.MaxClockSkew)
 	}
 	return rec, nil
+}
+
+// verified applies rules 1 and 2: the record value holds, decoded, with
+// a signature that verifies for key. Both depend only on the bytes, so
+// the answer is remembered (decodedRecords): a model's state is read as a
+// List of every record it has, on every change, and decoding them again
+// each time was most of that read.
+func (r *Replica) verified(key string, value []byte) (Record, error) {
+	h := recordHash(r.cfg.Mesh, key, value)
+	if rec, ok := decodedRecords.get(h, r.cfg.Mesh, key, value); ok {
+		return rec, nil
+	}
+	rec, err := DecodeRecord(value)
+	if err != nil {
+		return rec, err
+	}
+	if rec.Signer == "" || len(rec.Sig) == 0 {
+		return rec, ErrUnsigned
+	}
+	if err := sign.Verify(rec.Signer, rec.SigningBytes(r.cfg.Mesh, key), rec.Sig); err != nil {
+		return rec, fmt.Errorf("%w: %v", ErrForged, err)
+	}
+	decodedRecords.put(h, verifiedRecord{mesh: r.cfg.Mesh, key: key, value: string(value), rec: rec})
+	return rec, nil
+}
+
+// decodedRecords remembers verified records, shared by the process's
+// replicas. An entry is found by a seeded hash of mesh, key and bytes
+// and used only if all three are equal, so no value another peer crafts
+// can be taken for one remembered. Callers share the Body and Sig of what
+// it returns and must not modify them. Bounded by the bytes it holds:
+// cleared when full, like the signature memo it sits in front of.
+var decodedRecords recordMemo
+
+const maxDecodedBytes = 8 << 20
+
+var recordSeed = maphash.MakeSeed()
+
+func recordHash(mesh, key string, value []byte) uint64 {
+	var h maphash.Hash
+	h.SetSeed(recordSeed)
+	h.WriteString(mesh)
+	h.WriteByte(0)
+	h.WriteString(key)
+	h.WriteByte(0)
+	h.Write(value)
+	return h.Sum64()
+}
+
+type verifiedRecord struct {
+	mesh, key, value string
+	rec              Record
+}
+
+type recordMemo struct {
+	mu    sync.Mutex
+	m     map[uint64]verifiedRecord
+	bytes int
+}
+
+func (c *recordMemo) get(h uint64, mesh, key string, value []byte) (Record, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[h]
+	if !ok || e.mesh != mesh || e.key != key || e.value != string(value) {
+		return Record{}, false
+	}
+	return e.rec, true
+}
+
+func (c *recordMemo) put(h uint64, e verifiedRecord) {
+	size := 2*len(e.value) + len(e.key)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || c.bytes+size > maxDecodedBytes {
+		c.m, c.bytes = map[uint64]verifiedRecord{}, 0
+	}
+	c.m[h] = e
+	c.bytes += size
 }
 
 // admit returns the record key shows, given the bytes go-ds-crdt holds
@@ -422,7 +496,7 @@ func (r *Replica) ScanAdmittedKnown(ctx context.Context, prefix string, known fu
 // signed signs rec for key with the replica's Signer and encodes it (Put
 // and PutBatch).
 func (r *Replica) signed(key string, rec Record) ([]byte, error) {
-	rec.Signer = r.cfg.Signer.ID()
+	rec.Signer = r.self
 	rec.Sig = r.cfg.Signer.Sign(rec.SigningBytes(r.cfg.Mesh, key))
 	return rec.Encode()
 }

@@ -46,6 +46,8 @@ import (
 	ipld "github.com/ipfs/go-ipld-format"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/shoal-mesh/shoal/crdt/sign"
 )
 
 // Namespace is where the CRDT keeps its own bookkeeping inside the peer's
@@ -278,6 +280,7 @@ type Replica struct {
 	counters Counters
 	adm      admission  // refused records already counted (admit.go)
 	rawDel   rawDeletes // keys with go-ds-crdt tombstones (deletes.go)
+	self     sign.ID    // cfg.Signer's id (computing it encodes the key)
 	injected map[cid.Cid]time.Time
 	healed   map[cid.Cid]healAttempt // branches walked again (healBranches)
 
@@ -316,6 +319,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		healed:   make(map[cid.Cid]healAttempt),
 		heard:    make(chan struct{}, 1),
 		digest:   newStateDigest(),
+		self:     cfg.Signer.ID(),
 		ctx:      rctx, cancel: cancel,
 	}
 	fail := func(err error) (*Replica, error) {

@@ -14,7 +14,7 @@ import (
 )
 
 // newTestRegistry is a registry over r with a publisher key of its own.
-func newTestRegistry(t *testing.T, r *crdt.Replica) *Registry {
+func newTestRegistry(t testing.TB, r *crdt.Replica) *Registry {
 	t.Helper()
 	pub, err := NewPublisherKey(t.TempDir(), false)
 	if err != nil {

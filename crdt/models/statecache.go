@@ -2,8 +2,8 @@ package models
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
+	"hash/maphash"
 	"slices"
 	"sync"
 	"time"
@@ -161,47 +161,53 @@ func cloneStates(all []ModelState) []ModelState {
 }
 
 // checkedBodies remembers the publications and activations that decoded,
-// matched their key and verified, by a hash of key, kind and body, so
-// evaluating a model after a change decodes and checks only its new
-// records (a JSON decode and a canonical re-encoding each, even with
-// package sign memoising the signature). Trust and clock rules are not
-// remembered: they are applied on every evaluation. Bounded: cleared
-// when full.
+// matched their key and verified, found by a seeded hash of key, kind and
+// body and used only if all three are equal, so evaluating a model after
+// a change decodes and checks only its new records (a JSON decode and a
+// canonical re-encoding each, even with package sign memoising the
+// signature). Trust and clock rules are not remembered: they are applied
+// on every evaluation. Bounded: cleared when full.
 type checkedBodies struct {
 	mu sync.Mutex
-	m  map[[32]byte]any // Manifest or Activation
+	m  map[uint64]checkedBody
+}
+
+type checkedBody struct {
+	key, kind, body string
+	v               any // Manifest or Activation
 }
 
 const maxCheckedBodies = 1 << 16
 
-func bodyKey(e crdt.Entry) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(e.Key))
-	h.Write([]byte{0})
-	h.Write([]byte(e.Record.Kind))
-	h.Write([]byte{0})
+var bodySeed = maphash.MakeSeed()
+
+func bodyHash(e crdt.Entry) uint64 {
+	var h maphash.Hash
+	h.SetSeed(bodySeed)
+	h.WriteString(e.Key)
+	h.WriteByte(0)
+	h.WriteString(e.Record.Kind)
+	h.WriteByte(0)
 	h.Write(e.Record.Body)
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
+	return h.Sum64()
 }
 
 // get fills *v (a *Manifest or *Activation) from a remembered body.
 func (c *checkedBodies) get(e crdt.Entry, v any) bool {
-	k := bodyKey(e)
+	h := bodyHash(e)
 	c.mu.Lock()
-	got, ok := c.m[k]
+	got, ok := c.m[h]
 	c.mu.Unlock()
-	if !ok {
+	if !ok || got.key != e.Key || got.kind != e.Record.Kind || got.body != string(e.Record.Body) {
 		return false
 	}
 	switch v := v.(type) {
 	case *Manifest:
-		m, ok := got.(Manifest)
+		m, ok := got.v.(Manifest)
 		*v = m
 		return ok
 	case *Activation:
-		a, ok := got.(Activation)
+		a, ok := got.v.(Activation)
 		*v = a
 		return ok
 	}
@@ -209,11 +215,11 @@ func (c *checkedBodies) get(e crdt.Entry, v any) bool {
 }
 
 func (c *checkedBodies) put(e crdt.Entry, v any) {
-	k := bodyKey(e)
+	h := bodyHash(e)
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= maxCheckedBodies {
-		c.m = map[[32]byte]any{}
+		c.m = map[uint64]checkedBody{}
 	}
-	c.m[k] = v
+	c.m[h] = checkedBody{key: e.Key, kind: e.Record.Kind, body: string(e.Record.Body), v: v}
 	c.mu.Unlock()
 }
