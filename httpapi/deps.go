@@ -49,6 +49,9 @@ type Models interface {
 	StartPull(ctx context.Context, model, version string) (api.PullResult, bool, error)
 	Artifact(ctx context.Context, model, version string) (models.Manifest, io.ReadCloser, error)
 	ServingVersion(ctx context.Context, model string) (string, error)
+	// CurrentServing is a model's current activation (nil: none) and the
+	// version served here ("": none): Model without the versions.
+	CurrentServing(ctx context.Context, name string) (*models.Activation, string, error)
 	// Watch signals (coalesced, never closed) whenever a model's
 	// current or serving version may have changed; stop ends it and may
 	// be called more than once.

@@ -109,6 +109,19 @@ func (f *fakeModels) Model(ctx context.Context, name string) (api.ModelInfo, err
 	return f.ModelFn(ctx, name)
 }
 
+// CurrentServing reads Model, as the manager's reads its state.
+func (f *fakeModels) CurrentServing(ctx context.Context, name string) (*models.Activation, string, error) {
+	mi, err := f.Model(ctx, name)
+	if err != nil {
+		return nil, "", err
+	}
+	serving := ""
+	if mi.Serving != nil {
+		serving = mi.Serving.Version
+	}
+	return mi.Current, serving, nil
+}
+
 func (f *fakeModels) Push(ctx context.Context, r io.Reader, m models.Manifest) (models.Manifest, crdt.Write, error) {
 	f.add("Push")
 	if f.PushFn == nil {

@@ -120,18 +120,16 @@ func (a *API) handleWatch(w http.ResponseWriter, r *http.Request) {
 // published yet reads as one with no versions.
 func (a *API) watchRead(ctx context.Context, name string) (api.ModelWatchEvent, error) {
 	ev := api.ModelWatchEvent{Model: name}
-	mi, err := a.cfg.Models.Model(ctx, name)
+	cur, serving, err := a.cfg.Models.CurrentServing(ctx, name)
 	switch {
 	case errors.Is(err, models.ErrUnknownModel):
 	case err != nil:
 		return ev, err
 	default:
-		if mi.Current != nil {
-			ev.Current, ev.CurrentHLC = mi.Current.Version, mi.Current.HLC.String()
+		if cur != nil {
+			ev.Current, ev.CurrentHLC = cur.Version, cur.HLC.String()
 		}
-		if mi.Serving != nil {
-			ev.Serving = mi.Serving.Version
-		}
+		ev.Serving = serving
 	}
 	if a.cfg.Consistency != nil {
 		ev.StalenessSeconds = a.cfg.Consistency.Staleness().Seconds

@@ -42,6 +42,21 @@ func (l *Manager) Model(ctx context.Context, name string) (api.ModelInfo, error)
 	return l.Info(ctx, st), nil
 }
 
+// CurrentServing returns a model's current activation (nil: none) and the
+// version this peer serves ("": none) — what a watch stream reports on
+// every change, without Model's per-version artifact states.
+func (l *Manager) CurrentServing(ctx context.Context, name string) (*models.Activation, string, error) {
+	st, err := l.cfg.Registry.State(ctx, name)
+	if err != nil {
+		return nil, "", err
+	}
+	serving := ""
+	if s, ok := l.Serving(name); ok {
+		serving = s.Version
+	}
+	return st.Current, serving, nil
+}
+
 // Push imports an artifact read from r, publishes its signed manifest
 // (m without CID, sha256 and size, which the import fills in) and marks
 // it verified here. Blocks of a refused import are dropped again.
