@@ -142,7 +142,7 @@ func procFanOut(n, mib int, swarm bool) (fanRow, error) {
 // from the activation until the n subscribers serve the version, and what
 // the origin uploaded of it per artifact byte.
 func fanOutOnce(ctx context.Context, m *procmesh.Mesh, n, mib int, around func(activate func() error) error) (time.Duration, float64, error) {
-	if err := pushVersions(ctx, m, "fan", 1, mib<<20); err != nil {
+	if err := pushVersions(ctx, m, "fan", 1, mib<<20, false); err != nil {
 		return 0, 0, err
 	}
 	before, err := artifactBytesOut(ctx, m.Peers[0])

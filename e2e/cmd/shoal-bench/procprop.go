@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
+	"github.com/shoal-mesh/shoal/store/artifacts"
 	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
@@ -144,7 +145,7 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 		return nil, err
 	}
 	total := 10 + o.notices
-	if err := pushVersions(ctx, m, "note", total, 1<<10); err != nil {
+	if err := pushVersions(ctx, m, "note", total, 1<<10, true); err != nil {
 		return nil, err
 	}
 	idle, err := sampleCost(ctx, m.Peers[1:], func() error {
@@ -185,7 +186,7 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 		return rows, nil
 	}
 	acts := 2 + o.serveActs
-	if err := pushVersions(ctx, m, "serve", acts, o.serveMiB<<20); err != nil {
+	if err := pushVersions(ctx, m, "serve", acts, o.serveMiB<<20, false); err != nil {
 		return nil, err
 	}
 	nt := &procNotifier{m: m, model: "serve", serving: true}
@@ -249,12 +250,13 @@ func freeLoopbackPort() (string, error) {
 
 // pushVersions pushes count versions of model (named as measureNotifier
 // names its notices) to peer 0 without activating them, and waits until
-// every peer lists them all, so an activation measures only itself.
-func pushVersions(ctx context.Context, m *procmesh.Mesh, model string, count, size int) error {
+// every peer lists them all — and, with prefetch, holds them verified —
+// so an activation measures only itself.
+func pushVersions(ctx context.Context, m *procmesh.Mesh, model string, count, size int, prefetch bool) error {
 	data := make([]byte, size)
 	for i := range count {
 		rand.Read(data)
-		r, err := m.Peers[0].Do(ctx, "PUT", fmt.Sprintf("/v1/models/%s/versions/n%06d", model, i), data)
+		r, err := m.Peers[0].Do(ctx, "PUT", fmt.Sprintf("/v1/models/%s/versions/n%06d?prefetch=%v", model, i, prefetch), data)
 		if err != nil {
 			return err
 		}
@@ -270,6 +272,11 @@ func pushVersions(ctx context.Context, m *procmesh.Mesh, model string, count, si
 			}
 			if len(mi.Versions) < count {
 				return fmt.Errorf("peer %d lists %d of %d versions", p.Index, len(mi.Versions), count)
+			}
+			for _, v := range mi.Versions {
+				if prefetch && (v.Local == nil || v.Local.State != artifacts.StateVerified) {
+					return fmt.Errorf("peer %d has not fetched %s yet", p.Index, v.Version)
+				}
 			}
 			return nil
 		})
@@ -577,7 +584,7 @@ func renderProcProp(rows []procRow, versions map[string]string, o procOptions) s
 	fmt.Fprintf(&b, `For each size N one publisher tells N subscribers that the current version changed, %d times (after 10
 warm-ups), one every %s or 40 ms per process if that is longer (*gap* below: latency, not the queue that
 forms when every process's share of the cores runs out). Shoal: N+1 `+"`shoal run`"+` processes on loopback ports, each with its own Badger
-store (the writer syncs each write before acknowledging it); versions are pushed beforehand and peer 0 activates one per notice (`+"`POST /v1/models/…/activate`"+`);
+store (the writer syncs each write before acknowledging it); versions (1 KiB each) are pushed beforehand with `+"`?prefetch=true`"+` and held verified by every peer, and peer 0 activates one per notice (`+"`POST /v1/models/…/activate`"+`);
 lag = from the start of that call until the last subscriber's watch stream (`+"`GET /v1/models/{model}/watch`"+`)
 reported the new current version (*activation record*), or served it, fetched over bitswap and checked
 (*activation → serving*, %d activations, each once the previous one was served everywhere). The alternatives as in the in-process comparison (etcd
