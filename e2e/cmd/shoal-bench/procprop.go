@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/shoal-mesh/shoal/e2e/procmesh"
-	"github.com/shoal-mesh/shoal/store/artifacts"
 	"github.com/shoal-mesh/shoal/internal/poll"
+	"github.com/shoal-mesh/shoal/store/artifacts"
 )
 
 // The multi-process scenario (issue 16): version-change propagation with
