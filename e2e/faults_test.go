@@ -832,28 +832,14 @@ func TestFaultHostileGossip(t *testing.T) {
 	waitConverged(t, ctx, m.Peers)
 	done, out := startAttacker(t, nw, m, "-mesh", "shoal-hostile", "-for", "15s", "-impersonate", m.Peers[0].ID.String())
 	var w docWriter
-	for i := 0; ; i++ {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("attacker: %v: %s", err, out.String())
-			}
-			goto attacked
-		default:
-		}
-		id := fmt.Sprintf("h%03d", i)
-		if err := w.put(ctx, m.Peers[i%2], id); err != nil {
-			t.Fatal(err)
+	converge := whileAttacked(t, ctx, m, &w, done, out, func(i int) error {
+		if err := w.put(ctx, m.Peers[i%2], fmt.Sprintf("h%03d", i)); err != nil {
+			return err
 		}
 		w.read(ctx, m.Peers[2], fmt.Sprintf("h%03d", i/2))
-		time.Sleep(100 * time.Millisecond)
-	}
-attacked:
-	converge := waitConverged(t, ctx, m.Peers)
+		return nil
+	})
 	for _, p := range m.Peers {
-		for _, id := range w.ids() {
-			w.read(ctx, p, id)
-		}
 		for _, series := range []string{
 			`shoal_pubsub_rejected_total{reason="malformed",topic="crdt"}`,
 			`shoal_pubsub_rejected_total{reason="oversize",topic="crdt"}`,
@@ -901,6 +887,34 @@ func startAttacker(t *testing.T, nw *netsim.Net, m *procmesh.Mesh, args ...strin
 	return done, out
 }
 
+// whileAttacked runs step(0), step(1), … 100 ms apart until the attacker
+// ends (failing the test if it failed), waits for the peers to converge,
+// reads every acknowledged document on every peer into w's history, and
+// returns how long convergence took.
+func whileAttacked(t *testing.T, ctx context.Context, m *procmesh.Mesh, w *docWriter, done <-chan error, out *strings.Builder, step func(i int) error) time.Duration {
+	t.Helper()
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("attacker: %v: %s", err, out.String())
+			}
+			converge := waitConverged(t, ctx, m.Peers)
+			for _, p := range m.Peers {
+				for _, id := range w.ids() {
+					w.read(ctx, p, id)
+				}
+			}
+			return converge
+		default:
+		}
+		if err := step(i); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestFaultHostileRecords: a hostile host learns the documents' signed
 // records from the peers' broadcasts and, for 15 s, publishes valid
 // go-ds-crdt blocks on top of the DAG holding old versions replayed,
@@ -918,29 +932,15 @@ func TestFaultHostileRecords(t *testing.T) {
 	waitConverged(t, ctx, m.Peers)
 	done, out := startAttacker(t, nw, m, "-mesh", "shoal-records", "-for", "15s", "-every", "100ms", "-records")
 	var w docWriter
-	for i := 0; ; i++ {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("attacker: %v: %s", err, out.String())
-			}
-			goto attacked
-		default:
-		}
+	converge := whileAttacked(t, ctx, m, &w, done, out, func(i int) error {
 		// Each document twice: the attacker replays the first version.
-		id := fmt.Sprintf("r%03d", i/2)
-		if err := w.putBatch(ctx, m.Peers[i%2], []string{id}, 20*(i%2)); err != nil {
-			t.Fatal(err)
+		if err := w.putBatch(ctx, m.Peers[i%2], []string{fmt.Sprintf("r%03d", i/2)}, 20*(i%2)); err != nil {
+			return err
 		}
 		w.read(ctx, m.Peers[2], fmt.Sprintf("r%03d", i/4))
-		time.Sleep(100 * time.Millisecond)
-	}
-attacked:
-	converge := waitConverged(t, ctx, m.Peers)
+		return nil
+	})
 	for _, p := range m.Peers {
-		for _, id := range w.ids() {
-			w.read(ctx, p, id)
-		}
 		for _, reason := range []string{"replayed", "forged", "unsigned", "untrusted"} {
 			series := fmt.Sprintf(`shoal_rejected_records_total{reason=%q}`, reason)
 			if v := metric(t, ctx, p, series); v == 0 {
