@@ -362,3 +362,38 @@ func TestElementsLayout(t *testing.T) {
 		t.Errorf("keys with tombstones read from the store: %v, want /unit/l", loaded.keys)
 	}
 }
+
+// TestVerifiedRecordsAreRememberedByTheirBytes: a record verified once is
+// not decoded again, and nothing but the same mesh, key and bytes finds
+// it: a byte changed, another key or another mesh is checked afresh (and
+// refused as forged).
+func TestVerifiedRecordsAreRememberedByTheirBytes(t *testing.T) {
+	r := openReplica(t)
+	good := signedValue(t, testKey, "/unit/m", Record{V: RecordVersion, Kind: "unit.kv", HLC: r.Clock().Now(), Writer: "p", Body: json.RawMessage(`"kept"`)})
+	if _, err := r.verified("/unit/m", good); err != nil {
+		t.Fatal(err)
+	}
+	h := recordHash("unit", "/unit/m", good)
+	if _, ok := decodedRecords.get(h, "unit", "/unit/m", good); !ok {
+		t.Fatal("a verified record was not remembered")
+	}
+	changed := []byte(strings.Replace(string(good), "kept", "kEpt", 1))
+	for _, c := range []struct {
+		mesh, key string
+		value     []byte
+	}{{"unit", "/unit/m", changed}, {"unit", "/unit/other", good}, {"other", "/unit/m", good}} {
+		if _, ok := decodedRecords.get(recordHash(c.mesh, c.key, c.value), c.mesh, c.key, c.value); ok {
+			t.Errorf("the memo answers for %s %s %q", c.mesh, c.key, c.value)
+		}
+		// A colliding hash must not make the memo answer either.
+		if _, ok := decodedRecords.get(h, c.mesh, c.key, c.value); ok {
+			t.Errorf("the memo answers for %s %s %q under the remembered record's hash", c.mesh, c.key, c.value)
+		}
+	}
+	if _, err := r.verified("/unit/m", changed); !errors.Is(err, ErrForged) {
+		t.Errorf("a changed byte: %v, want ErrForged", err)
+	}
+	if _, err := r.verified("/unit/other", good); !errors.Is(err, ErrForged) {
+		t.Errorf("another key: %v, want ErrForged", err)
+	}
+}
