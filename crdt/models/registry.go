@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-mesh/shoal/crdt"
@@ -150,6 +151,10 @@ type Registry struct {
 
 	cache  stateCache
 	bodies checkedBodies
+	mirror mirror // Run's copy of the records (mirror.go)
+	// reads counts full reads of a model's or every model's records from
+	// the store; a change Run follows costs none (TestRunFollowsChangesWithoutReading).
+	reads atomic.Uint64
 }
 
 // New returns a registry over cfg.Replica. Call Run to follow changes.
@@ -241,10 +246,15 @@ func (g *Registry) Run(ctx context.Context) {
 	sub := g.r.Subscribe(Prefix, 256)
 	defer func() { sub.Close() }() // the last subscription
 	all := func() {
-		if all, err := g.readModels(ctx); err == nil {
-			for _, st := range all {
-				g.diff(st)
-			}
+		gen := g.cache.generation()
+		entries, err := g.list(ctx, Prefix)
+		if err != nil {
+			return
+		}
+		models := byModel(entries)
+		g.mirror.load(models, gen)
+		for _, st := range g.evaluateAll(models) {
+			g.diff(st)
 		}
 	}
 	all()
@@ -267,19 +277,33 @@ func (g *Registry) Run(ctx context.Context) {
 		case <-g.refresh:
 			all()
 		case ev := <-sub.C():
-			model, _, ok := strings.Cut(strings.TrimPrefix(ev.Key, Prefix), "/")
-			if !ok {
-				continue
+			if model, ok := modelOf(ev.Key); ok {
+				g.diff(g.evaluateChange(model, ev))
 			}
-			st, err := g.State(ctx, model)
-			if err != nil && !errors.Is(err, ErrUnknownModel) {
-				g.log.Warn("recomputing model state", "model", model, "err", err)
-				continue
-			}
-			st.Name = model
-			g.diff(st)
 		}
 	}
+}
+
+// evaluateChange folds ev into the mirror and evaluates its model from
+// it. When the replica has queued nothing since ev, that state is what a
+// read would find now, and the state cache keeps it for the readers that
+// follow the change (the lifecycle, watch streams, the API).
+func (g *Registry) evaluateChange(model string, ev crdt.Event) ModelState {
+	st := g.evaluate(model, g.mirror.apply(model, ev))
+	var err error
+	if st.Current == nil && len(st.Versions) == 0 {
+		err = fmt.Errorf("%w: %s", ErrUnknownModel, model)
+	}
+	if g.r.EventSeq() == ev.Seq {
+		g.cache.fill(model, cacheTag{seq: ev.Seq, gen: g.mirror.gen, at: time.Now()}, st, err)
+	}
+	return st
+}
+
+// list reads every record under prefix from the store (counted in reads).
+func (g *Registry) list(ctx context.Context, prefix string) ([]crdt.Entry, error) {
+	g.reads.Add(1)
+	return g.r.List(ctx, prefix)
 }
 
 // diff compares st with the last state seen and emits changes.
@@ -346,24 +370,25 @@ func (g *Registry) Models(ctx context.Context) ([]ModelState, error) {
 // readModels is Models without the cache (Run's periodic re-evaluation
 // calls it, so the clock-dependent rules are applied afresh).
 func (g *Registry) readModels(ctx context.Context) ([]ModelState, error) {
-	entries, err := g.r.List(ctx, Prefix)
+	entries, err := g.list(ctx, Prefix)
 	if err != nil {
 		return nil, err
 	}
-	byModel := map[string][]crdt.Entry{}
-	for _, e := range entries {
-		model, _, _ := strings.Cut(strings.TrimPrefix(e.Key, Prefix), "/")
-		byModel[model] = append(byModel[model], e)
-	}
+	return g.evaluateAll(byModel(entries)), nil
+}
+
+// evaluateAll evaluates every model of models that has a version or an
+// activation, ordered by name.
+func (g *Registry) evaluateAll(models map[string][]crdt.Entry) []ModelState {
 	var out []ModelState
-	for model, es := range byModel {
+	for model, es := range models {
 		st := g.evaluate(model, es)
 		if st.Current != nil || len(st.Versions) > 0 {
 			out = append(out, st)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return out
 }
 
 // State returns the effective state of one model, or ErrUnknownModel.
@@ -376,7 +401,7 @@ func (g *Registry) State(ctx context.Context, model string) (ModelState, error) 
 
 // readState is State without the cache.
 func (g *Registry) readState(ctx context.Context, model string) (ModelState, error) {
-	entries, err := g.r.List(ctx, Prefix+model+"/")
+	entries, err := g.list(ctx, Prefix+model+"/")
 	if err != nil {
 		return ModelState{}, err
 	}

@@ -28,7 +28,10 @@ import (
 // merge lock before its batch commits, so a read racing it could see the
 // old value under the new sequence number and keep it. Local writes queue
 // their change inside Put, so a read after a write (read-your-writes on
-// this peer) never sees an entry from before it.
+// this peer) never sees an entry from before it. Run also stores the
+// state it evaluates from its mirror of the records after a change, when
+// nothing has been queued since that change (fill): every change up to it
+// is then in the mirror, committed or not.
 //
 // maxStateAge bounds the rules that depend on the clock rather than on
 // the state (an activation stamped ahead of this peer's clock counts once
@@ -75,6 +78,27 @@ func (g *Registry) cacheTag() (cacheTag, bool) {
 // g.cache.mu is held.
 func (g *Registry) valid(t cacheTag) bool {
 	return t.gen == g.cache.gen && t.seq == g.r.EventSeq() && time.Since(t.at) < maxStateAge
+}
+
+// generation returns the trust set's generation.
+func (c *stateCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// fill stores a model's state evaluated from Run's mirror (evaluateChange)
+// under tag, unless the trust set changed since the mirror was read.
+func (c *stateCache) fill(model string, tag cacheTag, st ModelState, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tag.gen != c.gen {
+		return
+	}
+	if c.models == nil {
+		c.models = map[string]cachedState{}
+	}
+	c.models[model] = cachedState{tag: tag, st: cloneState(st), err: err}
 }
 
 // invalidate drops every entry (the trust set changed).
