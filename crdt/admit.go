@@ -7,13 +7,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"runtime"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/shoal-mesh/shoal/crdt/sign"
+	"github.com/shoal-mesh/shoal/internal/memo"
 )
 
 // Admission decides which of the bytes stored under a key is a record this
@@ -150,8 +150,7 @@ func (r *Replica) check(key string, value []byte) (Record, error) {
 // List of every record it has, on every change, and decoding them again
 // each time was most of that read.
 func (r *Replica) verified(key string, value []byte) (Record, error) {
-	h := recordHash(r.cfg.Mesh, key, value)
-	if rec, ok := decodedRecords.get(h, r.cfg.Mesh, key, value); ok {
+	if rec, ok := decodedRecords.Get(r.cfg.Mesh, key, value); ok {
 		return rec, nil
 	}
 	rec, err := DecodeRecord(value)
@@ -164,64 +163,15 @@ func (r *Replica) verified(key string, value []byte) (Record, error) {
 	if err := sign.Verify(rec.Signer, rec.SigningBytes(r.cfg.Mesh, key), rec.Sig); err != nil {
 		return rec, fmt.Errorf("%w: %v", ErrForged, err)
 	}
-	decodedRecords.put(h, verifiedRecord{mesh: r.cfg.Mesh, key: key, value: string(value), rec: rec})
+	decodedRecords.Put(r.cfg.Mesh, key, value, rec, len(value)) // the record holds a decoded copy
 	return rec, nil
 }
 
-// decodedRecords remembers verified records, shared by the process's
-// replicas. An entry is found by a seeded hash of mesh, key and bytes
-// and used only if all three are equal, so no value another peer crafts
-// can be taken for one remembered. Callers share the Body and Sig of what
-// it returns and must not modify them. Bounded by the bytes it holds:
-// cleared when full, like the signature memo it sits in front of.
-var decodedRecords recordMemo
-
-const maxDecodedBytes = 8 << 20
-
-var recordSeed = maphash.MakeSeed()
-
-func recordHash(mesh, key string, value []byte) uint64 {
-	var h maphash.Hash
-	h.SetSeed(recordSeed)
-	h.WriteString(mesh)
-	h.WriteByte(0)
-	h.WriteString(key)
-	h.WriteByte(0)
-	h.Write(value)
-	return h.Sum64()
-}
-
-type verifiedRecord struct {
-	mesh, key, value string
-	rec              Record
-}
-
-type recordMemo struct {
-	mu    sync.Mutex
-	m     map[uint64]verifiedRecord
-	bytes int
-}
-
-func (c *recordMemo) get(h uint64, mesh, key string, value []byte) (Record, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[h]
-	if !ok || e.mesh != mesh || e.key != key || e.value != string(value) {
-		return Record{}, false
-	}
-	return e.rec, true
-}
-
-func (c *recordMemo) put(h uint64, e verifiedRecord) {
-	size := 2*len(e.value) + len(e.key)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || c.bytes+size > maxDecodedBytes {
-		c.m, c.bytes = map[uint64]verifiedRecord{}, 0
-	}
-	c.m[h] = e
-	c.bytes += size
-}
+// decodedRecords remembers verified records by mesh, key and bytes,
+// shared by the process's replicas. Callers share the Body and Sig of
+// what it returns and must not modify them. Bounded by the bytes it
+// holds, like the signature memo it sits in front of.
+var decodedRecords = memo.New[Record](0, 8<<20)
 
 // admit returns the record key shows, given the bytes go-ds-crdt holds
 // under it (see above).

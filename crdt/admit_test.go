@@ -373,8 +373,7 @@ func TestVerifiedRecordsAreRememberedByTheirBytes(t *testing.T) {
 	if _, err := r.verified("/unit/m", good); err != nil {
 		t.Fatal(err)
 	}
-	h := recordHash("unit", "/unit/m", good)
-	if _, ok := decodedRecords.get(h, "unit", "/unit/m", good); !ok {
+	if _, ok := decodedRecords.Get("unit", "/unit/m", good); !ok {
 		t.Fatal("a verified record was not remembered")
 	}
 	changed := []byte(strings.Replace(string(good), "kept", "kEpt", 1))
@@ -382,12 +381,9 @@ func TestVerifiedRecordsAreRememberedByTheirBytes(t *testing.T) {
 		mesh, key string
 		value     []byte
 	}{{"unit", "/unit/m", changed}, {"unit", "/unit/other", good}, {"other", "/unit/m", good}} {
-		if _, ok := decodedRecords.get(recordHash(c.mesh, c.key, c.value), c.mesh, c.key, c.value); ok {
+		// (A colliding hash is package memo's test.)
+		if _, ok := decodedRecords.Get(c.mesh, c.key, c.value); ok {
 			t.Errorf("the memo answers for %s %s %q", c.mesh, c.key, c.value)
-		}
-		// A colliding hash must not make the memo answer either.
-		if _, ok := decodedRecords.get(h, c.mesh, c.key, c.value); ok {
-			t.Errorf("the memo answers for %s %s %q under the remembered record's hash", c.mesh, c.key, c.value)
 		}
 	}
 	if _, err := r.verified("/unit/m", changed); !errors.Is(err, ErrForged) {

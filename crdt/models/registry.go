@@ -169,7 +169,8 @@ func New(cfg Config) (*Registry, error) {
 		cfg.MaxClockSkew = time.Minute
 	}
 	g := &Registry{
-		r: cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, refresh: make(chan struct{}, 1), log: cfg.Logger.With("component", "registry"),
+		bodies: newCheckedBodies(),
+		r:      cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, refresh: make(chan struct{}, 1), log: cfg.Logger.With("component", "registry"),
 		trusted:  map[PublisherID]bool{cfg.Publisher.ID(): true},
 		rejected: map[string]string{}, counts: map[string]uint64{}, last: map[string]ModelState{},
 	}

@@ -3,12 +3,12 @@ package models
 import (
 	"context"
 	"errors"
-	"hash/maphash"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/internal/memo"
 )
 
 // stateCache memoises the effective state of each model (and of all of
@@ -185,65 +185,36 @@ func cloneStates(all []ModelState) []ModelState {
 }
 
 // checkedBodies remembers the publications and activations that decoded,
-// matched their key and verified, found by a seeded hash of key, kind and
-// body and used only if all three are equal, so evaluating a model after
-// a change decodes and checks only its new records (a JSON decode and a
-// canonical re-encoding each, even with package sign memoising the
-// signature). Trust and clock rules are not remembered: they are applied
-// on every evaluation. Bounded: cleared when full.
-type checkedBodies struct {
-	mu sync.Mutex
-	m  map[uint64]checkedBody
-}
-
-type checkedBody struct {
-	key, kind, body string
-	v               any // Manifest or Activation
-}
+// matched their key and verified, by key, kind and body, so evaluating a
+// model after a change decodes and checks only its new records (a JSON
+// decode and a canonical re-encoding each, even with package sign
+// memoising the signature). Trust and clock rules are not remembered:
+// they are applied on every evaluation. Bounded: cleared when full.
+type checkedBodies struct{ m *memo.Map[any] } // Manifest or Activation
 
 const maxCheckedBodies = 1 << 16
 
-var bodySeed = maphash.MakeSeed()
-
-func bodyHash(e crdt.Entry) uint64 {
-	var h maphash.Hash
-	h.SetSeed(bodySeed)
-	h.WriteString(e.Key)
-	h.WriteByte(0)
-	h.WriteString(e.Record.Kind)
-	h.WriteByte(0)
-	h.Write(e.Record.Body)
-	return h.Sum64()
-}
+func newCheckedBodies() checkedBodies { return checkedBodies{memo.New[any](maxCheckedBodies, 0)} }
 
 // get fills *v (a *Manifest or *Activation) from a remembered body.
-func (c *checkedBodies) get(e crdt.Entry, v any) bool {
-	h := bodyHash(e)
-	c.mu.Lock()
-	got, ok := c.m[h]
-	c.mu.Unlock()
-	if !ok || got.key != e.Key || got.kind != e.Record.Kind || got.body != string(e.Record.Body) {
+func (c checkedBodies) get(e crdt.Entry, v any) bool {
+	got, ok := c.m.Get(e.Key, e.Record.Kind, e.Record.Body)
+	if !ok {
 		return false
 	}
 	switch v := v.(type) {
 	case *Manifest:
-		m, ok := got.v.(Manifest)
+		m, ok := got.(Manifest)
 		*v = m
 		return ok
 	case *Activation:
-		a, ok := got.v.(Activation)
+		a, ok := got.(Activation)
 		*v = a
 		return ok
 	}
 	return false
 }
 
-func (c *checkedBodies) put(e crdt.Entry, v any) {
-	h := bodyHash(e)
-	c.mu.Lock()
-	if c.m == nil || len(c.m) >= maxCheckedBodies {
-		c.m = map[uint64]checkedBody{}
-	}
-	c.m[h] = checkedBody{key: e.Key, kind: e.Record.Kind, body: string(e.Record.Body), v: v}
-	c.mu.Unlock()
+func (c checkedBodies) put(e crdt.Entry, v any) {
+	c.m.Put(e.Key, e.Record.Kind, e.Record.Body, v, 0)
 }

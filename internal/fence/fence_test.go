@@ -27,8 +27,8 @@ var allowed = []struct {
 	{"store", nil},
 	{"store/artifacts", []string{"store"}},
 	{"crdt/sign", nil},
-	{"crdt", []string{"crdt/sign"}},
-	{"crdt/models", []string{"crdt", "crdt/sign"}},
+	{"crdt", []string{"crdt/sign", "internal/memo"}},
+	{"crdt/models", []string{"crdt", "crdt/sign", "internal/memo"}},
 	{"crdt/collections", []string{"crdt"}},
 	{"sessions", []string{"api", "crdt", "crdt/sign", "store"}},
 	{"api", []string{"crdt/...", "store/artifacts"}},
@@ -49,7 +49,7 @@ var allowed = []struct {
 
 // noCgo are the packages (trees) that must not depend on onnxruntime,
 // directly or through anything they import.
-var noCgo = []string{"api", "crdt/...", "store/...", "internal/errs", "inference/resultcache", "grpcapi/inferencepb", "sessions"}
+var noCgo = []string{"api", "crdt/...", "store/...", "internal/errs", "internal/memo", "inference/resultcache", "grpcapi/inferencepb", "sessions"}
 
 type pkgInfo struct {
 	ImportPath string
