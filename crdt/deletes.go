@@ -54,9 +54,10 @@ var errUnsignedDelete = fmt.Errorf("%w: a delete without a signed tombstone (fro
 var signedDeletesKey = ds.NewKey("/crdt-deletes/signed")
 
 // rawDeletes is the set of keys under which go-ds-crdt holds a tombstone.
-// It only grows: a key in it merely takes admission's slower path.
+// It only grows: a key in it merely takes admission's slower path. Every
+// read of a key asks it (has), so readers share the lock.
 type rawDeletes struct {
-	mu   sync.Mutex
+	mu   sync.RWMutex
 	keys map[string]struct{}
 }
 
@@ -94,8 +95,8 @@ func (d *rawDeletes) add(key string) {
 }
 
 func (d *rawDeletes) has(key string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	_, ok := d.keys[key]
 	return ok
 }
@@ -104,8 +105,8 @@ func (d *rawDeletes) has(key string) bool {
 // datastore prefix is a path: "/a" covers "/a/b", not "/ab").
 func (d *rawDeletes) under(prefix string) map[string]struct{} {
 	p := strings.TrimSuffix(prefix, "/")
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	out := map[string]struct{}{}
 	for k := range d.keys {
 		if p == "" || k == p || strings.HasPrefix(k, p+"/") {
