@@ -125,6 +125,10 @@ func (s ModelState) Why() string {
 	return fmt.Sprintf("%s has the largest (HLC, publisher) of %d trusted activations (by %s at %s)", s.Current.Version, others+1, short(s.Current.Publisher), s.Current.HLC.Time().UTC().Format("2006-01-02T15:04:05.000Z"))
 }
 
+// known reports whether the model exists: it has a version or an
+// activation (otherwise reads answer ErrUnknownModel).
+func (s ModelState) known() bool { return s.Current != nil || len(s.Versions) > 0 }
+
 func short(p PublisherID) string {
 	s := string(p)
 	if len(s) > 24 {
@@ -292,7 +296,7 @@ func (g *Registry) Run(ctx context.Context) {
 func (g *Registry) evaluateChange(model string, ev crdt.Event) ModelState {
 	st := g.evaluate(model, g.mirror.apply(model, ev))
 	var err error
-	if st.Current == nil && len(st.Versions) == 0 {
+	if !st.known() {
 		err = fmt.Errorf("%w: %s", ErrUnknownModel, model)
 	}
 	if g.r.EventSeq() == ev.Seq {
@@ -384,7 +388,7 @@ func (g *Registry) evaluateAll(models map[string][]crdt.Entry) []ModelState {
 	var out []ModelState
 	for model, es := range models {
 		st := g.evaluate(model, es)
-		if st.Current != nil || len(st.Versions) > 0 {
+		if st.known() {
 			out = append(out, st)
 		}
 	}
@@ -407,7 +411,7 @@ func (g *Registry) readState(ctx context.Context, model string) (ModelState, err
 		return ModelState{}, err
 	}
 	st := g.evaluate(model, entries)
-	if st.Current == nil && len(st.Versions) == 0 {
+	if !st.known() {
 		return st, fmt.Errorf("%w: %s", ErrUnknownModel, model)
 	}
 	return st, nil

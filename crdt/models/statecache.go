@@ -87,8 +87,9 @@ func (c *stateCache) generation() uint64 {
 	return c.gen
 }
 
-// fill stores a model's state evaluated from Run's mirror (evaluateChange)
-// under tag, unless the trust set changed since the mirror was read.
+// fill stores a model's state, read or evaluated from Run's mirror, under
+// tag, unless the trust set changed since (an entry of an older generation
+// would never be valid).
 func (c *stateCache) fill(model string, tag cacheTag, st ModelState, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -124,12 +125,7 @@ func (g *Registry) cachedState(ctx context.Context, model string, read func(cont
 	tag, storable := g.cacheTag()
 	st, err := read(ctx)
 	if storable && (err == nil || !isTransient(err)) {
-		c.mu.Lock()
-		if c.models == nil {
-			c.models = map[string]cachedState{}
-		}
-		c.models[model] = cachedState{tag: tag, st: cloneState(st), err: err}
-		c.mu.Unlock()
+		c.fill(model, tag, st, err)
 	}
 	return st, err
 }
