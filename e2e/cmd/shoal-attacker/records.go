@@ -54,16 +54,17 @@ type learned struct {
 	headPrio uint64
 }
 
-func decodeDelta(block []byte) (*crdtpb.Delta, []byte, error) {
+// decodeDelta decodes a go-ds-crdt delta block.
+func decodeDelta(block []byte) (*crdtpb.Delta, error) {
 	n, err := merkledag.DecodeProtobuf(block)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var d crdtpb.Delta
 	if err := proto.Unmarshal(n.Data(), &d); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return &d, n.Data(), nil
+	return &d, nil
 }
 
 // listen decodes every broadcast's inline blocks until ctx ends.
@@ -90,7 +91,7 @@ func (l *learned) listen(ctx context.Context, sub *pubsub.Subscription, self str
 			if err != nil || len(h.Block) == 0 {
 				continue
 			}
-			d, _, err := decodeDelta(h.Block)
+			d, err := decodeDelta(h.Block)
 			if err != nil {
 				continue
 			}
