@@ -126,8 +126,16 @@ func (s ModelState) Why() string {
 }
 
 // known reports whether the model exists: it has a version or an
-// activation (otherwise reads answer ErrUnknownModel).
+// activation.
 func (s ModelState) known() bool { return s.Current != nil || len(s.Versions) > 0 }
+
+// unknown is what a read of s answers: nil, or ErrUnknownModel.
+func (s ModelState) unknown() error {
+	if s.known() {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrUnknownModel, s.Name)
+}
 
 func short(p PublisherID) string {
 	s := string(p)
@@ -173,10 +181,10 @@ func New(cfg Config) (*Registry, error) {
 		cfg.MaxClockSkew = time.Minute
 	}
 	g := &Registry{
-		bodies: newCheckedBodies(),
-		r:      cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, refresh: make(chan struct{}, 1), log: cfg.Logger.With("component", "registry"),
+		r: cfg.Replica, pub: cfg.Publisher, maxSkew: cfg.MaxClockSkew, refresh: make(chan struct{}, 1), log: cfg.Logger.With("component", "registry"),
 		trusted:  map[PublisherID]bool{cfg.Publisher.ID(): true},
 		rejected: map[string]string{}, counts: map[string]uint64{}, last: map[string]ModelState{},
+		bodies: newCheckedBodies(),
 	}
 	for _, t := range cfg.Trusted {
 		_, id, err := ParsePublisherID(string(t))
@@ -295,12 +303,8 @@ func (g *Registry) Run(ctx context.Context) {
 // follow the change (the lifecycle, watch streams, the API).
 func (g *Registry) evaluateChange(model string, ev crdt.Event) ModelState {
 	st := g.evaluate(model, g.mirror.apply(model, ev))
-	var err error
-	if !st.known() {
-		err = fmt.Errorf("%w: %s", ErrUnknownModel, model)
-	}
 	if g.r.EventSeq() == ev.Seq {
-		g.cache.fill(model, cacheTag{seq: ev.Seq, gen: g.mirror.gen, at: time.Now()}, st, err)
+		g.cache.fill(model, cacheTag{seq: ev.Seq, gen: g.mirror.gen, at: time.Now()}, st, st.unknown())
 	}
 	return st
 }
@@ -411,10 +415,7 @@ func (g *Registry) readState(ctx context.Context, model string) (ModelState, err
 		return ModelState{}, err
 	}
 	st := g.evaluate(model, entries)
-	if !st.known() {
-		return st, fmt.Errorf("%w: %s", ErrUnknownModel, model)
-	}
-	return st, nil
+	return st, st.unknown()
 }
 
 // Manifest returns the effective manifest of model@version.
