@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -142,14 +143,8 @@ func (r *Replica) migrateDeletes(ctx context.Context) error {
 	if r.ds.IsDirty(ctx) {
 		return nil
 	}
-	keys := r.rawDel.under("/")
-	sorted := make([]string, 0, len(keys))
-	for k := range keys {
-		sorted = append(sorted, k)
-	}
-	sort.Strings(sorted)
 	var ops []Op
-	for _, k := range sorted {
+	for _, k := range slices.Sorted(maps.Keys(r.rawDel.under("/"))) {
 		if _, err := r.ds.Get(ctx, ds.NewKey(k)); !errors.Is(err, ds.ErrNotFound) {
 			continue // go-ds-crdt shows a value (or failed): not deleted
 		}

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -668,12 +669,7 @@ func (r *Replica) scanShown(ctx context.Context, prefix string, f func(key strin
 	if err != nil {
 		return err
 	}
-	keys := make([]string, 0, len(hidden))
-	for k := range hidden {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(hidden)) {
 		if err := f(k, nil); err != nil {
 			return err
 		}

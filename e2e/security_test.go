@@ -128,11 +128,12 @@ func TestPrivateNetworkKeepsStrangersOut(t *testing.T) {
 
 // TestUntrustedPeersWritesAreInvisible: peer 1 reaches the mesh, but
 // peer 0 does not trust its publisher key. Whatever peer 1 writes — a new
-// document, an overwrite of peer 0's, a delete of another, a cache flush —
-// replicates to peer 0 (the CRDT converges underneath) and is never shown there: not read,
-// not queried, not after a restart, and counted as untrusted. Peer 1,
-// which trusts both, sees everything; and peer 0's saved index still
-// reopens, since what events and start-up scans admit is the same.
+// document, an overwrite of peer 0's, a delete of another, a cache flush
+// — replicates to peer 0 (the CRDT converges underneath) and is never
+// shown there: not read, not queried, not after a restart, and counted as
+// untrusted. Peer 1, which trusts both, sees everything; and peer 0's
+// saved index still reopens, since what events and start-up scans admit
+// is the same.
 func TestUntrustedPeersWritesAreInvisible(t *testing.T) {
 	m := startMesh(t, 2, func(i int, c *peer.Config) {
 		if i == 0 {
