@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	ds "github.com/ipfs/go-datastore"
-	"github.com/ipfs/go-datastore/query"
 )
 
 // Signed deletes. go-ds-crdt deletes a key by tombstoning its elements:
@@ -65,20 +64,9 @@ type rawDeletes struct {
 // load fills the set from the tombstones in the store (at Open, before
 // go-ds-crdt merges anything).
 func (d *rawDeletes) load(ctx context.Context, store ds.Datastore) error {
-	ns := tombsNamespace.String()
-	res, err := store.Query(ctx, query.Query{Prefix: ns + "/", KeysOnly: true})
+	keys, err := tombstonedKeys(ctx, store)
 	if err != nil {
-		return fmt.Errorf("crdt tombstones: %w", err)
-	}
-	defer res.Close()
-	keys := map[string]struct{}{}
-	for e := range res.Next() {
-		if e.Error != nil {
-			return fmt.Errorf("crdt tombstones: %w", e.Error)
-		}
-		if i := strings.LastIndexByte(e.Key, '/'); i > len(ns) {
-			keys[e.Key[len(ns):i]] = struct{}{}
-		}
+		return err
 	}
 	d.mu.Lock()
 	d.keys = keys

@@ -21,9 +21,9 @@ import (
 // tombstoned it, and the element's value and priority (DAG height) in the
 // block itself. Admission reads them to tell a replayed record from a new
 // one (admit.go); tombstones are unsigned and it ignores them, but
-// rawDeletes reads which keys have any (deletes.go). Like Processed, this layout is internal to the pinned
-// version (v0.6.5): it is read here and nowhere else, and
-// TestElementsLayout guards it.
+// rawDeletes asks which keys have any (tombstonedKeys, deletes.go). Like
+// Processed, this layout is internal to the pinned version (v0.6.5): it is
+// read here and nowhere else, and TestElementsLayout guards it.
 
 var (
 	elemsNamespace = Namespace.ChildString("s").ChildString("s")
@@ -89,6 +89,26 @@ func (r *Replica) elementsUnder(ctx context.Context, prefix string) (map[string]
 		out[key] = append(out[key], element{block: e.Key[i+1:]})
 	}
 	return out, nil
+}
+
+// tombstonedKeys lists the keys under which go-ds-crdt holds a tombstone.
+func tombstonedKeys(ctx context.Context, store ds.Datastore) (map[string]struct{}, error) {
+	ns := tombsNamespace.String()
+	res, err := store.Query(ctx, query.Query{Prefix: ns + "/", KeysOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("crdt tombstones: %w", err)
+	}
+	defer res.Close()
+	keys := map[string]struct{}{}
+	for e := range res.Next() {
+		if e.Error != nil {
+			return nil, fmt.Errorf("crdt tombstones: %w", e.Error)
+		}
+		if i := strings.LastIndexByte(e.Key, '/'); i > len(ns) {
+			keys[e.Key[len(ns):i]] = struct{}{}
+		}
+	}
+	return keys, nil
 }
 
 // delta reads the delta of an element's block from the local blockstore
