@@ -198,33 +198,42 @@ func (r *Replica) admittedAmong(ctx context.Context, key string, value []byte, e
 	// element than the newest, or none: the elements decide.
 	hidden := r.rawDel.has(key)
 	var rec Record
-	why, replay := errNoValue, false
+	why := errNoValue
 	if value != nil {
 		rec, why = r.check(key, value)
 	}
-	if why == nil && len(els) > 1 {
+	// A fold record stands for the record it carries (fold.go).
+	folded := why == nil && rec.Kind == KindFold
+	doubt := notDoubtful
+	if why == nil && !folded && len(els) > 1 {
 		var err error
-		if replay, err = r.copied(ctx, key, identityOf(rec), els); err != nil {
+		if doubt, err = r.doubtful(ctx, key, rec, els); err != nil {
 			return Record{}, nil, err
 		}
 	}
-	if why == nil && !replay && !hidden {
+	if why == nil && !folded && doubt == notDoubtful && !hidden {
 		return shown(key, rec, value) // the common case
 	}
-	// The value is refused, or its record was published more than once,
-	// or tombstones are to be ignored: let the key's elements decide.
-	best, bestVal, found, err := r.resolve(ctx, key, els)
+	// The value is refused, or its record was published more than once
+	// or is older than one a fold carries, or is a fold, or tombstones
+	// are to be ignored: let the key's elements decide.
+	best, bestVal, found, err := r.resolve(ctx, key, els, nil)
 	if err != nil {
 		return Record{}, nil, err
 	}
 	switch {
-	case why == nil && found && identityOf(best) == identityOf(rec):
+	case why == nil && !folded && found && identityOf(best) == identityOf(rec):
 		return shown(key, best, bestVal) // a copy of the key's own record: harmless
-	case why == nil && replay:
+	case why == nil && doubt == republished:
+		why = ErrReplayed
+	case why == nil && doubt == superseded && r.stillShown(ctx, key, value):
+		// Published after the fold that carries a newer record of its
+		// signer: a replay. (A put event's value that go-ds-crdt no
+		// longer shows is merely old news: its event reports best.)
 		why = ErrReplayed
 	case why == nil, why == errNoValue:
-		// go-ds-crdt showed an older record than the newest, or none,
-		// only because of unsigned tombstones: nothing was refused.
+		// go-ds-crdt showed a fold, an older record than the newest, or
+		// none, only because of unsigned tombstones: nothing was refused.
 		why = nil
 	}
 	if why != nil {
@@ -252,66 +261,74 @@ func shown(key string, rec Record, value []byte) (Record, []byte, error) {
 	return rec, value, nil
 }
 
-// copied reports whether another element of key holds id's record too (a
-// replay, or a harmless re-publication).
-func (r *Replica) copied(ctx context.Context, key string, id identity, els []element) (bool, error) {
+// doubt is why admission cannot take go-ds-crdt's value as it is.
+type doubt int
+
+const (
+	notDoubtful doubt = iota
+	republished       // another element holds the same record
+	superseded        // a fold carries a newer record of the same signer
+)
+
+// doubtful reports whether another element of key holds id's record too
+// (a replay, or a harmless re-publication) or a fold carries a newer
+// record of the same signer (rec's first publication was pruned, so the
+// fold's record is what tells it is old): resolve must decide. It reads
+// identities without verifying them, so it may doubt for nothing, never
+// the other way round.
+func (r *Replica) doubtful(ctx context.Context, key string, rec Record, els []element) (doubt, error) {
+	id := identityOf(rec)
 	holders := 0
 	for _, e := range els {
 		ids, err := r.identitiesOf(ctx, key, e)
 		if err != nil {
-			return false, err
+			return notDoubtful, err
 		}
+		here := false
 		for _, x := range ids {
-			if x == id {
-				holders++
-				break
+			switch {
+			case x.identity == id:
+				here = true
+			case x.carried && x.signer == id.signer && id.hlc.Compare(x.hlc) < 0:
+				return superseded, nil
 			}
 		}
+		if here {
+			holders++
+		}
 		if holders > 1 {
-			return true, nil
+			return republished, nil
 		}
 	}
-	return false, nil
+	return notDoubtful, nil
+}
+
+// stillShown reports whether go-ds-crdt still shows value under key.
+func (r *Replica) stillShown(ctx context.Context, key string, value []byte) bool {
+	now, err := r.getRaw(ctx, key)
+	return err == nil && bytes.Equal(now, value)
+}
+
+// candidate is a record some element of a key holds.
+type candidate struct {
+	rec   Record
+	value []byte
+	prio  uint64 // height of the record's first publication
 }
 
 // resolve picks the record key shows from all of its elements, tombstoned
 // or not: among the records that pass check, the one first published at
 // the greatest height, then with the greatest bytes. It reads every
 // element's block, so it runs only when go-ds-crdt's own choice is
-// refused or in doubt.
-func (r *Replica) resolve(ctx context.Context, key string, els []element) (Record, []byte, bool, error) {
-	type candidate struct {
-		rec   Record
-		value []byte
-		prio  uint64 // height of the record's first publication
-	}
-	byID := map[identity]*candidate{}
-	for _, e := range els {
-		d, err := r.delta(ctx, e)
-		if err != nil {
-			return Record{}, nil, false, err
-		}
-		for _, el := range d.GetElements() {
-			if el.GetKey() != key {
-				continue
-			}
-			rec, err := r.check(key, el.GetValue())
-			if err != nil {
-				continue
-			}
-			id, prio := identityOf(rec), d.GetPriority()
-			c, ok := byID[id]
-			if !ok {
-				byID[id] = &candidate{rec: rec, value: el.GetValue(), prio: prio}
-				continue
-			}
-			if prio < c.prio || (prio == c.prio && bytes.Compare(el.GetValue(), c.value) > 0) {
-				c.rec, c.value, c.prio = rec, el.GetValue(), prio
-			}
-		}
+// refused or in doubt. Elements holding exactly the bytes exclude (when
+// not nil) are left out.
+func (r *Replica) resolve(ctx context.Context, key string, els []element, exclude []byte) (Record, []byte, bool, error) {
+	cands, err := r.candidates(ctx, key, els, exclude, r.check)
+	if err != nil {
+		return Record{}, nil, false, err
 	}
 	var best *candidate
-	for _, c := range byID {
+	for _, c := range cands {
 		if best == nil || c.prio > best.prio || (c.prio == best.prio && bytes.Compare(c.value, best.value) > 0) {
 			best = c
 		}
@@ -320,6 +337,90 @@ func (r *Replica) resolve(ctx context.Context, key string, els []element) (Recor
 		return Record{}, nil, false, nil
 	}
 	return best.rec, best.value, true, nil
+}
+
+// candidates collects the distinct records key's elements hold that
+// accept admits (check; Fold takes every verified record, whose trust
+// each reader decides), each at the height of its first publication, and
+// drops every one older than another record of the same signer: a writer
+// stamps its records with an increasing HLC and writes each above its
+// previous one, so an older record reappearing is a replay. Fold records
+// count as the records they carry, at the heights they carry, and only
+// when check admits the fold itself. Elements whose block was pruned
+// since they were listed are skipped.
+func (r *Replica) candidates(ctx context.Context, key string, els []element, exclude []byte, accept func(string, []byte) (Record, error)) (map[identity]*candidate, error) {
+	byID := map[identity]*candidate{}
+	add := func(rec Record, value []byte, prio uint64) {
+		id := identityOf(rec)
+		c, ok := byID[id]
+		if !ok {
+			byID[id] = &candidate{rec: rec, value: value, prio: prio}
+			return
+		}
+		if prio < c.prio || (prio == c.prio && bytes.Compare(value, c.value) > 0) {
+			c.rec, c.value, c.prio = rec, value, prio
+		}
+	}
+	for _, e := range els {
+		d, err := r.delta(ctx, e)
+		if errors.Is(err, errPrunedBlock) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, el := range d.GetElements() {
+			v := el.GetValue()
+			if el.GetKey() != key || (exclude != nil && bytes.Equal(v, exclude)) {
+				continue
+			}
+			if bytes.Contains(v, foldMarker) {
+				rec, inner, prio, ok, err := r.unfold(key, v, accept)
+				if ok {
+					if err == nil {
+						add(rec, inner, prio)
+					}
+					continue
+				}
+			}
+			if rec, err := accept(key, v); err == nil {
+				add(rec, v, d.GetPriority())
+			}
+		}
+	}
+	newest := map[string]HLC{}
+	for id := range byID {
+		if h, ok := newest[id.signer]; !ok || h.Compare(id.hlc) < 0 {
+			newest[id.signer] = id.hlc
+		}
+	}
+	for id := range byID {
+		if id.hlc.Compare(newest[id.signer]) < 0 {
+			delete(byID, id)
+		}
+	}
+	return byID, nil
+}
+
+// unfold returns the record a fold record value carries, with its bytes
+// and first height, if check admits the fold and accept the record; ok
+// is false when value is no fold at all.
+func (r *Replica) unfold(key string, value []byte, accept func(string, []byte) (Record, error)) (rec Record, inner []byte, height uint64, ok bool, err error) {
+	if fold, err := r.verified(key, value); err != nil || fold.Kind != KindFold {
+		return Record{}, nil, 0, false, nil
+	}
+	fold, err := r.check(key, value)
+	if err != nil {
+		return Record{}, nil, 0, true, err
+	}
+	b, err := decodeFold(fold)
+	if err != nil {
+		return Record{}, nil, 0, true, err
+	}
+	if rec, err = accept(key, b.Record); err == nil && rec.Kind == KindFold {
+		err = fmt.Errorf("%w: a fold of a fold", ErrBadRecord)
+	}
+	return rec, b.Record, b.Height, true, err
 }
 
 // refuse counts a refused value by reason, once per distinct value.

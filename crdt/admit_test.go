@@ -341,7 +341,7 @@ func TestElementsLayout(t *testing.T) {
 		if err != nil || len(got) != 1 {
 			t.Fatalf("identities of %s = %v, %v", e.block, got, err)
 		}
-		seen[got[0]] = true
+		seen[got[0].identity] = true
 	}
 	if !seen[ids[0]] || !seen[ids[1]] {
 		t.Errorf("identities %v, want %v", seen, ids)

@@ -44,7 +44,10 @@ type hole struct {
 type completeness struct {
 	local     LocalBlocks
 	processed func(context.Context, cid.Cid) (bool, error)
-	store     ds.Datastore
+	// pruned says a block's history was pruned under a fold (fold.go):
+	// the fold above it holds its state, so it counts as complete.
+	pruned func(context.Context, cid.Cid) bool
+	store  ds.Datastore
 
 	mu    sync.Mutex
 	known *cid.Set
@@ -53,8 +56,8 @@ type completeness struct {
 	gen uint64
 }
 
-func newCompleteness(local LocalBlocks, processed func(context.Context, cid.Cid) (bool, error), store ds.Datastore) *completeness {
-	return &completeness{local: local, processed: processed, store: store, known: cid.NewSet()}
+func newCompleteness(local LocalBlocks, processed func(context.Context, cid.Cid) (bool, error), pruned func(context.Context, cid.Cid) bool, store ds.Datastore) *completeness {
+	return &completeness{local: local, processed: processed, pruned: pruned, store: store, known: cid.NewSet()}
 }
 
 func (c *completeness) isKnown(ctx context.Context, b cid.Cid) bool {
@@ -120,6 +123,9 @@ func (c *completeness) check(ctx context.Context, head cid.Cid) ([]hole, error) 
 			return nil, err
 		}
 		var links []*ipld.Link
+		if ok && c.pruned != nil && c.pruned(ctx, b) {
+			continue // a fold holds what lay below
+		}
 		if ok {
 			links, err = c.links(ctx, b)
 			if ipld.IsNotFound(err) {

@@ -2,17 +2,17 @@ package crdt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 
 	"github.com/ipfs/boxo/datastore/dshelp"
-	"github.com/ipfs/boxo/ipld/merkledag"
 	cid "github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	crdtpb "github.com/ipfs/go-ds-crdt/pb"
-	"google.golang.org/protobuf/proto"
+	ipld "github.com/ipfs/go-ipld-format"
 )
 
 // go-ds-crdt keeps, besides the value it shows for a key, every element
@@ -120,23 +120,19 @@ func (r *Replica) delta(ctx context.Context, e element) (*crdtpb.Delta, error) {
 	}
 	c := cid.NewCidV1(cid.DagProtobuf, mh)
 	blk, err := r.cfg.Local.Get(ctx, c)
+	if ipld.IsNotFound(err) && r.pruned(ctx, c) {
+		return nil, fmt.Errorf("%w: %s", errPrunedBlock, c)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read block %s: %w", c, err)
 	}
-	n, err := merkledag.DecodeProtobufBlock(blk)
-	if err != nil {
-		return nil, fmt.Errorf("decode block %s: %w", c, err)
-	}
-	pn, ok := n.(*merkledag.ProtoNode)
-	if !ok {
-		return nil, fmt.Errorf("block %s is not a delta", c)
-	}
-	var d crdtpb.Delta
-	if err := proto.Unmarshal(pn.Data(), &d); err != nil {
-		return nil, fmt.Errorf("decode delta %s: %w", c, err)
-	}
-	return &d, nil
+	_, d, err := decodeDelta(blk)
+	return d, err
 }
+
+// errPrunedBlock: an element's block was pruned (fold.go) after the
+// element was listed; the element is gone with it.
+var errPrunedBlock = errors.New("block pruned")
 
 // identity names one written record: a writer stamps every write with a
 // new HLC, so two elements holding the same (HLC, signer) hold copies of
@@ -148,6 +144,33 @@ type identity struct {
 
 func identityOf(rec Record) identity { return identity{rec.HLC, string(rec.Signer)} }
 
+// held is the identity of a record an element holds, and whether a fold
+// record carries it (fold.go).
+type held struct {
+	identity
+	carried bool
+}
+
+// heldIdentity is the identity of the record value holds, or carries
+// when it is a fold record; it is not verified.
+func heldIdentity(value []byte) (held, bool) {
+	rec, err := DecodeRecord(value)
+	if err != nil {
+		return held{}, false
+	}
+	if rec.Kind != KindFold {
+		return held{identity: identityOf(rec)}, true
+	}
+	b, err := decodeFold(rec)
+	if err != nil {
+		return held{}, false
+	}
+	if rec, err = DecodeRecord(b.Record); err != nil {
+		return held{}, false
+	}
+	return held{identity: identityOf(rec), carried: true}, true
+}
+
 // identities caches, per block, the identities of the records the block
 // added under each key. Blocks are immutable and named by their hash, so
 // an entry never goes stale and the cache is shared by every replica of
@@ -156,7 +179,7 @@ func identityOf(rec Record) identity { return identity{rec.HLC, string(rec.Signe
 // Bounded: cleared when full.
 var identities struct {
 	sync.Mutex
-	blocks map[string]map[string][]identity // block → key → identities
+	blocks map[string]map[string][]held // block → key → identities
 	n      int
 }
 
@@ -164,7 +187,7 @@ const maxIdentities = 1 << 18
 
 // identitiesOf returns the identities of the records e's block added
 // under key (undecodable values have none).
-func (r *Replica) identitiesOf(ctx context.Context, key string, e element) ([]identity, error) {
+func (r *Replica) identitiesOf(ctx context.Context, key string, e element) ([]held, error) {
 	identities.Lock()
 	byKey, ok := identities.blocks[e.block]
 	identities.Unlock()
@@ -172,22 +195,25 @@ func (r *Replica) identitiesOf(ctx context.Context, key string, e element) ([]id
 		return byKey[key], nil
 	}
 	d, err := r.delta(ctx, e)
+	if errors.Is(err, errPrunedBlock) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
 	// Every key of the block at once: a batch block holds hundreds of
 	// documents, and a start-up scan asks about each in turn.
-	byKey = map[string][]identity{}
+	byKey = map[string][]held{}
 	n := 0
 	for _, el := range d.GetElements() {
-		if rec, err := DecodeRecord(el.GetValue()); err == nil {
-			byKey[el.GetKey()] = append(byKey[el.GetKey()], identityOf(rec))
+		if id, ok := heldIdentity(el.GetValue()); ok {
+			byKey[el.GetKey()] = append(byKey[el.GetKey()], id)
 			n++
 		}
 	}
 	identities.Lock()
 	if identities.blocks == nil || identities.n+n > maxIdentities {
-		identities.blocks, identities.n = map[string]map[string][]identity{}, 0
+		identities.blocks, identities.n = map[string]map[string][]held{}, 0
 	}
 	identities.blocks[e.block] = byKey
 	identities.n += n

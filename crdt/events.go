@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -570,6 +571,10 @@ func (r *Replica) dispatch() {
 				r.dispatched.Store(raw.seq)
 				continue
 			}
+			if bytes.Contains(raw.value, foldMarker) && r.foldChangesNothing(raw, val, err) {
+				r.dispatched.Store(raw.seq)
+				continue
+			}
 			if err != nil {
 				// A tombstone, or refused (admit counted why) with
 				// nothing else under the key admitted: Get now answers
@@ -610,6 +615,29 @@ func (r *Replica) dispatch() {
 			}
 		}
 		r.deliver(ev)
+	}
+}
+
+// foldChangesNothing reports whether the fold record a put carries leaves
+// what the key shows as it was: what admission shows now (val, or
+// nothing when err) equals what it shows without that fold's element.
+// A fold carries what its writer already showed, so on a peer that
+// showed it too subscribers hear nothing of it (a cache flush applied
+// again, a document indexed again, on every fold); a peer that lacked
+// the record — it joined after the history was pruned — hears a put.
+func (r *Replica) foldChangesNothing(raw rawEvent, val []byte, err error) bool {
+	els, lerr := r.elements(r.ctx, raw.key)
+	if lerr != nil {
+		return false
+	}
+	before, beforeVal, found, rerr := r.resolve(r.ctx, raw.key, els, raw.value)
+	switch {
+	case rerr != nil:
+		return false
+	case err != nil:
+		return !found || before.Deleted()
+	default:
+		return found && bytes.Equal(beforeVal, val)
 	}
 }
 

@@ -95,18 +95,62 @@ func (p *pushedBlocks) size() (int, int) {
 
 // pushedDAG is the DAG service go-ds-crdt reads through: a block pushed
 // inline is stored (and announced to bitswap, so others can fetch it from
-// here) when it is first asked for; anything else goes to the network.
+// here) when it is first asked for; a pruned block is answered with an
+// empty stand-in; anything else goes to the network. Every block fetched
+// is shown to fetched before go-ds-crdt merges it (folds, fold.go).
 type pushedDAG struct {
 	ipld.DAGService
-	pushed *pushedBlocks
-	adder  BlockAdder
+	pushed  *pushedBlocks
+	adder   BlockAdder
+	pruned  func(context.Context, cid.Cid) bool
+	fetched func(context.Context, ipld.Node)
 }
 
 func (d *pushedDAG) Get(ctx context.Context, c cid.Cid) (ipld.Node, error) {
+	return d.get(ctx, c, d.DAGService)
+}
+
+func (d *pushedDAG) get(ctx context.Context, c cid.Cid, inner ipld.NodeGetter) (ipld.Node, error) {
 	if blk, ok := d.pushed.take(c); ok {
-		return d.store(ctx, blk)
+		return d.seen(ctx)(d.store(ctx, blk))
 	}
-	return d.DAGService.Get(ctx, c)
+	if n, ok := d.standIn(ctx, c); ok {
+		return n, nil
+	}
+	return d.seen(ctx)(inner.Get(ctx, c))
+}
+
+// seen shows a fetched node to fetched on its way to go-ds-crdt.
+func (d *pushedDAG) seen(ctx context.Context) func(ipld.Node, error) (ipld.Node, error) {
+	return func(n ipld.Node, err error) (ipld.Node, error) {
+		if err == nil && d.fetched != nil {
+			d.fetched(ctx, n)
+		}
+		return n, err
+	}
+}
+
+// emptyDelta is the encoding of a delta node without data or links.
+var emptyDelta = merkledag.NodeWithData(nil).RawData()
+
+// standIn answers for a block pruned here: an empty leaf under its CID.
+// go-ds-crdt only asks for one when its repair walks the DAG from the
+// heads through processed blocks (it never merges a processed block
+// again), and a leaf ends that walk where the pruned history begins. It is
+// never stored or served to anyone.
+func (d *pushedDAG) standIn(ctx context.Context, c cid.Cid) (ipld.Node, bool) {
+	if d.pruned == nil || !d.pruned(ctx, c) {
+		return nil, false
+	}
+	blk, err := blocks.NewBlockWithCid(emptyDelta, c)
+	if err != nil {
+		return nil, false
+	}
+	n, err := merkledag.DecodeProtobufBlock(blk)
+	if err != nil {
+		return nil, false
+	}
+	return n, true
 }
 
 func (d *pushedDAG) store(ctx context.Context, blk blocks.Block) (ipld.Node, error) {
@@ -140,10 +184,7 @@ type pushedGetter struct {
 }
 
 func (g *pushedGetter) Get(ctx context.Context, c cid.Cid) (ipld.Node, error) {
-	if blk, ok := g.d.pushed.take(c); ok {
-		return g.d.store(ctx, blk)
-	}
-	return g.inner.Get(ctx, c)
+	return g.d.get(ctx, c, g.inner)
 }
 
 func (g *pushedGetter) GetMany(ctx context.Context, cids []cid.Cid) <-chan *ipld.NodeOption {
@@ -159,14 +200,13 @@ func (d *pushedDAG) getMany(ctx context.Context, cids []cid.Cid, inner ipld.Node
 	var found []*ipld.NodeOption
 	for _, c := range cids {
 		if blk, ok := d.pushed.take(c); ok {
-			n, err := d.store(ctx, blk)
+			n, err := d.seen(ctx)(d.store(ctx, blk))
 			found = append(found, &ipld.NodeOption{Node: n, Err: err})
+		} else if n, ok := d.standIn(ctx, c); ok {
+			found = append(found, &ipld.NodeOption{Node: n})
 		} else {
 			rest = append(rest, c)
 		}
-	}
-	if len(found) == 0 {
-		return inner.GetMany(ctx, cids)
 	}
 	out := make(chan *ipld.NodeOption, len(cids))
 	go func() {
@@ -182,6 +222,9 @@ func (d *pushedDAG) getMany(ctx context.Context, cids []cid.Cid, inner ipld.Node
 			return
 		}
 		for o := range inner.GetMany(ctx, rest) {
+			if o.Err == nil && d.fetched != nil {
+				d.fetched(ctx, o.Node)
+			}
 			select {
 			case out <- o:
 			case <-ctx.Done():

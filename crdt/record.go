@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,19 @@ const TombstoneVersion = 2
 
 // KindDeleted is the kind of every tombstone; no other record has it.
 const KindDeleted = "shoal.deleted"
+
+// FoldVersion is the schema version of a fold record, which carries
+// another record across pruned history (see fold.go). Like tombstones it
+// is a version of its own, so releases that do not know folds refuse
+// them rather than show them.
+const FoldVersion = 3
+
+// KindFold is the kind of every fold record; no other record has it.
+const KindFold = "shoal.fold"
+
+// maxFoldRecordSize caps an encoded fold record: one record of up to
+// MaxRecordSize and the fold's few fields around it.
+const maxFoldRecordSize = MaxRecordSize + 16<<10
 
 // MaxRecordSize caps an encoded record. go-ds-crdt packs records into DAG
 // blocks that travel by bitswap, which refuses blocks over 2 MiB, and a
@@ -89,10 +103,18 @@ func (r Record) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
-	if len(b) > MaxRecordSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrRecordTooLarge, len(b), MaxRecordSize)
+	if limit := sizeLimit(r.V); len(b) > limit {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrRecordTooLarge, len(b), limit)
 	}
 	return b, nil
+}
+
+// sizeLimit is the largest encoding of a record of schema version v.
+func sizeLimit(v int) int {
+	if v == FoldVersion {
+		return maxFoldRecordSize
+	}
+	return MaxRecordSize
 }
 
 // DecodeRecord parses and validates the bytes of a record. Bytes come from
@@ -100,16 +122,18 @@ func (r Record) Encode() ([]byte, error) {
 // fields are checked before anyone sees the record.
 func DecodeRecord(b []byte) (Record, error) {
 	var r Record
-	if len(b) > MaxRecordSize {
+	if len(b) > maxFoldRecordSize || (len(b) > MaxRecordSize && !bytes.Contains(b, foldMarker)) {
 		return r, fmt.Errorf("%w: %d bytes, limit %d", ErrRecordTooLarge, len(b), MaxRecordSize)
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	switch {
-	case r.V != RecordVersion && r.V != TombstoneVersion:
+	case r.V != RecordVersion && r.V != TombstoneVersion && r.V != FoldVersion:
 		return Record{}, fmt.Errorf("%w: unknown schema version %d", ErrBadRecord, r.V)
-	case (r.V == TombstoneVersion) != (r.Kind == KindDeleted):
+	case len(b) > sizeLimit(r.V):
+		return Record{}, fmt.Errorf("%w: %d bytes, limit %d", ErrRecordTooLarge, len(b), sizeLimit(r.V))
+	case (r.V == TombstoneVersion) != (r.Kind == KindDeleted), (r.V == FoldVersion) != (r.Kind == KindFold):
 		return Record{}, fmt.Errorf("%w: kind %q in a version %d record", ErrBadRecord, r.Kind, r.V)
 	case r.V == TombstoneVersion && len(r.Body) > 0:
 		return Record{}, fmt.Errorf("%w: a tombstone with a body", ErrBadRecord)

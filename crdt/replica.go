@@ -23,6 +23,7 @@
 package crdt
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -138,6 +139,26 @@ type Config struct {
 	// shoal_state_diverged) and the state is rebuilt. Default 3s: three
 	// heartbeats, so one snapshot taken across a merge is not enough.
 	DivergedAfter time.Duration
+	// FoldAfter is how many DAG heights the history may grow past the
+	// newest fold before this peer folds it: writes the live state again
+	// as fold records and prunes the history below (fold.go). Default
+	// 1000: with writes of ten records a block, history holds at most
+	// ~10,000 versions besides the live ones, and a fold rewrites the
+	// live state once per 1,000 writes. Lower bounds disk and rebuild
+	// time tighter and rewrites the live state more often. Negative:
+	// this peer never folds (it still prunes under folds others write,
+	// when it trusts them).
+	FoldAfter int
+	// FoldJitter spreads the peers' folds: each waits a random part of it
+	// once a fold is due, and a fold seen meanwhile resets the wait.
+	// Default 30s.
+	FoldJitter time.Duration
+	// FoldPruneDelay is how long the history under a fold stays after
+	// the fold is written or seen, so that peers still walking it (they
+	// were behind) can finish; one that needs it later takes the fold's
+	// state instead, after its fetch of the pruned block times out.
+	// Default 1m.
+	FoldPruneDelay time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -163,6 +184,11 @@ func (c *Config) setDefaults() error {
 	def(&c.ForgetAfter, time.Hour)
 	def(&c.StartupGrace, 10*time.Second)
 	def(&c.MaxClockSkew, time.Minute)
+	def(&c.FoldJitter, 30*time.Second)
+	def(&c.FoldPruneDelay, time.Minute)
+	if c.FoldAfter == 0 {
+		c.FoldAfter = 1000
+	}
 	if c.Workers <= 0 {
 		c.Workers = 16
 	}
@@ -251,6 +277,10 @@ type Counters struct {
 	// SlowSubscribers counts subscriptions ended because they fell
 	// behind (ErrSlowSubscriber).
 	SlowSubscribers uint64
+	// Folds counts the folds this peer wrote, FoldsPruned the folds
+	// (its own or others') whose covered history it pruned, and
+	// PrunedBlocks the delta blocks pruned (fold.go).
+	Folds, FoldsPruned, PrunedBlocks uint64
 }
 
 // Replica is one peer's copy of the mesh's replicated state.
@@ -287,6 +317,7 @@ type Replica struct {
 
 	complete *completeness
 	digest   *stateDigest
+	folds    folds // folds written and seen (fold.go)
 	// rebuilt is the heads key at which the state was last rebuilt
 	// because it diverged (rebuildState), so a second disagreement at the
 	// same heads is reported, not rebuilt in a loop.
@@ -355,6 +386,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	if err := r.rawDel.load(ctx, cfg.Datastore); err != nil {
 		return fail(err)
 	}
+	r.folds.load(ctx, cfg.Datastore)
 	opts := dscrdt.DefaultOptions()
 	opts.Logger = slogAdapter{r.log}
 	opts.RebroadcastInterval = cfg.RebroadcastInterval
@@ -365,7 +397,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	opts.DeleteHook = r.deleteHook
 	// go-ds-crdt reads blocks through pushedDAG: inline head blocks are
 	// stored only when a merge asks for them (see pushedBlocks).
-	dag := &pushedDAG{DAGService: cfg.DAG, pushed: r.bc.pushed, adder: cfg.Adder}
+	dag := &pushedDAG{DAGService: cfg.DAG, pushed: r.bc.pushed, adder: cfg.Adder, pruned: r.pruned, fetched: r.foldSeen}
 	if r.ds, err = dscrdt.New(r.delivery.commits.wrap(cfg.Datastore), Namespace, dag, r.bc, opts); err != nil {
 		return fail(fmt.Errorf("open crdt datastore: %w", err))
 	}
@@ -400,15 +432,16 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 
 	// Freshness counts a head only once its whole branch is merged here
 	// (see completeness), never on go-ds-crdt's processed mark alone.
-	r.complete = newCompleteness(cfg.Local, r.Processed, cfg.Datastore)
+	r.complete = newCompleteness(cfg.Local, r.Processed, r.pruned, cfg.Datastore)
 	since, known := loadHorizon(ctx, cfg.Datastore)
 	r.tracker = NewTracker(TrackerConfig{
 		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
 		PeerTimeout: cfg.PeerTimeout, ForgetAfter: cfg.ForgetAfter, StartupGrace: cfg.StartupGrace,
 		DivergedAfter: cfg.DivergedAfter, Since: since, Known: known,
 	})
-	r.wg.Add(4)
+	r.wg.Add(5)
 	go r.maintain()
+	go r.foldLoop()
 	go func() {
 		// The digest starts from one read of the state before the first
 		// event is dispatched; events queued meanwhile are folded in
@@ -764,12 +797,15 @@ const syncRepairTimeout = 2 * time.Minute
 // resetState deletes go-ds-crdt's state (the set under /crdt/s) and its
 // processed-block markers (/crdt/b), keeping heads and DAG blocks, so that
 // a repair reprocesses every block reachable from the heads and the state
-// is exactly what the DAG says. Like Processed, it reads go-ds-crdt's
-// internal layout (guarded by TestProcessedLayout and TestResetState).
+// is exactly what the DAG says. The markers of pruned blocks stay: their
+// blocks are gone, and the folds above them hold their state (fold.go).
+// Like Processed, it reads go-ds-crdt's internal layout (guarded by
+// TestProcessedLayout and TestResetState).
 func resetState(ctx context.Context, d ds.Datastore) (int, error) {
 	n := 0
 	for _, prefix := range []ds.Key{Namespace.ChildString("s"), Namespace.ChildString("b"), completeNamespace} {
-		res, err := d.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: true})
+		markers := prefix == Namespace.ChildString("b")
+		res, err := d.Query(ctx, query.Query{Prefix: prefix.String(), KeysOnly: !markers})
 		if err != nil {
 			return n, err
 		}
@@ -778,6 +814,9 @@ func resetState(ctx context.Context, d ds.Datastore) (int, error) {
 			if e.Error != nil {
 				res.Close()
 				return n, e.Error
+			}
+			if markers && bytes.Equal(e.Value, prunedMark) {
+				continue
 			}
 			keys = append(keys, ds.NewKey(e.Key))
 		}

@@ -1,0 +1,646 @@
+package crdt
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	dshelp "github.com/ipfs/boxo/datastore/dshelp"
+	"github.com/ipfs/boxo/ipld/merkledag"
+	blocks "github.com/ipfs/go-block-format"
+	cid "github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	crdtpb "github.com/ipfs/go-ds-crdt/pb"
+	ipld "github.com/ipfs/go-ipld-format"
+	"google.golang.org/protobuf/proto"
+)
+
+// Folding bounds the history. go-ds-crdt keeps every delta block, an
+// element key per write and a processed marker per block forever, and
+// admission reads a key's elements on every read; a gateway whose
+// documents are rewritten all day would grow without end and take ever
+// longer to rebuild its state after a crash.
+//
+// A fold writes the live state again as ordinary go-ds-crdt puts, one
+// fold record per record still in play: for every key, the newest
+// record of each signer (the only one admission can ever show), wrapped
+// with the height at which it was first published, signed by the folding
+// peer. The fold's blocks are written on top of the folding peer's heads,
+// which it first checks are complete (every ancestor merged), so they
+// cover everything below those heads; the last fold record written names
+// them (Covers). Everything below the covered heads can then be pruned:
+// its blocks, its element keys and its tombstones go, and only each
+// block's processed marker stays, marked as pruned.
+//
+// Every peer that merges a trusted fold's last record prunes the same
+// history (receivers reclaim what the folder reclaimed), and a peer that
+// never had that history — it joined later, or was behind — takes the
+// covered heads as merged when it fetches that block, before go-ds-crdt
+// would walk below it: the fold already holds their state. A fold is
+// coordination-free: any peer may fold at any time, concurrent folds and
+// writes merge like any other writes, and the state every peer shows is
+// the one the unpruned DAG would show (admission, admit.go, reads a fold
+// record as the record it carries at the height it carries, and never
+// shows a record older than another of the same signer under the same
+// key — which, with a writer's records causally chained, is the replay
+// rule carried across pruned history).
+//
+// go-ds-crdt itself does not know history can be pruned. Its walks stop
+// at processed blocks, so pruned blocks stay marked processed (a marker of
+// ~100 bytes per pruned block remains), and its repair walk, which reads
+// every block from the heads down, is handed an empty stand-in for a
+// pruned one (pushedDAG.standIn): a leaf that ends the walk there.
+
+// foldBody is the body of a fold record.
+type foldBody struct {
+	// Record is the record carried, as it was written and signed.
+	Record json.RawMessage `json:"record"`
+	// Height is the DAG height at which Record was first published.
+	Height uint64 `json:"height"`
+	// Covers, on the last fold record a fold writes, lists the heads
+	// under which the fold pruned the history.
+	Covers []string `json:"covers,omitempty"`
+}
+
+// decodeFold reads the body of a fold record.
+func decodeFold(rec Record) (foldBody, error) {
+	var b foldBody
+	if err := rec.DecodeBody(&b); err != nil {
+		return b, err
+	}
+	if len(b.Record) == 0 || b.Height == 0 {
+		return b, fmt.Errorf("%w: a fold without a record or height", ErrBadRecord)
+	}
+	return b, nil
+}
+
+// foldMarker is the bytes of a fold record's kind field as Record.Encode
+// writes it; a value without them is no fold (a fast test for the
+// dispatcher and the DAG getter, which see every value and block).
+var foldMarker = []byte(`"kind":"` + KindFold + `"`)
+
+// prunedMark is the value of go-ds-crdt's processed marker of a pruned
+// block (go-ds-crdt writes none and only asks whether the marker exists).
+var prunedMark = []byte("pruned")
+
+// ErrNotFoldable says why a fold was not written now: the state is being
+// rebuilt or repaired, or a head's branch is not all merged here. Folding
+// then would cover history this peer does not hold.
+var ErrNotFoldable = errors.New("the state cannot be folded now")
+
+// FoldReport says what one fold wrote and pruned.
+type FoldReport struct {
+	Keys, Records, Blocks int       // keys folded, fold records and blocks written
+	Covers                []cid.Cid // the heads the fold covers
+	Took                  time.Duration
+}
+
+// Fold writes the live state as fold records on top of the current heads
+// and schedules the pruning of the history below them FoldPruneDelay
+// later (see above). Local writes wait for it; branch walks are paused
+// while it runs.
+func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
+	start := time.Now()
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err := r.bc.pause(pctx)
+	cancel()
+	defer r.bc.resume()
+	if err != nil {
+		return FoldReport{}, fmt.Errorf("%w: a branch walk did not finish: %v", ErrNotFoldable, err)
+	}
+	heads, err := r.foldableHeads(ctx)
+	if err != nil || len(heads) == 0 {
+		return FoldReport{}, err
+	}
+	rep := FoldReport{Covers: heads}
+	w := foldWriter{r: r}
+	if err := w.begin(ctx); err != nil {
+		return rep, err
+	}
+	els, err := r.elementsUnder(ctx, "/")
+	if err != nil {
+		return rep, err
+	}
+	for _, key := range slices.Sorted(maps.Keys(els)) {
+		cands, err := r.candidates(ctx, key, els[key], nil, r.verified)
+		if err != nil {
+			return rep, err
+		}
+		if len(cands) > 0 {
+			rep.Keys++
+		}
+		for _, c := range sortedCandidates(cands) {
+			if err := w.add(ctx, key, foldBody{Record: c.value, Height: c.prio}); err != nil {
+				return rep, err
+			}
+		}
+	}
+	if w.held == nil {
+		return rep, nil // nothing to carry: leave the history as it is
+	}
+	for _, h := range heads {
+		w.held.body.Covers = append(w.held.body.Covers, h.String())
+	}
+	if err := w.finish(ctx); err != nil {
+		return rep, err
+	}
+	rep.Records, rep.Blocks = w.records, w.blocks
+	if err := r.durability.durable(ctx); err != nil {
+		return rep, err
+	}
+	r.count(func(c *Counters) { c.Folds++ })
+	st := r.ds.InternalStats(ctx)
+	r.folds.saw(ctx, r.cfg.Datastore, st.MaxHeight)
+	for _, top := range st.Heads {
+		r.folds.schedule(top, heads, r.cfg.FoldPruneDelay)
+	}
+	rep.Took = time.Since(start)
+	r.log.Info("state folded", "keys", rep.Keys, "records", rep.Records, "blocks", rep.Blocks, "seconds", rep.Took.Seconds(), "prune_in", r.cfg.FoldPruneDelay)
+	return rep, nil
+}
+
+// foldableHeads returns the heads a fold may cover now, or
+// ErrNotFoldable.
+func (r *Replica) foldableHeads(ctx context.Context) ([]cid.Cid, error) {
+	if r.ds.IsDirty(ctx) || r.tracker.isRebuilding() {
+		return nil, fmt.Errorf("%w: the state is being repaired", ErrNotFoldable)
+	}
+	heads := r.ds.InternalStats(ctx).Heads
+	for _, h := range heads {
+		holes, err := r.complete.check(ctx, h)
+		if err != nil {
+			return nil, err
+		}
+		if len(holes) > 0 {
+			return nil, fmt.Errorf("%w: head %s has unmerged ancestors", ErrNotFoldable, h)
+		}
+	}
+	return heads, nil
+}
+
+// sortedCandidates orders a key's candidates by height, then bytes, so
+// every fold of the same state writes the same records in the same order.
+func sortedCandidates(cands map[identity]*candidate) []*candidate {
+	out := slices.Collect(maps.Values(cands))
+	slices.SortFunc(out, func(a, b *candidate) int {
+		if a.prio != b.prio {
+			if a.prio < b.prio {
+				return -1
+			}
+			return 1
+		}
+		return bytes.Compare(a.value, b.value)
+	})
+	return out
+}
+
+// foldWriter writes fold records as go-ds-crdt batches of at most
+// maxBatchBytes, one delta block each. It holds the last record back so
+// that Fold can name the covered heads in it: the record that says the
+// history below may go is written only after every other one.
+type foldWriter struct {
+	r               *Replica
+	b               ds.Batch
+	size            int
+	held            *foldItem
+	records, blocks int
+}
+
+type foldItem struct {
+	key  string
+	body foldBody
+}
+
+func (w *foldWriter) begin(ctx context.Context) (err error) {
+	w.b, err = w.r.ds.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("crdt batch: %w", err)
+	}
+	return nil
+}
+
+func (w *foldWriter) add(ctx context.Context, key string, body foldBody) error {
+	if w.held != nil {
+		if err := w.put(ctx, *w.held); err != nil {
+			return err
+		}
+	}
+	w.held = &foldItem{key, body}
+	return nil
+}
+
+func (w *foldWriter) put(ctx context.Context, it foldItem) error {
+	raw, err := json.Marshal(it.body)
+	if err != nil {
+		return fmt.Errorf("encode fold of %s: %w", it.key, err)
+	}
+	val, err := w.r.signed(it.key, Record{V: FoldVersion, Kind: KindFold, HLC: w.r.clock.Now(), Writer: w.r.cfg.Self.String(), Body: raw})
+	if err != nil {
+		return fmt.Errorf("fold of %s: %w", it.key, err)
+	}
+	if err := w.b.Put(ctx, ds.NewKey(it.key), val); err != nil {
+		return fmt.Errorf("crdt put fold of %s: %w", it.key, err)
+	}
+	w.records++
+	if w.size += len(it.key) + len(val); w.size >= maxBatchBytes {
+		return w.commit(ctx, true)
+	}
+	return nil
+}
+
+func (w *foldWriter) commit(ctx context.Context, again bool) error {
+	if err := w.b.Commit(ctx); err != nil {
+		return fmt.Errorf("crdt commit: %w", err)
+	}
+	w.blocks++
+	w.size = 0
+	if again {
+		return w.begin(ctx)
+	}
+	return nil
+}
+
+// finish writes the held record and commits the last batch.
+func (w *foldWriter) finish(ctx context.Context) error {
+	if err := w.put(ctx, *w.held); err != nil {
+		return err
+	}
+	if w.size == 0 {
+		return nil // put committed it
+	}
+	return w.commit(ctx, false)
+}
+
+// blockDeleter removes blocks from the local blockstore; a boxo
+// Blockstore is one. A Local without it prunes nothing.
+type blockDeleter interface {
+	DeleteBlock(ctx context.Context, c cid.Cid) error
+}
+
+// pruneBatch bounds the blocks whose keys one datastore batch deletes.
+const pruneBatch = 256
+
+// prune deletes the history below covers from this peer: every block
+// reachable from them that is stored here, the element and tombstone keys
+// each one added, and marks each processed-and-pruned. A covered head
+// that was never stored here is marked too, so go-ds-crdt takes it as
+// merged (the fold holds its state). It returns the blocks deleted.
+func (r *Replica) prune(ctx context.Context, covers []cid.Cid) (int, error) {
+	del, ok := r.cfg.Local.(blockDeleter)
+	if !ok {
+		return 0, nil
+	}
+	seen := cid.NewSet()
+	stack := slices.Clone(covers)
+	var batchBlocks []cid.Cid
+	var b ds.Batch // open while a block's keys are being deleted
+	n := 0
+	flush := func() error {
+		if err := b.Commit(ctx); err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+		// Markers and keys first, blocks after: a reader that lists an
+		// element whose block is gone finds it marked pruned.
+		for _, c := range batchBlocks {
+			if err := del.DeleteBlock(ctx, c); err != nil {
+				return fmt.Errorf("prune block %s: %w", c, err)
+			}
+		}
+		n += len(batchBlocks)
+		batchBlocks = batchBlocks[:0]
+		b = nil
+		return nil
+	}
+	next := func() (err error) {
+		if b == nil {
+			b, err = r.cfg.Datastore.Batch(ctx)
+		}
+		return err
+	}
+	for len(stack) > 0 {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		c := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if !seen.Visit(c) {
+			continue
+		}
+		if err := next(); err != nil {
+			return n, err
+		}
+		blk, err := r.cfg.Local.Get(ctx, c)
+		if ipld.IsNotFound(err) {
+			if err := b.Put(ctx, r.processedKey(c), prunedMark); err != nil {
+				return n, err
+			}
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("prune: read block %s: %w", c, err)
+		}
+		node, d, err := decodeDelta(blk)
+		if err != nil {
+			return n, err
+		}
+		// The block's own elements, and any tombstone of them (a
+		// tombstone is kept under the id of the block it tombstones).
+		id := dshelp.MultihashToDsKey(c.Hash())
+		for _, e := range d.GetElements() {
+			for _, ns := range []ds.Key{elemsNamespace, tombsNamespace} {
+				if err := b.Delete(ctx, ns.ChildString(e.GetKey()).Child(id)); err != nil {
+					return n, err
+				}
+			}
+		}
+		if err := b.Put(ctx, r.processedKey(c), prunedMark); err != nil {
+			return n, err
+		}
+		batchBlocks = append(batchBlocks, c)
+		for _, l := range node.Links() {
+			stack = append(stack, l.Cid)
+		}
+		if len(batchBlocks) >= pruneBatch {
+			if err := flush(); err != nil {
+				return n, err
+			}
+		}
+	}
+	if b != nil {
+		if err := flush(); err != nil {
+			return n, err
+		}
+	}
+	r.count(func(c *Counters) { c.PrunedBlocks += uint64(n) })
+	return n, nil
+}
+
+// decodeDelta reads a delta block.
+func decodeDelta(blk blocks.Block) (*merkledag.ProtoNode, *crdtpb.Delta, error) {
+	n, err := merkledag.DecodeProtobufBlock(blk)
+	if err != nil {
+		return nil, nil, fmt.Errorf("decode block %s: %w", blk.Cid(), err)
+	}
+	pn, ok := n.(*merkledag.ProtoNode)
+	if !ok {
+		return nil, nil, fmt.Errorf("block %s is not a delta", blk.Cid())
+	}
+	var d crdtpb.Delta
+	if err := proto.Unmarshal(pn.Data(), &d); err != nil {
+		return nil, nil, fmt.Errorf("decode delta %s: %w", blk.Cid(), err)
+	}
+	return pn, &d, nil
+}
+
+// pruned reports whether c's history was pruned here.
+func (r *Replica) pruned(ctx context.Context, c cid.Cid) bool {
+	v, err := r.cfg.Datastore.Get(ctx, r.processedKey(c))
+	return err == nil && bytes.Equal(v, prunedMark)
+}
+
+// folds is a replica's view of the folds it has written or seen: the
+// height of the newest (when the next is due) and those whose covered
+// history is still to be pruned here.
+type folds struct {
+	mu      sync.Mutex
+	height  uint64 // DAG height of the newest fold written or seen
+	pending []pendingFold
+	due     time.Time // when this peer folds, once FoldAfter is reached
+	wake    chan struct{}
+}
+
+// pendingFold is a fold written here or seen in a fetched block, to be
+// pruned under once that block is merged and notBefore has passed.
+type pendingFold struct {
+	block     cid.Cid
+	covers    []cid.Cid
+	notBefore time.Time
+}
+
+// schedule queues the pruning under a fold whose last record is in block.
+func (f *folds) schedule(block cid.Cid, covers []cid.Cid, delay time.Duration) {
+	f.mu.Lock()
+	f.pending = append(f.pending, pendingFold{block: block, covers: covers, notBefore: time.Now().Add(delay)})
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// foldHeightKey persists folds.height, so a restart does not fold again
+// at once. Outside go-ds-crdt's namespace: a rebuild keeps it.
+var foldHeightKey = ds.NewKey("/crdt-fold/height")
+
+func (f *folds) load(ctx context.Context, d ds.Datastore) {
+	f.wake = make(chan struct{}, 1)
+	if v, err := d.Get(ctx, foldHeightKey); err == nil && len(v) == 8 {
+		f.height = binary.BigEndian.Uint64(v)
+	}
+}
+
+// saw records a fold at height, persisting it when it is the newest.
+func (f *folds) saw(ctx context.Context, d ds.Datastore, height uint64) {
+	f.mu.Lock()
+	newer := height > f.height
+	if newer {
+		f.height = height
+	}
+	f.due = time.Time{}
+	f.mu.Unlock()
+	if newer {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], height)
+		_ = d.Put(ctx, foldHeightKey, b[:]) // lost: the next fold comes a little early
+	}
+}
+
+// foldSeen notes a block that go-ds-crdt fetched and is about to merge.
+// When it holds a trusted fold's last record, the heads it covers are
+// marked merged-and-pruned at once, before go-ds-crdt would walk below
+// them (the fold holds their state), and the history under them is
+// pruned here once the block is merged. Runs on go-ds-crdt's fetch path:
+// it only reads the block and writes markers.
+func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
+	if !bytes.Contains(n.RawData(), foldMarker) {
+		return
+	}
+	pn, ok := n.(*merkledag.ProtoNode)
+	if !ok {
+		return
+	}
+	var d crdtpb.Delta
+	if proto.Unmarshal(pn.Data(), &d) != nil {
+		return
+	}
+	for _, el := range d.GetElements() {
+		rec, err := r.check(el.GetKey(), el.GetValue())
+		if err != nil || rec.Kind != KindFold {
+			continue
+		}
+		b, err := decodeFold(rec)
+		if err != nil || len(b.Covers) == 0 {
+			continue
+		}
+		covers, err := parseCIDs(b.Covers)
+		if err != nil {
+			r.log.Warn("fold names a malformed head", "key", el.GetKey(), "err", err)
+			continue
+		}
+		for _, c := range covers {
+			if done, err := r.Processed(ctx, c); err == nil && !done {
+				if err := r.cfg.Datastore.Put(ctx, r.processedKey(c), prunedMark); err != nil {
+					r.log.Warn("fold: cannot mark a covered head", "head", c, "err", err)
+				}
+			}
+		}
+		r.folds.saw(ctx, r.cfg.Datastore, d.GetPriority())
+		r.folds.schedule(n.Cid(), covers, r.cfg.FoldPruneDelay)
+		return
+	}
+}
+
+func parseCIDs(ss []string) ([]cid.Cid, error) {
+	out := make([]cid.Cid, 0, len(ss))
+	for _, s := range ss {
+		c, err := cid.Decode(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// foldEvery is how often the fold loop looks for work.
+const foldEvery = 5 * time.Second
+
+// foldLoop prunes under the folds this peer has written or seen merged,
+// and folds when FoldAfter heights have grown since the newest fold.
+func (r *Replica) foldLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(min(foldEvery, max(r.cfg.FoldPruneDelay, 10*time.Millisecond)))
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		case <-r.folds.wake:
+		}
+		r.prunePending(r.ctx)
+		r.maybeFold(r.ctx)
+	}
+}
+
+// prunePending prunes under each seen fold whose block is merged with
+// everything below it.
+func (r *Replica) prunePending(ctx context.Context) {
+	r.folds.mu.Lock()
+	pending := r.folds.pending
+	r.folds.pending = nil
+	r.folds.mu.Unlock()
+	var later []pendingFold
+	for _, p := range pending {
+		if time.Now().Before(p.notBefore) {
+			later = append(later, p)
+			continue
+		}
+		if holes, err := r.complete.check(ctx, p.block); err != nil || len(holes) > 0 {
+			later = append(later, p)
+			continue
+		}
+		n, err := r.pruneSeen(ctx, p.covers)
+		if errors.Is(err, errNotYet) {
+			r.log.Debug("fold: pruning postponed", "err", err)
+			later = append(later, p)
+			continue
+		}
+		if err != nil {
+			r.log.Warn("fold: pruning the covered history failed; it stays until the next fold", "err", err)
+			continue
+		}
+		r.count(func(c *Counters) { c.FoldsPruned++ })
+		r.log.Info("history pruned under a fold", "fold_block", p.block, "pruned_blocks", n)
+	}
+	if len(later) > 0 {
+		r.folds.mu.Lock()
+		r.folds.pending = append(r.folds.pending, later...)
+		r.folds.mu.Unlock()
+	}
+}
+
+// pruneSeen prunes with local writes and branch walks held off (a walk
+// still merging a covered block would write back keys the prune just
+// deleted) and once every event queued so far is dispatched (the
+// dispatcher tells a fold that changes nothing by the elements it would
+// otherwise show, which the prune deletes).
+func (r *Replica) pruneSeen(ctx context.Context, covers []cid.Cid) (int, error) {
+	// Paused before writeMu is taken: a walk can take long, local writes
+	// must not wait for it.
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := r.bc.pause(pctx)
+	defer r.bc.resume()
+	if err != nil {
+		return 0, fmt.Errorf("%w: a branch walk did not finish: %v", errNotYet, err)
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	for seq := r.EventSeq(); r.Dispatched() < seq; {
+		select {
+		case <-pctx.Done():
+			return 0, fmt.Errorf("%w: events still being dispatched", errNotYet)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return r.prune(ctx, covers)
+}
+
+// errNotYet: a prune had to wait for the replica; it is tried again.
+var errNotYet = errors.New("not yet")
+
+// maybeFold folds once the DAG has grown FoldAfter heights past the
+// newest fold and a random part of FoldJitter has passed since (so that
+// the peers of a mesh do not all fold at once; one peer's fold, once
+// seen, resets the others').
+func (r *Replica) maybeFold(ctx context.Context) {
+	if r.cfg.FoldAfter <= 0 {
+		return
+	}
+	height := r.ds.InternalStats(ctx).MaxHeight
+	f := &r.folds
+	f.mu.Lock()
+	if height < f.height+uint64(r.cfg.FoldAfter) {
+		f.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if f.due.IsZero() {
+		f.due = now.Add(time.Duration(rand.Int64N(int64(r.cfg.FoldJitter) + 1)))
+	}
+	due := f.due
+	f.mu.Unlock()
+	if now.Before(due) {
+		return
+	}
+	rep, err := r.Fold(ctx)
+	switch {
+	case errors.Is(err, ErrNotFoldable):
+		r.log.Debug("fold postponed", "err", err)
+	case err != nil:
+		r.log.Warn("fold failed", "err", err)
+	case rep.Records == 0:
+		r.folds.saw(ctx, r.cfg.Datastore, height) // nothing live to carry: wait as long again
+	}
+}
