@@ -146,6 +146,15 @@ type Config struct {
 	// (defaults 1s and 5s; see crdt.Config).
 	HeartbeatInterval time.Duration
 	PeerTimeout       time.Duration
+	// FoldAfter is how many DAG heights the replicated history may grow
+	// past the newest fold before this peer folds it (rewrites the live
+	// state and prunes what lies below; see crdt.Config.FoldAfter).
+	// Default 1000; negative: this peer never folds, though it still
+	// prunes under the folds of the peers it trusts.
+	FoldAfter int
+	// FoldPruneDelay is how long folded history stays for peers still
+	// walking it. Default 1m.
+	FoldPruneDelay time.Duration
 	// RedialInterval between checks that bootstrap and known mesh peers
 	// are connected (failed dials back off per peer). Default 1s.
 	RedialInterval time.Duration
