@@ -113,6 +113,13 @@ func (d *stateDigest) load(ctx context.Context, r *Replica) error {
 	return nil
 }
 
+// keys returns how many keys hold a value.
+func (d *stateDigest) keys() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.terms)
+}
+
 // value returns the digest, or "" before the first load.
 func (d *stateDigest) value() string {
 	d.mu.Lock()

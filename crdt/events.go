@@ -521,6 +521,7 @@ func (r *Replica) Subscribe(prefix string, buffer int) *Subscription {
 // putHook runs under go-ds-crdt's merge lock, before the batch holding
 // the value commits: only enqueue, with the batch barrier.
 func (r *Replica) putHook(k ds.Key, v []byte) {
+	r.folds.counted(v)
 	r.queue.push(rawEvent{typ: EventPut, key: k.String(), value: append([]byte(nil), v...), barrier: r.delivery.commits.newest()})
 }
 

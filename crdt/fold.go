@@ -3,7 +3,6 @@ package crdt
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	dshelp "github.com/ipfs/boxo/datastore/dshelp"
@@ -159,9 +159,8 @@ func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
 		return rep, err
 	}
 	r.count(func(c *Counters) { c.Folds++ })
-	st := r.ds.InternalStats(ctx)
-	r.folds.saw(ctx, r.cfg.Datastore, st.MaxHeight)
-	for _, top := range st.Heads {
+	r.folds.saw()
+	for _, top := range r.ds.InternalStats(ctx).Heads {
 		r.folds.schedule(top, heads, r.cfg.FoldPruneDelay)
 	}
 	rep.Took = time.Since(start)
@@ -304,7 +303,7 @@ func (r *Replica) prune(ctx context.Context, covers []cid.Cid) (int, error) {
 	stack := slices.Clone(covers)
 	var batchBlocks []cid.Cid
 	var b ds.Batch // open while a block's keys are being deleted
-	n := 0
+	n, freed := 0, int64(0)
 	flush := func() error {
 		if err := b.Commit(ctx); err != nil {
 			return fmt.Errorf("prune: %w", err)
@@ -358,11 +357,14 @@ func (r *Replica) prune(ctx context.Context, covers []cid.Cid) (int, error) {
 		id := dshelp.MultihashToDsKey(c.Hash())
 		for _, e := range d.GetElements() {
 			for _, ns := range []ds.Key{elemsNamespace, tombsNamespace} {
-				if err := b.Delete(ctx, ns.ChildString(e.GetKey()).Child(id)); err != nil {
+				k := ns.ChildString(e.GetKey()).Child(id)
+				if err := b.Delete(ctx, k); err != nil {
 					return n, err
 				}
+				freed += int64(len(k.String()))
 			}
 		}
+		freed += int64(len(blk.RawData()))
 		if err := b.Put(ctx, r.processedKey(c), prunedMark); err != nil {
 			return n, err
 		}
@@ -382,6 +384,9 @@ func (r *Replica) prune(ctx context.Context, covers []cid.Cid) (int, error) {
 		}
 	}
 	r.count(func(c *Counters) { c.PrunedBlocks += uint64(n) })
+	if r.cfg.Pruned != nil && n > 0 {
+		r.cfg.Pruned(freed)
+	}
 	return n, nil
 }
 
@@ -408,16 +413,41 @@ func (r *Replica) pruned(ctx context.Context, c cid.Cid) bool {
 	return err == nil && bytes.Equal(v, prunedMark)
 }
 
-// folds is a replica's view of the folds it has written or seen: the
-// height of the newest (when the next is due) and those whose covered
-// history is still to be pruned here.
+// folds is a replica's view of the folds it has written or seen: how much
+// was written since the newest (when the next is due) and those whose
+// covered history is still to be pruned here.
 type folds struct {
+	// since counts the records merged here since the newest fold was
+	// written or seen (put hooks, fold records left out).
+	since   atomic.Int64
 	mu      sync.Mutex
-	height  uint64 // DAG height of the newest fold written or seen
 	pending []pendingFold
-	due     time.Time // when this peer folds, once FoldAfter is reached
+	due     time.Time // when this peer folds, once it is due
 	wake    chan struct{}
 }
+
+func newFolds() folds { return folds{wake: make(chan struct{}, 1)} }
+
+// saw records that a fold was written or seen: the count starts again,
+// and a wait for this peer's own fold is called off.
+func (f *folds) saw() {
+	f.since.Store(0)
+	f.mu.Lock()
+	f.due = time.Time{}
+	f.mu.Unlock()
+}
+
+// counted is put hook's share: one more record merged, unless value is a
+// fold record.
+func (f *folds) counted(value []byte) {
+	if !bytes.Contains(value, foldMarker) {
+		f.since.Add(1)
+	}
+}
+
+// UnfoldedRecords returns how many records were merged here since the
+// newest fold this peer wrote or saw (fold records left out).
+func (r *Replica) UnfoldedRecords() int64 { return r.folds.since.Load() }
 
 // pendingFold is a fold written here or seen in a fetched block, to be
 // pruned under once that block is merged and notBefore has passed.
@@ -435,33 +465,6 @@ func (f *folds) schedule(block cid.Cid, covers []cid.Cid, delay time.Duration) {
 	select {
 	case f.wake <- struct{}{}:
 	default:
-	}
-}
-
-// foldHeightKey persists folds.height, so a restart does not fold again
-// at once. Outside go-ds-crdt's namespace: a rebuild keeps it.
-var foldHeightKey = ds.NewKey("/crdt-fold/height")
-
-func (f *folds) load(ctx context.Context, d ds.Datastore) {
-	f.wake = make(chan struct{}, 1)
-	if v, err := d.Get(ctx, foldHeightKey); err == nil && len(v) == 8 {
-		f.height = binary.BigEndian.Uint64(v)
-	}
-}
-
-// saw records a fold at height, persisting it when it is the newest.
-func (f *folds) saw(ctx context.Context, d ds.Datastore, height uint64) {
-	f.mu.Lock()
-	newer := height > f.height
-	if newer {
-		f.height = height
-	}
-	f.due = time.Time{}
-	f.mu.Unlock()
-	if newer {
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], height)
-		_ = d.Put(ctx, foldHeightKey, b[:]) // lost: the next fold comes a little early
 	}
 }
 
@@ -504,7 +507,7 @@ func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
 				}
 			}
 		}
-		r.folds.saw(ctx, r.cfg.Datastore, d.GetPriority())
+		r.folds.saw()
 		r.folds.schedule(n.Cid(), covers, r.cfg.FoldPruneDelay)
 		return
 	}
@@ -610,21 +613,21 @@ func (r *Replica) pruneSeen(ctx context.Context, covers []cid.Cid) (int, error) 
 // errNotYet: a prune had to wait for the replica; it is tried again.
 var errNotYet = errors.New("not yet")
 
-// maybeFold folds once the DAG has grown FoldAfter heights past the
-// newest fold and a random part of FoldJitter has passed since (so that
-// the peers of a mesh do not all fold at once; one peer's fold, once
-// seen, resets the others').
+// maybeFold folds once at least FoldAfter records — and at least as many
+// as the keys this peer holds, so that a fold never costs more than the
+// writes it follows — were merged since the newest fold, and a random part
+// of FoldJitter has passed since (so that the peers of a mesh do not all
+// fold at once; one peer's fold, once seen, resets the others').
 func (r *Replica) maybeFold(ctx context.Context) {
 	if r.cfg.FoldAfter <= 0 {
 		return
 	}
-	height := r.ds.InternalStats(ctx).MaxHeight
-	f := &r.folds
-	f.mu.Lock()
-	if height < f.height+uint64(r.cfg.FoldAfter) {
-		f.mu.Unlock()
+	since := r.folds.since.Load()
+	if since < int64(max(r.cfg.FoldAfter, r.digest.keys())) {
 		return
 	}
+	f := &r.folds
+	f.mu.Lock()
 	now := time.Now()
 	if f.due.IsZero() {
 		f.due = now.Add(time.Duration(rand.Int64N(int64(r.cfg.FoldJitter) + 1)))
@@ -641,6 +644,6 @@ func (r *Replica) maybeFold(ctx context.Context) {
 	case err != nil:
 		r.log.Warn("fold failed", "err", err)
 	case rep.Records == 0:
-		r.folds.saw(ctx, r.cfg.Datastore, height) // nothing live to carry: wait as long again
+		r.folds.saw() // nothing live to carry: wait as long again
 	}
 }

@@ -139,19 +139,20 @@ type Config struct {
 	// shoal_state_diverged) and the state is rebuilt. Default 3s: three
 	// heartbeats, so one snapshot taken across a merge is not enough.
 	DivergedAfter time.Duration
-	// FoldAfter is how many DAG heights the history may grow past the
-	// newest fold before this peer folds it: writes the live state again
-	// as fold records and prunes the history below (fold.go). Default
-	// 1000: with writes of ten records a block, history holds at most
-	// ~10,000 versions besides the live ones, and a fold rewrites the
-	// live state once per 1,000 writes. Lower bounds disk and rebuild
-	// time tighter and rewrites the live state more often. Negative:
-	// this peer never folds (it still prunes under folds others write,
-	// when it trusts them).
+	// FoldAfter is how many records must have been merged here since
+	// the newest fold — and at least as many as the keys this peer holds
+	// — before this peer folds: writes the live state again as fold
+	// records and prunes the history below (fold.go). Default 10,000:
+	// history stays within about FoldAfter records or the live state,
+	// whichever is more, besides the live records, and a fold never
+	// rewrites more than was written since the last. Lower bounds disk
+	// and rebuild time tighter for a small live state; higher folds
+	// less often. Negative: this peer never folds (it still prunes under
+	// the folds of peers it trusts).
 	FoldAfter int
 	// FoldJitter spreads the peers' folds: each waits a random part of it
 	// once a fold is due, and a fold seen meanwhile resets the wait.
-	// Default 30s.
+	// Default 10s.
 	FoldJitter time.Duration
 	// FoldPruneDelay is how long the history under a fold stays after
 	// the fold is written or seen, so that peers still walking it (they
@@ -159,6 +160,10 @@ type Config struct {
 	// state instead, after its fetch of the pruned block times out.
 	// Default 1m.
 	FoldPruneDelay time.Duration
+	// Pruned, when set, is told about how many bytes each prune deleted,
+	// so the datastore can give the space back (peer passes
+	// store.Store.Reclaim: Badger frees deleted keys only at compaction).
+	Pruned func(bytes int64)
 }
 
 func (c *Config) setDefaults() error {
@@ -184,10 +189,10 @@ func (c *Config) setDefaults() error {
 	def(&c.ForgetAfter, time.Hour)
 	def(&c.StartupGrace, 10*time.Second)
 	def(&c.MaxClockSkew, time.Minute)
-	def(&c.FoldJitter, 30*time.Second)
+	def(&c.FoldJitter, 10*time.Second)
 	def(&c.FoldPruneDelay, time.Minute)
 	if c.FoldAfter == 0 {
-		c.FoldAfter = 1000
+		c.FoldAfter = 10000
 	}
 	if c.Workers <= 0 {
 		c.Workers = 16
@@ -386,7 +391,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	if err := r.rawDel.load(ctx, cfg.Datastore); err != nil {
 		return fail(err)
 	}
-	r.folds.load(ctx, cfg.Datastore)
+	r.folds = newFolds()
 	opts := dscrdt.DefaultOptions()
 	opts.Logger = slogAdapter{r.log}
 	opts.RebroadcastInterval = cfg.RebroadcastInterval

@@ -36,6 +36,7 @@ type settings struct {
 	MinFreeMB      int      `toml:"min_free_mb"`
 	KeepVersions   int      `toml:"keep_versions"`
 	FoldAfter      int      `toml:"fold_after"`
+	FoldPruneDelay duration `toml:"fold_prune_delay"`
 	ORTLib         string   `toml:"ort_lib"`
 	Device         string   `toml:"device"`
 	IntraOpThreads int      `toml:"intra_op_threads"`
@@ -198,9 +199,11 @@ var runSettings = []setting{
 		atLeast(-1, "use -1 (no reserve) or more")),
 	opt("keep_versions", func(s *settings) *int { return &s.KeepVersions }, peerDefaults.KeepVersions,
 		"verified versions of each model kept on disk", atLeast(0, "use 1 or more (0 means the default, 2)")),
-	opt("fold_after", func(s *settings) *int { return &s.FoldAfter }, 1000,
-		"DAG heights the replicated history may grow past the newest fold before this peer folds it (rewrites the live state, prunes the history below); -1: never fold here",
-		atLeast(-1, "use -1 (never) or more (0 means the default, 1000)")),
+	opt("fold_after", func(s *settings) *int { return &s.FoldAfter }, 10000,
+		"records merged since the newest fold (and at least as many as the keys held) before this peer folds the replicated history: rewrites the live state, prunes the history below; -1: never fold here",
+		atLeast(-1, "use -1 (never) or more (0 means the default, 10000)")),
+	opt("fold_prune_delay", func(s *settings) *duration { return &s.FoldPruneDelay }, duration(time.Minute),
+		"how long folded history stays after a fold, for peers still fetching it"),
 	opt("ort_lib", func(s *settings) *string { return &s.ORTLib }, "",
 		"onnxruntime shared library (empty: deps/onnxruntime-gpu/libonnxruntime.so when make setup-gpu installed it, else deps/onnxruntime/libonnxruntime.so)"),
 	opt("device", func(s *settings) *string { return &s.Device }, "auto",
@@ -272,7 +275,8 @@ func (s *settings) peerConfig() peer.Config {
 		DataDir: s.Data, APIAddr: s.API, GRPCAddr: grpcAddr(s.GRPC), Mesh: s.Mesh, Site: s.Site, ListenAddrs: s.Listen, Bootstrap: s.Bootstrap,
 		MDNS: s.MDNS, DHT: s.DHT, NAT: s.NAT, RelayService: s.RelayService,
 		Trusted: s.Trust, PSKFile: s.PSK, APIToken: s.APIToken, EncryptKeyFile: s.EncryptKeyFile,
-		MinFreeBytes: int64(s.MinFreeMB) << 20, KeepVersions: s.KeepVersions, FoldAfter: s.FoldAfter,
+		MinFreeBytes: int64(s.MinFreeMB) << 20, KeepVersions: s.KeepVersions,
+		FoldAfter: s.FoldAfter, FoldPruneDelay: time.Duration(s.FoldPruneDelay),
 		ORTLibrary: s.ORTLib, Device: s.Device, IntraOpThreads: s.IntraOpThreads, MaxInflight: s.MaxInflight, WarmRouting: s.WarmRouting,
 		NoArtifactSwarm: !s.ArtifactSwarm,
 		CacheBytes:      cacheBytes, CacheTTL: time.Duration(s.CacheTTL), CachePersist: s.CachePersist,
