@@ -209,7 +209,7 @@ func (n *Node) startReplication(ctx context.Context) error {
 		Local: n.blocks.Local(), Adder: n.blocks.Service(),
 		Logger: n.log, Unclean: n.store.Unclean(),
 		HeartbeatInterval: n.cfg.HeartbeatInterval, PeerTimeout: n.cfg.PeerTimeout,
-		FoldAfter: n.cfg.FoldAfter, FoldPruneDelay: n.cfg.FoldPruneDelay,
+		FoldAfter: n.cfg.FoldAfter, FoldPruneDelay: n.cfg.FoldPruneDelay, Pruned: n.store.Reclaim,
 		Addrs: n.shareableAddrs, Loaded: n.loadedRefs,
 		Signer: n.pub, Trust: n.trust,
 	})

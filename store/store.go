@@ -84,6 +84,7 @@ type Store struct {
 	minFree int64
 	noSync  bool
 	log     *slog.Logger
+	reclaim reclaimer // flattens after bulk deletes (reclaim.go)
 }
 
 // BlocksPrefix is the key prefix of the blockstore inside the datastore.
@@ -262,6 +263,7 @@ func (s *Store) Sync(ctx context.Context) error {
 
 // Close syncs and closes the database and marks the shutdown clean.
 func (s *Store) Close() error {
+	s.stopReclaim()
 	err := s.db.Sync(context.Background(), ds.NewKey("/"))
 	// Badger retries a failing memtable flush forever (a vanished or full
 	// disk), which would hang the peer's shutdown. Bound it: every write it
