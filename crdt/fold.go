@@ -18,6 +18,7 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	cid "github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	crdtpb "github.com/ipfs/go-ds-crdt/pb"
 	ipld "github.com/ipfs/go-ipld-format"
 	"google.golang.org/protobuf/proto"
@@ -89,7 +90,15 @@ var foldMarker = []byte(`"kind":"` + KindFold + `"`)
 
 // prunedMark is the value of go-ds-crdt's processed marker of a pruned
 // block (go-ds-crdt writes none and only asks whether the marker exists).
-var prunedMark = []byte("pruned")
+// pruningMark marks a head a fold covers that this peer took as merged
+// when it fetched the fold, before merging the fold itself: go-ds-crdt
+// must not walk below it, but until the fold is merged (and the prune
+// under it has run) it is not complete — a peer must not claim the
+// state of a head it only knows a fold of.
+var (
+	prunedMark  = []byte("pruned")
+	pruningMark = []byte("pruning")
+)
 
 // ErrNotFoldable says why a fold was not written now: the state is being
 // rebuilt or repaired, or a head's branch is not all merged here. Folding
@@ -161,7 +170,7 @@ func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
 	r.count(func(c *Counters) { c.Folds++ })
 	r.folds.saw()
 	for _, top := range r.ds.InternalStats(ctx).Heads {
-		r.folds.schedule(top, heads, r.cfg.FoldPruneDelay)
+		r.folds.schedule(ctx, r.cfg.Datastore, top, heads, r.cfg.FoldPruneDelay)
 	}
 	rep.Took = time.Since(start)
 	r.log.Info("state folded", "keys", rep.Keys, "records", rep.Records, "blocks", rep.Blocks, "seconds", rep.Took.Seconds(), "prune_in", r.cfg.FoldPruneDelay)
@@ -407,8 +416,16 @@ func decodeDelta(blk blocks.Block) (*merkledag.ProtoNode, *crdtpb.Delta, error) 
 	return pn, &d, nil
 }
 
-// pruned reports whether c's history was pruned here.
+// pruned reports whether c's history was pruned here, or is being (a
+// covered head taken as merged: see pruningMark).
 func (r *Replica) pruned(ctx context.Context, c cid.Cid) bool {
+	v, err := r.cfg.Datastore.Get(ctx, r.processedKey(c))
+	return err == nil && (bytes.Equal(v, prunedMark) || bytes.Equal(v, pruningMark))
+}
+
+// prunedComplete reports whether c's history was pruned here under a fold
+// this peer has merged, which holds its state: c counts as complete.
+func (r *Replica) prunedComplete(ctx context.Context, c cid.Cid) bool {
 	v, err := r.cfg.Datastore.Get(ctx, r.processedKey(c))
 	return err == nil && bytes.Equal(v, prunedMark)
 }
@@ -457,15 +474,55 @@ type pendingFold struct {
 	notBefore time.Time
 }
 
-// schedule queues the pruning under a fold whose last record is in block.
-func (f *folds) schedule(block cid.Cid, covers []cid.Cid, delay time.Duration) {
+// pendingNamespace keeps the folds whose prune has not run, so that a
+// restart prunes them too (a covered head marked pruningMark would
+// otherwise stay incomplete for good). Outside go-ds-crdt's namespace:
+// a rebuild keeps it.
+var pendingNamespace = ds.NewKey("/crdt-fold/pending")
+
+// schedule queues the pruning under a fold whose last record is in block,
+// and records it in d.
+func (f *folds) schedule(ctx context.Context, d ds.Datastore, block cid.Cid, covers []cid.Cid, delay time.Duration) {
 	f.mu.Lock()
+	for _, p := range f.pending {
+		if p.block == block {
+			f.mu.Unlock()
+			return // go-ds-crdt fetched the block twice (its priority, then its delta)
+		}
+	}
 	f.pending = append(f.pending, pendingFold{block: block, covers: covers, notBefore: time.Now().Add(delay)})
 	f.mu.Unlock()
+	if b, err := json.Marshal(covers); err == nil {
+		_ = d.Put(ctx, pendingNamespace.ChildString(block.String()), b) // lost: pruned at the next fold
+	}
 	select {
 	case f.wake <- struct{}{}:
 	default:
 	}
+}
+
+// load queues the folds recorded in d whose prune had not run.
+func (f *folds) load(ctx context.Context, d ds.Datastore) error {
+	res, err := d.Query(ctx, query.Query{Prefix: pendingNamespace.String()})
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	for e := range res.Next() {
+		if e.Error != nil {
+			return e.Error
+		}
+		block, err := cid.Decode(ds.RawKey(e.Key).BaseNamespace())
+		var covers []cid.Cid
+		if err == nil {
+			err = json.Unmarshal(e.Value, &covers)
+		}
+		if err != nil {
+			return fmt.Errorf("pending fold %s: %w", e.Key, err)
+		}
+		f.pending = append(f.pending, pendingFold{block: block, covers: covers})
+	}
+	return nil
 }
 
 // foldSeen notes a block that go-ds-crdt fetched and is about to merge.
@@ -502,13 +559,13 @@ func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
 		}
 		for _, c := range covers {
 			if done, err := r.Processed(ctx, c); err == nil && !done {
-				if err := r.cfg.Datastore.Put(ctx, r.processedKey(c), prunedMark); err != nil {
+				if err := r.cfg.Datastore.Put(ctx, r.processedKey(c), pruningMark); err != nil {
 					r.log.Warn("fold: cannot mark a covered head", "head", c, "err", err)
 				}
 			}
 		}
 		r.folds.saw()
-		r.folds.schedule(n.Cid(), covers, r.cfg.FoldPruneDelay)
+		r.folds.schedule(ctx, r.cfg.Datastore, n.Cid(), covers, r.cfg.FoldPruneDelay)
 		return
 	}
 }
@@ -559,7 +616,7 @@ func (r *Replica) prunePending(ctx context.Context) {
 			later = append(later, p)
 			continue
 		}
-		if holes, err := r.complete.check(ctx, p.block); err != nil || len(holes) > 0 {
+		if ready, err := r.foldMerged(ctx, p); err != nil || !ready {
 			later = append(later, p)
 			continue
 		}
@@ -573,6 +630,7 @@ func (r *Replica) prunePending(ctx context.Context) {
 			r.log.Warn("fold: pruning the covered history failed; it stays until the next fold", "err", err)
 			continue
 		}
+		_ = r.cfg.Datastore.Delete(ctx, pendingNamespace.ChildString(p.block.String()))
 		r.count(func(c *Counters) { c.FoldsPruned++ })
 		r.log.Info("history pruned under a fold", "fold_block", p.block, "pruned_blocks", n)
 	}
@@ -581,6 +639,22 @@ func (r *Replica) prunePending(ctx context.Context) {
 		r.folds.pending = append(r.folds.pending, later...)
 		r.folds.mu.Unlock()
 	}
+}
+
+// foldMerged reports whether the fold whose last record is in p.block is
+// merged here with everything it needs: the only holes below it are the
+// heads it covers, marked as taken from the fold (pruningMark).
+func (r *Replica) foldMerged(ctx context.Context, p pendingFold) (bool, error) {
+	holes, err := r.complete.check(ctx, p.block)
+	if err != nil {
+		return false, err
+	}
+	for _, h := range holes {
+		if !slices.Contains(p.covers, h.block) || !r.pruned(ctx, h.block) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // pruneSeen prunes with local writes and branch walks held off (a walk

@@ -392,6 +392,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		return fail(err)
 	}
 	r.folds = newFolds()
+	if err := r.folds.load(ctx, cfg.Datastore); err != nil {
+		return fail(err)
+	}
 	opts := dscrdt.DefaultOptions()
 	opts.Logger = slogAdapter{r.log}
 	opts.RebroadcastInterval = cfg.RebroadcastInterval
@@ -437,7 +440,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 
 	// Freshness counts a head only once its whole branch is merged here
 	// (see completeness), never on go-ds-crdt's processed mark alone.
-	r.complete = newCompleteness(cfg.Local, r.Processed, r.pruned, cfg.Datastore)
+	r.complete = newCompleteness(cfg.Local, r.Processed, r.prunedComplete, cfg.Datastore)
 	since, known := loadHorizon(ctx, cfg.Datastore)
 	r.tracker = NewTracker(TrackerConfig{
 		Self: cfg.Self.String(), Clock: r.clock, Processed: r.Merged,
@@ -820,7 +823,7 @@ func resetState(ctx context.Context, d ds.Datastore) (int, error) {
 				res.Close()
 				return n, e.Error
 			}
-			if markers && bytes.Equal(e.Value, prunedMark) {
+			if markers && (bytes.Equal(e.Value, prunedMark) || bytes.Equal(e.Value, pruningMark)) {
 				continue
 			}
 			keys = append(keys, ds.NewKey(e.Key))
