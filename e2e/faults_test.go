@@ -134,6 +134,7 @@ type docWriter struct {
 	mu    sync.Mutex
 	acked []string
 	tries int
+	rev   int // requests made: each writes its documents' texts anew
 	hist  history.History
 }
 
@@ -152,8 +153,12 @@ func (w *docWriter) put(ctx context.Context, p *procmesh.Peer, id string) error 
 // putBatch writes ids in one request, each text padded to pad bytes.
 func (w *docWriter) putBatch(ctx context.Context, p *procmesh.Peer, ids []string, pad int) error {
 	var docs []api.DocRequest
+	w.mu.Lock()
+	w.rev++
+	rev := w.rev
+	w.mu.Unlock()
 	for _, id := range ids {
-		text := "note " + id
+		text := fmt.Sprintf("note %s r%d", id, rev)
 		if pad > len(text) {
 			text += strings.Repeat(".", pad-len(text))
 		}
@@ -1185,6 +1190,92 @@ func TestFaultLongOffline(t *testing.T) {
 		Duration: time.Since(began).Seconds(), Faults: "peer stopped, restarted",
 		Acked: len(w.ids()) + len(acts), Converge: time.Since(back).Seconds()}.withHistory(hist))
 	_ = converge
+}
+
+// TestFaultFoldsUnderRewrites is issue 15's bounded history under faults:
+// two peers rewrite the same documents over and over while the mesh folds
+// its history (fold_after 40) and prunes it two seconds later; a third
+// peer reads throughout and is killed (SIGKILL) once history was pruned,
+// so it rebuilds its state from folded history at its next start; a
+// fourth joins only at the end, when the history below the folds is gone
+// everywhere, and takes the state from them. The checker finds no
+// acknowledged write lost, one state, and no answer staler than claimed.
+func TestFaultFoldsUnderRewrites(t *testing.T) {
+	began := time.Now()
+	nw, m := faultMesh(t, "shoal-folds", []int{1, 1, 1, 1}, func(o *procmesh.Options) {
+		o.Args = func(int, []*procmesh.Peer) []string {
+			return []string{"--fold-after", "40", "--fold-prune-delay", "2s"}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	reader, late, holders := m.Peers[2], m.Peers[3], m.Peers[:3]
+	if err := late.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, holders)
+	var ids []string
+	for i := range 50 {
+		ids = append(ids, fmt.Sprintf("f%02d", i))
+	}
+	var w docWriter
+	const rounds = 40
+	for round := range rounds {
+		for b := 0; b < len(ids); b += 10 {
+			if err := w.putBatch(ctx, m.Peers[(round+b/10)%2], ids[b:b+10], 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.read(ctx, reader, ids[(round*7)%len(ids)])
+		if round == rounds/2 {
+			// Once history was pruned everywhere, the reader dies and
+			// rebuilds from what is left: folds and what came after.
+			prunedEverywhere(t, ctx, holders, 1)
+			reader.Kill()
+			if err := reader.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitConverged(t, ctx, holders)
+	folds := prunedEverywhere(t, ctx, holders, 2)
+	joined := time.Now()
+	if err := late.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		w.read(ctx, late, ids[(i*11)%len(ids)])
+	}
+	waitConverged(t, ctx, m.Peers)
+	hist := w.check(t, ctx, m.Peers)
+	record(t, nw, reliabilityRow{Scenario: fmt.Sprintf("%d rewrites of %d documents on two peers while the history is folded and pruned; a reader killed after a prune, a peer joining when the history below the folds is gone", len(ids)*rounds, len(ids)), Peers: 4,
+		Duration: time.Since(began).Seconds(), Faults: fmt.Sprintf("SIGKILL, restart; ≥ %.0f folds pruned by each", folds),
+		Acked: len(w.ids()), Converge: time.Since(joined).Seconds()}.withHistory(hist))
+}
+
+// prunedEverywhere waits until each of peers has pruned under at least n
+// folds, and returns how many each has at least (counters restart with a
+// process: this counts since the last start).
+func prunedEverywhere(t *testing.T, ctx context.Context, peers []*procmesh.Peer, n float64) float64 {
+	t.Helper()
+	if err := poll.Wait(ctx, 200*time.Millisecond, func() error {
+		for _, p := range peers {
+			if v := metric(t, ctx, p, "shoal_crdt_folds_pruned_total"); v < n {
+				return fmt.Errorf("peer %d pruned under %.0f folds", p.Index, v)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("history not pruned: %v", err)
+	}
+	folds := 0.0
+	for i, p := range peers {
+		if v := metric(t, ctx, p, "shoal_crdt_folds_pruned_total"); i == 0 || v < folds {
+			folds = v
+		}
+	}
+	return folds
 }
 
 func TestFaultDiskFull(t *testing.T) {

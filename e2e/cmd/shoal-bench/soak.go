@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -21,6 +22,9 @@ type soakResult struct {
 	dataDir int64         // bytes, without the saved index
 	rebuild time.Duration // unclean start: process start to API answering
 	height  uint64
+	folds   float64       // folds the peer wrote (and pruned under)
+	pruned  float64       // delta blocks it pruned
+	settle  time.Duration // from the last write until the last fold's history was pruned
 }
 
 // runSoak measures whether disk use and the unclean-start rebuild follow
@@ -41,18 +45,20 @@ func runSoak(docs, rewrites, batch int, out string) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "### Bounded history: %d rewrites of %d documents\n\n", rewrites, docs)
 	fmt.Fprintf(&b, "Measured %s on %s. One `shoal run` process per row, documents written through the API %d per request\n", time.Now().UTC().Format("2006-01-02"), machine(), batch)
-	fmt.Fprintf(&b, "(8-d client vectors, ~100-byte texts); then SIGKILL and a start, which rebuilds the replicated state from the DAG.\n")
-	fmt.Fprintf(&b, "Goal (issue 15): the soaked peer within a small constant factor of the fresh one. go-ds-crdt keeps every delta,\n")
-	fmt.Fprintf(&b, "so this measures the history Shoal does not yet compact.\n\n")
-	fmt.Fprintln(&b, "| peer | writes | write time | DAG height | data dir | unclean start to API |")
-	fmt.Fprintln(&b, "|---|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(&b, "(8-d client vectors, ~100-byte texts), with the default `fold_after` (10,000 records); once the last fold's history is\n")
+	fmt.Fprintf(&b, "pruned (*settled*, after the default 1 min `FoldPruneDelay`), stopped, measured, and SIGKILLed after a start, so the next start\n")
+	fmt.Fprintf(&b, "rebuilds the replicated state from what the DAG still holds. Goal (issue 15): the soaked peer within a small constant\n")
+	fmt.Fprintf(&b, "factor of the fresh one.\n\n")
+	fmt.Fprintln(&b, "| peer | writes | write time | DAG height | folds | blocks pruned | settled after | data dir | unclean start to API |")
+	fmt.Fprintln(&b, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range []struct {
 		name string
 		s    soakResult
 	}{{"rewritten", soak}, {"final state only", fresh}} {
-		fmt.Fprintf(&b, "| %s | %d | %.1f s | %d | %.1f MiB | %.2f s |\n", r.name, r.s.writes, r.s.write.Seconds(), r.s.height, float64(r.s.dataDir)/(1<<20), r.s.rebuild.Seconds())
+		fmt.Fprintf(&b, "| %s | %d | %.1f s | %d | %.0f | %.0f | %.1f s | %.1f MiB | %.2f s |\n", r.name, r.s.writes, r.s.write.Seconds(), r.s.height,
+			r.s.folds, r.s.pruned, r.s.settle.Seconds(), float64(r.s.dataDir)/(1<<20), r.s.rebuild.Seconds())
 	}
-	fmt.Fprintf(&b, "| ratio | %.0f× | | | %.1f× | %.1f× |\n\n", float64(soak.writes)/float64(fresh.writes),
+	fmt.Fprintf(&b, "| ratio | %.0f× | | | | | | %.1f× | %.1f× |\n\n", float64(soak.writes)/float64(fresh.writes),
 		float64(soak.dataDir)/float64(max(fresh.dataDir, 1)), soak.rebuild.Seconds()/max(fresh.rebuild.Seconds(), 0.001))
 	fmt.Print(b.String())
 	if out != "" {
@@ -111,11 +117,18 @@ func soakPeer(name string, docs, writes, batch int) (soakResult, error) {
 		}
 	}
 	res.write = time.Since(start)
+	if err := settleFolds(ctx, p, &res); err != nil {
+		return res, err
+	}
 	if st, err := p.Status(ctx); err == nil {
 		res.height = st.Height
 	}
 	if err := p.Stop(); err != nil {
 		return res, err
+	}
+	if os.Getenv("SHOAL_BENCH_SOAK_LS") != "" {
+		ls, _ := exec.Command("du", "-ab", p.DataDir).CombinedOutput()
+		fmt.Fprintf(os.Stderr, "%s\n", ls)
 	}
 	all, _ := dirBytes(p.DataDir)
 	index, _ := dirBytes(filepath.Join(p.DataDir, "index"))
@@ -139,3 +152,40 @@ func soakPeer(name string, docs, writes, batch int) (soakResult, error) {
 	fmt.Fprintf(os.Stderr, "soak %s: %+v\n", name, res)
 	return res, p.Stop()
 }
+
+// settleFolds waits until p has pruned under every fold it wrote and no
+// fold is due (fewer unfolded records than the default fold_after, which
+// exceeds the documents the soak keeps): what an operator's peer looks
+// like a minute after a burst of writes.
+func settleFolds(ctx context.Context, p *procmesh.Peer, res *soakResult) error {
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	value := func(name string) (float64, error) {
+		v, err := metricValues(ctx, p, name, "", "")
+		return v[""], err
+	}
+	err := poll.Wait(ctx, time.Second, func() error {
+		var vals [4]float64
+		for i, name := range []string{"shoal_crdt_folds_total", "shoal_crdt_folds_pruned_total", "shoal_crdt_pruned_blocks_total", "shoal_crdt_unfolded_records"} {
+			v, err := value(name)
+			if err != nil {
+				return err
+			}
+			vals[i] = v
+		}
+		res.folds, res.pruned = vals[0], vals[2]
+		switch {
+		case vals[3] >= defaultFoldAfter:
+			return fmt.Errorf("%.0f unfolded records: a fold is due", vals[3])
+		case vals[1] < vals[0]:
+			return fmt.Errorf("%.0f of %.0f folds pruned", vals[1], vals[0])
+		}
+		return nil
+	})
+	res.settle = time.Since(began)
+	return err
+}
+
+// defaultFoldAfter is `shoal run`'s default fold_after.
+const defaultFoldAfter = 10000

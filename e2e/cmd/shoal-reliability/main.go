@@ -175,6 +175,14 @@ const tail = `
   them (the intruder's documents answer 404, the overwritten and deleted ones keep their trusted text — the
   checker would count any other answer as a loss) and
   count each in ` + "`shoal_rejected_records_total{reason=\"untrusted\"}`" + `.
+- **Folds under rewrites** — two peers rewrite the same 50 documents 40 times over while every peer runs with
+  ` + "`fold_after = 40`" + ` and ` + "`fold_prune_delay = \"2s\"`" + `: the mesh folds its history (writes the live state again
+  as fold records) and every peer prunes what lies below (` + "`shoal_crdt_pruned_blocks_total`" + `); a reader is
+  killed (SIGKILL) mid-way and rebuilds its state from folded history at its next start, and a fourth peer that
+  was stopped throughout joins at the end, when the history below the folds is gone everywhere, and takes the
+  state from the folds. Every read is judged; every peer ends on one state with every document's last version.
+  The soak of issue 15 (100,000 rewrites, data dir and unclean start against a fresh load) is in
+  docs/benchmarks.md (` + "`-only soak`" + `).
 
 ## What is *not* claimed
 
@@ -194,8 +202,7 @@ const tail = `
 - Future-dated records, and replays of deleted records, are tested in process (` + "`crdt`" + `'s admission
   tests), not in this table. Deletes are signed tombstone records (the untrusted writer's row includes its
   deletes). A hostile block placed at a huge height under a key stops go-ds-crdt's hooks for later honest writes
-  to it — reads stay right, retrieval indexes see those writes at the next start (docs/architecture.md). Bounded history (issue 15's compaction and its soak) is not built yet: every
-  version of every record stays in the DAG.
+  to it — reads stay right, retrieval indexes see those writes at the next start (docs/architecture.md).
 
 ## Fault harness
 
