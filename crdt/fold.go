@@ -436,11 +436,18 @@ func (r *Replica) prunedComplete(ctx context.Context, c cid.Cid) bool {
 type folds struct {
 	// since counts the records merged here since the newest fold was
 	// written or seen (put hooks, fold records left out).
-	since   atomic.Int64
+	since atomic.Int64
+	// urgent asks for a fold now: a branch was found over pruned
+	// history (strays).
+	urgent  atomic.Bool
 	mu      sync.Mutex
 	pending []pendingFold
-	due     time.Time // when this peer folds, once it is due
-	wake    chan struct{}
+	// covers are those of the newest fold pruned under here, and
+	// strayCheck when strays last looked above them.
+	covers     []cid.Cid
+	strayCheck time.Time
+	due        time.Time // when this peer folds, once it is due
+	wake       chan struct{}
 }
 
 func newFolds() folds { return folds{wake: make(chan struct{}, 1)} }
@@ -449,6 +456,7 @@ func newFolds() folds { return folds{wake: make(chan struct{}, 1)} }
 // and a wait for this peer's own fold is called off.
 func (f *folds) saw() {
 	f.since.Store(0)
+	f.urgent.Store(false)
 	f.mu.Lock()
 	f.due = time.Time{}
 	f.mu.Unlock()
@@ -599,6 +607,7 @@ func (r *Replica) foldLoop() {
 		case <-r.folds.wake:
 		}
 		r.prunePending(r.ctx)
+		r.checkStrays(r.ctx)
 		r.maybeFold(r.ctx)
 	}
 }
@@ -632,6 +641,9 @@ func (r *Replica) prunePending(ctx context.Context) {
 		}
 		_ = r.cfg.Datastore.Delete(ctx, pendingNamespace.ChildString(p.block.String()))
 		r.count(func(c *Counters) { c.FoldsPruned++ })
+		r.folds.mu.Lock()
+		r.folds.covers, r.folds.strayCheck = p.covers, time.Time{}
+		r.folds.mu.Unlock()
 		r.log.Info("history pruned under a fold", "fold_block", p.block, "pruned_blocks", n)
 	}
 	if len(later) > 0 {
@@ -655,6 +667,57 @@ func (r *Replica) foldMerged(ctx context.Context, p pendingFold) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// checkStrays asks for a fold when a stray branch stands on history
+// pruned under the newest fold (strays), looking at most every foldEvery.
+func (r *Replica) checkStrays(ctx context.Context) {
+	f := &r.folds
+	f.mu.Lock()
+	covers, last := f.covers, f.strayCheck
+	due := covers != nil && time.Since(last) >= foldEvery && !f.urgent.Load()
+	if due {
+		f.strayCheck = time.Now()
+	}
+	f.mu.Unlock()
+	if due && r.strays(ctx, covers) {
+		r.log.Info("a branch stands on pruned history: folding again soon so that peers without that history can merge it")
+		f.urgent.Store(true)
+	}
+}
+
+// strays reports whether a block above the history pruned under covers
+// links to a pruned block that is not one of covers: a branch written
+// concurrently with the fold on top of history the fold covers, by a peer
+// that had not merged all of it. This peer merged the branch before it
+// pruned; a peer that never held that history (one that joins later)
+// cannot fetch the branch's parents from anyone and would show a hole
+// until a fold covers the branch, so this peer asks for one soon.
+func (r *Replica) strays(ctx context.Context, covers []cid.Cid) bool {
+	seen := cid.NewSet()
+	stack := r.ds.InternalStats(ctx).Heads
+	for len(stack) > 0 {
+		b := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if !seen.Visit(b) || slices.Contains(covers, b) {
+			continue
+		}
+		if r.pruned(ctx, b) {
+			return true
+		}
+		blk, err := r.cfg.Local.Get(ctx, b)
+		if err != nil {
+			continue // not merged yet: completeness's business
+		}
+		node, _, err := decodeDelta(blk)
+		if err != nil {
+			continue
+		}
+		for _, l := range node.Links() {
+			stack = append(stack, l.Cid)
+		}
+	}
+	return false
 }
 
 // pruneSeen prunes with local writes and branch walks held off (a walk
@@ -689,7 +752,8 @@ var errNotYet = errors.New("not yet")
 
 // maybeFold folds once at least FoldAfter records — and at least as many
 // as the keys this peer holds, so that a fold never costs more than the
-// writes it follows — were merged since the newest fold, and a random part
+// writes it follows — were merged since the newest fold (or a stray
+// branch asks for one), and a random part
 // of FoldJitter has passed since (so that the peers of a mesh do not all
 // fold at once; one peer's fold, once seen, resets the others').
 func (r *Replica) maybeFold(ctx context.Context) {
@@ -697,7 +761,7 @@ func (r *Replica) maybeFold(ctx context.Context) {
 		return
 	}
 	since := r.folds.since.Load()
-	if since < int64(max(r.cfg.FoldAfter, r.digest.keys())) {
+	if since < int64(max(r.cfg.FoldAfter, r.digest.keys())) && !r.folds.urgent.Load() {
 		return
 	}
 	f := &r.folds

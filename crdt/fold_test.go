@@ -309,3 +309,58 @@ func TestFoldsFollowFoldAfter(t *testing.T) {
 		t.Errorf("%d blocks stay after folding 32 heights with FoldAfter 20", n)
 	}
 }
+
+// TestStrayBranchIsFoldedAgain: a peer cut off from the folder writes on
+// top of history the fold then covers and prunes. Once the branch arrives
+// no one holds its parents, so a peer that joins later could not merge it
+// and would never be fresh; the folder sees the stray branch and folds
+// again, and the newcomer holds every write and reports its heads merged.
+func TestStrayBranchIsFoldedAgain(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	eager := func(c *Config) { c.FoldAfter, c.FoldJitter, c.FoldPruneDelay = 1<<30, time.Millisecond, time.Millisecond }
+	a := openNode(t, ctx, t.TempDir(), nodeOpts{config: eager})
+	defer a.close()
+	b := openNode(t, ctx, t.TempDir(), nodeOpts{config: eager})
+	defer b.close()
+	connect(t, ctx, a, b)
+	want := rewrite(t, a.r, 3, 5)
+	sameState(t, ctx, "b merges a's writes", a.r, b.r)
+	merged(t, b.r)
+
+	// Cut b off; each writes on its own; a folds what it has and prunes.
+	if err := a.h.Network().ClosePeer(b.h.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.r.Put(ctx, "/unit/k00", "unit.kv", "a's, alone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.r.Put(ctx, "/unit/k01", "unit.kv", "b's, alone"); err != nil {
+		t.Fatal(err)
+	}
+	want["/unit/k00"], want["/unit/k01"] = "a's, alone", "b's, alone"
+	if _, err := a.r.Fold(ctx); err != nil {
+		t.Fatal(err)
+	}
+	prunedFolds(t, a.r, 1)
+	connect(t, ctx, a, b)
+	sameState(t, ctx, "a and b merge each other's writes", a.r, b.r)
+	poll.Until(t, 30*time.Second, "the stray branch folded again", func() error {
+		if n := a.r.Counters().Folds + b.r.Counters().Folds; n < 2 {
+			return fmt.Errorf("%d folds", n)
+		}
+		return nil
+	})
+	prunedFolds(t, a.r, 2)
+	prunedFolds(t, b.r, 2)
+
+	c := openNode(t, ctx, t.TempDir(), nodeOpts{config: eager})
+	defer c.close()
+	connect(t, ctx, c, a)
+	connect(t, ctx, c, b)
+	sameState(t, ctx, "the newcomer agrees", a.r, b.r, c.r)
+	merged(t, c.r)
+	if got := shownBodies(t, c.r, "/unit/"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("the newcomer shows %v, want %v", got, want)
+	}
+}

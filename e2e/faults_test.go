@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/shoal-mesh/shoal/api"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -1276,6 +1277,132 @@ func prunedEverywhere(t *testing.T, ctx context.Context, peers []*procmesh.Peer,
 		}
 	}
 	return folds
+}
+
+// TestFaultSoak is issue 15's soak: two peers rewrite 1,000 documents
+// until $SHOAL_SOAK_WRITES writes were made (10,000 in make test, with
+// fold_after 2,000 so that it folds; make reliability runs 100,000 with
+// the default fold_after), a third reads throughout. Then every peer is killed (SIGKILL) in turn and
+// started again — the unclean start rebuilds its state from what the DAG
+// still holds — and a fourth peer, stopped throughout, joins: it holds a
+// fresh load of the final state, from the folds. Each peer's data dir and
+// unclean start are reported beside the newcomer's; the checker finds no
+// acknowledged write lost and every peer ends on one state.
+func TestFaultSoak(t *testing.T) {
+	began := time.Now()
+	writes := 10000
+	if v, err := strconv.Atoi(os.Getenv("SHOAL_SOAK_WRITES")); err == nil && v > 0 {
+		writes = v
+	}
+	// The default fold_after, or one that folds a few times in a short
+	// run (make test's).
+	foldAfter := defaultFoldAfter
+	if writes < 10*defaultFoldAfter {
+		foldAfter = max(writes/5, 1000)
+	}
+	nw, m := faultMesh(t, "shoal-soak", []int{1, 1, 1, 1}, func(o *procmesh.Options) {
+		o.Args = func(int, []*procmesh.Peer) []string {
+			return []string{"--fold-prune-delay", "5s", "--fold-after", strconv.Itoa(foldAfter)}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	soaked, newcomer := m.Peers[:3], m.Peers[3]
+	if err := newcomer.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	createNotes(t, ctx, m.Peers[0])
+	waitConverged(t, ctx, soaked)
+	const docs, batch = 1000, 10
+	var w docWriter
+	for n := 0; n < writes; n += batch {
+		ids := make([]string, batch)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("s%04d", (n+i)%docs)
+		}
+		if err := w.putBatch(ctx, m.Peers[(n/batch)%2], ids, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n%(20*batch) == 0 {
+			w.read(ctx, soaked[2], ids[0])
+		}
+	}
+	waitConverged(t, ctx, soaked)
+	prunedEverywhere(t, ctx, soaked, 1)
+	var starts []time.Duration
+	for _, p := range soaked {
+		p.Kill()
+		began := time.Now()
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		starts = append(starts, time.Since(began))
+	}
+	joined := time.Now()
+	if err := newcomer.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		w.read(ctx, newcomer, fmt.Sprintf("s%04d", (i*37)%docs))
+	}
+	converge := waitConverged(t, ctx, m.Peers)
+	// The newcomer holds the state: it must also know it does, so every
+	// branch it merged must end in folds, not in holes.
+	if err := poll.Wait(ctx, 200*time.Millisecond, func() error {
+		st, err := newcomer.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.StalenessSeconds > 5 {
+			return fmt.Errorf("newcomer staleness %.1f s", st.StalenessSeconds)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("the newcomer does not report itself fresh: %v", err)
+	}
+	hist := w.check(t, ctx, m.Peers)
+	newcomer.Kill()
+	began2 := time.Now()
+	if err := newcomer.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	freshStart := time.Since(began2)
+	var sizes []string
+	for _, p := range m.Peers {
+		if err := p.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := dirSize(p.DataDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, fmt.Sprintf("%.1f", float64(n)/(1<<20)))
+	}
+	faults := fmt.Sprintf("SIGKILL of each peer, unclean starts %v, %v, %v against the newcomer's %v; data dirs %s MiB against its %s MiB",
+		starts[0].Round(10*time.Millisecond), starts[1].Round(10*time.Millisecond), starts[2].Round(10*time.Millisecond),
+		freshStart.Round(10*time.Millisecond), strings.Join(sizes[:3], " / "), sizes[3])
+	t.Log(faults)
+	record(t, nw, reliabilityRow{Scenario: fmt.Sprintf("soak: %d rewrites of %d documents on two peers (fold_after %d), each peer killed and started again, then a newcomer", writes, docs, foldAfter), Peers: 4,
+		Duration: time.Since(began).Seconds(), Faults: faults, Acked: len(w.ids()), Converge: converge.Seconds()}.withHistory(hist))
+	_ = joined
+}
+
+// defaultFoldAfter is shoal run's default fold_after.
+const defaultFoldAfter = 10000
+
+// dirSize sums the sizes of the files under dir.
+func dirSize(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if info, err := d.Info(); err == nil && !d.IsDir() {
+			total += info.Size()
+		}
+		return nil
+	})
+	return total, err
 }
 
 func TestFaultDiskFull(t *testing.T) {
