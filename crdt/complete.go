@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -236,7 +237,14 @@ func (r *Replica) healBranches(ctx context.Context, candidates []cid.Cid) {
 			continue // not merged at all: injectMissing's case
 		}
 		holes, err := r.complete.check(ctx, c)
-		if err != nil || len(holes) == 0 {
+		if err != nil {
+			continue
+		}
+		// A head a fold covers, taken as merged from the fold (fold.go),
+		// is a hole only until the prune under that fold runs: walking
+		// below it would ask for history no one holds any more.
+		holes = slices.DeleteFunc(holes, func(h hole) bool { return r.pruned(ctx, h.block) })
+		if len(holes) == 0 {
 			continue
 		}
 		r.cntMu.Lock()

@@ -1348,7 +1348,9 @@ func TestFaultSoak(t *testing.T) {
 	converge := waitConverged(t, ctx, m.Peers)
 	// The newcomer holds the state: it must also know it does, so every
 	// branch it merged must end in folds, not in holes.
-	if err := poll.Wait(ctx, 200*time.Millisecond, func() error {
+	fctx, fcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer fcancel()
+	if err := poll.Wait(fctx, 200*time.Millisecond, func() error {
 		st, err := newcomer.Status(ctx)
 		if err != nil {
 			return err
