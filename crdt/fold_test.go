@@ -81,6 +81,22 @@ func rewrite(t *testing.T, r *Replica, keys, rounds int) map[string]string {
 	return want
 }
 
+// syncedPair opens a and b with config, has a rewrite keys keys rounds
+// times (rewrite), and waits until b merged all of it; it returns what
+// the keys must show.
+func syncedPair(t *testing.T, ctx context.Context, config func(*Config), keys, rounds int) (a, b *testNode, want map[string]string) {
+	t.Helper()
+	a = openNode(t, ctx, t.TempDir(), nodeOpts{config: config})
+	t.Cleanup(a.close)
+	b = openNode(t, ctx, t.TempDir(), nodeOpts{config: config})
+	t.Cleanup(b.close)
+	connect(t, ctx, a, b)
+	want = rewrite(t, a.r, keys, rounds)
+	sameState(t, ctx, "b merges a's writes", a.r, b.r)
+	merged(t, b.r)
+	return a, b, want
+}
+
 // countKeys counts the datastore keys under prefix.
 func countKeys(t *testing.T, r *Replica, prefix string) int {
 	t.Helper()
@@ -219,14 +235,7 @@ func TestReplayAcrossAFoldIsRefused(t *testing.T) {
 func TestFoldReachesEveryPeer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	a := openNode(t, ctx, t.TempDir(), nodeOpts{config: noAutoFold})
-	defer a.close()
-	b := openNode(t, ctx, t.TempDir(), nodeOpts{config: noAutoFold})
-	defer b.close()
-	connect(t, ctx, a, b)
-	want := rewrite(t, a.r, 6, 20)
-	sameState(t, ctx, "b merges a's history", a.r, b.r)
-	merged(t, b.r)
+	a, b, want := syncedPair(t, ctx, noAutoFold, 6, 20)
 	bBlocks := localBlocks(t, b.r)
 	if _, err := a.r.Fold(ctx); err != nil {
 		t.Fatal(err)
@@ -318,15 +327,10 @@ func TestFoldsFollowFoldAfter(t *testing.T) {
 func TestStrayBranchIsFoldedAgain(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	eager := func(c *Config) { c.FoldAfter, c.FoldJitter, c.FoldPruneDelay = 1<<30, time.Millisecond, time.Millisecond }
-	a := openNode(t, ctx, t.TempDir(), nodeOpts{config: eager})
-	defer a.close()
-	b := openNode(t, ctx, t.TempDir(), nodeOpts{config: eager})
-	defer b.close()
-	connect(t, ctx, a, b)
-	want := rewrite(t, a.r, 3, 5)
-	sameState(t, ctx, "b merges a's writes", a.r, b.r)
-	merged(t, b.r)
+	eager := func(c *Config) {
+		c.FoldAfter, c.FoldJitter, c.FoldPruneDelay = 1<<30, time.Millisecond, time.Millisecond
+	}
+	a, b, want := syncedPair(t, ctx, eager, 3, 5)
 
 	// Cut b off; each writes on its own; a folds what it has and prunes.
 	if err := a.h.Network().ClosePeer(b.h.ID()); err != nil {

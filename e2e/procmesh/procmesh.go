@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"github.com/shoal-mesh/shoal/api"
 	"io"
+	"io/fs"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -565,4 +566,19 @@ func (p *Peer) Model(ctx context.Context, name string) (api.ModelInfo, error) {
 		return st, fmt.Errorf("model %s: %s", name, r)
 	}
 	return st, r.JSON(&st)
+}
+
+// DirBytes sums the sizes of the files under dir (a peer's data dir, say).
+func DirBytes(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if info, err := d.Info(); err == nil && !d.IsDir() {
+			total += info.Size()
+		}
+		return nil
+	})
+	return total, err
 }

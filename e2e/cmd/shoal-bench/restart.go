@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -59,8 +58,8 @@ func runRestart(n, dim int, out string) error {
 		return err
 	}
 	stop := time.Since(stopStart)
-	indexBytes, _ := dirBytes(filepath.Join(p.DataDir, "index"))
-	storeBytes, _ := dirBytes(p.DataDir)
+	indexBytes, _ := procmesh.DirBytes(filepath.Join(p.DataDir, "index"))
+	storeBytes, _ := procmesh.DirBytes(p.DataDir)
 	storeBytes -= indexBytes
 
 	reopened, err := timeRestart(ctx, p, vecs, n/3)
@@ -181,18 +180,4 @@ func graphsMetric(ctx context.Context, p *procmesh.Peer) (string, error) {
 		}
 	}
 	return strings.Join(lines, ", "), nil
-}
-
-func dirBytes(dir string) (int64, error) {
-	var total int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if info, err := d.Info(); err == nil && !d.IsDir() {
-			total += info.Size()
-		}
-		return nil
-	})
-	return total, err
 }

@@ -130,8 +130,8 @@ func soakPeer(name string, docs, writes, batch int) (soakResult, error) {
 		ls, _ := exec.Command("du", "-ab", p.DataDir).CombinedOutput()
 		fmt.Fprintf(os.Stderr, "%s\n", ls)
 	}
-	all, _ := dirBytes(p.DataDir)
-	index, _ := dirBytes(filepath.Join(p.DataDir, "index"))
+	all, _ := procmesh.DirBytes(p.DataDir)
+	index, _ := procmesh.DirBytes(filepath.Join(p.DataDir, "index"))
 	res.dataDir = all - index
 	// Start, then SIGKILL once it answers: the next start is unclean.
 	if err := p.Start(ctx); err != nil {

@@ -52,7 +52,7 @@ func generate(out, pattern string) error {
 	tmp.Close()
 	defer os.Remove(tmp.Name())
 	cmd := exec.Command("go", "test", "-count=1", "-timeout", "20m", "-run", pattern, "-v", "./e2e/")
-	cmd.Env = append(os.Environ(), "SHOAL_RELIABILITY_OUT="+tmp.Name(), "CI=true")
+	cmd.Env = append(os.Environ(), "SHOAL_RELIABILITY_OUT="+tmp.Name(), "CI=true", "SHOAL_SOAK_WRITES=100000")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	started := time.Now()
 	if err := cmd.Run(); err != nil {
