@@ -446,6 +446,7 @@ type folds struct {
 	// strayCheck when strays last looked above them.
 	covers     []cid.Cid
 	strayCheck time.Time
+	strayCount int64     // since, at the last look
 	due        time.Time // when this peer folds, once it is due
 	wake       chan struct{}
 }
@@ -670,17 +671,25 @@ func (r *Replica) foldMerged(ctx context.Context, p pendingFold) (bool, error) {
 }
 
 // checkStrays asks for a fold when a stray branch stands on history
-// pruned under the newest fold (strays), looking at most every foldEvery.
+// pruned under the newest fold (strays) and nothing else was merged since
+// it last looked, which it does at most every foldEvery.
 func (r *Replica) checkStrays(ctx context.Context) {
 	f := &r.folds
 	f.mu.Lock()
 	covers, last := f.covers, f.strayCheck
 	due := covers != nil && time.Since(last) >= foldEvery && !f.urgent.Load()
+	// Only once the mesh is quiet (nothing merged since the last look):
+	// while writes go on, the next fold comes anyway and covers the
+	// stray, and folding again at every stray — each fold made while
+	// others write leaves some — would fold without end.
+	since := f.since.Load()
+	quiet := since == f.strayCount
+	f.strayCount = since
 	if due {
 		f.strayCheck = time.Now()
 	}
 	f.mu.Unlock()
-	if due && r.strays(ctx, covers) {
+	if due && quiet && r.strays(ctx, covers) {
 		r.log.Info("a branch stands on pruned history: folding again soon so that peers without that history can merge it")
 		f.urgent.Store(true)
 	}
