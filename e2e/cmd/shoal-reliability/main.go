@@ -181,8 +181,12 @@ const tail = `
   killed (SIGKILL) mid-way and rebuilds its state from folded history at its next start, and a fourth peer that
   was stopped throughout joins at the end, when the history below the folds is gone everywhere, and takes the
   state from the folds. Every read is judged; every peer ends on one state with every document's last version.
-  The soak of issue 15 (100,000 rewrites, data dir and unclean start against a fresh load) is in
-  docs/benchmarks.md (` + "`-only soak`" + `).
+- **Soak** — issue 15's: two peers rewrite 1,000 documents 100,000 times (writes of ten) with the default
+  ` + "`fold_after`" + `, a third reads; then each is killed (SIGKILL) and started again, so its unclean start rebuilds the
+  state from what the DAG still holds, and a fourth peer, stopped throughout, joins and must report itself fresh:
+  it holds a fresh load of the final state, from the folds. The row gives each peer's unclean start and data dir
+  beside the newcomer's (` + "`make test`" + ` runs 10,000 writes with ` + "`fold_after`" + ` 2,000). The single-peer soak against a
+  fresh load of the same documents is in docs/benchmarks.md (` + "`-only soak`" + `).
 
 ## What is *not* claimed
 
