@@ -223,7 +223,7 @@ var everyRowArgs = []string{
 	"--bootstrap", "/ip4/10.0.0.1/tcp/4010/p2p/12D3KooWGzBkGMe6Yo6Rk1oGpGFmTn4ZgZ4M5jK2nJ3p1qv6WqXY",
 	"--mdns=false", "--dht=false", "--nat", "--relay-service", "--trust", "ed25519:aa",
 	"--psk", "/etc/shoal/swarm.key", "--encrypt-key-file", "/etc/shoal/data.key", "--min-free-mb", "-1",
-	"--keep-versions", "5", "--ort-lib", "/opt/ort.so", "--device", "cpu", "--intra-op-threads", "2",
+	"--keep-versions", "5", "--fold-after", "500", "--fold-prune-delay", "30s", "--ort-lib", "/opt/ort.so", "--device", "cpu", "--intra-op-threads", "2",
 	"--max-inflight", "4", "--warm-routing", "--artifact-swarm=false", "--cache-mb", "0", "--cache-ttl", "90s", "--cache-persist",
 	"--default-model", "none", "--demo-rag=false", "--log-level", "debug", "--log-format", "json",
 	"--pprof", "127.0.0.1:6061",
@@ -287,7 +287,7 @@ func TestSettingsLandInPeerConfig(t *testing.T) {
 		Bootstrap:   []string{"/ip4/10.0.0.1/tcp/4010/p2p/12D3KooWGzBkGMe6Yo6Rk1oGpGFmTn4ZgZ4M5jK2nJ3p1qv6WqXY"},
 		NAT:         true, RelayService: true, Trusted: []string{"ed25519:aa"},
 		PSKFile: "/etc/shoal/swarm.key", EncryptKeyFile: "/etc/shoal/data.key", MinFreeBytes: -1 << 20,
-		KeepVersions: 5, ORTLibrary: "/opt/ort.so", Device: "cpu", IntraOpThreads: 2, MaxInflight: 4, WarmRouting: true, NoArtifactSwarm: true,
+		KeepVersions: 5, FoldAfter: 500, FoldPruneDelay: 30 * time.Second, ORTLibrary: "/opt/ort.so", Device: "cpu", IntraOpThreads: 2, MaxInflight: 4, WarmRouting: true, NoArtifactSwarm: true,
 		CacheBytes: -1, CacheTTL: 90 * time.Second, CachePersist: true, Version: buildVersion(),
 	}
 	if got := s.peerConfig(); !reflect.DeepEqual(got, want) {
