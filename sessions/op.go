@@ -113,8 +113,15 @@ var roles = map[string]bool{"user": true, "assistant": true, "system": true, "to
 // NewID returns an unguessable session id (128 random bits).
 func NewID() string {
 	b := make([]byte, 16)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
+	for {
+		rand.Read(b)
+		// Never a leading '-' (one id in 64): the CLI takes an id as an
+		// argument, and its flag parser would read such an id as a flag
+		// (TestSessionCommands failed so in CI).
+		if id := base64.RawURLEncoding.EncodeToString(b); id[0] != '-' {
+			return id
+		}
+	}
 }
 
 // CheckID checks a session id: 22 to 128 characters of A-Z a-z 0-9 - _,
