@@ -405,13 +405,18 @@ func decodeDelta(blk blocks.Block) (*merkledag.ProtoNode, *crdtpb.Delta, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("decode block %s: %w", blk.Cid(), err)
 	}
+	return nodeDelta(n)
+}
+
+// nodeDelta reads the delta of a decoded DAG node.
+func nodeDelta(n ipld.Node) (*merkledag.ProtoNode, *crdtpb.Delta, error) {
 	pn, ok := n.(*merkledag.ProtoNode)
 	if !ok {
-		return nil, nil, fmt.Errorf("block %s is not a delta", blk.Cid())
+		return nil, nil, fmt.Errorf("block %s is not a delta", n.Cid())
 	}
 	var d crdtpb.Delta
 	if err := proto.Unmarshal(pn.Data(), &d); err != nil {
-		return nil, nil, fmt.Errorf("decode delta %s: %w", blk.Cid(), err)
+		return nil, nil, fmt.Errorf("decode delta %s: %w", n.Cid(), err)
 	}
 	return pn, &d, nil
 }
@@ -544,12 +549,8 @@ func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
 	if !bytes.Contains(n.RawData(), foldMarker) {
 		return
 	}
-	pn, ok := n.(*merkledag.ProtoNode)
-	if !ok {
-		return
-	}
-	var d crdtpb.Delta
-	if proto.Unmarshal(pn.Data(), &d) != nil {
+	_, d, err := nodeDelta(n)
+	if err != nil {
 		return
 	}
 	for _, el := range d.GetElements() {
@@ -579,12 +580,14 @@ func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
 	}
 }
 
+// parseCIDs decodes CIDs in their string form (fold covers, write
+// tokens), naming the first that does not decode.
 func parseCIDs(ss []string) ([]cid.Cid, error) {
 	out := make([]cid.Cid, 0, len(ss))
 	for _, s := range ss {
 		c, err := cid.Decode(s)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%q: %w", s, err)
 		}
 		out = append(out, c)
 	}
@@ -595,7 +598,7 @@ func parseCIDs(ss []string) ([]cid.Cid, error) {
 const foldEvery = 5 * time.Second
 
 // foldLoop prunes under the folds this peer has written or seen merged,
-// and folds when FoldAfter heights have grown since the newest fold.
+// and folds when one is due (maybeFold).
 func (r *Replica) foldLoop() {
 	defer r.wg.Done()
 	t := time.NewTicker(min(foldEvery, max(r.cfg.FoldPruneDelay, 10*time.Millisecond)))
@@ -714,15 +717,11 @@ func (r *Replica) strays(ctx context.Context, covers []cid.Cid) bool {
 		if r.pruned(ctx, b) {
 			return true
 		}
-		blk, err := r.cfg.Local.Get(ctx, b)
+		links, err := r.complete.links(ctx, b)
 		if err != nil {
 			continue // not merged yet: completeness's business
 		}
-		node, _, err := decodeDelta(blk)
-		if err != nil {
-			continue
-		}
-		for _, l := range node.Links() {
+		for _, l := range links {
 			stack = append(stack, l.Cid)
 		}
 	}

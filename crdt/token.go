@@ -57,13 +57,9 @@ func ParseToken(s string) (Token, []cid.Cid, error) {
 	if err := json.Unmarshal(b, &t); err != nil || t.V != 1 || t.Peer == "" || t.HLC.Wall <= 0 {
 		return Token{}, nil, fmt.Errorf("%w: not a v1 token", ErrBadToken)
 	}
-	heads := make([]cid.Cid, 0, len(t.Heads))
-	for _, h := range t.Heads {
-		c, err := cid.Decode(h)
-		if err != nil {
-			return Token{}, nil, fmt.Errorf("%w: head %q: %v", ErrBadToken, h, err)
-		}
-		heads = append(heads, c)
+	heads, err := parseCIDs(t.Heads)
+	if err != nil {
+		return Token{}, nil, fmt.Errorf("%w: head %v", ErrBadToken, err)
 	}
 	return t, heads, nil
 }
