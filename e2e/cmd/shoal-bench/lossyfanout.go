@@ -22,17 +22,14 @@ import (
 // swarm, through bitswap alone, and from one HTTP origin, each in network
 // namespaces behind the netsim switch.
 
-func runLossyFanOut(n, mib int, link netsim.Link, out string) error {
+func runLossyFanOut(n, mib int, link netsim.Link, out string, g *goalRun) error {
+	g.lossyRan = true
 	if err := netsim.Available(); err != nil {
 		fmt.Fprintf(os.Stderr, "lossyfanout: skipped: %v\n", err)
+		g.lossySkip = err.Error()
 		return nil
 	}
-	type result struct {
-		name  string
-		took  time.Duration
-		ratio float64
-	}
-	var rows []result
+	var rows []lossyResult
 	for _, swarm := range []bool{true, false} {
 		fmt.Fprintf(os.Stderr, "lossyfanout: Shoal (swarm %v), %d MiB to %d peers...\n", swarm, mib, n)
 		took, ratio, err := lossyShoalFanOut(n, mib, link, swarm)
@@ -43,14 +40,15 @@ func runLossyFanOut(n, mib int, link netsim.Link, out string) error {
 		if !swarm {
 			name = "Shoal: bitswap alone"
 		}
-		rows = append(rows, result{name, took, ratio})
+		rows = append(rows, lossyResult{name, took, ratio})
 	}
 	fmt.Fprintf(os.Stderr, "lossyfanout: HTTP origin, %d MiB to %d clients...\n", mib, n)
 	took, ratio, err := lossyHTTPFanOut(n, mib, link)
 	if err != nil {
 		return err
 	}
-	rows = append(rows, result{"one HTTP origin", took, ratio})
+	rows = append(rows, lossyResult{"one HTTP origin", took, ratio})
+	g.lossy = rows
 
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "### Artifact fan-out over site links: %d Mbit/s uplinks, %v delay, %.0f %% loss (network namespaces)\n\n",

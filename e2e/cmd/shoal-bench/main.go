@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,13 +72,11 @@ func main() {
 		sessT  = flag.Int("session-turns", 20, "turns of the session the sessions scenario reads")
 		sessN  = flag.Int("session-reads", 2000, "reads per reader and round in the sessions scenario")
 		sessR  = flag.Int("session-rounds", 5, "rounds of the sessions scenario")
-		only   = flag.String("only", "", "run one scenario: propagation, compare, procprop, procfanout, lossy, lossyfanout, models, inference, rag, quality, restart, soak, sessions or casestudy")
+		only   = flag.String("only", "", "run these scenarios only, comma-separated: propagation, compare, procprop, procfanout, lossy, lossyfanout, models, inference, rag, quality, restart, soak, sessions, casestudy")
 	)
 	flag.Parse()
-	scenarios := []struct {
-		name string
-		run  func() error
-	}{
+	g := &goalRun{}
+	scenarios := []scenario{
 		{"propagation", func() error { return run(*sizes, *writes, *gap, *out) }},
 		{"compare", func() error { return runCompare(*cmpN, *cmpK, *cmpA, *cmpG, *out) }},
 		{"procprop", func() error {
@@ -86,20 +85,20 @@ func main() {
 				return err
 			}
 			return runProcProp(procOptions{sizes: sizes, alternates: *procA, serveUpTo: *procS, notices: *cmpK, gap: *cmpG,
-				serveMiB: *procM, serveActs: *procK, profile: *procP, profileDir: *procD}, *out)
+				serveMiB: *procM, serveActs: *procK, profile: *procP, profileDir: *procD}, *out, g)
 		}},
 		{"procfanout", func() error {
 			sizes, err := parseSizes(*pfanM)
 			if err != nil {
 				return err
 			}
-			return runProcFanOut(*pfanN, sizes, *out)
+			return runProcFanOut(*pfanN, sizes, *out, g)
 		}},
 		{"lossy", func() error {
 			return runLossy(*lossyN, *lossyK, netsim.Link{Delay: *lossyD, Loss: *lossyL}, *out)
 		}},
 		{"lossyfanout", func() error {
-			return runLossyFanOut(*lossyN, *lossyM, netsim.Link{Delay: *lossyD, Loss: *lossyL, Rate: *lossyR * 1_000_000 / 8}, *out)
+			return runLossyFanOut(*lossyN, *lossyM, netsim.Link{Delay: *lossyD, Loss: *lossyL, Rate: *lossyR * 1_000_000 / 8}, *out, g)
 		}},
 		{"models", func() error { return runModels(*sizes, *acts, *fanout, *fanN, *out) }},
 		{"casestudy", func() error { return runCaseStudy(*zipfK, *zipfS, *zipfC, *zipfD, *zipfE, *out) }},
@@ -123,8 +122,20 @@ func main() {
 			return nil
 		}},
 	}
+	chosen := map[string]bool{}
+	for _, name := range strings.Split(*only, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			chosen[name] = true
+		}
+	}
+	for name := range chosen {
+		if !slices.ContainsFunc(scenarios, func(s scenario) bool { return s.name == name }) {
+			fmt.Fprintf(os.Stderr, "shoal-bench: -only: no scenario %q\n", name)
+			os.Exit(2)
+		}
+	}
 	for _, s := range scenarios {
-		if *only != "" && *only != s.name {
+		if len(chosen) > 0 && !chosen[s.name] {
 			continue
 		}
 		if err := s.run(); err != nil {
@@ -132,6 +143,22 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	if g.complete() {
+		section := renderGoals(g)
+		fmt.Print(section)
+		if *out != "" {
+			if err := writeSection(*out, "goals", section); err != nil {
+				fmt.Fprintln(os.Stderr, "shoal-bench: goals:", err)
+				os.Exit(1)
+			}
+		}
+	}
+}
+
+// scenario is one section of the benchmarks, run by name.
+type scenario struct {
+	name string
+	run  func() error
 }
 
 type row struct {

@@ -29,7 +29,7 @@ type fanRow struct {
 	cpu                   time.Duration // CPU time of every process during the fan-out
 }
 
-func runProcFanOut(n int, sizes []int, out string) error {
+func runProcFanOut(n int, sizes []int, out string, g *goalRun) error {
 	var rows []fanRow
 	for _, mib := range sizes {
 		fmt.Fprintf(os.Stderr, "procfanout: %d MiB from one HTTP origin to %d clients...\n", mib, n)
@@ -47,6 +47,7 @@ func runProcFanOut(n int, sizes []int, out string) error {
 			rows = append(rows, r)
 		}
 	}
+	g.fan, g.fanRan = rows, true
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "### Artifact fan-out from one origin to %d peers, one `shoal run` process per peer (loopback)\n\n", n)
 	fmt.Fprintf(&b, "Measured %s on %s, Shoal and HTTP in the same run. Shoal: %d+1 processes, each with its own Badger store; the\n", time.Now().UTC().Format("2006-01-02"), machine(), n)
@@ -107,7 +108,7 @@ func procFanOut(n, mib int, swarm bool) (fanRow, error) {
 	}
 	r.shoalTook, r.shoalRatio, err = fanOutOnce(ctx, m, n, mib, func(activate func() error) error {
 		if keep {
-			defer startProfiles(pprof, time.Duration(mib/10+1)*time.Second, dir, n)()
+			defer startProfiles(pprof, time.Duration(mib/10+1)*time.Second, dir, n, fmt.Sprintf("fanout-%dmib", mib))()
 		}
 		c, err := sampleCost(ctx, m.Peers, activate)
 		r.cpu = c.cpu

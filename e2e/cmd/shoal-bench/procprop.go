@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -82,7 +83,7 @@ func (r procRow) costCells() (cpu, bytes string) {
 	return fmt.Sprintf("%.2f ms", r.cpuMs), fmt.Sprintf("%.0f B", r.bytesOut)
 }
 
-func runProcProp(o procOptions, out string) error {
+func runProcProp(o procOptions, out string, g *goalRun) error {
 	var rows []procRow
 	versions := map[string]string{}
 	for _, n := range o.sizes {
@@ -108,6 +109,14 @@ func runProcProp(o procOptions, out string) error {
 				return err
 			}
 			rows = append(rows, procRow{lagStats: statsOf(nt.Name(), n, lags)})
+		}
+	}
+	g.prop, g.propRan = rows, true
+	if slices.Contains(o.sizes, o.profile) {
+		g.profiled = o.profile
+		g.profiles = map[string]string{}
+		for _, phase := range []string{"idle", "busy"} {
+			g.profiles[phase] = filepath.Join(o.profileDir, profileName(o.profile, 1, phase))
 		}
 	}
 	table := renderProcProp(rows, versions, o)
@@ -148,17 +157,26 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	if err := pushVersions(ctx, m, "note", total, 1<<10, true); err != nil {
 		return nil, err
 	}
+	span := time.Duration(total) * o.gapFor(n)
+	var stopProf func() error
+	if profiled {
+		stopProf = startProfiles(pprof, span, o.profileDir, n, "idle")
+	}
 	idle, err := sampleCost(ctx, m.Peers[1:], func() error {
-		time.Sleep(time.Duration(total) * o.gapFor(n)) // the idle baseline is a span of time, not a wait for anything
+		time.Sleep(span) // the idle baseline is a span of time, not a wait for anything
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	if stopProf != nil {
+		if err := stopProf(); err != nil {
+			fmt.Fprintf(os.Stderr, "procprop: profile: %v\n", err)
+		}
+	}
 	var lags []time.Duration
-	var stopProf func() error
 	if profiled {
-		stopProf = startProfiles(pprof, time.Duration(total)*o.gapFor(n), o.profileDir, n)
+		stopProf = startProfiles(pprof, span, o.profileDir, n, "busy")
 	}
 	busy, err := sampleCost(ctx, m.Peers[1:], func() error {
 		var err error
@@ -540,7 +558,7 @@ func pprofAddrs(peers ...int) (map[int]string, error) {
 // startProfiles takes a CPU profile of each pprof address for d and
 // returns a function that waits for them and writes their top functions
 // to stderr.
-func startProfiles(addrs map[int]string, d time.Duration, dir string, n int) func() error {
+func startProfiles(addrs map[int]string, d time.Duration, dir string, n int, phase string) func() error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(addrs))
 	k := 0
@@ -555,7 +573,7 @@ func startProfiles(addrs map[int]string, d time.Duration, dir string, n int) fun
 				return
 			}
 			defer resp.Body.Close()
-			path := filepath.Join(dir, fmt.Sprintf("procprop-%dpeers-peer%d.pprof", n+1, i))
+			path := filepath.Join(dir, profileName(n, i, phase))
 			f, err := os.Create(path)
 			if err != nil {
 				errs[slot] = err
@@ -566,7 +584,7 @@ func startProfiles(addrs map[int]string, d time.Duration, dir string, n int) fun
 				errs[slot] = err
 				return
 			}
-			fmt.Fprintf(os.Stderr, "procprop: CPU profile of peer %d (%s) in %s\n", i, map[bool]string{true: "publisher", false: "subscriber"}[i == 0], path)
+			fmt.Fprintf(os.Stderr, "procprop: %s CPU profile of peer %d (%s) in %s\n", phase, i, map[bool]string{true: "publisher", false: "subscriber"}[i == 0], path)
 		}(k)
 		k++
 	}
@@ -642,4 +660,10 @@ func renderGrowth(rows []procRow) string {
 			float64(r.p99)/float64(recs[0].p99), cpu, by, r.idleCPU, r.idleBytes, 100*r.idleGossip, r.idleLoad())
 	}
 	return b.String() + "\n"
+}
+
+// profileName is the file a CPU profile of peer i of an n-subscriber mesh
+// taken during phase is written to.
+func profileName(n, i int, phase string) string {
+	return fmt.Sprintf("procprop-%dpeers-peer%d-%s.pprof", n+1, i, phase)
 }
