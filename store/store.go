@@ -143,6 +143,7 @@ func Open(cfg Config) (*Store, error) {
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithValueLogFileSize(cfg.ValueLogFileSize).
 		WithNumMemtables(2).
+		WithNumCompactors(numCompactors).
 		WithValueThreshold(valueThreshold).
 		WithCompression(options.None)
 	if len(cfg.EncryptionKey) > 0 {
@@ -287,3 +288,14 @@ func (s *Store) Close() error {
 	}
 	return err
 }
+
+// numCompactors is how many compaction goroutines each Badger database
+// runs: Badger's minimum, 2, against its default of 4. Each one wakes
+// every 50 ms to pick levels whether or not anything was written, and a
+// peer runs two databases (the store and the sessions' one): with 4
+// each, those wake-ups were half of an idle peer's CPU (about 15 of 25–30
+// ms a second, profile of a lone `shoal run`), paid by every peer of a
+// mesh sharing a gateway's cores. Two keep up with a gateway's write
+// rates (the soak's 100,000 rewrites compact as before; see
+// docs/benchmarks.md "Growth, and idle traffic").
+const numCompactors = 2
