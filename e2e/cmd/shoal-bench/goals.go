@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -94,7 +95,7 @@ func (g *goalRun) goals() []goal {
 	}
 	if _, serve, _ := g.rowsAt(9); serve != nil {
 		out = append(out, goal{"10 peers: activation → every peer serving a 20 MiB model ≤ 0.5 s",
-			fmt.Sprintf("p99 %s (p50 %s)", serve.p99.Round(time.Millisecond), serve.p50.Round(time.Millisecond)), verdict(serve.p99.Seconds(), 0.5)})
+			fmt.Sprintf("p99 %s (p50 %s)", secs(serve.p99), secs(serve.p50)), verdict(serve.p99.Seconds(), 0.5)})
 	}
 	for _, r := range g.fan {
 		if r.mib != 100 || !r.swarm {
@@ -103,7 +104,7 @@ func (g *goalRun) goals() []goal {
 		out = append(out,
 			goal{"100 MiB to 10 peers: the origin uploads ≤ 1.5× the artifact", fmt.Sprintf("%.2f× (one HTTP origin: %.2f×)", r.shoalRatio, r.httpRatio), verdict(r.shoalRatio, 1.5)},
 			goal{"100 MiB to 10 peers: all serving within 3× one HTTP origin's time (loopback)",
-				fmt.Sprintf("%s against %s (%.1f×)", r.shoalTook.Round(10*time.Millisecond), r.httpTook.Round(10*time.Millisecond), r.shoalTook.Seconds()/r.httpTook.Seconds()),
+				fmt.Sprintf("%s against %s (%.1f×)", secs(r.shoalTook), secs(r.httpTook), r.shoalTook.Seconds()/r.httpTook.Seconds()),
 				verdict(r.shoalTook.Seconds()/r.httpTook.Seconds(), 3)})
 	}
 	out = append(out, g.lossyGoal())
@@ -133,7 +134,7 @@ func (g *goalRun) lossyGoal() goal {
 	if r >= 1 {
 		v = fmt.Sprintf("**missed**, %.2f× the HTTP origin's time", r)
 	}
-	return goal{what, fmt.Sprintf("%s against %s (%.2f×)", swarm.took.Round(10*time.Millisecond), http.took.Round(10*time.Millisecond), r), v}
+	return goal{what, fmt.Sprintf("%s against %s (%.2f×)", secs(swarm.took), secs(http.took), r), v}
 }
 
 // growthGoal fits p99 ∝ processes^k over the activation record's sizes:
@@ -193,20 +194,23 @@ func (g *goalRun) renderProfiles() string {
 		return fmt.Sprintf("(profiles unreadable: %v)\n\n", cmpErr(errB, errI))
 	}
 	var b bytes.Buffer
-	fmt.Fprintf(&b, `**Where a subscriber's CPU went** (%d processes; CPU profiles of one subscriber, %s and %s: the
-measured notices (*busy*) and the idle span before them). Each sample is counted once, under the innermost
+	fmt.Fprintf(&b, `**Where a subscriber's CPU went** (%d processes; CPU profiles of one subscriber, `+"`%s` and `%s`"+` in
+-proc-profile-dir: the measured notices (*busy*) and the idle span before them). Each sample is counted once, under the innermost
 frame that belongs to one of these parts (a Badger read by the registry counts as Badger); *Go runtime* is
 what no part's frame is on: the scheduler waking and parking goroutines, and GC.
 
 | part | busy: ms / s | busy: share | idle: ms / s | idle: share |
 |---|---:|---:|---:|---:|
-`, g.profiled+1, busy, idle)
+`, g.profiled+1, filepath.Base(busy), filepath.Base(idle))
 	for _, p := range append(slices.Clone(cpuParts), cpuPart{name: "other"}) {
 		fmt.Fprintf(&b, "| %s | %.1f | %.0f %% | %.1f | %.0f %% |\n", p.name, pb.perSecond(p.name), 100*pb.share(p.name), pi.perSecond(p.name), 100*pi.share(p.name))
 	}
 	fmt.Fprintf(&b, "| all | %.1f | 100 %% | %.1f | 100 %% |\n\n", pb.perSecond(""), pi.perSecond(""))
 	return b.String()
 }
+
+// secs is a duration in seconds, as the goals state them.
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 
 func cmpErr(a, b error) error {
 	if a != nil {

@@ -59,10 +59,10 @@ func TestGoalsComeFromTheRowsOfTheRun(t *testing.T) {
 		"| **met** |",
 		"25 peers: activation record p99 ≤ 2× etcd watch p99 | 150.0 ms against 12.0 ms (12.5×",
 		"**missed**, 6.2× the goal",
-		"p99 1.15s (p50 900ms) | **missed**, 2.3× the goal",
+		"p99 1.15 s (p50 0.90 s) | **missed**, 2.3× the goal",
 		"| 1.05× (one HTTP origin: 10.00×) | **met** |",
-		"7s against 1s (7.0×) | **missed**, 2.3× the goal",
-		"10s against 21s (0.48×) | **met** |",
+		"7.00 s against 1.00 s (7.0×) | **missed**, 2.3× the goal",
+		"10.00 s against 21.00 s (0.48×) | **met** |",
 		"3 → 50 processes: p99 10.0 ms → 730.6 ms",
 		"**missed**: linear or worse",
 	} {
