@@ -3,6 +3,8 @@ package store
 import (
 	"sync"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // reclaimer turns bulk deletes back into free disk. Badger frees the space
@@ -52,7 +54,10 @@ func (s *Store) flatten(before int64) {
 	r := &s.reclaim
 	defer r.wg.Done()
 	start := time.Now()
-	err := s.db.DB.Flatten(1)
+	err := s.flushMemtables()
+	if err == nil {
+		err = s.db.DB.Flatten(1)
+	}
 	after := s.treeBytes()
 	r.mu.Lock()
 	r.running = false
@@ -90,4 +95,32 @@ func (s *Store) treeBytes() int64 {
 		n += int64(t.OnDiskSize)
 	}
 	return n
+}
+
+// levelTables is how many tables Badger's tree has in level.
+func (s *Store) levelTables(level int) int {
+	n := 0
+	for _, t := range s.db.DB.Tables() {
+		if t.Level == level {
+			n++
+		}
+	}
+	return n
+}
+
+// flushKey is the marker flushMemtables writes and drops.
+var flushKey = []byte("/.shoal-store-flush")
+
+// flushMemtables writes Badger's memtables to its tree. Flatten compacts
+// only the tree, and the deletes of the prune that called Reclaim are
+// still in the memtable then, so without a flush they, and the space
+// they free, wait for a memtable's worth of further writes: on a quiet
+// peer, until it closes. Badger has no public flush; DropPrefix flushes
+// the memtables first (its documented first step) when a key with the
+// prefix exists, and then drops that key: the marker written here.
+func (s *Store) flushMemtables() error {
+	if err := s.db.DB.Update(func(txn *badger.Txn) error { return txn.Set(flushKey, nil) }); err != nil {
+		return err
+	}
+	return s.db.DB.DropPrefix(flushKey)
 }

@@ -144,6 +144,7 @@ func Open(cfg Config) (*Store, error) {
 		WithValueLogFileSize(cfg.ValueLogFileSize).
 		WithNumMemtables(2).
 		WithNumCompactors(numCompactors).
+		WithNumLevelZeroTables(levelZeroTables).
 		WithValueThreshold(valueThreshold).
 		WithCompression(options.None)
 	if len(cfg.EncryptionKey) > 0 {
@@ -299,3 +300,15 @@ func (s *Store) Close() error {
 // rates (the soak's 100,000 rewrites compact as before; see
 // docs/benchmarks.md "Growth, and idle traffic").
 const numCompactors = 2
+
+// levelZeroTables is how many memtables flushed to level 0 start a
+// compaction into the levels below (Badger's default: 5). Versions that
+// were overwritten or deleted leave the disk only when a compaction
+// carries them below level 0, and Badger's Flatten, which Reclaim runs
+// after a prune, leaves a tree whose data is all in one level alone: with
+// 5, a store of a few memtables — a gateway's — kept everything in level 0
+// and a prune freed nothing (TestReclaimReachesLevelZero; the soak's data
+// dir stayed 15× its live data). With 2, at most one flushed memtable
+// waits in level 0, and Flatten carries it down.
+// (Reclaim also flushes the memtables first: see flushMemtables.)
+const levelZeroTables = 2

@@ -80,7 +80,12 @@ func soakPeer(name string, docs, writes, batch int) (soakResult, error) {
 	if err != nil {
 		return res, err
 	}
-	defer os.RemoveAll(dir)
+	// SHOAL_BENCH_KEEP keeps the peer's data dir and logs for a post-mortem.
+	if os.Getenv("SHOAL_BENCH_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "soak %s: data and logs kept in %s\n", name, dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	m, err := procmesh.New(procmesh.Options{Net: nw, Sites: []int{1}, Dir: dir, Mesh: "soak",
 		Args: func(int, []*procmesh.Peer) []string {
 			return []string{"--log-level", "info", "--dht=false", "--mdns=false"}
