@@ -60,7 +60,15 @@ func (s *Store) Reclaim(n int64) {
 		r.stop = make(chan struct{})
 	}
 	r.wg.Add(1)
-	go s.flattenOnceFlushed(s.db.DB.MaxVersion(), r.stop)
+	go s.flattenOnceFlushed(s.committed(), r.stop)
+}
+
+// committed is the version of Badger's newest committed write: a read
+// transaction's timestamp (DB.MaxVersion reads the memtable unlocked).
+func (s *Store) committed() uint64 {
+	txn := s.db.DB.NewTransaction(false)
+	defer txn.Discard()
+	return txn.ReadTs()
 }
 
 // flattenOnceFlushed flattens the tree once a table holds version v, or
