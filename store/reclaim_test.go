@@ -15,10 +15,7 @@ import (
 // Badger's tree until a compaction reaches the last level; Reclaim
 // flattens the tree once enough was deleted, and the tree shrinks.
 func TestReclaimGivesTheSpaceBack(t *testing.T) {
-	s, err := Open(Config{Dir: t.TempDir(), NoSync: true, MemTableSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := smallStore(t, t.TempDir())
 	defer s.Close()
 	ctx := context.Background()
 	d := s.Datastore()
@@ -79,10 +76,7 @@ func TestReclaimGivesTheSpaceBack(t *testing.T) {
 // and flattens: the store reopens within 1.5× its live data.
 func TestReclaimReachesLevelZero(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(Config{Dir: dir, NoSync: true, MemTableSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := smallStore(t, dir)
 	ctx := context.Background()
 	d := s.Datastore()
 	value := make([]byte, 1<<10)
@@ -116,9 +110,7 @@ func TestReclaimReachesLevelZero(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if s, err = Open(Config{Dir: dir, NoSync: true, MemTableSize: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
+	s = smallStore(t, dir)
 	defer s.Close()
 	d = s.Datastore()
 	after := s.treeBytes()
@@ -143,10 +135,7 @@ func TestReclaimReachesLevelZero(t *testing.T) {
 // writes with ErrBlockedWrites while it flushes): TestFaultSoak's writes
 // failed with 500s.
 func TestReclaimLeavesWritersAlone(t *testing.T) {
-	s, err := Open(Config{Dir: t.TempDir(), NoSync: true, MemTableSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := smallStore(t, t.TempDir())
 	defer s.Close()
 	ctx := context.Background()
 	d := s.Datastore()
@@ -187,4 +176,15 @@ func TestReclaimLeavesWritersAlone(t *testing.T) {
 	if err := <-errs; err != nil {
 		t.Fatalf("a write during reclaiming: %v", err)
 	}
+}
+
+// smallStore opens a store in dir whose memtables are 1 MiB, so a few MiB
+// of writes fill several.
+func smallStore(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(Config{Dir: dir, NoSync: true, MemTableSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
