@@ -37,7 +37,6 @@ func OpenExpiring(dir string, encKey []byte) (*Expiring, error) {
 		WithValueThreshold(valueThreshold).
 		WithValueLogFileSize(16 << 20).
 		WithNumMemtables(2).
-		WithNumCompactors(numCompactors).
 		WithBlockCacheSize(4 << 20).
 		WithCompression(options.None)
 	if len(encKey) > 0 {

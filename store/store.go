@@ -143,8 +143,7 @@ func Open(cfg Config) (*Store, error) {
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithValueLogFileSize(cfg.ValueLogFileSize).
 		WithNumMemtables(2).
-		WithNumCompactors(numCompactors).
-		WithNumLevelZeroTables(levelZeroTables).
+		WithCompactL0OnClose(true). // what a prune deleted leaves the disk at least at a stop (reclaim.go)
 		WithValueThreshold(valueThreshold).
 		WithCompression(options.None)
 	if len(cfg.EncryptionKey) > 0 {
@@ -289,26 +288,3 @@ func (s *Store) Close() error {
 	}
 	return err
 }
-
-// numCompactors is how many compaction goroutines each Badger database
-// runs: Badger's minimum, 2, against its default of 4. Each one wakes
-// every 50 ms to pick levels whether or not anything was written, and a
-// peer runs two databases (the store and the sessions' one): with 4
-// each, those wake-ups were half of an idle peer's CPU (about 15 of 25–30
-// ms a second, profile of a lone `shoal run`), paid by every peer of a
-// mesh sharing a gateway's cores. Two keep up with a gateway's write
-// rates (the soak's 100,000 rewrites compact as before; see
-// docs/benchmarks.md "Growth, and idle traffic").
-const numCompactors = 2
-
-// levelZeroTables is how many memtables flushed to level 0 start a
-// compaction into the levels below (Badger's default: 5). Versions that
-// were overwritten or deleted leave the disk only when a compaction
-// carries them below level 0, and Badger's Flatten, which Reclaim runs
-// after a prune, leaves a tree whose data is all in one level alone: with
-// 5, a store of a few memtables — a gateway's — kept everything in level 0
-// and a prune freed nothing (TestReclaimReachesLevelZero; the soak's data
-// dir stayed 15× its live data). With 2, at most one flushed memtable
-// waits in level 0, and Flatten carries it down.
-// (Reclaim also flushes the memtables first: see flushMemtables.)
-const levelZeroTables = 2
