@@ -14,6 +14,10 @@ import (
 )
 
 // lagStats summarises one system at one size.
+// recordSystem names the rows of Shoal's activation record, which the
+// growth table and the goals pick out of a scenario's rows.
+const recordSystem = "Shoal: activation record"
+
 type lagStats struct {
 	system        string
 	subscribers   int
@@ -118,7 +122,7 @@ func runCompare(sizes string, notices, acts int, gap time.Duration, out string) 
 		if err != nil {
 			return err
 		}
-		rows = append(rows, statsOf("Shoal: activation record", n, lags))
+		rows = append(rows, statsOf(recordSystem, n, lags))
 		fmt.Fprintf(os.Stderr, "compare: Shoal activation → serving on %d peers...\n", n)
 		lags, err = activationLags(n+1, acts)
 		if err != nil {
@@ -188,7 +192,7 @@ to run; the alternatives relay a message through one central server, which is th
 func shoalRatios(rows []lagStats, of func(lagStats) time.Duration) func(lagStats) string {
 	base := map[int]time.Duration{}
 	for _, r := range rows {
-		if r.system == "Shoal: activation record" {
+		if r.system == recordSystem {
 			base[r.subscribers] = of(r)
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"math"
 	"os"
@@ -55,7 +56,7 @@ func verdict(ratio, bound float64) string {
 	return fmt.Sprintf("**missed**, %.1f× the goal", ratio/bound)
 }
 
-// record returns the Shoal activation record's, its serving row's and
+// rowsAt returns the Shoal activation record's, its serving row's and
 // etcd's rows at n subscribers.
 func (g *goalRun) rowsAt(n int) (rec, serve, etcd *procRow) {
 	for i := range g.prop {
@@ -64,7 +65,7 @@ func (g *goalRun) rowsAt(n int) (rec, serve, etcd *procRow) {
 			continue
 		}
 		switch {
-		case r.system == "Shoal: activation record":
+		case r.system == recordSystem:
 			rec = r
 		case strings.HasPrefix(r.system, "Shoal: activation → serving"):
 			serve = r
@@ -141,12 +142,7 @@ func (g *goalRun) lossyGoal() goal {
 // gossipsub's own cost grows about logarithmically (k near 0); k near 1
 // is linear growth, what N processes sharing two cores give at best.
 func (g *goalRun) growthGoal() goal {
-	var recs []procRow
-	for _, r := range g.prop {
-		if r.system == "Shoal: activation record" {
-			recs = append(recs, r)
-		}
-	}
+	recs := recordRows(g.prop)
 	what := "Cost grows roughly logarithmically with the mesh"
 	if len(recs) < 2 {
 		return goal{what, "needs two sizes or more", "—"}
@@ -191,7 +187,7 @@ func (g *goalRun) renderProfiles() string {
 	pb, errB := readCPUProfile(busy)
 	pi, errI := readCPUProfile(idle)
 	if errB != nil || errI != nil {
-		return fmt.Sprintf("(profiles unreadable: %v)\n\n", cmpErr(errB, errI))
+		return fmt.Sprintf("(profiles unreadable: %v)\n\n", cmp.Or(errB, errI))
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `**Where a subscriber's CPU went** (%d processes; CPU profiles of one subscriber, `+"`%s` and `%s`"+` in
@@ -211,13 +207,6 @@ what no part's frame is on: the scheduler waking and parking goroutines, and GC.
 
 // secs is a duration in seconds, as the goals state them.
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
 
 // cpuPart names a part of a peer by the function-name prefixes of its
 // frames.

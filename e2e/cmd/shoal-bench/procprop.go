@@ -116,7 +116,7 @@ func runProcProp(o procOptions, out string, g *goalRun) error {
 		g.profiled = o.profile
 		g.profiles = map[string]string{}
 		for _, phase := range []string{"idle", "busy"} {
-			g.profiles[phase] = filepath.Join(o.profileDir, profileName(o.profile, 1, phase))
+			g.profiles[phase] = filepath.Join(o.profileDir, profileName(o.profile, profiledSubscriber, phase))
 		}
 	}
 	table := renderProcProp(rows, versions, o)
@@ -139,7 +139,7 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	profiled := o.profile == n
 	var pprof map[int]string
 	if profiled {
-		if pprof, err = pprofAddrs(0, 1); err != nil {
+		if pprof, err = pprofAddrs(0, profiledSubscriber); err != nil {
 			return nil, err
 		}
 	}
@@ -169,11 +169,7 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	if stopProf != nil {
-		if err := stopProf(); err != nil {
-			fmt.Fprintf(os.Stderr, "procprop: profile: %v\n", err)
-		}
-	}
+	waitProfiles(stopProf)
 	var lags []time.Duration
 	if profiled {
 		stopProf = startProfiles(pprof, span, o.profileDir, n, "busy")
@@ -188,12 +184,8 @@ func procShoal(n int, o procOptions) ([]procRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	if stopProf != nil {
-		if err := stopProf(); err != nil {
-			fmt.Fprintf(os.Stderr, "procprop: profile: %v\n", err)
-		}
-	}
-	rec := procRow{lagStats: statsOf("Shoal: activation record", n, lags), hasCost: true, processes: n + 1}
+	waitProfiles(stopProf)
+	rec := procRow{lagStats: statsOf(recordSystem, n, lags), hasCost: true, processes: n + 1}
 	rec.cpuMs, rec.bytesOut = busy.net(idle, total)
 	rec.idleCPU, rec.idleBytes = idle.perSecond()
 	if idle.bytes > 0 {
@@ -641,12 +633,7 @@ second. Every process shares the machine's cores.
 // renderGrowth is the growth table: the activation record's p99 and cost
 // per peer at each size, and how each grows against the smallest size.
 func renderGrowth(rows []procRow) string {
-	var recs []procRow
-	for _, r := range rows {
-		if r.system == "Shoal: activation record" {
-			recs = append(recs, r)
-		}
-	}
+	recs := recordRows(rows)
 	if len(recs) < 2 {
 		return ""
 	}
@@ -660,6 +647,33 @@ func renderGrowth(rows []procRow) string {
 			float64(r.p99)/float64(recs[0].p99), cpu, by, r.idleCPU, r.idleBytes, 100*r.idleGossip, r.idleLoad())
 	}
 	return b.String() + "\n"
+}
+
+// profiledSubscriber is the subscriber whose CPU is profiled (beside the
+// publisher, peer 0).
+const profiledSubscriber = 1
+
+// waitProfiles waits for the profiles stop was returned for by
+// startProfiles, if any; a profile that failed is reported, not fatal.
+func waitProfiles(stop func() error) {
+	if stop == nil {
+		return
+	}
+	if err := stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "procprop: profile: %v\n", err)
+	}
+}
+
+// recordRows are the activation record's rows among rows, smallest mesh
+// first.
+func recordRows(rows []procRow) []procRow {
+	var recs []procRow
+	for _, r := range rows {
+		if r.system == recordSystem {
+			recs = append(recs, r)
+		}
+	}
+	return recs
 }
 
 // profileName is the file a CPU profile of peer i of an n-subscriber mesh
