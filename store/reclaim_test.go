@@ -37,6 +37,9 @@ func TestReclaimGivesTheSpaceBack(t *testing.T) {
 		}
 	}
 	// Push the deletes out of the memtables, as later writes would.
+	if err := s.db.DB.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 4 << 10 {
 		if err := d.Put(ctx, ds.NewKey(fmt.Sprintf("/later/%06d", i)), value); err != nil {
 			t.Fatal(err)
