@@ -1,6 +1,6 @@
 // Command shoal-attacker is a hostile mesh member for the fault scenarios
-// (e2e/faults_test.go): a libp2p host without Shoal's validators that
-// joins a mesh's gossip topics and keeps publishing what a broken or
+// (e2e/faults_test.go): libp2p hosts without Shoal's validators (one per
+// kind of bad message) that join a mesh's gossip topics and keep publishing what a broken or
 // malicious peer would — garbage, oversize broadcasts, inline blocks that
 // do not match their CIDs, heartbeats speaking for another peer, and
 // envelopes of an unknown version; or, with -records, blocks of forged,
@@ -24,6 +24,7 @@ import (
 	"github.com/ipfs/boxo/ipld/merkledag"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
 
@@ -56,68 +57,59 @@ func run(mesh string, peers []string, dur, every time.Duration, victim string, r
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dur+30*time.Second)
 	defer cancel()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/0.0.0.0/tcp/0"))
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	// gossipsub's own limit is 1 MiB per RPC; Shoal's validators refuse
-	// broadcasts over 1 MiB − 16 KiB, so an oversize one still gets there.
-	ps, err := pubsub.NewGossipSub(ctx, h)
-	if err != nil {
-		return err
-	}
-	data, err := ps.Join(crdt.DataTopic(mesh))
-	if err != nil {
-		return err
-	}
-	hb, err := ps.Join(crdt.HeartbeatTopic(mesh))
-	if err != nil {
-		return err
-	}
-	var subs []*pubsub.Subscription
-	for _, t := range []*pubsub.Topic{data, hb} {
-		s, err := t.Subscribe()
-		if err != nil {
-			return err
-		}
-		subs = append(subs, s)
-	}
-	for _, s := range peers {
-		ma, err := multiaddr.NewMultiaddr(s)
-		if err != nil {
-			return err
-		}
-		ai, err := peer.AddrInfoFromP2pAddr(ma)
-		if err != nil {
-			return err
-		}
-		if err := h.Connect(ctx, *ai); err != nil {
-			return fmt.Errorf("connect %s: %w", s, err)
-		}
-	}
 	if records {
+		m, err := join(ctx, mesh, peers)
+		if err != nil {
+			return err
+		}
+		defer m.close()
 		var l learned
-		go l.listen(ctx, subs[0], h.ID().String())
-		sent, err := attackRecords(ctx, data, &l, mesh, time.Now().Add(dur), every)
+		go l.listen(ctx, m.subs[0], m.h.ID().String())
+		sent, err := attackRecords(ctx, m.data, &l, mesh, time.Now().Add(dur), every)
 		fmt.Printf("sent %d replayed, %d forged, %d moved, %d unsigned, %d untrusted records, %d unsigned deletes\n",
 			sent["replayed"], sent["forged"], sent["moved"], sent["unsigned"], sent["untrusted"], sent["deletes"])
 		return err
 	}
+	return attackGossip(ctx, mesh, peers, time.Now().Add(dur), every, victim)
+}
+
+// attackGossip sends each kind of bad message from a host of its own until
+// deadline. One identity per kind, because the peers' scoring graylists a
+// sender after a few rejections (crdt.PeerScoreOptions) and then drops
+// its messages unread: from one host, whichever kinds came first in a
+// round would be the only ones a peer ever saw.
+func attackGossip(ctx context.Context, mesh string, peers []string, deadline time.Time, every time.Duration, victim string) error {
 	block := merkledag.NodeWithData([]byte("a block"))
 	garbage := []byte("{not json")
 	mismatch, _ := json.Marshal(map[string]any{"v": 1, "heads": []map[string]any{{"cid": block.Cid().String(), "block": []byte("not the block")}}})
 	oversize, _ := json.Marshal(map[string]any{"v": 1, "heads": []map[string]any{{"cid": block.Cid().String(), "block": bytes.Repeat([]byte{1}, (1<<20-12<<10)*3/4)}}})
 	newer, _ := json.Marshal(map[string]any{"v": 2, "heads": []map[string]any{{"cid": block.Cid().String()}}})
+	forged := func() []byte {
+		b, _ := json.Marshal(crdt.Heartbeat{V: 1, Peer: victim, HLC: crdt.HLC{Wall: time.Now().UnixNano(), Peer: victim}})
+		return b
+	}
+	fixed := func(b []byte) func() []byte { return func() []byte { return b } }
+	kinds := []struct {
+		heartbeat bool
+		msg       func() []byte
+	}{{false, fixed(garbage)}, {false, fixed(mismatch)}, {false, fixed(oversize)}, {false, fixed(newer)}, {true, forged}}
+	members := make([]*member, len(kinds))
+	for i := range kinds {
+		m, err := join(ctx, mesh, peers)
+		if err != nil {
+			return err
+		}
+		defer m.close()
+		members[i] = m
+	}
 	sent := 0
-	deadline := time.Now().Add(dur)
 	for time.Now().Before(deadline) {
-		forged, _ := json.Marshal(crdt.Heartbeat{V: 1, Peer: victim, HLC: crdt.HLC{Wall: time.Now().UnixNano(), Peer: victim}})
-		for _, m := range []struct {
-			t *pubsub.Topic
-			b []byte
-		}{{data, garbage}, {data, mismatch}, {data, oversize}, {data, newer}, {hb, forged}} {
-			if err := m.t.Publish(ctx, m.b); err != nil {
+		for i, k := range kinds {
+			t := members[i].data
+			if k.heartbeat {
+				t = members[i].hb
+			}
+			if err := t.Publish(ctx, k.msg()); err != nil {
 				return err
 			}
 			sent++
@@ -125,5 +117,76 @@ func run(mesh string, peers []string, dur, every time.Duration, victim string, r
 		time.Sleep(every)
 	}
 	fmt.Printf("sent %d messages\n", sent)
+	return nil
+}
+
+// member is one attacking host on the mesh's two topics.
+type member struct {
+	h        host.Host
+	data, hb *pubsub.Topic
+	subs     []*pubsub.Subscription
+}
+
+func (m *member) close() { m.h.Close() }
+
+// join starts a host, joins the mesh's topics, connects to every peer and
+// waits until each of them is known on both topics, so that the first
+// messages are not published to nobody.
+func join(ctx context.Context, mesh string, peers []string) (*member, error) {
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/0.0.0.0/tcp/0"))
+	if err != nil {
+		return nil, err
+	}
+	m := &member{h: h}
+	// gossipsub's own limit is 1 MiB per RPC; Shoal's validators refuse
+	// broadcasts over 1 MiB − 16 KiB, so an oversize one still gets there.
+	ps, err := pubsub.NewGossipSub(ctx, h)
+	if err == nil {
+		m.data, err = ps.Join(crdt.DataTopic(mesh))
+	}
+	if err == nil {
+		m.hb, err = ps.Join(crdt.HeartbeatTopic(mesh))
+	}
+	for _, t := range []*pubsub.Topic{m.data, m.hb} {
+		if err != nil {
+			break
+		}
+		var s *pubsub.Subscription
+		if s, err = t.Subscribe(); err == nil {
+			m.subs = append(m.subs, s)
+		}
+	}
+	for _, s := range peers {
+		if err != nil {
+			break
+		}
+		err = connect(ctx, h, s)
+	}
+	for err == nil && (len(m.data.ListPeers()) < len(peers) || len(m.hb.ListPeers()) < len(peers)) {
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("waiting for the peers' subscriptions: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func connect(ctx context.Context, h host.Host, addr string) error {
+	ma, err := multiaddr.NewMultiaddr(addr)
+	if err != nil {
+		return err
+	}
+	ai, err := peer.AddrInfoFromP2pAddr(ma)
+	if err != nil {
+		return err
+	}
+	if err := h.Connect(ctx, *ai); err != nil {
+		return fmt.Errorf("connect %s: %w", addr, err)
+	}
 	return nil
 }
