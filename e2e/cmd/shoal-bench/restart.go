@@ -30,7 +30,12 @@ func runRestart(n, dim int, out string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	// SHOAL_BENCH_KEEP keeps the peer's data dir and logs for a post-mortem.
+	if os.Getenv("SHOAL_BENCH_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "restart: data and logs kept in %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	m, err := procmesh.New(procmesh.Options{Net: nw, Sites: []int{1}, Dir: dir, Mesh: "bench",
 		Args: func(int, []*procmesh.Peer) []string {
 			return []string{"--log-level", "info", "--dht=false", "--mdns=false"}
