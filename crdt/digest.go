@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -31,6 +32,7 @@ type stateDigest struct {
 	// state (nil when none runs): the read may predate them, so they are
 	// applied again on top of it.
 	touched map[string][]byte
+	added   int64 // see addedKeys
 }
 
 func newStateDigest() *stateDigest { return &stateDigest{terms: map[string][2]uint64{}} }
@@ -71,6 +73,9 @@ func (d *stateDigest) set(key string, value []byte) {
 	defer d.mu.Unlock()
 	if d.touched != nil {
 		d.touched[key] = value
+	}
+	if _, had := d.terms[key]; d.ready && !had && value != nil && !bytes.Contains(value, foldMarker) {
+		d.added++
 	}
 	d.setLocked(key, value)
 }
@@ -118,6 +123,16 @@ func (d *stateDigest) keys() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.terms)
+}
+
+// addedKeys returns how many changes gave a value to a key that held
+// none, since the replica started: fold records left out, as in
+// folds.counted, and none counted before the first load, when the digest
+// does not know which keys hold one.
+func (d *stateDigest) addedKeys() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.added
 }
 
 // value returns the digest, or "" before the first load.

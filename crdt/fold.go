@@ -168,7 +168,7 @@ func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
 		return rep, err
 	}
 	r.count(func(c *Counters) { c.Folds++ })
-	r.folds.saw()
+	r.folds.saw(r.digest.addedKeys())
 	for _, top := range r.ds.InternalStats(ctx).Heads {
 		r.folds.schedule(ctx, r.cfg.Datastore, top, heads, r.cfg.FoldPruneDelay)
 	}
@@ -482,6 +482,10 @@ type folds struct {
 	// since counts the records merged here since the newest fold was
 	// written or seen (put hooks, fold records left out).
 	since atomic.Int64
+	// addedAt is the digest's count of added keys then (addedKeys): the
+	// records of keys added since are live state, which no fold saves
+	// anything on.
+	addedAt atomic.Int64
 	// urgent asks for a fold now: a branch was found over pruned
 	// history (strays).
 	urgent  atomic.Bool
@@ -498,10 +502,12 @@ type folds struct {
 
 func newFolds() folds { return folds{wake: make(chan struct{}, 1)} }
 
-// saw records that a fold was written or seen: the count starts again,
-// and a wait for this peer's own fold is called off.
-func (f *folds) saw() {
+// saw records that a fold was written or seen when the digest had
+// counted added keys: the count starts again, and a wait for this peer's
+// own fold is called off.
+func (f *folds) saw(added int64) {
 	f.since.Store(0)
+	f.addedAt.Store(added)
 	f.urgent.Store(false)
 	f.mu.Lock()
 	f.due = time.Time{}
@@ -514,6 +520,15 @@ func (f *folds) counted(value []byte) {
 	if !bytes.Contains(value, foldMarker) {
 		f.since.Add(1)
 	}
+}
+
+// superseded estimates how many of the records merged since the newest
+// fold replaced or deleted a value: all of them but those that gave a key
+// its first value (added: the digest's count now). The digest counts at
+// dispatch, after the put hook counted the record, so while events queue
+// the estimate runs high: a fold comes sooner, never later.
+func (f *folds) superseded(added int64) int64 {
+	return f.since.Load() - (added - f.addedAt.Load())
 }
 
 // UnfoldedRecords returns how many records were merged here since the
@@ -614,7 +629,7 @@ func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
 				}
 			}
 		}
-		r.folds.saw()
+		r.folds.saw(r.digest.addedKeys())
 		r.folds.schedule(ctx, r.cfg.Datastore, n.Cid(), covers, r.cfg.FoldPruneDelay)
 		return
 	}
@@ -800,21 +815,25 @@ func (r *Replica) pruneSeen(ctx context.Context, covers []cid.Cid) (int, error) 
 // errNotYet: a prune had to wait for the replica; it is tried again.
 var errNotYet = errors.New("not yet")
 
-// maybeFold folds once at least FoldAfter records — and at least as many
-// as the keys this peer holds, so that a fold never costs more than the
-// writes it follows — were merged since the newest fold (or a stray
-// branch asks for one), and a random part
-// of FoldJitter has passed since (so that the peers of a mesh do not all
-// fold at once; one peer's fold, once seen, resets the others').
+// maybeFold folds once at least FoldAfter records that replaced or
+// deleted a value — and at least as many as the keys this peer holds, so
+// that a fold never costs more than the writes it follows — were merged
+// since the newest fold (or a stray branch asks for one), and a random
+// part of FoldJitter has passed since (so that the peers of a mesh do not
+// all fold at once; one peer's fold, once seen, resets the others').
+//
+// Records of new keys do not count: they are the live state, which a fold
+// writes again and prunes nothing of. Counting them made a bulk ingest of
+// 100,000 documents fold at 22,000 and 64,000 keys (22 s and 88 s on two
+// cores), rewriting records that were written once.
 func (r *Replica) maybeFold(ctx context.Context) {
 	if r.cfg.FoldAfter <= 0 {
 		return
 	}
-	since := r.folds.since.Load()
-	if since < int64(max(r.cfg.FoldAfter, r.digest.keys())) && !r.folds.urgent.Load() {
+	f := &r.folds
+	if f.superseded(r.digest.addedKeys()) < int64(max(r.cfg.FoldAfter, r.digest.keys())) && !f.urgent.Load() {
 		return
 	}
-	f := &r.folds
 	f.mu.Lock()
 	now := time.Now()
 	if f.due.IsZero() {
@@ -832,6 +851,6 @@ func (r *Replica) maybeFold(ctx context.Context) {
 	case err != nil:
 		r.log.Warn("fold failed", "err", err)
 	case rep.Records == 0:
-		r.folds.saw() // nothing live to carry: wait as long again
+		r.folds.saw(r.digest.addedKeys()) // nothing live to carry: wait as long again
 	}
 }

@@ -139,13 +139,14 @@ type Config struct {
 	// shoal_state_diverged) and the state is rebuilt. Default 3s: three
 	// heartbeats, so one snapshot taken across a merge is not enough.
 	DivergedAfter time.Duration
-	// FoldAfter is how many records must have been merged here since
-	// the newest fold — and at least as many as the keys this peer holds
-	// — before this peer folds: writes the live state again as fold
-	// records and prunes the history below (fold.go). Default 10,000:
-	// history stays within about FoldAfter records or the live state,
-	// whichever is more, besides the live records, and a fold never
-	// rewrites more than was written since the last. Lower bounds disk
+	// FoldAfter is how many records that replaced or deleted a value
+	// must have been merged here since the newest fold — and at least as
+	// many as the keys this peer holds — before this peer folds: writes
+	// the live state again as fold records and prunes the history below
+	// (fold.go; first values of new keys do not count, see maybeFold).
+	// Default 10,000: history stays within about FoldAfter records or the
+	// live state, whichever is more, besides the live records, and a fold
+	// never rewrites more than was superseded since the last. Lower bounds disk
 	// and rebuild time tighter for a small live state; higher folds
 	// less often. Negative: this peer never folds (it still prunes under
 	// the folds of peers it trusts).

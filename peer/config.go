@@ -146,10 +146,10 @@ type Config struct {
 	// (defaults 1s and 5s; see crdt.Config).
 	HeartbeatInterval time.Duration
 	PeerTimeout       time.Duration
-	// FoldAfter is how many records must be merged since the newest fold
-	// (and at least as many as the keys held) before this peer folds the
-	// replicated history: rewrites the live state and prunes what lies
-	// below (see crdt.Config.FoldAfter). Default 10,000; negative: this
+	// FoldAfter is how many records that replace or delete a value must
+	// be merged since the newest fold (and at least as many as the keys
+	// held) before this peer folds the replicated history: rewrites the
+	// live state and prunes what lies below (see crdt.Config.FoldAfter). Default 10,000; negative: this
 	// peer never folds, though it still prunes under the folds of the
 	// peers it trusts.
 	FoldAfter int

@@ -200,7 +200,7 @@ var runSettings = []setting{
 	opt("keep_versions", func(s *settings) *int { return &s.KeepVersions }, peerDefaults.KeepVersions,
 		"verified versions of each model kept on disk", atLeast(0, "use 1 or more (0 means the default, 2)")),
 	opt("fold_after", func(s *settings) *int { return &s.FoldAfter }, 10000,
-		"records merged since the newest fold (and at least as many as the keys held) before this peer folds the replicated history: rewrites the live state, prunes the history below; -1: never fold here",
+		"records replacing or deleting a value merged since the newest fold (and at least as many as the keys held) before this peer folds the replicated history: rewrites the live state, prunes the history below; -1: never fold here",
 		atLeast(-1, "use -1 (never) or more (0 means the default, 10000)")),
 	opt("fold_prune_delay", func(s *settings) *duration { return &s.FoldPruneDelay }, duration(time.Minute),
 		"how long folded history stays after a fold, for peers still fetching it"),
