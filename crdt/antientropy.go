@@ -122,8 +122,6 @@ func (r *Replica) checkDivergence() {
 // without error when its context ends, so a dirty store afterwards means
 // the rest of the state is still to come.
 func (r *Replica) rebuildState(ctx context.Context) error {
-	r.exclusive.Lock()
-	defer r.exclusive.Unlock()
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	r.tracker.setRebuilding(true)

@@ -114,18 +114,12 @@ type FoldReport struct {
 
 // Fold writes the live state as fold records on top of the current heads
 // and schedules the pruning of the history below them FoldPruneDelay
-// later (see above). Branch walks are paused while it runs. Local writes
-// wait only while the heads and the keys to fold are read and while each
-// batch of fold records is written (foldWriter): a fold of 64,000 large
-// documents took 88 s on two cores, and with the write lock held
-// throughout a bulk ingest's requests failed at their deadline. A write
-// made meanwhile lies above the covered heads, so the prune keeps it, and
-// it wins over the fold record of its key, which carries the older
-// record's height.
+// later (see above). Local writes wait for it; branch walks are paused
+// while it runs.
 func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
 	start := time.Now()
-	r.exclusive.Lock()
-	defer r.exclusive.Unlock()
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	err := r.bc.pause(pctx)
 	cancel()
@@ -133,13 +127,19 @@ func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
 	if err != nil {
 		return FoldReport{}, fmt.Errorf("%w: a branch walk did not finish: %v", ErrNotFoldable, err)
 	}
-	heads, els, err := r.foldSnapshot(ctx)
+	heads, err := r.foldableHeads(ctx)
 	if err != nil || len(heads) == 0 {
 		return FoldReport{}, err
 	}
 	rep := FoldReport{Covers: heads}
 	w := foldWriter{r: r}
-	defer w.release()
+	if err := w.begin(ctx); err != nil {
+		return rep, err
+	}
+	els, err := r.elementsUnder(ctx, "/")
+	if err != nil {
+		return rep, err
+	}
 	for _, key := range slices.Sorted(maps.Keys(els)) {
 		cands, err := r.candidates(ctx, key, els[key], nil, r.verified)
 		if err != nil {
@@ -175,23 +175,6 @@ func (r *Replica) Fold(ctx context.Context) (FoldReport, error) {
 	rep.Took = time.Since(start)
 	r.log.Info("state folded", "keys", rep.Keys, "records", rep.Records, "blocks", rep.Blocks, "seconds", rep.Took.Seconds(), "prune_in", r.cfg.FoldPruneDelay)
 	return rep, nil
-}
-
-// foldSnapshot reads, under the write lock, the heads a fold covers and
-// the elements of every key below them: what the fold carries. Elements
-// added later belong to writes above the heads, which the prune keeps.
-func (r *Replica) foldSnapshot(ctx context.Context) ([]cid.Cid, map[string][]element, error) {
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	heads, err := r.foldableHeads(ctx)
-	if err != nil || len(heads) == 0 {
-		return nil, nil, err
-	}
-	els, err := r.elementsUnder(ctx, "/")
-	if err != nil {
-		return nil, nil, err
-	}
-	return heads, els, nil
 }
 
 // foldableHeads returns the heads a fold may cover now, or
@@ -232,13 +215,10 @@ func sortedCandidates(cands map[identity]*candidate) []*candidate {
 // foldWriter writes fold records as go-ds-crdt batches of at most
 // maxBatchBytes, one delta block each. It holds the last record back so
 // that Fold can name the covered heads in it: the record that says the
-// history below may go is written only after every other one. Each batch
-// holds the write lock from its first record to its commit (go-ds-crdt's
-// batches share one delta with local writes), and only then: local writes
-// go in between batches.
+// history below may go is written only after every other one.
 type foldWriter struct {
 	r               *Replica
-	b               ds.Batch // nil between batches
+	b               ds.Batch
 	size            int
 	held            *foldItem
 	records, blocks int
@@ -249,28 +229,12 @@ type foldItem struct {
 	body foldBody
 }
 
-// begin takes the write lock and opens a batch.
 func (w *foldWriter) begin(ctx context.Context) (err error) {
-	if w.blocks > 0 && w.r.foldBatchHook != nil {
-		w.r.foldBatchHook()
-	}
-	w.r.writeMu.Lock()
-	if w.b, err = w.r.ds.Batch(ctx); err != nil {
-		w.release()
+	w.b, err = w.r.ds.Batch(ctx)
+	if err != nil {
 		return fmt.Errorf("crdt batch: %w", err)
 	}
 	return nil
-}
-
-// release lets go of the write lock if a batch holds it (Fold's error
-// paths). An uncommitted batch's records stay in go-ds-crdt's delta, as
-// they did before batches released the lock, and go out with the next
-// write: copies of records already shown, which change nothing.
-func (w *foldWriter) release() {
-	if w.b != nil {
-		w.b = nil
-		w.r.writeMu.Unlock()
-	}
 }
 
 func (w *foldWriter) add(ctx context.Context, key string, body foldBody) error {
@@ -292,29 +256,25 @@ func (w *foldWriter) put(ctx context.Context, it foldItem) error {
 	if err != nil {
 		return fmt.Errorf("fold of %s: %w", it.key, err)
 	}
-	if w.b == nil {
-		if err := w.begin(ctx); err != nil {
-			return err
-		}
-	}
 	if err := w.b.Put(ctx, ds.NewKey(it.key), val); err != nil {
 		return fmt.Errorf("crdt put fold of %s: %w", it.key, err)
 	}
 	w.records++
 	if w.size += len(it.key) + len(val); w.size >= maxBatchBytes {
-		return w.commit(ctx)
+		return w.commit(ctx, true)
 	}
 	return nil
 }
 
-// commit commits the open batch and lets go of the write lock.
-func (w *foldWriter) commit(ctx context.Context) error {
-	defer w.release()
+func (w *foldWriter) commit(ctx context.Context, again bool) error {
 	if err := w.b.Commit(ctx); err != nil {
 		return fmt.Errorf("crdt commit: %w", err)
 	}
 	w.blocks++
 	w.size = 0
+	if again {
+		return w.begin(ctx)
+	}
 	return nil
 }
 
@@ -323,10 +283,10 @@ func (w *foldWriter) finish(ctx context.Context) error {
 	if err := w.put(ctx, *w.held); err != nil {
 		return err
 	}
-	if w.b == nil {
+	if w.size == 0 {
 		return nil // put committed it
 	}
-	return w.commit(ctx)
+	return w.commit(ctx, false)
 }
 
 // blockDeleter removes blocks from the local blockstore; a boxo
@@ -791,8 +751,6 @@ func (r *Replica) strays(ctx context.Context, covers []cid.Cid) bool {
 func (r *Replica) pruneSeen(ctx context.Context, covers []cid.Cid) (int, error) {
 	// Paused before writeMu is taken: a walk can take long, local writes
 	// must not wait for it.
-	r.exclusive.Lock()
-	defer r.exclusive.Unlock()
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	err := r.bc.pause(pctx)

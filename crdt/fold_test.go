@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"strings"
 	"testing"
 	"time"
 
@@ -368,88 +366,6 @@ func TestStrayBranchIsFoldedAgain(t *testing.T) {
 	merged(t, c.r)
 	if got := shownBodies(t, c.r, "/unit/"); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("the newcomer shows %v, want %v", got, want)
-	}
-}
-
-// TestLocalWritesGoOnDuringAFold: a fold holds the write lock batch by
-// batch, not throughout (a fold of 64,000 large documents took 88 s, and
-// a bulk ingest's writes failed at their deadline behind it). Writes made
-// between two of its batches — to a key already folded and to one not yet
-// — finish while the fold runs, survive its prune, and every peer,
-// including one that joins after the prune, shows them.
-func TestLocalWritesGoOnDuringAFold(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a := openNode(t, ctx, t.TempDir(), nodeOpts{config: noAutoFold})
-	defer a.close()
-	b := openNode(t, ctx, t.TempDir(), nodeOpts{config: noAutoFold})
-	defer b.close()
-	connect(t, ctx, a, b)
-	// About 1.6 MB of records: a fold of at least three batches.
-	want := map[string]string{}
-	var ops []Op
-	for k := range 200 {
-		key := fmt.Sprintf("/unit/big%03d", k)
-		want[key] = fmt.Sprintf("%d:%s", k, strings.Repeat("x", 8000))
-		ops = append(ops, Op{Key: key, Kind: "unit.kv", Body: want[key]})
-	}
-	if _, err := a.r.PutBatch(ctx, ops); err != nil {
-		t.Fatal(err)
-	}
-	sameState(t, ctx, "b merges a's writes", a.r, b.r)
-	merged(t, b.r)
-
-	during := map[string]string{"/unit/big000": "written during the fold (folded already)", "/unit/big199": "written during the fold (not folded yet)"}
-	var hooked int
-	done := make(chan error, 1)
-	a.r.foldBatchHook = func() {
-		if hooked++; hooked > 1 {
-			return
-		}
-		go func() {
-			for k, v := range during {
-				if _, err := a.r.Put(ctx, k, "unit.kv", v); err != nil {
-					done <- err
-					return
-				}
-			}
-			done <- nil
-		}()
-		select {
-		case err := <-done:
-			done <- err
-		case <-time.After(10 * time.Second):
-			// Let the fold go on; the writes finish after it.
-			t.Error("a local write made between two batches of a fold waited for the fold")
-		}
-	}
-	rep, err := a.r.Fold(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if hooked < 2 || rep.Blocks < 3 || rep.Keys != 200 {
-		t.Fatalf("fold %+v with %d batches hooked; want 200 keys in at least three batches", rep, hooked)
-	}
-	maps.Copy(want, during)
-	prunedFolds(t, a.r, 1)
-	prunedFolds(t, b.r, 1)
-	c := openNode(t, ctx, t.TempDir(), nodeOpts{config: noAutoFold})
-	defer c.close()
-	connect(t, ctx, c, a)
-	sameState(t, ctx, "a, b and a newcomer agree", a.r, b.r, c.r)
-	for name, r := range map[string]*Replica{"a": a.r, "b": b.r, "c": c.r} {
-		got := shownBodies(t, r, "/unit/")
-		for k, v := range want {
-			if got[k] != v {
-				t.Errorf("%s shows %.60q under %s, want %.60q", name, got[k], k, v)
-			}
-		}
-		if len(got) != len(want) {
-			t.Errorf("%s shows %d keys, want %d", name, len(got), len(want))
-		}
 	}
 }
 

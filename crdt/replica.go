@@ -302,15 +302,6 @@ type Replica struct {
 	dataTop *pubsub.Topic
 
 	writeMu sync.Mutex // one writer: go-ds-crdt batches share one delta
-	// exclusive is held by the work that pauses the branch walks — a fold,
-	// a prune, a state rebuild — so that no two of them overlap (one's
-	// resume would end the other's pause). Lock order: exclusive before
-	// writeMu. A fold holds it throughout but writeMu only batch by batch,
-	// so local writes go on while it runs.
-	exclusive sync.Mutex
-	// foldBatchHook, set by tests only, runs before each of a fold's
-	// batches but the first takes writeMu.
-	foldBatchHook func()
 	// durability syncs local writes before they are acknowledged, outside
 	// writeMu.
 	durability groupSync
