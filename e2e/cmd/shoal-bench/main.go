@@ -134,6 +134,10 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	// The goals are written as soon as the scenarios they come from have
+	// run, so that a scenario failing later in a long `make bench` does
+	// not lose them (the restart row once failed an hour in).
+	wrote := false
 	for _, s := range scenarios {
 		if len(chosen) > 0 && !chosen[s.name] {
 			continue
@@ -142,17 +146,24 @@ func main() {
 			fmt.Fprintln(os.Stderr, "shoal-bench:", s.name+":", err)
 			os.Exit(1)
 		}
-	}
-	if g.complete() {
-		section := renderGoals(g)
-		fmt.Print(section)
-		if *out != "" {
-			if err := writeSection(*out, "goals", section); err != nil {
+		if !wrote && g.complete() {
+			wrote = true
+			if err := writeGoals(g, *out); err != nil {
 				fmt.Fprintln(os.Stderr, "shoal-bench: goals:", err)
 				os.Exit(1)
 			}
 		}
 	}
+}
+
+// writeGoals prints the goals section and writes it into out, if set.
+func writeGoals(g *goalRun, out string) error {
+	section := renderGoals(g)
+	fmt.Print(section)
+	if out == "" {
+		return nil
+	}
+	return writeSection(out, "goals", section)
 }
 
 // scenario is one section of the benchmarks, run by name.
