@@ -1,11 +1,12 @@
 // Command shoal-attacker is a hostile mesh member for the fault scenarios
 // (e2e/faults_test.go): libp2p hosts without Shoal's validators (one per
-// kind of bad message) that join a mesh's gossip topics and keep publishing what a broken or
-// malicious peer would — garbage, oversize broadcasts, inline blocks that
-// do not match their CIDs, heartbeats speaking for another peer, and
-// envelopes of an unknown version; or, with -records, blocks of forged,
-// replayed and unsigned records and unsigned deletes (records.go). It runs
-// inside a test's network namespace; nothing else uses it.
+// kind of bad message) that join a mesh's gossip topics and keep
+// publishing what a broken or malicious peer would — garbage, oversize
+// broadcasts, inline blocks that do not match their CIDs, heartbeats
+// speaking for another peer, and envelopes of an unknown version; or,
+// with -records, blocks of forged, replayed and unsigned records and
+// unsigned deletes (records.go). It runs inside a test's network
+// namespace; nothing else uses it.
 //
 //	shoal-attacker -mesh M -peer /ip4/…/p2p/… [-peer …] -for 20s -impersonate PEERID
 //	shoal-attacker -mesh M -peer /ip4/…/p2p/… [-peer …] -for 20s -records
@@ -29,6 +30,7 @@ import (
 	"github.com/multiformats/go-multiaddr"
 
 	"github.com/shoal-mesh/shoal/crdt"
+	"github.com/shoal-mesh/shoal/internal/poll"
 )
 
 type multi []string
@@ -138,42 +140,47 @@ func join(ctx context.Context, mesh string, peers []string) (*member, error) {
 		return nil, err
 	}
 	m := &member{h: h}
-	// gossipsub's own limit is 1 MiB per RPC; Shoal's validators refuse
-	// broadcasts over 1 MiB − 16 KiB, so an oversize one still gets there.
-	ps, err := pubsub.NewGossipSub(ctx, h)
-	if err == nil {
-		m.data, err = ps.Join(crdt.DataTopic(mesh))
-	}
-	if err == nil {
-		m.hb, err = ps.Join(crdt.HeartbeatTopic(mesh))
-	}
-	for _, t := range []*pubsub.Topic{m.data, m.hb} {
-		if err != nil {
-			break
-		}
-		var s *pubsub.Subscription
-		if s, err = t.Subscribe(); err == nil {
-			m.subs = append(m.subs, s)
-		}
-	}
-	for _, s := range peers {
-		if err != nil {
-			break
-		}
-		err = connect(ctx, h, s)
-	}
-	for err == nil && (len(m.data.ListPeers()) < len(peers) || len(m.hb.ListPeers()) < len(peers)) {
-		select {
-		case <-ctx.Done():
-			err = fmt.Errorf("waiting for the peers' subscriptions: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	if err != nil {
+	if err := m.start(ctx, mesh, peers); err != nil {
 		h.Close()
 		return nil, err
 	}
 	return m, nil
+}
+
+func (m *member) start(ctx context.Context, mesh string, peers []string) error {
+	// gossipsub's own limit is 1 MiB per RPC; Shoal's validators refuse
+	// broadcasts over 1 MiB − 16 KiB, so an oversize one still gets there.
+	ps, err := pubsub.NewGossipSub(ctx, m.h)
+	if err != nil {
+		return err
+	}
+	if m.data, err = ps.Join(crdt.DataTopic(mesh)); err != nil {
+		return err
+	}
+	if m.hb, err = ps.Join(crdt.HeartbeatTopic(mesh)); err != nil {
+		return err
+	}
+	for _, t := range []*pubsub.Topic{m.data, m.hb} {
+		s, err := t.Subscribe()
+		if err != nil {
+			return err
+		}
+		m.subs = append(m.subs, s)
+	}
+	for _, addr := range peers {
+		if err := connect(ctx, m.h, addr); err != nil {
+			return err
+		}
+	}
+	if err := poll.Wait(ctx, poll.Interval, func() error {
+		if d, b := len(m.data.ListPeers()), len(m.hb.ListPeers()); d < len(peers) || b < len(peers) {
+			return fmt.Errorf("%d and %d of %d peers on the topics", d, b, len(peers))
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("waiting for the peers' subscriptions: %w", err)
+	}
+	return nil
 }
 
 func connect(ctx context.Context, h host.Host, addr string) error {
