@@ -146,9 +146,9 @@ type Config struct {
 	// (fold.go; first values of new keys do not count, see maybeFold).
 	// Default 10,000: history stays within about FoldAfter records or the
 	// live state, whichever is more, besides the live records, and a fold
-	// never rewrites more than was superseded since the last. Lower bounds disk
-	// and rebuild time tighter for a small live state; higher folds
-	// less often. Negative: this peer never folds (it still prunes under
+	// never rewrites more than was superseded since the last. Lower
+	// bounds disk and rebuild time tighter for a small live state; higher
+	// folds less often. Negative: this peer never folds (it still prunes under
 	// the folds of peers it trusts).
 	FoldAfter int
 	// FoldJitter spreads the peers' folds: each waits a random part of it

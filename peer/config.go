@@ -149,9 +149,9 @@ type Config struct {
 	// FoldAfter is how many records that replace or delete a value must
 	// be merged since the newest fold (and at least as many as the keys
 	// held) before this peer folds the replicated history: rewrites the
-	// live state and prunes what lies below (see crdt.Config.FoldAfter). Default 10,000; negative: this
-	// peer never folds, though it still prunes under the folds of the
-	// peers it trusts.
+	// live state and prunes what lies below (see crdt.Config.FoldAfter).
+	// Default 10,000; negative: this peer never folds, though it still
+	// prunes under the folds of the peers it trusts.
 	FoldAfter int
 	// FoldPruneDelay is how long folded history stays for peers still
 	// walking it. Default 1m.
