@@ -88,6 +88,10 @@ func decodeFold(rec Record) (foldBody, error) {
 // dispatcher and the DAG getter, which see every value and block).
 var foldMarker = []byte(`"kind":"` + KindFold + `"`)
 
+// mayBeFold reports whether b (an encoded record or a block holding
+// one) may be or hold a fold record; false means it certainly is not.
+func mayBeFold(b []byte) bool { return bytes.Contains(b, foldMarker) }
+
 // prunedMark is the value of go-ds-crdt's processed marker of a pruned
 // block (go-ds-crdt writes none and only asks whether the marker exists).
 // pruningMark marks a head a fold covers that this peer took as merged
@@ -477,7 +481,7 @@ func (f *folds) saw(added int64) {
 // counted is put hook's share: one more record merged, unless value is a
 // fold record.
 func (f *folds) counted(value []byte) {
-	if !bytes.Contains(value, foldMarker) {
+	if !mayBeFold(value) {
 		f.since.Add(1)
 	}
 }
@@ -494,6 +498,13 @@ func (f *folds) superseded(added int64) int64 {
 // UnfoldedRecords returns how many records were merged here since the
 // newest fold this peer wrote or saw (fold records left out).
 func (r *Replica) UnfoldedRecords() int64 { return r.folds.since.Load() }
+
+// SupersededRecords returns the part of UnfoldedRecords that replaced or
+// deleted a value (see folds.superseded): what maybeFold compares with
+// FoldAfter and the number of keys held.
+func (r *Replica) SupersededRecords() int64 {
+	return r.folds.superseded(r.digest.addedKeys())
+}
 
 // pendingFold is a fold written here or seen in a fetched block, to be
 // pruned under once that block is merged and notBefore has passed.
@@ -561,7 +572,7 @@ func (f *folds) load(ctx context.Context, d ds.Datastore) error {
 // pruned here once the block is merged. Runs on go-ds-crdt's fetch path:
 // it only reads the block and writes markers.
 func (r *Replica) foldSeen(ctx context.Context, n ipld.Node) {
-	if !bytes.Contains(n.RawData(), foldMarker) {
+	if !mayBeFold(n.RawData()) {
 		return
 	}
 	_, d, err := nodeDelta(n)
@@ -789,7 +800,7 @@ func (r *Replica) maybeFold(ctx context.Context) {
 		return
 	}
 	f := &r.folds
-	if f.superseded(r.digest.addedKeys()) < int64(max(r.cfg.FoldAfter, r.digest.keys())) && !f.urgent.Load() {
+	if r.SupersededRecords() < int64(max(r.cfg.FoldAfter, r.digest.keys())) && !f.urgent.Load() {
 		return
 	}
 	f.mu.Lock()

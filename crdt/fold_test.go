@@ -405,6 +405,9 @@ func TestNewKeysDoNotFold(t *testing.T) {
 	if c := a.r.Counters(); c.Folds != 0 || a.r.digest.addedKeys() != 100 {
 		t.Errorf("after 100 records of new keys (FoldAfter 20): %d folds, %d keys counted added; want none and 100", c.Folds, a.r.digest.addedKeys())
 	}
+	if u, s := a.r.UnfoldedRecords(), a.r.SupersededRecords(); u != 100 || s != 0 {
+		t.Errorf("after 100 records of new keys: %d unfolded, %d superseded; want 100 and 0", u, s)
+	}
 	write(1)
 	if c := a.r.Counters(); c.Folds != 1 {
 		t.Errorf("after 100 records replacing values of 100 keys (FoldAfter 20): %d folds, want 1", c.Folds)

@@ -83,7 +83,7 @@ func TestMetricsParse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("metrics do not parse: %v", err)
 	}
-	for _, name := range []string{"shoal_staleness_seconds", "shoal_peers", "shoal_crdt_heads", "shoal_crdt_queued_jobs",
+	for _, name := range []string{"shoal_staleness_seconds", "shoal_peers", "shoal_crdt_heads", "shoal_crdt_queued_jobs", "shoal_crdt_superseded_records",
 		"shoal_crdt_height", "shoal_heartbeats_total", "shoal_build_info", "shoal_rejected_records_total", "shoal_bitswap_bytes_total"} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("metric %s missing", name)

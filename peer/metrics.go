@@ -184,7 +184,8 @@ var (
 	descHeads        = prometheus.NewDesc("shoal_crdt_heads", "Heads of the local Merkle-CRDT DAG.", nil, nil)
 	descHeight       = prometheus.NewDesc("shoal_crdt_height", "Max height of the local Merkle-CRDT DAG.", nil, nil)
 	descQueued       = prometheus.NewDesc("shoal_crdt_queued_jobs", "DAG-walking jobs waiting for a worker.", nil, nil)
-	descUnfolded     = prometheus.NewDesc("shoal_crdt_unfolded_records", "Records merged here since the newest fold (fold records left out); this peer folds once they reach fold_after and the number of keys it holds.", nil, nil)
+	descUnfolded     = prometheus.NewDesc("shoal_crdt_unfolded_records", "Records merged here since the newest fold (fold records left out).", nil, nil)
+	descSuperseded   = prometheus.NewDesc("shoal_crdt_superseded_records", "Records merged here since the newest fold that replaced or deleted a value; this peer folds once they reach fold_after and the number of keys it holds.", nil, nil)
 	descUptime       = prometheus.NewDesc("shoal_uptime_seconds", "Seconds since this peer started.", nil, nil)
 	descModelsLocal  = prometheus.NewDesc("shoal_models_local", "Artifacts verified and stored on this peer.", nil, nil)
 	descModelLag     = prometheus.NewDesc("shoal_model_version_lag_seconds", "Time from a version's activation (its HLC) to this peer serving it.", []string{"model"}, nil)
@@ -205,7 +206,7 @@ type nodeCollector struct{ n *Node }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descRunning, descSlots, descDiskFree, descDiskReserve, descStaleness, descPeerLag, descDiverged, descDivergedPeer,
-		descPeers, descConnected, descHeads, descHeight, descQueued, descUnfolded, descUptime, descModelsLocal, descModelLag, descModelServing,
+		descPeers, descConnected, descHeads, descHeight, descQueued, descUnfolded, descSuperseded, descUptime, descModelsLocal, descModelLag, descModelServing,
 		descConflicts, descRuntimeInfo, descDevice, descCacheBytes, descCacheEntries, descSessions, descRAGDocs, descRAGUpdated, descRAGPending} {
 		ch <- d
 	}
@@ -255,6 +256,7 @@ func (c *nodeCollector) peerGauges(gauge gaugeFunc) {
 	gauge(descHeight, float64(st.Height))
 	gauge(descQueued, float64(st.QueuedJobs))
 	gauge(descUnfolded, float64(n.replica.UnfoldedRecords()))
+	gauge(descSuperseded, float64(n.replica.SupersededRecords()))
 }
 
 func (c *nodeCollector) modelGauges(ctx context.Context, gauge gaugeFunc) {
