@@ -374,7 +374,7 @@ func (r *Replica) candidates(ctx context.Context, key string, els []element, exc
 			if el.GetKey() != key || (exclude != nil && bytes.Equal(v, exclude)) {
 				continue
 			}
-			if bytes.Contains(v, foldMarker) {
+			if mayBeFold(v) {
 				rec, inner, prio, ok, err := r.unfold(key, v, accept)
 				if ok {
 					if err == nil {

@@ -1,7 +1,6 @@
 package crdt
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -74,7 +73,7 @@ func (d *stateDigest) set(key string, value []byte) {
 	if d.touched != nil {
 		d.touched[key] = value
 	}
-	if _, had := d.terms[key]; d.ready && !had && value != nil && !bytes.Contains(value, foldMarker) {
+	if _, had := d.terms[key]; d.ready && !had && value != nil && !mayBeFold(value) {
 		d.added++
 	}
 	d.setLocked(key, value)

@@ -572,7 +572,7 @@ func (r *Replica) dispatch() {
 				r.dispatched.Store(raw.seq)
 				continue
 			}
-			if bytes.Contains(raw.value, foldMarker) && r.foldChangesNothing(raw, val, err) {
+			if mayBeFold(raw.value) && r.foldChangesNothing(raw, val, err) {
 				r.dispatched.Store(raw.seq)
 				continue
 			}

@@ -1,7 +1,6 @@
 package crdt
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -122,7 +121,7 @@ func sizeLimit(v int) int {
 // fields are checked before anyone sees the record.
 func DecodeRecord(b []byte) (Record, error) {
 	var r Record
-	if len(b) > maxFoldRecordSize || (len(b) > MaxRecordSize && !bytes.Contains(b, foldMarker)) {
+	if len(b) > maxFoldRecordSize || (len(b) > MaxRecordSize && !mayBeFold(b)) {
 		return r, fmt.Errorf("%w: %d bytes, limit %d", ErrRecordTooLarge, len(b), MaxRecordSize)
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
