@@ -67,14 +67,8 @@ type broadcaster struct {
 	pushed   *pushedBlocks
 	attached atomic.Uint64 // head blocks received inline
 	rejected atomic.Uint64 // inline blocks whose bytes did not match their CID
-	// resumed, while not nil, holds Next back; closed by the resume that
-	// ends the last pause. pauses counts the pausers that have not
-	// resumed yet: a fold, a prune and a rebuild each pause, the prune
-	// before it waits for the write lock a fold or rebuild holds, so
-	// pauses overlap and the first resume must not let walks through
-	// under the others.
+	// resumed, while not nil, holds Next back (pause); closed by resume.
 	pauseMu sync.Mutex
-	pauses  int
 	resumed chan struct{}
 	// busy is set while go-ds-crdt works on heads Next handed it: it
 	// calls Next again only once every head of the previous broadcast is
@@ -181,11 +175,9 @@ func (b *broadcaster) idle() bool { return !b.busy.Load() && len(b.in) == 0 }
 // rebuild must not run beside a branch walk, whose blocks above its
 // frontier would be left with their state wiped and no processed mark.
 // Broadcasts arriving meanwhile queue (and, past the queue, are announced
-// again by heartbeats). Every pause, failed or not, is ended by one
-// resume; walks go on once each pauser has resumed.
+// again by heartbeats). resume lets them through.
 func (b *broadcaster) pause(ctx context.Context) error {
 	b.pauseMu.Lock()
-	b.pauses++
 	if b.resumed == nil {
 		b.resumed = make(chan struct{})
 	}
@@ -200,18 +192,13 @@ func (b *broadcaster) pause(ctx context.Context) error {
 	return nil
 }
 
-// resume ends one pause.
 func (b *broadcaster) resume() {
 	b.pauseMu.Lock()
-	defer b.pauseMu.Unlock()
-	if b.pauses == 0 {
-		panic("crdt: broadcaster resumed more often than paused")
-	}
-	b.pauses--
-	if b.pauses == 0 {
+	if b.resumed != nil {
 		close(b.resumed)
 		b.resumed = nil
 	}
+	b.pauseMu.Unlock()
 }
 
 func (b *broadcaster) waitResumed(ctx context.Context) error {
