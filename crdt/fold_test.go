@@ -43,7 +43,7 @@ func merged(t *testing.T, r *Replica) {
 }
 
 // settled waits until r has dispatched every event queued so far.
-func settled(t *testing.T, r *Replica) {
+func settled(t testing.TB, r *Replica) {
 	t.Helper()
 	poll.Until(t, 10*time.Second, "events dispatched", func() error {
 		if d, s := r.Dispatched(), r.EventSeq(); d != s {

@@ -53,7 +53,7 @@ type testNode struct {
 }
 
 // openNode is the one helper every replica test starts from.
-func openNode(t *testing.T, ctx context.Context, dir string, o nodeOpts) *testNode {
+func openNode(t testing.TB, ctx context.Context, dir string, o nodeOpts) *testNode {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
