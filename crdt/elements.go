@@ -112,13 +112,18 @@ func tombstonedKeys(ctx context.Context, store ds.Datastore) (map[string]struct{
 }
 
 // delta reads the delta of an element's block from the local blockstore
-// (a merged element's block is always there).
+// (a merged element's block is always there), or from r.deltas. The
+// delta returned may be shared: callers must not change it.
 func (r *Replica) delta(ctx context.Context, e element) (*crdtpb.Delta, error) {
 	mh, err := dshelp.DsKeyToMultihash(ds.NewKey(e.block))
 	if err != nil {
 		return nil, fmt.Errorf("element block %s: %w", e.block, err)
 	}
 	c := cid.NewCidV1(cid.DagProtobuf, mh)
+	d, gen, ok := r.deltas.get(c)
+	if ok {
+		return d, nil
+	}
 	blk, err := r.cfg.Local.Get(ctx, c)
 	if ipld.IsNotFound(err) && r.pruned(ctx, c) {
 		return nil, fmt.Errorf("%w: %s", errPrunedBlock, c)
@@ -126,8 +131,11 @@ func (r *Replica) delta(ctx context.Context, e element) (*crdtpb.Delta, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read block %s: %w", c, err)
 	}
-	_, d, err := decodeDelta(blk)
-	return d, err
+	if _, d, err = decodeDelta(blk); err != nil {
+		return nil, err
+	}
+	r.deltas.add(gen, c, d)
+	return d, nil
 }
 
 // errPrunedBlock: an element's block was pruned (fold.go) after the

@@ -328,6 +328,7 @@ func (r *Replica) prune(ctx context.Context, covers []cid.Cid) (int, error) {
 				return fmt.Errorf("prune block %s: %w", c, err)
 			}
 		}
+		r.deltas.forget()
 		n += len(batchBlocks)
 		batchBlocks = batchBlocks[:0]
 		b = nil

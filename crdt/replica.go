@@ -323,7 +323,8 @@ type Replica struct {
 
 	complete *completeness
 	digest   *stateDigest
-	folds    folds // folds written and seen (fold.go)
+	folds    folds       // folds written and seen (fold.go)
+	deltas   *deltaCache // decoded blocks read last (deltacache.go)
 	// rebuilt is the heads key at which the state was last rebuilt
 	// because it diverged (rebuildState), so a second disagreement at the
 	// same heads is reported, not rebuilt in a loop.
@@ -393,6 +394,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		return fail(err)
 	}
 	r.folds = newFolds()
+	r.deltas = newDeltaCache()
 	if err := r.folds.load(ctx, cfg.Datastore); err != nil {
 		return fail(err)
 	}
