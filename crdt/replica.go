@@ -237,7 +237,9 @@ type Event struct {
 	Key    string
 	Record Record // zero for EventDelete
 	// Value is the record's bytes as stored (nil for EventDelete), for a
-	// subscriber that hashes what it has applied.
+	// subscriber that hashes what it has applied. It may share memory
+	// with a cached block (deltacache.go) and other events: read it,
+	// never change it.
 	Value []byte
 	// Seq numbers the replica's state changes in the order they were
 	// applied (see EventSeq, Dispatched).
