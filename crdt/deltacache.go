@@ -3,7 +3,7 @@ package crdt
 import (
 	"sync"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	cid "github.com/ipfs/go-cid"
 	crdtpb "github.com/ipfs/go-ds-crdt/pb"
 )
@@ -25,14 +25,17 @@ const deltaCacheBlocks = 16
 // each deletion. gen makes a read that began before a forget unable to
 // cache what it read: such a read may have found a block the prune has
 // deleted since. Callers must not change a cached delta.
+//
+// mu guards gen and the LRU together (a thread-safe LRU would add a
+// second lock to every lookup and still need mu for gen).
 type deltaCache struct {
 	mu  sync.Mutex
 	gen uint64
-	lru *lru.Cache[cid.Cid, *crdtpb.Delta]
+	lru *simplelru.LRU[cid.Cid, *crdtpb.Delta]
 }
 
 func newDeltaCache() *deltaCache {
-	c, err := lru.New[cid.Cid, *crdtpb.Delta](deltaCacheBlocks)
+	c, err := simplelru.NewLRU[cid.Cid, *crdtpb.Delta](deltaCacheBlocks, nil)
 	if err != nil {
 		panic(err) // only for a size ≤ 0
 	}
